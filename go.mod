@@ -1,10 +1,11 @@
 module github.com/vmsup/vmsup
 
-go 1.26
+go 1.26.0
+
+require github.com/asynkron/protoactor-go v0.0.0-20240822202345-3c0e61ca19c9
 
 require (
 	github.com/Workiva/go-datastructures v1.1.3 // indirect
-	github.com/asynkron/protoactor-go v0.0.0-20240822202345-3c0e61ca19c9 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.2.0 // indirect
 	github.com/digitalocean/go-libvirt v0.0.0-20220804181439-8648fbde413e // indirect

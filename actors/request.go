@@ -1,0 +1,83 @@
+package actors
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"sync/atomic"
+)
+
+// Request is the envelope header that every request message embeds. It
+// carries the caller's context (so a queued job can leave the queue when its
+// caller gives up) and the trace context that tracing builds on.
+type Request struct {
+	// Ctx is the caller's context. A nil Ctx means context.Background().
+	Ctx context.Context `json:"-"`
+	// RequestID identifies the API call this message is part of.
+	RequestID string `json:"request_id"`
+	// ParentID is the id of the message or job that caused this one; empty
+	// for a message sent straight from the API.
+	ParentID string `json:"parent_id,omitempty"`
+	// Owner names the API call that sent it, for example "api shutdown".
+	Owner string `json:"owner,omitempty"`
+}
+
+// Context returns the caller's context, never nil.
+func (r Request) Context() context.Context {
+	if r.Ctx == nil {
+		return context.Background()
+	}
+	return r.Ctx
+}
+
+// Envelope gives access to the Request header of a message.
+type Envelope interface {
+	Header() Request
+}
+
+// Header returns the request itself, so that every message embedding Request
+// implements Envelope.
+func (r Request) Header() Request { return r }
+
+// NewRequest starts a trace for one API call made on behalf of owner.
+func NewRequest(ctx context.Context, owner string) Request {
+	return Request{Ctx: ctx, RequestID: NewID(), Owner: owner}
+}
+
+// Child derives the header of a message sent on behalf of r: same request id,
+// parent set to parentID, same owner. The context is replaced by ctx.
+func (r Request) Child(ctx context.Context, parentID string) Request {
+	return Request{Ctx: ctx, RequestID: r.RequestID, ParentID: parentID, Owner: r.Owner}
+}
+
+var idPrefix = func() string {
+	var b [3]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "000000"
+	}
+	return hex.EncodeToString(b[:])
+}()
+
+var idCounter atomic.Uint64
+
+// NewID returns a process-unique id such as "a1b2c3-42": a random prefix per
+// process, then a counter, so ids stay short, sortable and unique across
+// daemon restarts.
+func NewID() string {
+	n := idCounter.Add(1)
+	return idPrefix + "-" + uitoa(n)
+}
+
+func uitoa(n uint64) string {
+	var buf [20]byte
+	i := len(buf)
+	for {
+		i--
+		buf[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			break
+		}
+	}
+	return string(buf[i:])
+}

@@ -1,0 +1,639 @@
+package domain
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/rs/zerolog"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// Defaults for the domain actor.
+const (
+	DefaultDestroyGrace    = 10 * time.Second
+	DefaultShutdownTimeout = 60 * time.Second
+	recentJobs             = 32
+)
+
+// JobHooks are called from the goroutine that runs a job: Started when it
+// takes the job lane and Released when it gives the lane back (at its end,
+// or when an async job starts to wait). Tests and tracing use them. They
+// must not block.
+type JobHooks struct {
+	Started  func(domain string, job JobInfo)
+	Released func(domain string, job JobInfo)
+}
+
+// ActorConfig is what the driver gives each domain actor.
+type ActorConfig struct {
+	Spec         *Spec
+	RunDir       string
+	Broker       *Broker
+	Hooks        JobHooks
+	DestroyGrace time.Duration
+	Monitor      monitor.TransportOptions
+	// Snapshot receives a copy of Info after every message, so that the
+	// driver can list domains without asking each one.
+	Snapshot *atomic.Pointer[Info]
+	Logger   zerolog.Logger
+}
+
+// Props returns the props of a domain actor.
+func Props(cfg ActorConfig) *actor.Props {
+	if cfg.DestroyGrace <= 0 {
+		cfg.DestroyGrace = DefaultDestroyGrace
+	}
+	if cfg.Broker == nil {
+		cfg.Broker = NewBroker()
+	}
+	return actor.PropsFromProducer(func() actor.Actor {
+		return &domainActor{cfg: cfg, spec: cfg.Spec, state: StateShutoff, reason: ReasonUnknown}
+	})
+}
+
+// job is one entry of the job lane.
+type job struct {
+	info      JobInfo
+	req       actors.Request
+	senders   []*actor.PID
+	stopWatch func() bool
+	cancel    context.CancelCauseFunc
+	run       func(e *jobEnv) (any, error)
+	apply     func(m *domainActor, value any, err error)
+}
+
+type jobDone struct {
+	id    uint64
+	value any
+	err   error
+}
+type jobStep struct {
+	id    uint64
+	step  string
+	qmp   string
+	since time.Time
+}
+type jobGoAsync struct{ id uint64 }
+type jobAbandoned struct{ id uint64 }
+type processExited struct{ proc *process }
+type attachProcess struct {
+	jobID uint64
+	proc  *process
+}
+
+type domainActor struct {
+	cfg    ActorConfig
+	spec   *Spec
+	state  State
+	reason Reason
+	proc   *process
+	paths  RunPaths
+	mon    *actor.PID
+	monErr error
+
+	lane       actors.Lane[*job]
+	async      *job
+	destroying *job
+	jobSeq     uint64
+	recent     []JobInfo
+
+	sawShutdown       bool
+	shutdownRequested bool
+	panicked          bool
+	undefining        bool
+}
+
+func (m *domainActor) name() string { return m.spec.Name }
+
+func (m *domainActor) Receive(ctx actor.Context) {
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		m.cfg.Logger.Debug().Str("domain", m.name()).Msg("domain actor started")
+	case *InfoRequest:
+		ctx.Respond(m.info())
+	case *JobsRequest:
+		ctx.Respond(m.jobs())
+	case *ExplainWaitRequest:
+		ctx.Respond(m.explain(msg.RequestID))
+	case *StartRequest:
+		m.enqueue(ctx, msg.Request, "start", JobModify, m.startJob(msg.Paused))
+	case *ShutdownRequest:
+		m.enqueue(ctx, msg.Request, "shutdown", JobAsync, m.shutdownJob(msg.Timeout))
+	case *PauseRequest:
+		m.enqueue(ctx, msg.Request, "pause", JobModify, m.qmpJob("stop", nil, func(m *domainActor) {
+			m.setState(StatePaused, ReasonUser, "")
+		}))
+	case *ResumeRequest:
+		m.enqueue(ctx, msg.Request, "resume", JobModify, m.qmpJob("cont", nil, func(m *domainActor) {
+			m.setState(StateRunning, ReasonUnpaused, "")
+		}))
+	case *ResetRequest:
+		m.enqueue(ctx, msg.Request, "reset", JobModify, m.qmpJob("system_reset", nil, nil))
+	case *QMPRequest:
+		kind := JobModify
+		if strings.HasPrefix(msg.Execute, "query-") {
+			kind = JobQuery
+		}
+		m.enqueue(ctx, msg.Request, "qmp", kind, m.rawQMPJob(msg))
+	case *DestroyRequest:
+		m.destroy(ctx, msg)
+	case jobStep:
+		m.onStep(msg)
+	case shutdownRequested:
+		if m.jobByID(msg.id) != nil {
+			m.shutdownRequested = true
+		}
+	case jobGoAsync:
+		m.onGoAsync(ctx, msg.id)
+	case jobDone:
+		m.onJobDone(ctx, msg)
+	case jobAbandoned:
+		m.onAbandoned(ctx, msg.id)
+	case attachProcess:
+		m.onAttach(ctx, msg)
+	case processExited:
+		m.onExit(ctx, msg.proc)
+	case *monitor.Event:
+		m.onQMPEvent(msg)
+	case *monitor.Connected:
+		m.monErr = nil
+	case *monitor.Disconnected:
+		m.monErr = msg.Err
+	case *UpdateSpec:
+		if msg.Spec != nil && msg.Spec.Name == m.spec.Name {
+			m.spec = msg.Spec
+		}
+	case *PrepareUndefine:
+		m.prepareUndefine(ctx)
+	case *CancelUndefine:
+		m.undefining = false
+	case *actor.Stopping:
+		m.stopping(ctx)
+	}
+	if m.cfg.Snapshot != nil {
+		m.cfg.Snapshot.Store(m.info())
+	}
+}
+
+// enqueue puts a job in the lane. The caller leaves the queue when its
+// context ends before the job starts.
+func (m *domainActor) enqueue(ctx actor.Context, req actors.Request, name string, kind JobKind, run jobRunner) {
+	if m.undefining {
+		ctx.Respond(fmt.Errorf("domain %q: %s: %w", m.name(), name, ErrUndefining))
+		return
+	}
+	m.jobSeq++
+	j := &job{
+		info:    JobInfo{ID: m.jobSeq, Name: name, Kind: kind, Owner: ownerOf(req, name), RequestID: req.RequestID, Enqueued: time.Now()},
+		req:     req,
+		senders: []*actor.PID{ctx.Sender()},
+		run:     run.run,
+		apply:   run.apply,
+	}
+	self, root, id := ctx.Self(), ctx.ActorSystem().Root, j.info.ID
+	j.stopWatch = context.AfterFunc(req.Context(), func() { root.Send(self, jobAbandoned{id: id}) })
+	m.lane.Enqueue(j)
+	m.next(ctx)
+}
+
+func ownerOf(req actors.Request, name string) string {
+	if req.Owner != "" {
+		return req.Owner
+	}
+	return "api " + name
+}
+
+// next starts queued jobs while the lane allows. While an async job waits,
+// only query jobs may start (the async job mask).
+func (m *domainActor) next(ctx actor.Context) {
+	allow := func(j *job) bool {
+		return m.async == nil || j.info.Kind == JobQuery || j.info.Kind == JobDestroy
+	}
+	for {
+		j, ok := m.lane.Next(allow)
+		if !ok {
+			return
+		}
+		if j.stopWatch != nil {
+			j.stopWatch()
+		}
+		if j.info.Kind != JobDestroy {
+			if err := j.req.Context().Err(); err != nil {
+				m.lane.End()
+				m.finish(ctx, j, nil, fmt.Errorf("domain %q: job %d %q left the queue: %w", m.name(), j.info.ID, j.info.Name, err))
+				continue
+			}
+			if err := m.precondition(j); err != nil {
+				m.lane.End()
+				m.finish(ctx, j, nil, err)
+				continue
+			}
+		}
+		m.launch(ctx, j)
+		return
+	}
+}
+
+func (m *domainActor) precondition(j *job) error {
+	switch j.info.Name {
+	case "start":
+		if m.proc != nil {
+			return fmt.Errorf("domain %q: start: domain is already %s", m.name(), m.state)
+		}
+		return nil
+	case "pause":
+		if m.proc != nil && m.state == StatePaused {
+			return fmt.Errorf("domain %q: pause: domain is already paused", m.name())
+		}
+	case "resume":
+		if m.proc != nil && m.state != StatePaused {
+			return fmt.Errorf("domain %q: resume: domain is not paused (state %s)", m.name(), m.state)
+		}
+	}
+	if m.proc == nil || m.mon == nil {
+		return fmt.Errorf("domain %q: %s: %w (state %s/%s)", m.name(), j.info.Name, ErrNotRunning, m.state, m.reason)
+	}
+	return nil
+}
+
+// launch runs a job in a goroutine owned by this actor. Its result comes
+// back as a jobDone message; its steps as jobStep messages.
+func (m *domainActor) launch(ctx actor.Context, j *job) {
+	jctx, cancel := context.WithCancelCause(context.Background())
+	j.cancel = cancel
+	j.info.Started = time.Now()
+	env := &jobEnv{
+		ctx:     jctx,
+		root:    ctx.ActorSystem().Root,
+		self:    ctx.Self(),
+		monitor: m.mon,
+		proc:    m.proc,
+		spec:    *m.spec,
+		runDir:  m.cfg.RunDir,
+		grace:   m.cfg.DestroyGrace,
+		job:     j.info,
+		req:     j.req,
+		hooks:   m.cfg.Hooks,
+		domain:  m.name(),
+	}
+	m.cfg.Logger.Debug().Str("domain", m.name()).Uint64("job", j.info.ID).Str("name", j.info.Name).
+		Str("request", j.req.RequestID).Dur("waited", j.info.Started.Sub(j.info.Enqueued)).Msg("job started")
+	run := j.run
+	go func() {
+		if env.hooks.Started != nil {
+			env.hooks.Started(env.domain, env.job)
+		}
+		value, err := run(env)
+		if !env.released && env.hooks.Released != nil {
+			env.hooks.Released(env.domain, env.job)
+		}
+		cancel(nil)
+		env.root.Send(env.self, jobDone{id: env.job.ID, value: value, err: err})
+	}()
+}
+
+func (m *domainActor) jobByID(id uint64) *job {
+	if j, ok := m.lane.Active(); ok && j.info.ID == id {
+		return j
+	}
+	if m.async != nil && m.async.info.ID == id {
+		return m.async
+	}
+	return nil
+}
+
+func (m *domainActor) onStep(s jobStep) {
+	j := m.jobByID(s.id)
+	if j == nil {
+		return
+	}
+	j.info.Step = s.step
+	if s.qmp == "" {
+		j.info.QMP = nil
+	} else {
+		j.info.QMP = &QMPInFlight{Command: s.qmp, Since: s.since}
+	}
+}
+
+func (m *domainActor) onGoAsync(ctx actor.Context, id uint64) {
+	j, ok := m.lane.Active()
+	if !ok || j.info.ID != id {
+		return
+	}
+	m.lane.End()
+	m.async = j
+	m.next(ctx)
+}
+
+func (m *domainActor) onJobDone(ctx actor.Context, d jobDone) {
+	var j *job
+	if a, ok := m.lane.Active(); ok && a.info.ID == d.id {
+		j = a
+	} else if m.async != nil && m.async.info.ID == d.id {
+		j = m.async
+	} else {
+		return
+	}
+	// The job may have seen QEMU exit before its exit message arrived.
+	if m.proc != nil && m.proc.exited() {
+		m.onExit(ctx, m.proc)
+	}
+	if j.apply != nil {
+		j.apply(m, d.value, d.err)
+	}
+	if j == m.async {
+		m.async = nil
+	} else {
+		m.lane.End()
+	}
+	m.finish(ctx, j, d.value, d.err)
+	m.next(ctx)
+}
+
+// finish replies to the job's callers and keeps it in the recent list.
+func (m *domainActor) finish(ctx actor.Context, j *job, value any, err error) {
+	j.info.Ended = time.Now()
+	j.info.QMP = nil
+	reply := value
+	if err != nil {
+		j.info.Error = err.Error()
+		reply = err
+	} else if reply == nil {
+		reply = &JobDone{Job: j.info}
+	}
+	for _, s := range j.senders {
+		if s != nil {
+			ctx.Send(s, reply)
+		}
+	}
+	m.recent = append(m.recent, j.info)
+	if len(m.recent) > recentJobs {
+		m.recent = m.recent[len(m.recent)-recentJobs:]
+	}
+	ev := m.cfg.Logger.Debug()
+	if err != nil {
+		ev = m.cfg.Logger.Info().Err(err)
+	}
+	ev.Str("domain", m.name()).Uint64("job", j.info.ID).Str("name", j.info.Name).Str("request", j.req.RequestID).Msg("job ended")
+}
+
+func (m *domainActor) onAbandoned(ctx actor.Context, id uint64) {
+	j, ok := m.lane.Remove(func(j *job) bool { return j.info.ID == id })
+	if !ok || j.info.Kind == JobDestroy {
+		if ok {
+			m.lane.EnqueueFront(j)
+		}
+		return
+	}
+	m.finish(ctx, j, nil, fmt.Errorf("domain %q: job %d %q left the queue: %w", m.name(), j.info.ID, j.info.Name, j.req.Context().Err()))
+}
+
+// destroy kills QEMU at once, cancels the running jobs and queues the
+// destroy job at the head of the lane.
+func (m *domainActor) destroy(ctx actor.Context, msg *DestroyRequest) {
+	if m.destroying != nil {
+		m.destroying.senders = append(m.destroying.senders, ctx.Sender())
+		return
+	}
+	active, busy := m.lane.Active()
+	startingUp := busy && active.info.Name == "start"
+	if m.proc == nil && !startingUp {
+		ctx.Respond(fmt.Errorf("domain %q: destroy: %w (state %s/%s)", m.name(), ErrNotRunning, m.state, m.reason))
+		return
+	}
+	m.jobSeq++
+	j := &job{
+		info:    JobInfo{ID: m.jobSeq, Name: "destroy", Kind: JobDestroy, Owner: ownerOf(msg.Request, "destroy"), RequestID: msg.RequestID, Enqueued: time.Now()},
+		req:     msg.Request,
+		senders: []*actor.PID{ctx.Sender()},
+		run:     runDestroy,
+		apply: func(m *domainActor, _ any, _ error) {
+			m.destroying = nil
+			if m.state != StateShutoff {
+				m.setState(StateShutoff, ReasonDestroyed, "")
+			}
+		},
+	}
+	m.destroying = j
+	if p := m.proc; p != nil {
+		grace := m.cfg.DestroyGrace
+		go p.terminate(grace) // ends when p is reaped; SIGKILL bounds it
+	}
+	cause := fmt.Errorf("domain %q: destroyed by job %d (%s)", m.name(), j.info.ID, j.info.Owner)
+	if busy && active.cancel != nil {
+		active.cancel(cause)
+	}
+	if m.async != nil && m.async.cancel != nil {
+		m.async.cancel(cause)
+	}
+	m.lane.EnqueueFront(j)
+	m.next(ctx)
+}
+
+func (m *domainActor) onAttach(ctx actor.Context, a attachProcess) {
+	j, ok := m.lane.Active()
+	if !ok || j.info.ID != a.jobID || a.proc.exited() || m.destroying != nil {
+		ctx.Respond(fmt.Errorf("domain %q: QEMU (pid %d) is gone before QMP was attached", m.name(), a.proc.pid))
+		return
+	}
+	paths, err := NewRunPaths(m.cfg.RunDir, m.name())
+	if err != nil {
+		ctx.Respond(err)
+		return
+	}
+	m.proc = a.proc
+	m.paths = paths
+	m.sawShutdown, m.shutdownRequested, m.panicked, m.monErr = false, false, false, nil
+	m.setState(StatePaused, ReasonStartingUp, "")
+	pid, err := ctx.SpawnNamed(monitor.Props(monitor.Config{
+		Domain:     m.name(),
+		SocketPath: paths.QMPSocket,
+		Transport:  m.cfg.Monitor,
+	}), fmt.Sprintf("monitor-%d", a.proc.pid))
+	if err != nil {
+		ctx.Respond(fmt.Errorf("domain %q: spawn monitor: %w", m.name(), err))
+		return
+	}
+	m.mon = pid
+	ctx.Respond(pid)
+}
+
+// onExit records that QEMU is gone and decides the outcome, as DESIGN.md
+// says: destroy → destroyed; a start job → failed; a guest panic →
+// crashed/panicked; a SHUTDOWN event or a requested shutdown → shutdown;
+// anything else → crashed.
+func (m *domainActor) onExit(ctx actor.Context, p *process) {
+	if p == nil || p != m.proc {
+		return
+	}
+	m.proc = nil
+	if m.mon != nil {
+		ctx.Stop(m.mon)
+		m.mon = nil
+	}
+	active, busy := m.lane.Active()
+	state, reason := StateShutoff, ReasonCrashed
+	switch {
+	case m.destroying != nil:
+		reason = ReasonDestroyed
+	case busy && active.info.Name == "start":
+		reason = ReasonFailed
+	case m.panicked:
+		state, reason = StateCrashed, ReasonPanicked
+	case m.sawShutdown || m.shutdownRequested:
+		reason = ReasonShutdown
+	}
+	cause := fmt.Errorf("domain %q: QEMU exited (%s)", m.name(), p.exitString())
+	if busy && active.info.Kind != JobDestroy && active.cancel != nil {
+		active.cancel(fmt.Errorf("domain %q: QEMU exited (%s) while running job %d %q", m.name(), p.exitString(), active.info.ID, active.info.Name))
+	}
+	if m.async != nil && m.async.cancel != nil && reason != ReasonShutdown {
+		m.async.cancel(cause)
+	}
+	m.cfg.Logger.Info().Str("domain", m.name()).Int("pid", p.pid).Str("exit", p.exitString()).
+		Str("state", string(state)).Str("reason", string(reason)).Msg("QEMU exited")
+	m.setState(state, reason, "")
+}
+
+func (m *domainActor) onQMPEvent(ev *monitor.Event) {
+	if m.proc == nil {
+		return
+	}
+	switch ev.Name {
+	case "STOP":
+		if m.state == StateRunning {
+			m.setState(StatePaused, ReasonUser, ev.ID)
+		}
+	case "RESUME":
+		if m.state == StatePaused && m.reason != ReasonStartingUp {
+			m.setState(StateRunning, ReasonUnpaused, ev.ID)
+		}
+	case "SHUTDOWN":
+		m.sawShutdown = true
+		if m.destroying == nil {
+			m.setState(StateShutdown, ReasonUser, ev.ID)
+		}
+	case "GUEST_PANICKED":
+		m.panicked = true
+		m.setState(StateCrashed, ReasonPanicked, ev.ID)
+	}
+}
+
+// setState changes state and reason and publishes the lifecycle event that
+// the transition means.
+func (m *domainActor) setState(s State, r Reason, cause string) {
+	if s == m.state && r == m.reason {
+		return
+	}
+	prevState, prevReason := m.state, m.reason
+	m.state, m.reason = s, r
+	var t EventType
+	switch s {
+	case StateRunning:
+		t = EventResumed
+		if prevState != StatePaused || prevReason == ReasonStartingUp {
+			t = EventStarted
+		}
+	case StatePaused:
+		switch {
+		case r == ReasonStartingUp:
+			return
+		case prevReason == ReasonStartingUp:
+			t = EventStarted
+		default:
+			t = EventPaused
+		}
+	case StateShutdown:
+		t = EventShutdown
+	case StateShutoff:
+		t = EventStopped
+		if r == ReasonCrashed {
+			t = EventCrashed
+		}
+	case StateCrashed:
+		t = EventCrashed
+	}
+	m.cfg.Broker.Publish(Event{Type: t, Domain: m.name(), UUID: m.spec.UUID, State: s, Reason: r, Cause: cause})
+}
+
+func (m *domainActor) prepareUndefine(ctx actor.Context) {
+	if m.proc != nil || m.lane.Busy() || m.lane.Len() > 0 || m.async != nil {
+		ctx.Respond(fmt.Errorf("domain %q: undefine: domain must be shut off and idle (state %s/%s, %d jobs queued)", m.name(), m.state, m.reason, m.lane.Len()))
+		return
+	}
+	m.undefining = true
+	ctx.Respond(&Undefinable{})
+}
+
+// stopping runs when the driver stops this actor (undefine or close). QEMU
+// keeps running: it lives in its own session, as with libvirtd.
+func (m *domainActor) stopping(ctx actor.Context) {
+	err := fmt.Errorf("domain %q: supervisor is stopping", m.name())
+	if j, ok := m.lane.Active(); ok && j.cancel != nil {
+		j.cancel(err)
+	}
+	if m.async != nil && m.async.cancel != nil {
+		m.async.cancel(err)
+	}
+	for _, j := range m.lane.Drain() {
+		if j.stopWatch != nil {
+			j.stopWatch()
+		}
+		m.finish(ctx, j, nil, err)
+	}
+}
+
+func (m *domainActor) info() *Info {
+	in := &Info{Name: m.spec.Name, UUID: m.spec.UUID, State: m.state, Reason: m.reason, Queued: m.lane.Len()}
+	if m.proc != nil {
+		in.PID = m.proc.pid
+	}
+	if j, ok := m.lane.Active(); ok {
+		ji := j.info
+		in.Job = &ji
+	} else if m.async != nil {
+		ji := m.async.info
+		in.Job = &ji
+	}
+	if m.monErr != nil && m.proc != nil {
+		in.Monitor = m.monErr.Error()
+	}
+	return in
+}
+
+func (m *domainActor) jobs() *Jobs {
+	js := &Jobs{Domain: m.name(), Queued: []JobInfo{}, Recent: append([]JobInfo{}, m.recent...)}
+	if j, ok := m.lane.Active(); ok {
+		ji := j.info
+		js.Active = &ji
+	}
+	if m.async != nil {
+		ji := m.async.info
+		js.Async = &ji
+	}
+	for _, j := range m.lane.Waiting() {
+		js.Queued = append(js.Queued, j.info)
+	}
+	return js
+}
+
+func (m *domainActor) explain(requestID string) *WaitExplanation {
+	w := &WaitExplanation{}
+	if j, ok := m.lane.Active(); ok {
+		if j.req.RequestID == requestID {
+			w.Running = true
+		}
+		ji := j.info
+		w.Holder = &ji
+	} else if m.async != nil {
+		ji := m.async.info
+		w.Holder = &ji
+	}
+	return w
+}

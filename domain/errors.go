@@ -1,0 +1,40 @@
+package domain
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// ErrNotRunning is returned by jobs that need a running QEMU.
+var ErrNotRunning = errors.New("domain is not running")
+
+// ErrUndefining is returned for jobs sent to a domain that is being undefined.
+var ErrUndefining = errors.New("domain is being undefined")
+
+// JobWaitError is returned when a caller's context ended while its job was
+// still waiting in the lane. It names the holder, as libvirt does.
+type JobWaitError struct {
+	Domain string
+	Job    string // the job that waited
+	Waited time.Duration
+	Holder *JobInfo
+	At     time.Time
+	Cause  error // context.DeadlineExceeded or context.Canceled
+}
+
+func (e *JobWaitError) Error() string {
+	verb := "timed out"
+	if errors.Is(e.Cause, context.Canceled) {
+		verb = "cancelled"
+	}
+	s := fmt.Sprintf("domain %q: %s after %s waiting for job %q", e.Domain, verb, e.Waited.Round(100*time.Millisecond), e.Job)
+	if e.Holder != nil {
+		s += ": held by " + e.Holder.Holder(e.At)
+	}
+	return s
+}
+
+// Unwrap returns the context error.
+func (e *JobWaitError) Unwrap() error { return e.Cause }

@@ -1,0 +1,110 @@
+package domain
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// EventType names a lifecycle event.
+type EventType string
+
+// The lifecycle events.
+const (
+	EventDefined   EventType = "defined"
+	EventUndefined EventType = "undefined"
+	EventStarted   EventType = "started"
+	EventPaused    EventType = "paused"
+	EventResumed   EventType = "resumed"
+	EventShutdown  EventType = "shutdown"
+	EventStopped   EventType = "stopped"
+	EventCrashed   EventType = "crashed"
+)
+
+// Event is a lifecycle event of one domain.
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Type   EventType `json:"type"`
+	Domain string    `json:"domain"`
+	UUID   string    `json:"uuid,omitempty"`
+	State  State     `json:"state"`
+	Reason Reason    `json:"reason"`
+	Time   time.Time `json:"time"`
+	// Cause is the id of the QMP event or request that caused it.
+	Cause string `json:"cause,omitempty"`
+}
+
+// DefaultEventBuffer is a subscriber's buffer when none is given.
+const DefaultEventBuffer = 256
+
+// Broker fans lifecycle events out to subscribers. Publish never blocks:
+// a subscriber whose buffer is full loses the event, and the loss is counted.
+type Broker struct {
+	mu   sync.Mutex
+	subs map[*Subscription]struct{}
+	seq  uint64
+}
+
+// NewBroker returns an empty broker.
+func NewBroker() *Broker {
+	return &Broker{subs: make(map[*Subscription]struct{})}
+}
+
+// Subscription receives the events of one domain, or of all domains.
+type Subscription struct {
+	broker  *Broker
+	domain  string
+	ch      chan Event
+	dropped atomic.Uint64
+	once    sync.Once
+}
+
+// Subscribe registers a subscriber for domain ("" for every domain) with a
+// buffer of the given size (DefaultEventBuffer when <= 0).
+func (b *Broker) Subscribe(domain string, buffer int) *Subscription {
+	if buffer <= 0 {
+		buffer = DefaultEventBuffer
+	}
+	s := &Subscription{broker: b, domain: domain, ch: make(chan Event, buffer)}
+	b.mu.Lock()
+	b.subs[s] = struct{}{}
+	b.mu.Unlock()
+	return s
+}
+
+// Publish delivers ev to every matching subscriber without blocking.
+func (b *Broker) Publish(ev Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.seq++
+	ev.Seq = b.seq
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	for s := range b.subs {
+		if s.domain != "" && s.domain != ev.Domain {
+			continue
+		}
+		select {
+		case s.ch <- ev:
+		default:
+			s.dropped.Add(1)
+		}
+	}
+}
+
+// Events is the channel of events; it is closed by Close.
+func (s *Subscription) Events() <-chan Event { return s.ch }
+
+// Dropped counts the events lost because the buffer was full.
+func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Close unsubscribes and closes the channel. It is safe to call twice.
+func (s *Subscription) Close() {
+	s.once.Do(func() {
+		s.broker.mu.Lock()
+		delete(s.broker.subs, s)
+		close(s.ch)
+		s.broker.mu.Unlock()
+	})
+}

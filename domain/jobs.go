@@ -1,0 +1,250 @@
+package domain
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// jobRunner is a job's body, run in the job goroutine, and the change it
+// makes to the actor's state, applied in the actor when the job ends.
+type jobRunner struct {
+	run   func(e *jobEnv) (any, error)
+	apply func(m *domainActor, value any, err error)
+}
+
+// jobEnv is what a job goroutine may use: a copy of the actor's state at
+// launch, and message sends back to the actor. It never touches the actor's
+// fields.
+type jobEnv struct {
+	ctx      context.Context
+	root     *actor.RootContext
+	self     *actor.PID
+	monitor  *actor.PID
+	proc     *process
+	spec     Spec
+	runDir   string
+	grace    time.Duration
+	job      JobInfo
+	req      actors.Request
+	hooks    JobHooks
+	domain   string
+	released bool
+}
+
+// step reports the job's current step to the actor.
+func (e *jobEnv) step(step, qmp string) {
+	s := jobStep{id: e.job.ID, step: step, qmp: qmp}
+	if qmp != "" {
+		s.since = time.Now()
+	}
+	e.root.Send(e.self, s)
+}
+
+// goAsync releases the job lane while an async job waits.
+func (e *jobEnv) goAsync() {
+	if e.hooks.Released != nil {
+		e.hooks.Released(e.domain, e.job)
+	}
+	e.released = true
+	e.root.Send(e.self, jobGoAsync{id: e.job.ID})
+}
+
+// cause turns an error seen while the job context was cancelled into the
+// reason it was cancelled (QEMU exited, destroy, ...).
+func (e *jobEnv) cause(err error) error {
+	if c := context.Cause(e.ctx); c != nil && !errors.Is(c, context.Canceled) {
+		return fmt.Errorf("%w (%v)", c, err)
+	}
+	return err
+}
+
+// qmp runs one QMP command through the monitor actor.
+func (e *jobEnv) qmp(execute string, args json.RawMessage) (*monitor.Result, error) {
+	if e.monitor == nil {
+		return nil, fmt.Errorf("domain %q: %w", e.domain, ErrNotRunning)
+	}
+	e.step("qmp "+execute, execute)
+	defer e.step("", "")
+	res, err := actors.AskAs[*monitor.Result](e.ctx, e.root, e.monitor, &monitor.Command{
+		Request:   e.req.Child(e.ctx, fmt.Sprintf("job-%d", e.job.ID)),
+		JobID:     e.job.ID,
+		Execute:   execute,
+		Arguments: args,
+	})
+	if err != nil {
+		return nil, e.cause(fmt.Errorf("job %d %q: %w", e.job.ID, e.job.Name, err))
+	}
+	return res, nil
+}
+
+func (m *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess func(m *domainActor)) jobRunner {
+	return jobRunner{
+		run: func(e *jobEnv) (any, error) {
+			_, err := e.qmp(execute, args)
+			return nil, err
+		},
+		apply: func(m *domainActor, _ any, err error) {
+			if err == nil && onSuccess != nil && m.proc != nil {
+				onSuccess(m)
+			}
+		},
+	}
+}
+
+func (m *domainActor) rawQMPJob(req *QMPRequest) jobRunner {
+	return jobRunner{run: func(e *jobEnv) (any, error) {
+		if req.Execute == "" {
+			return nil, fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", e.domain)
+		}
+		res, err := e.qmp(req.Execute, req.Arguments)
+		if err != nil {
+			return nil, err
+		}
+		return &QMPReply{Return: res.Return}, nil
+	}}
+}
+
+func (m *domainActor) startJob(paused bool) jobRunner {
+	return jobRunner{
+		run: func(e *jobEnv) (any, error) { return nil, e.start(paused) },
+		apply: func(m *domainActor, _ any, err error) {
+			switch {
+			case err != nil && m.proc == nil:
+				m.setState(StateShutoff, ReasonFailed, "")
+			case err == nil && m.proc != nil && paused:
+				m.setState(StatePaused, ReasonUser, "")
+			case err == nil && m.proc != nil:
+				m.setState(StateRunning, ReasonBooted, "")
+			}
+		},
+	}
+}
+
+// start runs QEMU paused, hands it to the actor (which spawns the monitor),
+// checks QMP and continues the guest unless paused was asked for.
+func (e *jobEnv) start(paused bool) error {
+	fail := func(step string, err error) error {
+		return fmt.Errorf("domain %q: start: %s: %w", e.domain, step, err)
+	}
+	paths, err := NewRunPaths(e.runDir, e.domain)
+	if err != nil {
+		return fail("run paths", err)
+	}
+	e.step("prepare run dir", "")
+	if err := os.MkdirAll(paths.Dir, 0o700); err != nil {
+		return fail("prepare run dir", err)
+	}
+	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fail("remove stale "+stale, err)
+		}
+	}
+	accel := ResolveAccel(e.spec.Accel)
+	args := BuildArgs(&e.spec, paths, accel)
+	e.step("spawn qemu", "")
+	proc, err := startProcess(e.spec.EmulatorPath(), args, paths.QEMULog)
+	if err != nil {
+		return fail("spawn QEMU", err)
+	}
+	// From here on the process must not outlive a failed start.
+	abort := func(step string, err error) error {
+		proc.kill()
+		err = fail(step, err)
+		if tail := proc.logTail(); tail != "" {
+			err = fmt.Errorf("%w; QEMU (%s) said: %s", err, proc.exitString(), tail)
+		} else {
+			err = fmt.Errorf("%w; QEMU: %s", err, proc.exitString())
+		}
+		return err
+	}
+	go func() {
+		<-proc.done
+		e.root.Send(e.self, processExited{proc: proc})
+	}()
+	e.step("attach monitor", "")
+	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobID: e.job.ID, proc: proc})
+	if err != nil {
+		return abort("attach monitor", e.cause(err))
+	}
+	e.monitor = mon
+	if _, err := e.qmp("query-status", nil); err != nil {
+		return abort("QMP", err)
+	}
+	if !paused {
+		if _, err := e.qmp("cont", nil); err != nil {
+			return abort("cont", err)
+		}
+	}
+	return nil
+}
+
+func (m *domainActor) shutdownJob(timeout time.Duration) jobRunner {
+	if timeout <= 0 {
+		timeout = DefaultShutdownTimeout
+	}
+	return jobRunner{
+		run: func(e *jobEnv) (any, error) {
+			return nil, e.shutdown(timeout)
+		},
+		apply: func(m *domainActor, _ any, err error) {
+			if err != nil {
+				m.shutdownRequested = false
+			}
+		},
+	}
+}
+
+// shutdown sends the ACPI power button press, then waits as an async job for
+// the guest to power off.
+func (e *jobEnv) shutdown(timeout time.Duration) error {
+	e.root.Send(e.self, shutdownRequested{id: e.job.ID})
+	sent := time.Now()
+	if _, err := e.qmp("system_powerdown", nil); err != nil {
+		return err
+	}
+	e.step("wait for guest power-off", "")
+	e.goAsync()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-e.proc.done:
+		return nil
+	case <-timer.C:
+		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s)",
+			e.domain, timeout, sent.Format("15:04:05"))
+	case <-e.ctx.Done():
+		select {
+		case <-e.proc.done:
+			return nil // QEMU exited: that is what we waited for
+		default:
+		}
+		return fmt.Errorf("domain %q: shutdown job %d: %w", e.domain, e.job.ID, context.Cause(e.ctx))
+	}
+}
+
+// runDestroy waits for the process that destroy killed to be reaped.
+func runDestroy(e *jobEnv) (any, error) {
+	if e.proc == nil {
+		return nil, nil
+	}
+	e.step("wait for QEMU to exit", "")
+	timer := time.NewTimer(e.grace + 10*time.Second)
+	defer timer.Stop()
+	select {
+	case <-e.proc.done:
+		return nil, nil
+	case <-timer.C:
+		return nil, fmt.Errorf("domain %q: destroy: QEMU (pid %d) still not reaped %s after SIGTERM", e.domain, e.proc.pid, e.grace+10*time.Second)
+	}
+}
+
+type shutdownRequested struct{ id uint64 }

@@ -1,0 +1,94 @@
+package domain
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/vmsup/vmsup/actors"
+)
+
+// StartRequest starts QEMU (a modify job). With Paused the VM stays paused
+// after start-up.
+type StartRequest struct {
+	actors.Request
+	Paused bool
+}
+
+// ShutdownRequest asks the guest to power off (ACPI system_powerdown) and
+// waits up to Timeout (DefaultShutdownTimeout when zero). It is an async
+// job: query jobs may run while it waits for the guest.
+type ShutdownRequest struct {
+	actors.Request
+	Timeout time.Duration
+}
+
+// DestroyRequest kills QEMU: SIGTERM, then SIGKILL after the grace period.
+// It preempts: the kill happens at once, and the destroy job runs before any
+// queued job.
+type DestroyRequest struct {
+	actors.Request
+}
+
+// PauseRequest stops the guest's vCPUs (QMP "stop").
+type PauseRequest struct{ actors.Request }
+
+// ResumeRequest restarts the guest's vCPUs (QMP "cont").
+type ResumeRequest struct{ actors.Request }
+
+// ResetRequest resets the machine (QMP "system_reset").
+type ResetRequest struct{ actors.Request }
+
+// QMPRequest sends one raw QMP command as a job. Commands named "query-*"
+// are query jobs; all others are modify jobs.
+type QMPRequest struct {
+	actors.Request
+	Execute   string
+	Arguments json.RawMessage
+}
+
+// QMPReply is the "return" value of a raw QMP command.
+type QMPReply struct {
+	Return json.RawMessage
+}
+
+// JobDone is the reply to a lifecycle job that succeeded.
+type JobDone struct {
+	Job JobInfo
+}
+
+// InfoRequest asks for the domain's Info; answered at once.
+type InfoRequest struct{}
+
+// JobsRequest asks for the domain's Jobs; answered at once.
+type JobsRequest struct{}
+
+// ExplainWaitRequest asks what the request with RequestID is waiting for.
+// It is answered at once with a *WaitExplanation. The API sends it after a
+// job wait timed out, to name the holder.
+type ExplainWaitRequest struct {
+	RequestID string
+}
+
+// WaitExplanation says whether a request's job ran, and who held the job.
+type WaitExplanation struct {
+	// Running is set when the request's own job is the active one.
+	Running bool
+	// Holder is the job that held the domain, or nil.
+	Holder *JobInfo
+}
+
+// UpdateSpec replaces the definition; it takes effect at the next start.
+// The driver tells it after a define of an existing domain.
+type UpdateSpec struct {
+	Spec *Spec
+}
+
+// PrepareUndefine asks the domain to refuse new jobs because it is about to
+// be undefined. It fails unless the domain is shut off and idle.
+type PrepareUndefine struct{}
+
+// CancelUndefine reverts PrepareUndefine after an undefine failed.
+type CancelUndefine struct{}
+
+// Undefinable is the reply to a successful PrepareUndefine.
+type Undefinable struct{}

@@ -1,0 +1,142 @@
+package domain
+
+import (
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// RunPaths are the per-domain runtime files under <run>/<name>/.
+type RunPaths struct {
+	// Dir is <run>/<name>, the directory that holds the files below.
+	Dir string
+	// QMPSocket is the QMP unix socket QEMU listens on (qmp.sock).
+	QMPSocket string
+	// PIDFile is the file QEMU writes its pid to (qemu.pid).
+	PIDFile string
+	// SerialLog receives the serial output when the spec has no serial
+	// section, or a file serial without a path (serial.log).
+	SerialLog string
+	// ConsoleSocket is the serial console socket for a socket serial
+	// without a path (console.sock).
+	ConsoleSocket string
+	// QEMULog receives QEMU's own stdout and stderr (qemu.log).
+	QEMULog string
+}
+
+// NewRunPaths returns the runtime paths of domain name under runDir, which
+// must be absolute. It fails when the name is invalid (see ValidateName)
+// or when a unix socket path would be longer than MaxSocketPath bytes, the
+// kernel's sun_path limit. It creates nothing.
+func NewRunPaths(runDir, name string) (RunPaths, error) {
+	if err := ValidateName(name); err != nil {
+		return RunPaths{}, err
+	}
+	if p := pathProblem(filepath.Clean(runDir)); p != "" {
+		return RunPaths{}, fmt.Errorf("run directory %q: %s", runDir, p)
+	}
+	dir := filepath.Join(runDir, name)
+	rp := RunPaths{
+		Dir:           dir,
+		QMPSocket:     filepath.Join(dir, "qmp.sock"),
+		PIDFile:       filepath.Join(dir, "qemu.pid"),
+		SerialLog:     filepath.Join(dir, "serial.log"),
+		ConsoleSocket: filepath.Join(dir, "console.sock"),
+		QEMULog:       filepath.Join(dir, "qemu.log"),
+	}
+	for _, sock := range []string{rp.QMPSocket, rp.ConsoleSocket} {
+		if len(sock) > MaxSocketPath {
+			return RunPaths{}, fmt.Errorf("domain %q: unix socket path %q is %d bytes, longer than the %d-byte limit of a unix socket address (sun_path); use a shorter run directory or domain name",
+				name, sock, len(sock), MaxSocketPath)
+		}
+	}
+	return rp, nil
+}
+
+// EmulatorPath returns the QEMU binary to run: Spec.Emulator, or
+// DefaultEmulator when it is empty. A value without '/' is a command name
+// for the caller to look up in PATH (exec.LookPath) when the domain starts.
+func (s *Spec) EmulatorPath() string {
+	if s.Emulator == "" {
+		return DefaultEmulator
+	}
+	return s.Emulator
+}
+
+// qemuOptValue escapes a value for QEMU's "key=value,..." option syntax,
+// where a literal comma is written as two.
+func qemuOptValue(v string) string {
+	return strings.ReplaceAll(v, ",", ",,")
+}
+
+// BuildArgs returns the QEMU argv for spec, WITHOUT the emulator binary
+// (see EmulatorPath). spec must be valid (ApplyDefaults, then Validate);
+// accel is the resolved accelerator ("kvm" or "tcg"), and an empty or
+// "auto" accel is resolved with ResolveAccel(spec.Accel).
+//
+// The order is stable: -name, -uuid, -machine, -accel, -m (MiB, rounded
+// up), -smp, -nodefaults, -no-user-config, -display none, -S, -qmp,
+// -pidfile, then -kernel/-initrd/-append, one -drive per disk (virtio),
+// the serial port, and finally spec.ExtraArgs. QEMU starts paused (-S);
+// the domain continues it over QMP. Commas in paths are doubled where QEMU
+// parses the value as an option list.
+func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
+	if accel == "" || accel == AccelAuto {
+		accel = ResolveAccel(spec.Accel)
+	}
+	args := []string{
+		"-name", "guest=" + qemuOptValue(spec.Name) + ",debug-threads=on",
+		"-uuid", spec.UUID,
+		"-machine", spec.Machine,
+		"-accel", accel,
+		"-m", strconv.FormatUint(spec.Memory.MiBCeil(), 10) + "M",
+		"-smp", strconv.Itoa(spec.CPUs),
+		"-nodefaults",
+		"-no-user-config",
+		"-display", "none",
+		"-S",
+		"-qmp", "unix:" + qemuOptValue(paths.QMPSocket) + ",server=on,wait=off",
+		"-pidfile", paths.PIDFile,
+	}
+	if spec.Kernel != "" {
+		args = append(args, "-kernel", spec.Kernel)
+		if spec.Initrd != "" {
+			args = append(args, "-initrd", spec.Initrd)
+		}
+		if spec.Append != "" {
+			args = append(args, "-append", spec.Append)
+		}
+	}
+	for _, d := range spec.Disks {
+		format := d.Format
+		if format == "" {
+			format = DiskFormatRaw
+		}
+		ro := "off"
+		if d.ReadOnly {
+			ro = "on"
+		}
+		args = append(args, "-drive",
+			"file="+qemuOptValue(d.Path)+",format="+format+",if=virtio,readonly="+ro)
+	}
+	serial := spec.Serial
+	if serial == nil {
+		serial = &Serial{Type: SerialFile}
+	}
+	switch serial.Type {
+	case SerialFile:
+		p := serial.Path
+		if p == "" {
+			p = paths.SerialLog
+		}
+		args = append(args, "-chardev", "file,id=serial0,path="+qemuOptValue(p), "-serial", "chardev:serial0")
+	case SerialSocket:
+		p := serial.Path
+		if p == "" {
+			p = paths.ConsoleSocket
+		}
+		args = append(args, "-chardev", "socket,id=serial0,path="+qemuOptValue(p)+",server=on,wait=off", "-serial", "chardev:serial0")
+	}
+	return append(args, spec.ExtraArgs...)
+}

@@ -1,0 +1,393 @@
+package domain
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var updateArgsGolden = flag.Bool("update-args-golden", false, "rewrite domain/testdata/*.args.golden from BuildArgs")
+
+func TestNewRunPaths(t *testing.T) {
+	rp, err := NewRunPaths("/run/vmsup", "web1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := RunPaths{
+		Dir:           "/run/vmsup/web1",
+		QMPSocket:     "/run/vmsup/web1/qmp.sock",
+		PIDFile:       "/run/vmsup/web1/qemu.pid",
+		SerialLog:     "/run/vmsup/web1/serial.log",
+		ConsoleSocket: "/run/vmsup/web1/console.sock",
+		QEMULog:       "/run/vmsup/web1/qemu.log",
+	}
+	if rp != want {
+		t.Fatalf("NewRunPaths = %+v\nwant %+v", rp, want)
+	}
+	if rp2, err := NewRunPaths("/run/vmsup/", "web1"); err != nil || rp2 != want {
+		t.Fatalf("trailing slash: %+v, %v", rp2, err)
+	}
+
+	for _, name := range []string{"", "..", "a/b", "-x", strings.Repeat("n", 64)} {
+		if _, err := NewRunPaths("/run/vmsup", name); err == nil {
+			t.Errorf("name %q accepted", name)
+		}
+	}
+	for _, dir := range []string{"", "run/vmsup", "/run/vm\x00sup"} {
+		if _, err := NewRunPaths(dir, "web1"); err == nil {
+			t.Errorf("run dir %q accepted", dir)
+		}
+	}
+
+	// "/<dir>/<name>/console.sock" is the longest socket path:
+	// 1 + len(dir) + 1 + len(name) + 13 bytes.
+	name := "n"
+	fits := "/" + strings.Repeat("d", MaxSocketPath-1-1-len(name)-len("/console.sock"))
+	if rp, err := NewRunPaths(fits, name); err != nil || len(rp.ConsoleSocket) != MaxSocketPath {
+		t.Fatalf("a %d-byte socket path must fit: %v", MaxSocketPath, err)
+	}
+	_, err = NewRunPaths(fits+"d", name)
+	if err == nil || !strings.Contains(err.Error(), "sun_path") || !strings.Contains(err.Error(), "108 bytes") {
+		t.Fatalf("a 108-byte socket path: err = %v", err)
+	}
+}
+
+func TestEmulatorPath(t *testing.T) {
+	if got := (&Spec{}).EmulatorPath(); got != "qemu-system-x86_64" {
+		t.Fatalf("default EmulatorPath = %q", got)
+	}
+	if got := (&Spec{Emulator: "/opt/qemu/bin/qemu-system-x86_64"}).EmulatorPath(); got != "/opt/qemu/bin/qemu-system-x86_64" {
+		t.Fatalf("EmulatorPath = %q", got)
+	}
+}
+
+// argsTestGolden compares args, one per line, with testdata/<name>.
+func argsTestGolden(t *testing.T, name string, args []string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	got := strings.Join(args, "\n") + "\n"
+	if *updateArgsGolden {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update-args-golden to create it)", err)
+	}
+	if got != string(want) {
+		t.Fatalf("BuildArgs differs from %s:\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+func TestBuildArgsGoldenFull(t *testing.T) {
+	spec, err := ParseSpec(specTestRead(t, "full.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := NewRunPaths("/run/vmsup", spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	argsTestGolden(t, "full.args.golden", BuildArgs(spec, paths, AccelTCG))
+}
+
+func TestBuildArgsMinimal(t *testing.T) {
+	spec, err := ParseSpec([]byte("name: tiny\nuuid: 0f8fad5b-d9cb-469f-a165-70867728950e\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths, err := NewRunPaths("/run/vmsup", "tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := BuildArgs(spec, paths, AccelKVM)
+	want := []string{
+		"-name", "guest=tiny,debug-threads=on",
+		"-uuid", "0f8fad5b-d9cb-469f-a165-70867728950e",
+		"-machine", "q35",
+		"-accel", "kvm",
+		"-m", "128M",
+		"-smp", "1",
+		"-nodefaults",
+		"-no-user-config",
+		"-display", "none",
+		"-S",
+		"-qmp", "unix:/run/vmsup/tiny/qmp.sock,server=on,wait=off",
+		"-pidfile", "/run/vmsup/tiny/qemu.pid",
+		"-chardev", "file,id=serial0,path=/run/vmsup/tiny/serial.log", "-serial", "chardev:serial0",
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("BuildArgs =\n%q\nwant\n%q", got, want)
+	}
+}
+
+func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
+	paths, err := NewRunPaths("/run/vm,sup", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := func() *Spec {
+		s := &Spec{Name: "a", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e"}
+		s.ApplyDefaults()
+		return s
+	}
+	tail := func(s *Spec) []string {
+		args := BuildArgs(s, paths, AccelTCG)
+		i := slices.Index(args, paths.PIDFile)
+		return args[i+1:]
+	}
+	cases := []struct {
+		name   string
+		mutate func(*Spec)
+		want   []string
+	}{
+		{"nil serial logs to the run dir", func(*Spec) {},
+			[]string{"-chardev", "file,id=serial0,path=/run/vm,,sup/a/serial.log", "-serial", "chardev:serial0"}},
+		{"file serial without path", func(s *Spec) { s.Serial = &Serial{Type: SerialFile} },
+			[]string{"-chardev", "file,id=serial0,path=/run/vm,,sup/a/serial.log", "-serial", "chardev:serial0"}},
+		{"file serial with path", func(s *Spec) { s.Serial = &Serial{Type: SerialFile, Path: "/var/log/a,b.log"} },
+			[]string{"-chardev", "file,id=serial0,path=/var/log/a,,b.log", "-serial", "chardev:serial0"}},
+		{"socket serial without path", func(s *Spec) { s.Serial = &Serial{Type: SerialSocket} },
+			[]string{"-chardev", "socket,id=serial0,path=/run/vm,,sup/a/console.sock,server=on,wait=off", "-serial", "chardev:serial0"}},
+		{"no serial", func(s *Spec) { s.Serial = &Serial{Type: SerialNone}; s.ExtraArgs = []string{"-serial", "pty"} },
+			[]string{"-serial", "pty"}},
+		{"disks", func(s *Spec) {
+			s.Serial = &Serial{Type: SerialNone}
+			s.Disks = []Disk{{Path: "/img/a,,b.img", Format: DiskFormatQCOW2}, {Path: "/img/c.iso", Format: DiskFormatRaw, ReadOnly: true}}
+		}, []string{
+			"-drive", "file=/img/a,,,,b.img,format=qcow2,if=virtio,readonly=off",
+			"-drive", "file=/img/c.iso,format=raw,if=virtio,readonly=on",
+		}},
+		{"kernel only", func(s *Spec) { s.Serial = &Serial{Type: SerialNone}; s.Kernel = "/boot/k,1" },
+			[]string{"-kernel", "/boot/k,1"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := base()
+			c.mutate(s)
+			if err := s.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			if got := tail(s); !slices.Equal(got, c.want) {
+				t.Fatalf("args after -pidfile:\n got %q\nwant %q", got, c.want)
+			}
+		})
+	}
+
+	s := base()
+	if got := BuildArgs(s, paths, AccelTCG); !slices.Contains(got, "unix:/run/vm,,sup/a/qmp.sock,server=on,wait=off") ||
+		!slices.Contains(got, "/run/vm,sup/a/qemu.pid") {
+		t.Fatalf("qmp/pidfile escaping: %q", got)
+	}
+	for mem, want := range map[Size]string{MiB: "1M", MiB + 1: "2M", 1536 * MiB: "1536M", TiB: "1048576M", 2*MiB - 1: "2M"} {
+		s.Memory = mem
+		args := BuildArgs(s, paths, AccelTCG)
+		if got := args[slices.Index(args, "-m")+1]; got != want {
+			t.Errorf("memory %d: -m %s, want %s", mem, got, want)
+		}
+	}
+	// An unresolved accel is resolved from the spec.
+	s.Accel = AccelTCG
+	for _, accel := range []string{"", AccelAuto} {
+		args := BuildArgs(s, paths, accel)
+		if got := args[slices.Index(args, "-accel")+1]; got != AccelTCG {
+			t.Errorf("BuildArgs(accel %q) with spec accel tcg: -accel %s", accel, got)
+		}
+	}
+}
+
+// TestBuildArgsRealQEMU starts the real qemu-system-x86_64 with BuildArgs,
+// under machine "none" and "q35" with TCG, in a run directory whose path
+// contains a comma (to prove the escaping), checks the QMP greeting, the
+// paused state, the pid file and the UUID on the command line, then kills
+// and reaps QEMU.
+func TestBuildArgsRealQEMU(t *testing.T) {
+	bin, err := exec.LookPath(DefaultEmulator)
+	if err != nil {
+		t.Skipf("%s not installed: %v", DefaultEmulator, err)
+	}
+	runDir, err := os.MkdirTemp("", "vmsup,args-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runDir) })
+
+	t.Run("machine-none", func(t *testing.T) {
+		spec, err := ParseSpec(specTestRead(t, "machine-none.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		argsTestStartQEMU(t, bin, runDir, spec, func(paths RunPaths) {
+			if _, err := os.Stat(paths.SerialLog); err != nil {
+				t.Errorf("serial log: %v", err)
+			}
+		})
+	})
+
+	t.Run("q35", func(t *testing.T) {
+		imgDir := t.TempDir()
+		raw := filepath.Join(imgDir, "root,1.img")
+		if err := os.WriteFile(raw, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		seed := filepath.Join(imgDir, "seed.img")
+		if err := os.WriteFile(seed, make([]byte, 64<<10), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		spec := &Spec{
+			Name:      "q35vm",
+			Memory:    64 * MiB,
+			CPUs:      2,
+			Machine:   "q35",
+			Accel:     AccelTCG,
+			Disks:     []Disk{{Path: raw}, {Path: seed, ReadOnly: true}},
+			Serial:    &Serial{Type: SerialSocket},
+			ExtraArgs: []string{"-device", "virtio-rng-pci"},
+		}
+		if img, err := exec.LookPath("qemu-img"); err == nil {
+			q := filepath.Join(imgDir, "data.qcow2")
+			if out, err := exec.Command(img, "create", "-q", "-f", "qcow2", q, "1M").CombinedOutput(); err != nil {
+				t.Fatalf("qemu-img: %v: %s", err, out)
+			}
+			spec.Disks = append(spec.Disks, Disk{Path: q, Format: DiskFormatQCOW2})
+		}
+		spec.ApplyDefaults()
+		if err := spec.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		argsTestStartQEMU(t, bin, runDir, spec, func(paths RunPaths) {
+			c, err := net.Dial("unix", paths.ConsoleSocket)
+			if err != nil {
+				t.Fatalf("serial console socket: %v", err)
+			}
+			c.Close()
+		})
+	})
+}
+
+// argsTestStartQEMU runs QEMU for spec, waits (at most 10 s) for its QMP
+// socket, checks it, runs check while QEMU is up, then kills and reaps it.
+// QEMU is reaped before the test ends, whatever happens.
+func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *Spec, check func(RunPaths)) {
+	t.Helper()
+	paths, err := NewRunPaths(runDir, spec.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(paths.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(paths.QEMULog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	qemuLog := func() string { b, _ := os.ReadFile(paths.QEMULog); return string(b) }
+
+	args := BuildArgs(spec, paths, AccelTCG)
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
+	reaped := false
+	t.Cleanup(func() {
+		if reaped {
+			return
+		}
+		_ = cmd.Process.Kill()
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			t.Errorf("QEMU pid %d not reaped 10s after SIGKILL", pid)
+		}
+	})
+
+	// Wait for the QMP socket, or for QEMU to die.
+	deadline := time.Now().Add(10 * time.Second)
+	var conn net.Conn
+	for conn == nil {
+		select {
+		case <-exited:
+			t.Fatalf("QEMU exited early (%v)\nargs: %q\nlog:\n%s", cmd.ProcessState, args, qemuLog())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no QMP socket at %s after 10s\nlog:\n%s", paths.QMPSocket, qemuLog())
+		}
+		if conn, err = net.Dial("unix", paths.QMPSocket); err != nil {
+			conn = nil
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	rd := bufio.NewReader(conn)
+	line := func() string {
+		b, err := rd.ReadString('\n')
+		if err != nil {
+			t.Fatalf("QMP read: %v\nlog:\n%s", err, qemuLog())
+		}
+		return b
+	}
+	if greeting := line(); !strings.Contains(greeting, `"QMP"`) {
+		t.Fatalf("QMP greeting: %s", greeting)
+	}
+	for _, cmdLine := range []string{`{"execute":"qmp_capabilities"}`, `{"execute":"query-status"}`} {
+		if _, err := conn.Write([]byte(cmdLine + "\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := line(); !strings.Contains(r, `"return"`) {
+		t.Fatalf("qmp_capabilities: %s", r)
+	}
+	if r := line(); !strings.Contains(r, `"status": "prelaunch"`) || !strings.Contains(r, `"running": false`) {
+		t.Fatalf("query-status (QEMU must start paused by -S): %s", r)
+	}
+
+	pidText, err := os.ReadFile(paths.PIDFile)
+	if err != nil {
+		t.Fatalf("pid file: %v", err)
+	}
+	if got := strings.TrimSpace(string(pidText)); got != strconv.Itoa(pid) {
+		t.Fatalf("pid file says %q, QEMU is %d", got, pid)
+	}
+	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cmdline), "\x00"+spec.UUID+"\x00") {
+		t.Fatalf("UUID %s not on the command line %q", spec.UUID, cmdline)
+	}
+
+	check(paths)
+
+	// Kill and reap.
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("QEMU pid %d not reaped 10s after SIGKILL", pid)
+	}
+	reaped = true
+	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+		t.Fatalf("pid %d still exists after Wait: %v", pid, err)
+	}
+}

@@ -1,0 +1,115 @@
+package domain
+
+import (
+	"fmt"
+	"time"
+)
+
+// State is a domain's lifecycle state, named as in libvirt.
+type State string
+
+// The states of a domain.
+const (
+	StateShutoff  State = "shutoff"
+	StateRunning  State = "running"
+	StatePaused   State = "paused"
+	StateShutdown State = "shutdown" // the guest is powering off
+	StateCrashed  State = "crashed"
+)
+
+// Reason says why a domain is in its state, named as in libvirt.
+type Reason string
+
+// Reasons, grouped by the state they go with.
+const (
+	ReasonUnknown Reason = "unknown"
+
+	// shutoff
+	ReasonShutdown  Reason = "shutdown"  // the guest powered off
+	ReasonDestroyed Reason = "destroyed" // destroy killed QEMU
+	ReasonCrashed   Reason = "crashed"   // QEMU exited unexpectedly
+	ReasonFailed    Reason = "failed"    // start failed
+
+	// running
+	ReasonBooted   Reason = "booted"
+	ReasonUnpaused Reason = "unpaused"
+
+	// paused
+	ReasonUser       Reason = "user"
+	ReasonStartingUp Reason = "starting_up"
+
+	// crashed
+	ReasonPanicked Reason = "panicked"
+)
+
+// JobKind classifies a job, as libvirt's job types do.
+type JobKind string
+
+// The job kinds.
+const (
+	// JobQuery reads state through the monitor; it may run alongside an
+	// async job.
+	JobQuery JobKind = "query"
+	// JobModify changes VM state.
+	JobModify JobKind = "modify"
+	// JobDestroy is the preempting hard stop.
+	JobDestroy JobKind = "destroy"
+	// JobAsync is a long job (shutdown) that lets query jobs run while it
+	// waits.
+	JobAsync JobKind = "async"
+)
+
+// Info is a snapshot of a domain, answered at once even while a job runs.
+type Info struct {
+	Name     string   `json:"name"`
+	UUID     string   `json:"uuid"`
+	State    State    `json:"state"`
+	Reason   Reason   `json:"reason"`
+	PID      int      `json:"pid"`
+	Job      *JobInfo `json:"job"`
+	Queued   int      `json:"queued"`
+	Restarts int      `json:"restarts"`
+	// Monitor is why the QMP connection is broken, empty while it is fine.
+	Monitor string `json:"monitor,omitempty"`
+}
+
+// JobInfo describes a job that is active, queued or recently ended.
+type JobInfo struct {
+	ID        uint64       `json:"id"`
+	Name      string       `json:"name"` // start, shutdown, destroy, pause, resume, reset, qmp
+	Kind      JobKind      `json:"kind"`
+	Owner     string       `json:"owner"`
+	RequestID string       `json:"request_id"`
+	Enqueued  time.Time    `json:"enqueued"`
+	Started   time.Time    `json:"started,omitzero"`
+	Ended     time.Time    `json:"ended,omitzero"`
+	Step      string       `json:"step,omitempty"`
+	QMP       *QMPInFlight `json:"qmp"`
+	Error     string       `json:"error,omitempty"`
+}
+
+// QMPInFlight is the QMP command a job waits on.
+type QMPInFlight struct {
+	Command string    `json:"command"`
+	Since   time.Time `json:"since"`
+}
+
+// Jobs lists a domain's job lane: the active job, an async job in its
+// waiting phase, the queue, and the jobs that ended recently.
+type Jobs struct {
+	Domain string    `json:"domain"`
+	Active *JobInfo  `json:"active"`
+	Async  *JobInfo  `json:"async"`
+	Queued []JobInfo `json:"queued"`
+	Recent []JobInfo `json:"recent"`
+}
+
+// Holder describes who holds the job, for wait-timeout errors:
+// `job 17 "shutdown" (api shutdown) for 31.2s, in QMP "system_powerdown" for 31.0s`.
+func (j *JobInfo) Holder(now time.Time) string {
+	s := fmt.Sprintf("job %d %q (%s) for %.1fs", j.ID, j.Name, j.Owner, now.Sub(j.Started).Seconds())
+	if j.QMP != nil {
+		s += fmt.Sprintf(", in QMP %q for %.1fs", j.QMP.Command, now.Sub(j.QMP.Since).Seconds())
+	}
+	return s
+}

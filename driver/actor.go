@@ -1,0 +1,313 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+	"sync/atomic"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/google/uuid"
+	"github.com/rs/zerolog"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// ErrNotFound is wrapped by errors about unknown domains.
+var ErrNotFound = errors.New("not found")
+
+// DefineRequest defines a domain or updates its definition (a driver job).
+type DefineRequest struct {
+	actors.Request
+	Spec *domain.Spec
+}
+
+// DefineResult is the reply to DefineRequest.
+type DefineResult struct {
+	Name    string `json:"name"`
+	UUID    string `json:"uuid"`
+	Created bool   `json:"created"`
+}
+
+// UndefineRequest removes a shut-off domain (a driver job).
+type UndefineRequest struct {
+	actors.Request
+	Name string
+}
+
+// Undefined is the reply to UndefineRequest.
+type Undefined struct{ Name string }
+
+// LookupRequest finds a domain's actor (a query, answered at once).
+type LookupRequest struct{ Name string }
+
+// DomainRef is the reply to LookupRequest.
+type DomainRef struct {
+	Name string
+	UUID string
+	PID  *actor.PID
+}
+
+// ListRequest lists every domain (a query, answered at once) as []domain.Info.
+type ListRequest struct{}
+
+type entry struct {
+	name string
+	uuid string
+	pid  *actor.PID
+	snap *atomic.Pointer[domain.Info]
+}
+
+type driverJob struct {
+	req    actors.Request
+	msg    any
+	sender *actor.PID
+}
+
+type defineWritten struct {
+	spec *domain.Spec
+	err  error
+}
+type undefineRemoved struct {
+	name string
+	err  error
+}
+
+type actorConfig struct {
+	store        *store
+	runDir       string
+	broker       *domain.Broker
+	hooks        domain.JobHooks
+	destroyGrace time.Duration
+	monitor      monitor.TransportOptions
+	logger       zerolog.Logger
+	initial      []*domain.Spec
+}
+
+// driverActor owns the registry: name and UUID → domain actor. Its mailbox
+// does the job of libvirt's driver lock. Define and undefine are jobs of its
+// lane; lookup and list are answered at once.
+type driverActor struct {
+	cfg     actorConfig
+	domains map[string]*entry
+	uuids   map[string]string
+	lane    actors.Lane[*driverJob]
+	gen     uint64
+}
+
+func newDriverActor(cfg actorConfig) actor.Actor {
+	return &driverActor{cfg: cfg, domains: map[string]*entry{}, uuids: map[string]string{}}
+}
+
+func (d *driverActor) Receive(ctx actor.Context) {
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		for _, spec := range d.cfg.initial {
+			if err := d.spawn(ctx, spec); err != nil {
+				d.cfg.logger.Error().Err(err).Str("domain", spec.Name).Msg("cannot load domain")
+			}
+		}
+		d.cfg.initial = nil
+	case *LookupRequest:
+		e, ok := d.domains[msg.Name]
+		if !ok {
+			ctx.Respond(notFound(msg.Name))
+			return
+		}
+		ctx.Respond(&DomainRef{Name: e.name, UUID: e.uuid, PID: e.pid})
+	case *ListRequest:
+		ctx.Respond(d.list())
+	case *DefineRequest:
+		d.enqueue(ctx, msg.Request, msg)
+	case *UndefineRequest:
+		d.enqueue(ctx, msg.Request, msg)
+	case defineWritten:
+		d.onDefineWritten(ctx, msg)
+	case undefineRemoved:
+		d.onUndefineRemoved(ctx, msg)
+	}
+}
+
+func notFound(name string) error { return fmt.Errorf("domain %q %w", name, ErrNotFound) }
+
+func (d *driverActor) list() []domain.Info {
+	out := make([]domain.Info, 0, len(d.domains))
+	for _, e := range d.domains {
+		if in := e.snap.Load(); in != nil {
+			out = append(out, *in)
+		} else {
+			out = append(out, domain.Info{Name: e.name, UUID: e.uuid, State: domain.StateShutoff, Reason: domain.ReasonUnknown})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (d *driverActor) enqueue(ctx actor.Context, req actors.Request, msg any) {
+	d.lane.Enqueue(&driverJob{req: req, msg: msg, sender: ctx.Sender()})
+	d.next(ctx)
+}
+
+// next starts the next driver job. A job's I/O runs in a goroutine and
+// comes back as a message; the lane stays held until then.
+func (d *driverActor) next(ctx actor.Context) {
+	for {
+		j, ok := d.lane.Next(nil)
+		if !ok {
+			return
+		}
+		if err := j.req.Context().Err(); err != nil {
+			d.end(ctx, fmt.Errorf("driver job left the queue: %w", err))
+			continue
+		}
+		var err error
+		switch msg := j.msg.(type) {
+		case *DefineRequest:
+			err = d.startDefine(ctx, msg)
+		case *UndefineRequest:
+			err = d.startUndefine(ctx, msg)
+		}
+		if err != nil {
+			d.end(ctx, err)
+			continue
+		}
+		return
+	}
+}
+
+// end finishes the active driver job with reply.
+func (d *driverActor) end(ctx actor.Context, reply any) {
+	j, ok := d.lane.End()
+	if ok && j.sender != nil {
+		ctx.Send(j.sender, reply)
+	}
+}
+
+func (d *driverActor) startDefine(ctx actor.Context, msg *DefineRequest) error {
+	if msg.Spec == nil {
+		return errors.New("define: no spec given")
+	}
+	spec := *msg.Spec
+	if spec.Name == "" {
+		return errors.New(`define: spec field "name": is required`)
+	}
+	if e, ok := d.domains[spec.Name]; ok {
+		if spec.UUID != "" && spec.UUID != e.uuid {
+			return fmt.Errorf("define: domain %q exists with uuid %s, not %s", spec.Name, e.uuid, spec.UUID)
+		}
+		spec.UUID = e.uuid
+	} else if spec.UUID == "" {
+		spec.UUID = uuid.NewString()
+	}
+	spec.ApplyDefaults()
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("define %q: %w", spec.Name, err)
+	}
+	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
+		return fmt.Errorf("define %q: uuid %s already belongs to domain %q", spec.Name, spec.UUID, other)
+	}
+	self, root, st := ctx.Self(), ctx.ActorSystem().Root, d.cfg.store
+	go func() {
+		root.Send(self, defineWritten{spec: &spec, err: st.save(&spec)})
+	}()
+	return nil
+}
+
+func (d *driverActor) onDefineWritten(ctx actor.Context, w defineWritten) {
+	if w.err != nil {
+		d.end(ctx, fmt.Errorf("define %q: %w", w.spec.Name, w.err))
+		d.next(ctx)
+		return
+	}
+	created := false
+	if e, ok := d.domains[w.spec.Name]; ok {
+		ctx.Send(e.pid, &domain.UpdateSpec{Spec: w.spec})
+	} else {
+		if err := d.spawn(ctx, w.spec); err != nil {
+			d.end(ctx, fmt.Errorf("define %q: %w", w.spec.Name, err))
+			d.next(ctx)
+			return
+		}
+		created = true
+	}
+	d.cfg.broker.Publish(domain.Event{Type: domain.EventDefined, Domain: w.spec.Name, UUID: w.spec.UUID, State: d.domains[w.spec.Name].state()})
+	d.end(ctx, &DefineResult{Name: w.spec.Name, UUID: w.spec.UUID, Created: created})
+	d.next(ctx)
+}
+
+func (e *entry) state() domain.State {
+	if in := e.snap.Load(); in != nil {
+		return in.State
+	}
+	return domain.StateShutoff
+}
+
+func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec) error {
+	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
+		return fmt.Errorf("uuid %s already belongs to domain %q", spec.UUID, other)
+	}
+	snap := &atomic.Pointer[domain.Info]{}
+	d.gen++
+	pid, err := ctx.SpawnNamed(domain.Props(domain.ActorConfig{
+		Spec:         spec,
+		RunDir:       d.cfg.runDir,
+		Broker:       d.cfg.broker,
+		Hooks:        d.cfg.hooks,
+		DestroyGrace: d.cfg.destroyGrace,
+		Monitor:      d.cfg.monitor,
+		Snapshot:     snap,
+		Logger:       d.cfg.logger,
+	}), fmt.Sprintf("%s@%d", spec.Name, d.gen))
+	if err != nil {
+		return fmt.Errorf("spawn domain actor: %w", err)
+	}
+	d.domains[spec.Name] = &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap}
+	d.uuids[spec.UUID] = spec.Name
+	return nil
+}
+
+func (d *driverActor) startUndefine(ctx actor.Context, msg *UndefineRequest) error {
+	e, ok := d.domains[msg.Name]
+	if !ok {
+		return fmt.Errorf("undefine: %w", notFound(msg.Name))
+	}
+	// The driver never waits on a domain: it asks, and continues when the
+	// reply comes back as a continuation.
+	future := ctx.RequestFuture(e.pid, &domain.PrepareUndefine{}, 5*time.Second)
+	ctx.ReenterAfter(future, func(res any, err error) {
+		if err == nil {
+			if e2, ok := res.(error); ok {
+				err = e2
+			}
+		}
+		if err != nil {
+			d.end(ctx, fmt.Errorf("undefine %q: %w", msg.Name, err))
+			d.next(ctx)
+			return
+		}
+		self, root, st := ctx.Self(), ctx.ActorSystem().Root, d.cfg.store
+		go func() { root.Send(self, undefineRemoved{name: msg.Name, err: st.remove(msg.Name)}) }()
+	})
+	return nil
+}
+
+func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
+	e, ok := d.domains[r.name]
+	switch {
+	case !ok:
+		d.end(ctx, fmt.Errorf("undefine: %w", notFound(r.name)))
+	case r.err != nil:
+		ctx.Send(e.pid, &domain.CancelUndefine{})
+		d.end(ctx, fmt.Errorf("undefine %q: %w", r.name, r.err))
+	default:
+		ctx.Stop(e.pid)
+		delete(d.domains, r.name)
+		delete(d.uuids, e.uuid)
+		d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: r.name, UUID: e.uuid, State: domain.StateShutoff})
+		d.end(ctx, &Undefined{Name: r.name})
+	}
+	d.next(ctx)
+}

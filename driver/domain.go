@@ -1,0 +1,191 @@
+package driver
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+)
+
+// Domain is a handle on one domain. Its methods are safe for concurrent use.
+type Domain struct {
+	d    *Driver
+	name string
+}
+
+// StartOptions tune Start.
+type StartOptions struct {
+	// Paused leaves the guest paused after QEMU starts.
+	Paused bool
+}
+
+// ShutdownOptions tune Shutdown.
+type ShutdownOptions struct {
+	// Timeout is how long to wait for the guest to power off after the ACPI
+	// powerdown (default 60s).
+	Timeout time.Duration
+}
+
+// Name is the domain's name.
+func (h *Domain) Name() string { return h.name }
+
+// Start starts QEMU and, unless opts.Paused, the guest.
+func (h *Domain) Start(ctx context.Context, opts StartOptions) error {
+	_, err := h.job(ctx, "start", func(r actors.Request) any { return &domain.StartRequest{Request: r, Paused: opts.Paused} })
+	return err
+}
+
+// Shutdown asks the guest to power off and waits for it, up to opts.Timeout
+// and ctx.
+func (h *Domain) Shutdown(ctx context.Context, opts ShutdownOptions) error {
+	_, err := h.job(ctx, "shutdown", func(r actors.Request) any { return &domain.ShutdownRequest{Request: r, Timeout: opts.Timeout} })
+	return err
+}
+
+// Destroy kills QEMU (SIGTERM, then SIGKILL after the grace period). It
+// preempts any job, even one stuck in QMP.
+func (h *Domain) Destroy(ctx context.Context) error {
+	_, err := h.job(ctx, "destroy", func(r actors.Request) any { return &domain.DestroyRequest{Request: r} })
+	return err
+}
+
+// Pause pauses the guest's vCPUs.
+func (h *Domain) Pause(ctx context.Context) error {
+	_, err := h.job(ctx, "pause", func(r actors.Request) any { return &domain.PauseRequest{Request: r} })
+	return err
+}
+
+// Resume resumes a paused guest.
+func (h *Domain) Resume(ctx context.Context) error {
+	_, err := h.job(ctx, "resume", func(r actors.Request) any { return &domain.ResumeRequest{Request: r} })
+	return err
+}
+
+// Reset resets the machine, like pressing its reset button.
+func (h *Domain) Reset(ctx context.Context) error {
+	_, err := h.job(ctx, "reset", func(r actors.Request) any { return &domain.ResetRequest{Request: r} })
+	return err
+}
+
+// QMP runs one raw QMP command, given as {"execute": ..., "arguments": {...}},
+// as a job, and returns the reply's "return" value. A QMP error comes back
+// as a *monitor.QMPError in the error chain.
+func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMessage, error) {
+	var cmd struct {
+		Execute   string          `json:"execute"`
+		Arguments json.RawMessage `json:"arguments,omitempty"`
+	}
+	dec := json.NewDecoder(bytesReader(command))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cmd); err != nil {
+		return nil, fmt.Errorf("domain %q: qmp: bad command %s: %w", h.name, truncate(command), err)
+	}
+	if cmd.Execute == "" {
+		return nil, fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", h.name)
+	}
+	v, err := h.job(ctx, "qmp", func(r actors.Request) any {
+		return &domain.QMPRequest{Request: r, Execute: cmd.Execute, Arguments: cmd.Arguments}
+	})
+	if err != nil {
+		return nil, err
+	}
+	reply, ok := v.(*domain.QMPReply)
+	if !ok {
+		return nil, fmt.Errorf("domain %q: qmp: unexpected reply %T", h.name, v)
+	}
+	return reply.Return, nil
+}
+
+// Info returns the domain's state, reason, pid and job, answered at once
+// even while a job runs.
+func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
+	ref, err := h.lookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	info, err := actors.AskAs[*domain.Info](ctx, h.d.root, ref.PID, &domain.InfoRequest{})
+	return info, h.wrap(err)
+}
+
+// Jobs returns the active job, the async job, the queue and recent jobs.
+func (h *Domain) Jobs(ctx context.Context) (*domain.Jobs, error) {
+	ref, err := h.lookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	jobs, err := actors.AskAs[*domain.Jobs](ctx, h.d.root, ref.PID, &domain.JobsRequest{})
+	return jobs, h.wrap(err)
+}
+
+// Subscribe returns this domain's lifecycle events until ctx ends or the
+// subscription is closed.
+func (h *Domain) Subscribe(ctx context.Context, buffer int) *domain.Subscription {
+	return h.d.subscribe(ctx, h.name, buffer)
+}
+
+func (h *Domain) lookup(ctx context.Context) (*DomainRef, error) {
+	if err := domain.ValidateName(h.name); err != nil {
+		return nil, err
+	}
+	return actors.AskAs[*DomainRef](ctx, h.d.root, h.d.pid, &LookupRequest{Name: h.name})
+}
+
+func (h *Domain) wrap(err error) error {
+	if errors.Is(err, actors.ErrNoActor) {
+		return notFound(h.name)
+	}
+	return err
+}
+
+// job sends a job request to the domain actor and waits for its end. When
+// the caller's context ends first, it asks the domain who held the job, so
+// the error names the holder.
+func (h *Domain) job(ctx context.Context, name string, build func(actors.Request) any) (any, error) {
+	ref, err := h.lookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, actors.DefaultTimeout)
+		defer cancel()
+	}
+	req := actors.NewRequest(ctx, "api "+name)
+	began := time.Now()
+	v, err := actors.Ask(ctx, h.d.root, ref.PID, build(req))
+	// Ask returns the bare context error when the wait ended; errors from
+	// the job itself are always wrapped.
+	if err == context.DeadlineExceeded || err == context.Canceled {
+		return nil, h.explainWait(ref, req, name, began, err)
+	}
+	return v, h.wrap(err)
+}
+
+func (h *Domain) explainWait(ref *DomainRef, req actors.Request, name string, began time.Time, cause error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+	defer cancel()
+	w, err := actors.AskAs[*domain.WaitExplanation](ctx, h.d.root, ref.PID, &domain.ExplainWaitRequest{RequestID: req.RequestID})
+	waited := time.Since(began)
+	if err != nil {
+		return fmt.Errorf("domain %q: %s: gave up after %s: %w", h.name, name, waited.Round(100*time.Millisecond), cause)
+	}
+	if w.Running {
+		return fmt.Errorf("domain %q: %s: gave up after %s while its job %d was running (step %q): %w",
+			h.name, name, waited.Round(100*time.Millisecond), w.Holder.ID, w.Holder.Step, cause)
+	}
+	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, At: time.Now(), Cause: cause}
+}
+
+func truncate(b []byte) string {
+	if len(b) > 80 {
+		return string(b[:80]) + "..."
+	}
+	return string(b)
+}
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

@@ -1,0 +1,172 @@
+// Package driver is the entry point of vmsup: the driver actor, which owns
+// the registry of domains, and the public API that embedders use.
+//
+//	d, err := driver.Open(ctx, driver.Config{StateDir: "/var/lib/myapp/vms"})
+//	spec, err := domain.ParseSpec(yamlBytes)
+//	_, err = d.Define(ctx, spec)
+//	err = d.Domain("web1").Start(ctx, driver.StartOptions{})
+//
+// Every call takes a context.Context and never waits past it (30 s when the
+// context has no deadline, as libvirt's job wait).
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/rs/zerolog"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// Config configures a Driver.
+type Config struct {
+	// StateDir holds the definitions (StateDir/domains/NAME.json). Required.
+	StateDir string
+	// RunDir holds per-VM runtime files (RunDir/NAME/qmp.sock, qemu.pid,
+	// qemu.log). Default: StateDir/run. Keep it short: unix socket paths
+	// are limited to 107 bytes.
+	RunDir string
+	// Logger receives vmsup's logs; nil discards them.
+	Logger *zerolog.Logger
+	// DestroyGrace is how long destroy waits after SIGTERM before SIGKILL
+	// (default 10s).
+	DestroyGrace time.Duration
+	// Monitor tunes QMP connections (connect timeout, line limit, event
+	// buffer).
+	Monitor monitor.TransportOptions
+	// JobHooks observe every job's start and release (tests, tracing).
+	JobHooks domain.JobHooks
+}
+
+// Driver is an open vmsup driver. It is safe for concurrent use.
+type Driver struct {
+	cfg    Config
+	system *actor.ActorSystem
+	root   *actor.RootContext
+	pid    *actor.PID
+	broker *domain.Broker
+	logger zerolog.Logger
+}
+
+// Open loads the definitions under cfg.StateDir and starts the driver actor.
+// Definitions that cannot be read are logged and left on disk untouched.
+func Open(ctx context.Context, cfg Config) (*Driver, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("driver: Config.StateDir is required")
+	}
+	stateDir, err := filepath.Abs(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("driver: state dir: %w", err)
+	}
+	cfg.StateDir = stateDir
+	if cfg.RunDir == "" {
+		cfg.RunDir = filepath.Join(stateDir, "run")
+	}
+	if cfg.RunDir, err = filepath.Abs(cfg.RunDir); err != nil {
+		return nil, fmt.Errorf("driver: run dir: %w", err)
+	}
+	if err := os.MkdirAll(cfg.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("driver: run dir: %w", err)
+	}
+	logger := zerolog.Nop()
+	if cfg.Logger != nil {
+		logger = *cfg.Logger
+	}
+	st, err := newStore(stateDir)
+	if err != nil {
+		return nil, fmt.Errorf("driver: %w", err)
+	}
+	specs, problems := st.loadAll()
+	for _, p := range problems {
+		logger.Error().Err(p).Msg("skipping definition")
+	}
+	system := actors.NewSystem(nil)
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger}
+	props := actor.PropsFromProducer(func() actor.Actor {
+		return newDriverActor(actorConfig{
+			store:        st,
+			runDir:       cfg.RunDir,
+			broker:       d.broker,
+			hooks:        cfg.JobHooks,
+			destroyGrace: cfg.DestroyGrace,
+			monitor:      cfg.Monitor,
+			logger:       logger,
+			initial:      specs,
+		})
+	})
+	d.pid, err = system.Root.SpawnNamed(props, "driver")
+	if err != nil {
+		return nil, fmt.Errorf("driver: spawn driver actor: %w", err)
+	}
+	return d, nil
+}
+
+// Close stops the driver and domain actors. Running VMs keep running, as
+// with libvirtd; their QEMU processes stay in their own sessions. Close
+// waits up to ctx for the actors to stop.
+func (d *Driver) Close(ctx context.Context) error {
+	if err := d.root.StopFuture(d.pid).Wait(); err != nil && !errors.Is(err, actor.ErrTimeout) {
+		return fmt.Errorf("driver: close: %w", err)
+	}
+	d.system.Shutdown()
+	return ctx.Err()
+}
+
+// Define defines a domain from spec, or updates the definition of an existing
+// one (the change takes effect at its next start). The definition is
+// written atomically under the state dir before Define returns.
+func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, error) {
+	if spec == nil {
+		return nil, errors.New("define: no spec given")
+	}
+	req := actors.NewRequest(ctx, "api define")
+	return actors.AskAs[*DefineResult](ctx, d.root, d.pid, &DefineRequest{Request: req, Spec: spec})
+}
+
+// Undefine removes a domain that is shut off.
+func (d *Driver) Undefine(ctx context.Context, name string) error {
+	if err := domain.ValidateName(name); err != nil {
+		return fmt.Errorf("undefine: %w", err)
+	}
+	req := actors.NewRequest(ctx, "api undefine")
+	_, err := actors.AskAs[*Undefined](ctx, d.root, d.pid, &UndefineRequest{Request: req, Name: name})
+	return err
+}
+
+// List returns the Info of every domain, sorted by name. It is served by
+// the driver from snapshots that each domain publishes, so a domain stuck
+// in a job never slows it.
+func (d *Driver) List(ctx context.Context) ([]domain.Info, error) {
+	return actors.AskAs[[]domain.Info](ctx, d.root, d.pid, &ListRequest{})
+}
+
+// Domain returns a handle on the named domain. The name is checked when the
+// handle is used.
+func (d *Driver) Domain(name string) *Domain {
+	return &Domain{d: d, name: name}
+}
+
+// Subscribe returns the lifecycle events of every domain until ctx ends or
+// the subscription is closed. buffer <= 0 means domain.DefaultEventBuffer;
+// when the buffer is full, events are dropped and counted, never blocking
+// an actor.
+func (d *Driver) Subscribe(ctx context.Context, buffer int) *domain.Subscription {
+	return d.subscribe(ctx, "", buffer)
+}
+
+func (d *Driver) subscribe(ctx context.Context, name string, buffer int) *domain.Subscription {
+	sub := d.broker.Subscribe(name, buffer)
+	context.AfterFunc(ctx, sub.Close)
+	return sub
+}

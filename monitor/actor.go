@@ -1,0 +1,369 @@
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/vmsup/vmsup/actors"
+)
+
+// Conn is what the monitor actor needs from a QMP connection: go-qemu's
+// qmp.Monitor plus context-aware connect and run, and a way to learn that
+// the connection ended. *Transport implements it.
+type Conn interface {
+	qmp.Monitor
+	ConnectContext(ctx context.Context) error
+	RunContext(ctx context.Context, command []byte) ([]byte, error)
+	Done() <-chan struct{}
+	Err() error
+}
+
+// Config configures one monitor actor.
+type Config struct {
+	// Domain names the VM, for error messages and the trace.
+	Domain string
+	// SocketPath is QEMU's QMP unix socket.
+	SocketPath string
+	// Transport tunes the default connection.
+	Transport TransportOptions
+	// Dial makes the connection; nil means NewTransport(SocketPath, Transport).
+	// Unit tests put a scripted monitor here.
+	Dial func() Conn
+}
+
+// Props returns the props of a monitor actor. Spawn it as a child of the
+// domain actor: events, Connected and Disconnected go to the parent.
+func Props(cfg Config) *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor { return &monitorActor{cfg: cfg} })
+}
+
+// Command asks the monitor actor to run one QMP command. It is a job of the
+// monitor: commands run one at a time, in FIFO order, each bounded by its
+// Timeout (CommandTimeout(Execute) when zero). The reply is a *Result or an
+// error that names the domain and the command.
+type Command struct {
+	actors.Request
+	// JobID is the domain job this command runs for, for the trace.
+	JobID uint64
+	// Execute is the QMP command name, for example "query-status".
+	Execute string
+	// Arguments is the JSON object of arguments, or empty.
+	Arguments json.RawMessage
+	// Timeout overrides the per-command deadline table.
+	Timeout time.Duration
+}
+
+// Result is the reply to a successful Command.
+type Result struct {
+	// Return is the "return" member of QEMU's reply.
+	Return json.RawMessage
+	// Took is how long QEMU took to answer.
+	Took time.Duration
+}
+
+// StatusRequest asks what the monitor is doing. It is answered at once, even
+// while a command is in flight, with a Status.
+type StatusRequest struct{}
+
+// Status describes the monitor's connection and its command in flight.
+type Status struct {
+	Connected bool
+	// Err is why the connection failed or ended; nil while healthy.
+	Err error
+	// InFlight is the command QEMU has not answered yet, or nil.
+	InFlight *InFlight
+	// Queued is the number of commands waiting behind it.
+	Queued int
+}
+
+// InFlight is a command that QEMU has not answered yet.
+type InFlight struct {
+	Command   string
+	JobID     uint64
+	RequestID string
+	Since     time.Time
+}
+
+// Event is a QMP event, told to the domain actor.
+type Event struct {
+	// ID identifies the event in the trace.
+	ID string
+	// Name is QEMU's event name, for example "SHUTDOWN".
+	Name string
+	// Data is the event's data member.
+	Data map[string]any
+	// Time is QEMU's timestamp of the event.
+	Time time.Time
+}
+
+// Connected tells the domain that QMP is ready.
+type Connected struct {
+	Version string
+}
+
+// Disconnected tells the domain that the QMP connection failed or ended.
+type Disconnected struct {
+	Err error
+}
+
+type pending struct {
+	cmd       Command
+	seq       uint64
+	sender    *actor.PID
+	started   time.Time
+	stopWatch func() bool
+}
+
+type connectDone struct{ err error }
+type commandDone struct {
+	seq   uint64
+	reply []byte
+	err   error
+	took  time.Duration
+}
+type connLost struct{ err error }
+type queuedCancelled struct{ seq uint64 }
+
+type monitorActor struct {
+	cfg       Config
+	owner     *actor.PID
+	conn      Conn
+	connected bool
+	err       error
+	lane      actors.Lane[*pending]
+	seq       uint64
+	stop      context.CancelFunc // cancels connect and commands in flight
+	runCtx    context.Context
+	wg        sync.WaitGroup
+}
+
+func (m *monitorActor) Receive(ctx actor.Context) {
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		m.start(ctx)
+	case connectDone:
+		m.onConnect(ctx, msg.err)
+	case *Command:
+		m.enqueue(ctx, msg)
+	case commandDone:
+		m.onCommandDone(ctx, msg)
+	case queuedCancelled:
+		if p, ok := m.lane.Remove(func(p *pending) bool { return p.seq == msg.seq }); ok {
+			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q left the queue: %w", m.cfg.Domain, p.cmd.Execute, p.cmd.Context().Err()))
+		}
+	case connLost:
+		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
+	case StatusRequest, *StatusRequest:
+		ctx.Respond(m.status())
+	case *actor.Stopping:
+		m.shutdown(ctx)
+	}
+}
+
+func (m *monitorActor) start(ctx actor.Context) {
+	m.owner = ctx.Parent()
+	m.runCtx, m.stop = context.WithCancel(context.Background())
+	if m.cfg.Dial != nil {
+		m.conn = m.cfg.Dial()
+	} else {
+		m.conn = NewTransport(m.cfg.SocketPath, m.cfg.Transport)
+	}
+	timeout := m.cfg.Transport.ConnectTimeout
+	if timeout <= 0 {
+		timeout = DefaultConnectTimeout
+	}
+	self, root, conn, runCtx := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		cctx, cancel := context.WithTimeout(runCtx, timeout)
+		defer cancel()
+		root.Send(self, connectDone{err: conn.ConnectContext(cctx)})
+	}()
+}
+
+func (m *monitorActor) onConnect(ctx actor.Context, err error) {
+	if err != nil {
+		m.fail(ctx, fmt.Errorf("domain %q: connect QMP at %s: %w", m.cfg.Domain, m.cfg.SocketPath, err))
+		return
+	}
+	m.connected = true
+	events, err := m.conn.Events(m.runCtx)
+	if err != nil {
+		m.fail(ctx, fmt.Errorf("domain %q: QMP events: %w", m.cfg.Domain, err))
+		return
+	}
+	self, owner, root, conn := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		for ev := range events {
+			root.Send(owner, &Event{
+				ID:   actors.NewID(),
+				Name: ev.Event,
+				Data: ev.Data,
+				Time: time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000),
+			})
+		}
+		err := conn.Err()
+		if err == nil {
+			err = ErrClosed
+		}
+		root.Send(self, connLost{err: err})
+	}()
+	var version string
+	if v, ok := m.conn.(interface{ Version() qmp.Version }); ok {
+		version = v.Version().String()
+	}
+	ctx.Send(m.owner, &Connected{Version: version})
+	m.next(ctx)
+}
+
+func (m *monitorActor) enqueue(ctx actor.Context, cmd *Command) {
+	if cmd.Execute == "" {
+		ctx.Respond(fmt.Errorf("domain %q: QMP command without a name", m.cfg.Domain))
+		return
+	}
+	if m.err != nil {
+		ctx.Respond(fmt.Errorf("QMP command %q not sent: %w", cmd.Execute, m.err))
+		return
+	}
+	m.seq++
+	p := &pending{cmd: *cmd, seq: m.seq, sender: ctx.Sender()}
+	self, root, seq := ctx.Self(), ctx.ActorSystem().Root, p.seq
+	p.stopWatch = context.AfterFunc(cmd.Context(), func() { root.Send(self, queuedCancelled{seq: seq}) })
+	m.lane.Enqueue(p)
+	m.next(ctx)
+}
+
+// next starts the command at the head of the lane when the connection is up
+// and nothing is in flight. The command runs in a goroutine owned by this
+// actor; its reply comes back as a commandDone message.
+func (m *monitorActor) next(ctx actor.Context) {
+	if !m.connected {
+		return
+	}
+	for {
+		p, ok := m.lane.Next(nil)
+		if !ok {
+			return
+		}
+		p.stopWatch()
+		if err := p.cmd.Context().Err(); err != nil {
+			m.lane.End()
+			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q left the queue: %w", m.cfg.Domain, p.cmd.Execute, err))
+			continue
+		}
+		wire, err := encodeCommand(p.cmd)
+		if err != nil {
+			m.lane.End()
+			ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
+			continue
+		}
+		timeout := p.cmd.Timeout
+		if timeout <= 0 {
+			timeout = CommandTimeout(p.cmd.Execute)
+		}
+		p.started = time.Now()
+		self, root, conn, runCtx, seq := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx, p.seq
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			cctx, cancel := context.WithTimeout(runCtx, timeout)
+			defer cancel()
+			start := time.Now()
+			reply, err := conn.RunContext(cctx, wire)
+			root.Send(self, commandDone{seq: seq, reply: reply, err: err, took: time.Since(start)})
+		}()
+		return
+	}
+}
+
+func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
+	p, ok := m.lane.Active()
+	if !ok || p.seq != done.seq {
+		return
+	}
+	m.lane.End()
+	if done.err != nil {
+		ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, done.err))
+	} else {
+		var body struct {
+			Return json.RawMessage `json:"return"`
+		}
+		if err := json.Unmarshal(done.reply, &body); err != nil {
+			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q: malformed reply: %w", m.cfg.Domain, p.cmd.Execute, err))
+		} else {
+			ctx.Send(p.sender, &Result{Return: body.Return, Took: done.took})
+		}
+	}
+	m.next(ctx)
+}
+
+// fail marks the connection broken and fails every waiting command. The
+// command in flight fails on its own when the transport ends.
+func (m *monitorActor) fail(ctx actor.Context, err error) {
+	if m.err != nil {
+		return
+	}
+	m.connected = false
+	m.err = err
+	for _, p := range m.lane.Drain() {
+		p.stopWatch()
+		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, err))
+	}
+	ctx.Send(m.owner, &Disconnected{Err: err})
+}
+
+func (m *monitorActor) status() *Status {
+	s := &Status{Connected: m.connected, Err: m.err, Queued: m.lane.Len()}
+	if p, ok := m.lane.Active(); ok {
+		s.InFlight = &InFlight{Command: p.cmd.Execute, JobID: p.cmd.JobID, RequestID: p.cmd.RequestID, Since: p.started}
+	}
+	return s
+}
+
+// shutdown closes the connection and waits for the goroutines this actor
+// owns; closing the connection makes each of them return promptly.
+func (m *monitorActor) shutdown(ctx actor.Context) {
+	if m.stop != nil {
+		m.stop()
+	}
+	if m.conn != nil {
+		_ = m.conn.Disconnect()
+	}
+	m.wg.Wait()
+	closed := fmt.Errorf("domain %q: monitor stopped: %w", m.cfg.Domain, ErrClosed)
+	if p, ok := m.lane.End(); ok {
+		ctx.Send(p.sender, fmt.Errorf("QMP command %q: %w", p.cmd.Execute, closed))
+	}
+	for _, p := range m.lane.Drain() {
+		p.stopWatch()
+		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, closed))
+	}
+}
+
+func encodeCommand(c Command) ([]byte, error) {
+	wire := struct {
+		Execute   string          `json:"execute"`
+		Arguments json.RawMessage `json:"arguments,omitempty"`
+	}{Execute: c.Execute, Arguments: c.Arguments}
+	if len(c.Arguments) > 0 {
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(c.Arguments, &obj); err != nil {
+			return nil, fmt.Errorf("QMP command %q: arguments must be a JSON object: %w", c.Execute, err)
+		}
+	}
+	b, err := json.Marshal(wire)
+	if err != nil {
+		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, errors.Unwrap(err))
+	}
+	return b, nil
+}

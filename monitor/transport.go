@@ -1,0 +1,782 @@
+package monitor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+	"github.com/rs/zerolog"
+)
+
+// Defaults applied by NewTransport to zero (or negative) TransportOptions
+// fields.
+const (
+	// DefaultConnectTimeout bounds Connect: dial, greeting and
+	// qmp_capabilities together.
+	DefaultConnectTimeout = 10 * time.Second
+	// DefaultMaxLineBytes is the longest line accepted from QEMU. The
+	// largest real reply, query-qmp-schema, is about 200 KB.
+	DefaultMaxLineBytes = 32 << 20
+	// DefaultEventBuffer is the capacity of the events channel.
+	DefaultEventBuffer = 1024
+)
+
+// idPrefix starts every id the transport puts into a command.
+const idPrefix = "vmsup-"
+
+// TransportOptions configures a Transport. The zero value gives the defaults.
+type TransportOptions struct {
+	// ConnectTimeout bounds Connect as a whole: dialing the socket (retried
+	// while it does not exist yet or refuses connections), reading the
+	// greeting and running qmp_capabilities. Default 10s.
+	ConnectTimeout time.Duration
+	// MaxLineBytes is the longest line (without its newline) accepted from
+	// QEMU. A longer line fails the connection with ErrLineTooLong.
+	// Default 32 MiB.
+	MaxLineBytes int
+	// EventBuffer is the capacity of the channel returned by Events. When
+	// it is full, new events are dropped and counted (see DroppedEvents).
+	// Default 1024.
+	EventBuffer int
+	// Logger receives warnings about hostile or unexpected input (lines
+	// that are not JSON objects, replies with unknown ids, dropped events).
+	// Nil means no logging.
+	Logger *zerolog.Logger
+}
+
+// transportState is the life cycle of a Transport. It only moves forward:
+// a Transport is connected at most once.
+type transportState int
+
+const (
+	transportNew transportState = iota
+	transportConnecting
+	transportConnected
+	transportDone
+)
+
+// qmpPending is a command waiting for its reply.
+type qmpPending struct {
+	id    string
+	name  string
+	reply chan qmpResult // capacity 1; receives exactly one result
+}
+
+// qmpResult is what a waiting command receives: the whole reply line, or an
+// error.
+type qmpResult struct {
+	line []byte
+	err  error
+}
+
+// Transport is a QMP client over a unix socket. It implements go-qemu's
+// qmp.Monitor, so go-qemu's typed commands (qmp/raw) work on top of it, and
+// fixes the gaps of go-qemu's qmp.SocketMonitor:
+//
+//   - replies are matched to commands by an "id" the transport adds to each
+//     command, so several commands may be in flight at once and a late reply
+//     to a timed-out command is discarded;
+//   - the handshake goes through the same reader, so an event arriving
+//     before the qmp_capabilities reply is delivered as an event;
+//   - lines may be up to MaxLineBytes long (query-qmp-schema is ~200 KB);
+//   - events go to a buffered channel that the reader never blocks on: when
+//     it is full the event is dropped and counted, and replies keep flowing;
+//   - Connect and every command have a deadline.
+//
+// One goroutine, the reader, owns the read side of the socket. It is started
+// by Connect and ends when the connection ends; Disconnect waits for it.
+// Writes are serialized by a one-slot semaphore and bounded by the command's
+// deadline.
+//
+// Cancellation rules: a command whose context ends while it waits for its
+// reply is removed from the pending table and returns a timeout error; its
+// reply, if it comes later, has an unknown id and is dropped. A command whose
+// context ends before any byte of it was written is simply not sent. A write
+// that fails after some bytes were written leaves the stream unusable, so it
+// fails the connection. When the connection ends for any reason, every
+// pending command fails at once with an error wrapping the cause.
+//
+// A Transport is used for one connection: after Disconnect, a failed Connect
+// or a broken connection, make a new one.
+type Transport struct {
+	path string
+	opts TransportOptions
+	log  zerolog.Logger
+
+	nextID  atomic.Uint64
+	dropped atomic.Uint64
+
+	events   chan qmp.Event // sent to and closed by the reader only (or by fail if no reader ever ran)
+	done     chan struct{}  // closed by fail
+	greeted  chan struct{}  // closed by the reader after a valid greeting
+	writeSem chan struct{}  // one slot: serializes writes
+
+	readerWG sync.WaitGroup
+
+	mu            sync.Mutex
+	state         transportState
+	conn          net.Conn
+	err           error
+	version       qmp.Version
+	pending       map[string]*qmpPending
+	readerStarted bool
+	connectCancel context.CancelFunc
+}
+
+// Transport implements go-qemu's monitor interface.
+var _ qmp.Monitor = (*Transport)(nil)
+
+// NewTransport returns a Transport for the QMP unix socket at socketPath. It
+// does not connect; call Connect or ConnectContext. Zero fields of opts take
+// their defaults (DefaultConnectTimeout, DefaultMaxLineBytes,
+// DefaultEventBuffer).
+func NewTransport(socketPath string, opts TransportOptions) *Transport {
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = DefaultConnectTimeout
+	}
+	if opts.MaxLineBytes <= 0 {
+		opts.MaxLineBytes = DefaultMaxLineBytes
+	}
+	if opts.EventBuffer <= 0 {
+		opts.EventBuffer = DefaultEventBuffer
+	}
+	log := zerolog.Nop()
+	if opts.Logger != nil {
+		log = opts.Logger.With().Str("qmp_socket", socketPath).Logger()
+	}
+	return &Transport{
+		path:     socketPath,
+		opts:     opts,
+		log:      log,
+		events:   make(chan qmp.Event, opts.EventBuffer),
+		done:     make(chan struct{}),
+		greeted:  make(chan struct{}),
+		writeSem: make(chan struct{}, 1),
+		pending:  make(map[string]*qmpPending),
+	}
+}
+
+// Connect connects to QEMU and completes the QMP handshake within
+// TransportOptions.ConnectTimeout. It implements qmp.Monitor.
+func (t *Transport) Connect() error {
+	return t.ConnectContext(context.Background())
+}
+
+// ConnectContext dials the socket, reads the QMP greeting and runs
+// qmp_capabilities. The whole sequence is bounded by ctx; if ctx has no
+// deadline, TransportOptions.ConnectTimeout applies. Dialing is retried while
+// the socket does not exist yet (ENOENT) or refuses connections
+// (ECONNREFUSED), because QEMU may still be starting. A QEMU that accepts the
+// connection but never greets (for example one stopped with SIGSTOP) makes
+// ConnectContext fail at the deadline.
+//
+// A Transport connects once: a second call, or a call after Disconnect,
+// fails with ErrClosed. A failed ConnectContext ends the Transport (Done is
+// closed and Err returns the reason).
+func (t *Transport) ConnectContext(ctx context.Context) error {
+	start := time.Now()
+	var cancel context.CancelFunc
+	if _, ok := ctx.Deadline(); ok {
+		ctx, cancel = context.WithCancel(ctx)
+	} else {
+		ctx, cancel = context.WithTimeout(ctx, t.opts.ConnectTimeout)
+	}
+	defer cancel()
+	deadline, _ := ctx.Deadline()
+	budget := deadline.Sub(start)
+
+	t.mu.Lock()
+	if t.state != transportNew {
+		t.mu.Unlock()
+		return fmt.Errorf("QMP connect to %s: a transport connects only once: %w", t.path, ErrClosed)
+	}
+	t.state = transportConnecting
+	t.connectCancel = cancel
+	t.mu.Unlock()
+
+	err := t.connect(ctx, budget)
+
+	t.mu.Lock()
+	t.connectCancel = nil
+	t.mu.Unlock()
+	if err != nil {
+		t.fail(err)
+		t.readerWG.Wait()
+		return err
+	}
+	return nil
+}
+
+// connect runs the three connection steps. On error the caller fails the
+// transport.
+func (t *Transport) connect(ctx context.Context, budget time.Duration) error {
+	conn, err := t.dial(ctx, budget)
+	if err != nil {
+		return err
+	}
+
+	t.mu.Lock()
+	if t.state != transportConnecting { // Disconnect ran meanwhile.
+		t.mu.Unlock()
+		_ = conn.Close()
+		return t.connectError(ctx, budget, "dialing", nil)
+	}
+	t.conn = conn
+	t.readerStarted = true
+	t.readerWG.Add(1)
+	t.mu.Unlock()
+	go t.readLoop(conn)
+
+	select {
+	case <-t.greeted:
+	case <-t.done:
+		return t.connectError(ctx, budget, "waiting for the greeting", nil)
+	case <-ctx.Done():
+		return t.connectError(ctx, budget, "waiting for the greeting", nil)
+	}
+
+	if _, err := t.run(ctx, []byte(`{"execute":"qmp_capabilities"}`), true); err != nil {
+		return fmt.Errorf("QMP connect to %s: %w", t.path, err)
+	}
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.state != transportConnecting {
+		return fmt.Errorf("QMP connect to %s: %w", t.path, t.err)
+	}
+	t.state = transportConnected
+	return nil
+}
+
+// dial connects to the socket, retrying while QEMU has not created it yet or
+// is not listening yet.
+func (t *Transport) dial(ctx context.Context, budget time.Duration) (net.Conn, error) {
+	var d net.Dialer
+	delay := 5 * time.Millisecond
+	var last error
+	for {
+		conn, err := d.DialContext(ctx, "unix", t.path)
+		if err == nil {
+			return conn, nil
+		}
+		var nerr net.Error
+		if ctx.Err() != nil || (errors.As(err, &nerr) && nerr.Timeout()) {
+			// The dialer uses ctx's deadline and may see it pass before
+			// ctx itself reports it.
+			if last == nil {
+				last = err
+			}
+			return nil, t.connectError(ctx, budget, "dialing", last)
+		}
+		if !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, syscall.EAGAIN) {
+			return nil, fmt.Errorf("QMP connect to %s: %w", t.path, err)
+		}
+		last = err
+		timer := time.NewTimer(delay)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, t.connectError(ctx, budget, "dialing", last)
+		}
+		delay = min(delay*2, 100*time.Millisecond)
+	}
+}
+
+// connectError explains why a connection step was cut short: Disconnect, a
+// failed connection, or the deadline.
+func (t *Transport) connectError(ctx context.Context, budget time.Duration, step string, last error) error {
+	select {
+	case <-t.done:
+		return fmt.Errorf("QMP connect to %s: %s: %w", t.path, step, t.Err())
+	default:
+	}
+	cause := ctx.Err()
+	verb := "canceled"
+	if cause == nil || errors.Is(cause, context.DeadlineExceeded) {
+		cause = context.DeadlineExceeded
+		verb = "timed out after " + budget.Round(time.Millisecond).String()
+	}
+	if last != nil {
+		return fmt.Errorf("QMP connect to %s: %s %s: %w (last error: %w)", t.path, verb, step, cause, last)
+	}
+	return fmt.Errorf("QMP connect to %s: %s %s: %w", t.path, verb, step, cause)
+}
+
+// Disconnect closes the connection. Commands waiting for a reply fail with an
+// error wrapping ErrClosed, a Connect in progress is aborted, the events
+// channel is closed, and Disconnect waits for the reader goroutine to end.
+// It is idempotent and always returns nil. It implements qmp.Monitor.
+func (t *Transport) Disconnect() error {
+	t.mu.Lock()
+	cancel := t.connectCancel
+	t.failLocked(ErrClosed)
+	t.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	t.readerWG.Wait()
+	return nil
+}
+
+// fail ends the connection with cause, once.
+func (t *Transport) fail(cause error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.failLocked(cause)
+}
+
+// failLocked ends the connection with cause: it closes the socket (which
+// stops the reader), fails every pending command and closes Done. Later
+// calls do nothing. t.mu must be held; nothing here blocks.
+func (t *Transport) failLocked(cause error) {
+	if t.state == transportDone {
+		return
+	}
+	t.state = transportDone
+	t.err = cause
+	if t.conn != nil {
+		_ = t.conn.Close()
+	}
+	for id, p := range t.pending {
+		delete(t.pending, id)
+		p.reply <- qmpResult{err: fmt.Errorf("QMP command %q: no reply: %w", p.name, cause)}
+	}
+	close(t.done)
+	if !t.readerStarted {
+		close(t.events)
+	}
+}
+
+// Run executes one QMP command, given as a JSON object such as
+// {"execute":"query-status"}, with the deadline CommandTimeout gives for its
+// name. See RunContext. It implements qmp.Monitor.
+func (t *Transport) Run(cmd []byte) ([]byte, error) {
+	return t.RunContext(context.Background(), cmd)
+}
+
+// RunContext executes one QMP command and returns the whole reply object,
+// for example {"return": {...}, "id": "vmsup-3"}. The transport adds an "id"
+// member to cmd (which must not have one) and leaves everything else as is.
+//
+// The wait is bounded by ctx; if ctx has no deadline, CommandTimeout(name)
+// applies. When it expires the error names the command and the timeout and
+// wraps context.DeadlineExceeded (`QMP command "query-status" timed out after
+// 5s: ...`); a late reply is discarded. A QMP error reply returns a *QMPError.
+// If the connection ends first, the error names the command and wraps the
+// cause (io.EOF, ErrClosed, ErrLineTooLong ...). Commands may run
+// concurrently.
+func (t *Transport) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
+	return t.run(ctx, cmd, false)
+}
+
+// run sends cmd and waits for its reply. handshake allows it while the
+// transport is still connecting (for qmp_capabilities).
+func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte, error) {
+	name, id, wire, err := t.prepare(cmd)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, CommandTimeout(name))
+		defer cancel()
+	}
+	deadline, _ := ctx.Deadline()
+	budget := deadline.Sub(start)
+
+	p := &qmpPending{id: id, name: name, reply: make(chan qmpResult, 1)}
+	t.mu.Lock()
+	switch {
+	case t.state == transportConnected, handshake && t.state == transportConnecting:
+	case t.state == transportDone:
+		cause := t.err
+		t.mu.Unlock()
+		return nil, fmt.Errorf("QMP command %q not sent: %w", name, cause)
+	default:
+		t.mu.Unlock()
+		return nil, fmt.Errorf("QMP command %q not sent: %w", name, ErrNotConnected)
+	}
+	conn := t.conn
+	t.pending[id] = p
+	t.mu.Unlock()
+
+	switch n, werr := t.write(ctx, conn, wire); {
+	case werr == nil:
+	case errors.Is(werr, errTransportDone):
+		// fail has already answered p.
+	case n == 0 && (ctx.Err() != nil || errors.Is(werr, os.ErrDeadlineExceeded)):
+		// Nothing was written: the stream is intact; just give up.
+		if t.forget(p) {
+			return nil, timeoutError(ctx, name, budget)
+		}
+	default:
+		t.fail(fmt.Errorf("QMP write of command %q failed: %w", name, werr))
+	}
+
+	select {
+	case r := <-p.reply:
+		return r.line, r.err
+	case <-ctx.Done():
+		if t.forget(p) {
+			return nil, timeoutError(ctx, name, budget)
+		}
+		// The reply (or the failure) was delivered meanwhile.
+		r := <-p.reply
+		return r.line, r.err
+	}
+}
+
+// errTransportDone tells run that the connection ended while it waited to
+// write; fail has then already answered the command.
+var errTransportDone = errors.New("transport done")
+
+// write sends one command line, serialized with other writers and bounded by
+// ctx's deadline. It returns how many bytes were written.
+func (t *Transport) write(ctx context.Context, conn net.Conn, wire []byte) (int, error) {
+	select {
+	case t.writeSem <- struct{}{}:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-t.done:
+		return 0, errTransportDone
+	}
+	defer func() { <-t.writeSem }()
+	deadline, _ := ctx.Deadline()
+	if err := conn.SetWriteDeadline(deadline); err != nil {
+		return 0, err
+	}
+	return conn.Write(wire)
+}
+
+// forget removes p from the pending table. It reports false if the reader
+// or fail has already taken it out (and so answered it).
+func (t *Transport) forget(p *qmpPending) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.pending[p.id]; ok {
+		delete(t.pending, p.id)
+		return true
+	}
+	return false
+}
+
+// timeoutError is the error of a command whose context ended before its
+// reply came.
+func timeoutError(ctx context.Context, name string, budget time.Duration) error {
+	cause := ctx.Err()
+	if errors.Is(cause, context.Canceled) {
+		return fmt.Errorf("QMP command %q canceled: %w", name, cause)
+	}
+	return fmt.Errorf("QMP command %q timed out after %s: %w", name, budget.Round(time.Millisecond), context.DeadlineExceeded)
+}
+
+// prepare checks cmd, reads its name and returns the bytes to send: cmd with
+// an "id" member added before its closing brace, and a newline.
+func (t *Transport) prepare(cmd []byte) (name, id string, wire []byte, err error) {
+	obj := bytes.TrimSpace(cmd)
+	if len(obj) == 0 || obj[0] != '{' || !json.Valid(obj) {
+		return "", "", nil, fmt.Errorf("%w: not a JSON object: %s", ErrBadCommand, quoteLine(cmd))
+	}
+	var hdr struct {
+		Execute json.RawMessage `json:"execute"`
+		ExecOOB json.RawMessage `json:"exec-oob"`
+		ID      json.RawMessage `json:"id"`
+	}
+	if err := json.Unmarshal(obj, &hdr); err != nil {
+		return "", "", nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	nameRaw := hdr.Execute
+	if nameRaw == nil {
+		nameRaw = hdr.ExecOOB
+	}
+	if json.Unmarshal(nameRaw, &name) != nil || name == "" {
+		return "", "", nil, fmt.Errorf("%w: no \"execute\" string member: %s", ErrBadCommand, quoteLine(cmd))
+	}
+	if hdr.ID != nil {
+		return "", "", nil, fmt.Errorf("%w: command %q already has an \"id\" member; the transport sets ids itself", ErrBadCommand, name)
+	}
+	id = idPrefix + strconv.FormatUint(t.nextID.Add(1), 10)
+	// obj is a valid object with at least one member and ends with '}'.
+	wire = make([]byte, 0, len(obj)+len(id)+10)
+	wire = append(wire, obj[:len(obj)-1]...)
+	wire = append(wire, `,"id":"`...)
+	wire = append(wire, id...)
+	wire = append(wire, "\"}\n"...)
+	return name, id, wire, nil
+}
+
+// Events returns the channel of QMP events. Every call returns the same
+// channel; ctx is not used. The channel is buffered (EventBuffer); when it is
+// full, events are dropped and counted by DroppedEvents rather than holding
+// up replies. It is closed when the connection ends. It implements
+// qmp.Monitor.
+func (t *Transport) Events(context.Context) (<-chan qmp.Event, error) {
+	return t.events, nil
+}
+
+// Done returns a channel closed when the connection is broken or
+// disconnected, or when Connect failed.
+func (t *Transport) Done() <-chan struct{} {
+	return t.done
+}
+
+// Err says why the transport ended: an error wrapping io.EOF when QEMU closed
+// the connection, ErrClosed after Disconnect, ErrLineTooLong, ErrProtocol, a
+// read error or the Connect error. It is nil while the transport is new or
+// healthy.
+func (t *Transport) Err() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.state != transportDone {
+		return nil
+	}
+	return t.err
+}
+
+// Version returns the QEMU version from the QMP greeting; the zero Version
+// before the greeting was read.
+func (t *Transport) Version() qmp.Version {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.version
+}
+
+// DroppedEvents returns how many events were dropped because the events
+// channel was full.
+func (t *Transport) DroppedEvents() uint64 {
+	return t.dropped.Load()
+}
+
+// readLoop is the reader goroutine. It reads lines until the connection
+// ends, then fails the transport with the cause and closes the events
+// channel. It never blocks on anything but the socket.
+func (t *Transport) readLoop(conn net.Conn) {
+	defer t.readerWG.Done()
+	defer close(t.events)
+	br := bufio.NewReaderSize(conn, 64<<10)
+	greeted := false
+	for {
+		line, err := readQMPLine(br, t.opts.MaxLineBytes)
+		if err != nil {
+			t.fail(readError(err))
+			return
+		}
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		if !greeted {
+			if err := t.handleGreeting(line); err != nil {
+				t.fail(err)
+				return
+			}
+			greeted = true
+			close(t.greeted)
+			continue
+		}
+		t.handleLine(line)
+	}
+}
+
+// readError turns a read error into the reason the connection ended.
+func readError(err error) error {
+	switch {
+	case errors.Is(err, ErrLineTooLong):
+		return err
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("QMP connection closed by QEMU: %w", err)
+	default:
+		return fmt.Errorf("QMP read failed: %w", err)
+	}
+}
+
+// readQMPLine reads one line of at most limit bytes (not counting the
+// newline). It never buffers more than limit bytes plus one read buffer.
+func readQMPLine(br *bufio.Reader, limit int) ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := br.ReadSlice('\n')
+		n := len(line) + len(frag)
+		if err == nil {
+			n-- // the newline
+		}
+		if n > limit {
+			return nil, fmt.Errorf("%w: QEMU sent a line of more than %d bytes (TransportOptions.MaxLineBytes)", ErrLineTooLong, limit)
+		}
+		switch {
+		case err == nil:
+			return append(line, frag...), nil // append copies: frag is reused by br
+		case errors.Is(err, bufio.ErrBufferFull):
+			line = append(line, frag...)
+		default:
+			return nil, err // a partial last line is dropped
+		}
+	}
+}
+
+// qmpPresent records that a member is present without copying its value
+// (used for "return", which can be hundreds of kilobytes).
+type qmpPresent bool
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (p *qmpPresent) UnmarshalJSON([]byte) error {
+	*p = true
+	return nil
+}
+
+// qmpEnvelope holds the members that tell a greeting, a reply and an event
+// apart. Every member is decoded leniently, so odd shapes never fail the
+// decoding of the line as a whole.
+type qmpEnvelope struct {
+	QMP       json.RawMessage `json:"QMP"`
+	Event     json.RawMessage `json:"event"`
+	Data      json.RawMessage `json:"data"`
+	Timestamp json.RawMessage `json:"timestamp"`
+	ID        json.RawMessage `json:"id"`
+	Return    qmpPresent      `json:"return"`
+	Error     json.RawMessage `json:"error"`
+}
+
+// handleGreeting checks the first line and records the version.
+func (t *Transport) handleGreeting(line []byte) error {
+	var g struct {
+		QMP *struct {
+			Version      qmp.Version `json:"version"`
+			Capabilities []string    `json:"capabilities"`
+		} `json:"QMP"`
+	}
+	if line[0] != '{' || json.Unmarshal(line, &g) != nil || g.QMP == nil {
+		return fmt.Errorf("%w: expected the QMP greeting, got %s", ErrProtocol, quoteLine(line))
+	}
+	t.mu.Lock()
+	t.version = g.QMP.Version
+	t.mu.Unlock()
+	t.log.Debug().Str("version", g.QMP.Version.String()).Strs("capabilities", g.QMP.Capabilities).Msg("QMP greeting")
+	return nil
+}
+
+// handleLine dispatches one line after the greeting. Nothing QEMU sends
+// here can fail the connection: bad lines are logged and dropped.
+func (t *Transport) handleLine(line []byte) {
+	if line[0] != '{' {
+		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a line that is not a JSON object")
+		return
+	}
+	var env qmpEnvelope
+	if err := json.Unmarshal(line, &env); err != nil {
+		t.log.Warn().Err(err).Str("line", quoteLine(line)).Msg("QMP: ignoring an undecodable line")
+		return
+	}
+	switch {
+	case env.QMP != nil:
+		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a second greeting")
+	case bool(env.Return) || isSet(env.Error):
+		t.handleReply(line, &env)
+	case env.Event != nil:
+		t.handleEvent(line, &env)
+	default:
+		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a line that is neither a reply nor an event")
+	}
+}
+
+// handleReply hands a reply to the command with its id. A reply without id
+// (QEMU sends those for JSON parse errors) goes to the only pending command,
+// if there is exactly one.
+func (t *Transport) handleReply(line []byte, env *qmpEnvelope) {
+	var id string
+	hasID := isSet(env.ID)
+	idOK := hasID && json.Unmarshal(env.ID, &id) == nil
+
+	t.mu.Lock()
+	var p *qmpPending
+	switch {
+	case !hasID && len(t.pending) == 1:
+		for _, q := range t.pending {
+			p = q
+		}
+	case idOK:
+		p = t.pending[id]
+	}
+	if p == nil {
+		n := len(t.pending)
+		t.mu.Unlock()
+		t.log.Debug().Str("line", quoteLine(line)).Int("pending", n).Msg("QMP: dropping a reply that matches no pending command")
+		return
+	}
+	delete(t.pending, p.id)
+	r := qmpResult{line: line}
+	if isSet(env.Error) {
+		r = qmpResult{err: decodeQMPError(p.name, env.Error)}
+	}
+	p.reply <- r // capacity 1 and answered once: never blocks
+	t.mu.Unlock()
+}
+
+// decodeQMPError builds the QMPError of an error reply, whatever its shape.
+func decodeQMPError(name string, raw json.RawMessage) *QMPError {
+	var e struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	}
+	if json.Unmarshal(raw, &e) != nil {
+		return &QMPError{Command: name, Desc: quoteLine(raw)}
+	}
+	return &QMPError{Command: name, Class: e.Class, Desc: e.Desc}
+}
+
+// handleEvent decodes an event and offers it to the events channel without
+// ever blocking.
+func (t *Transport) handleEvent(line []byte, env *qmpEnvelope) {
+	var ev qmp.Event
+	if json.Unmarshal(env.Event, &ev.Event) != nil || ev.Event == "" {
+		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring an event without a name")
+		return
+	}
+	if isSet(env.Data) {
+		if err := json.Unmarshal(env.Data, &ev.Data); err != nil {
+			ev.Data = nil
+			t.log.Warn().Str("event", ev.Event).Str("line", quoteLine(line)).Msg("QMP: event data is not an object; delivering the event without data")
+		}
+	}
+	if isSet(env.Timestamp) {
+		if err := json.Unmarshal(env.Timestamp, &ev.Timestamp); err != nil {
+			ev.Timestamp.Seconds, ev.Timestamp.Microseconds = 0, 0
+		}
+	}
+	select {
+	case t.events <- ev:
+	default:
+		n := t.dropped.Add(1)
+		if n == 1 || n%1000 == 0 {
+			t.log.Warn().Str("event", ev.Event).Uint64("dropped", n).Msg("QMP: events channel full; dropping events")
+		}
+	}
+}
+
+// isSet reports whether a raw member was present with a non-null value.
+func isSet(raw json.RawMessage) bool {
+	return len(raw) > 0 && string(raw) != "null"
+}
+
+// quoteLine quotes the start of a line for error messages and logs.
+func quoteLine(b []byte) string {
+	const keep = 200
+	if len(b) > keep {
+		return strconv.Quote(string(b[:keep])) + fmt.Sprintf("... (%d bytes)", len(b))
+	}
+	return strconv.Quote(string(b))
+}

@@ -1,0 +1,209 @@
+package tests
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/driver"
+)
+
+// requireQEMU fails the test when QEMU is missing: the tests are about real
+// QEMU, and CI installs it. VMSUP_SKIP_QEMU=1 skips instead, for machines
+// that cannot run it.
+func requireQEMU(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		if os.Getenv("VMSUP_SKIP_QEMU") == "1" {
+			t.Skip("qemu-system-x86_64 not installed and VMSUP_SKIP_QEMU=1")
+		}
+		t.Fatalf("qemu-system-x86_64 not found (install qemu-system-x86): %v", err)
+	}
+}
+
+// shortTempDir is a temp dir with a short path, so that unix socket paths
+// stay under the 107-byte limit.
+func shortTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "vmsup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+type testDriver struct {
+	*driver.Driver
+	dir string
+}
+
+// openDriver opens a driver on a fresh state dir. Cleanup destroys every
+// running domain and closes the driver, so no QEMU outlives the test.
+func openDriver(t testing.TB, mutate func(*driver.Config)) *testDriver {
+	t.Helper()
+	requireQEMU(t)
+	dir := shortTempDir(t)
+	logger := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
+	if testing.Verbose() {
+		logger = logger.Level(zerolog.DebugLevel)
+	}
+	cfg := driver.Config{StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"), Logger: &logger, DestroyGrace: 2 * time.Second}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, err := driver.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("open driver: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		infos, err := d.List(ctx)
+		if err != nil {
+			t.Errorf("cleanup list: %v", err)
+		}
+		for _, in := range infos {
+			if in.PID != 0 {
+				// SIGCONT first, in case the test stopped QEMU.
+				_ = syscall.Kill(in.PID, syscall.SIGCONT)
+				if err := d.Domain(in.Name).Destroy(ctx); err != nil {
+					t.Errorf("cleanup destroy %s: %v", in.Name, err)
+				}
+			}
+		}
+		if err := d.Close(ctx); err != nil {
+			t.Errorf("close driver: %v", err)
+		}
+	})
+	return &testDriver{Driver: d, dir: dir}
+}
+
+// define defines a small VM; machine "none" unless given.
+func (d *testDriver) define(t testing.TB, name, machine string) *driver.Domain {
+	t.Helper()
+	spec := &domain.Spec{Name: name, Machine: machine, Accel: "tcg", Memory: 64 << 20}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := d.Define(ctx, spec); err != nil {
+		t.Fatalf("define %s: %v", name, err)
+	}
+	return d.Domain(name)
+}
+
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// expectState checks a domain's state and reason.
+func expectState(t testing.TB, dom *driver.Domain, state domain.State, reason domain.Reason) *domain.Info {
+	t.Helper()
+	in, err := dom.Info(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatalf("info %s: %v", dom.Name(), err)
+	}
+	if in.State != state || in.Reason != reason {
+		t.Fatalf("%s: state %s/%s, want %s/%s", dom.Name(), in.State, in.Reason, state, reason)
+	}
+	return in
+}
+
+// waitState polls until the domain reaches state/reason or the deadline.
+func waitState(t testing.TB, dom *driver.Domain, state domain.State, reason domain.Reason, within time.Duration) *domain.Info {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var in *domain.Info
+	for time.Now().Before(deadline) {
+		var err error
+		in, err = dom.Info(ctxT(t, 5*time.Second))
+		if err != nil {
+			t.Fatalf("info %s: %v", dom.Name(), err)
+		}
+		if in.State == state && in.Reason == reason {
+			return in
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("%s: state %s/%s after %s, want %s/%s", dom.Name(), in.State, in.Reason, within, state, reason)
+	return nil
+}
+
+// processAlive reports whether pid exists and is not a zombie.
+func processAlive(pid int) bool {
+	data, err := os.ReadFile(filepath.Join("/proc", itoa(pid), "stat"))
+	if err != nil {
+		return false
+	}
+	// The state letter follows the ")" that ends the command name.
+	for i := len(data) - 1; i >= 0; i-- {
+		if data[i] == ')' && i+2 < len(data) {
+			return data[i+2] != 'Z'
+		}
+	}
+	return false
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+// eventRecorder collects lifecycle events in the background.
+type eventRecorder struct {
+	mu     sync.Mutex
+	events []domain.Event
+	done   chan struct{}
+}
+
+func recordEvents(t testing.TB, sub *domain.Subscription) *eventRecorder {
+	r := &eventRecorder{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for ev := range sub.Events() {
+			r.mu.Lock()
+			r.events = append(r.events, ev)
+			r.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { sub.Close(); <-r.done })
+	return r
+}
+
+// waitFor waits until an event of type typ is recorded.
+func (r *eventRecorder) waitFor(t testing.TB, typ domain.EventType, within time.Duration) domain.Event {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		for _, ev := range r.events {
+			if ev.Type == typ {
+				r.mu.Unlock()
+				return ev
+			}
+		}
+		r.mu.Unlock()
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("no %q event within %s; got %v", typ, within, r.types())
+	return domain.Event{}
+}
+
+func (r *eventRecorder) types() []domain.EventType {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []domain.EventType
+	for _, ev := range r.events {
+		out = append(out, ev.Type)
+	}
+	return out
+}
