@@ -18,8 +18,9 @@ var ErrNoActor = errors.New("actor not found")
 
 // Ask sends msg to pid as a request and waits for the reply, bounded by ctx
 // (DefaultTimeout when ctx has no deadline). A reply that is an error is
-// returned as the error. Ask never waits past ctx: on cancellation it stops
-// the reply future, so no goroutine outlives the call.
+// returned as the error. When the wait ends, Ask returns ctx.Err() itself,
+// unwrapped, so callers can tell "I gave up" from an error of the callee.
+// The reply address lives only for the call: nothing outlives it.
 func Ask(ctx context.Context, sender actor.SenderContext, pid *actor.PID, msg any) (any, error) {
 	if pid == nil {
 		return nil, ErrNoActor
@@ -32,43 +33,47 @@ func Ask(ctx context.Context, sender actor.SenderContext, pid *actor.PID, msg an
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
 		defer cancel()
 	}
-	deadline, _ := ctx.Deadline()
-	// The future's own timeout is a backstop a little past ctx; ctx.Done
-	// normally fires first and stops the future.
-	future := sender.RequestFuture(pid, msg, time.Until(deadline)+time.Second)
-
-	type result struct {
-		value any
-		err   error
+	registry := sender.ActorSystem().ProcessRegistry
+	reply := &replyProcess{ch: make(chan any, 1)}
+	replyTo, ok := registry.Add(reply, "ask"+registry.NextId())
+	if !ok {
+		return nil, fmt.Errorf("ask %s: cannot register a reply address", pid.Id)
 	}
-	done := make(chan result, 1)
-	go func() {
-		v, err := future.Result()
-		done <- result{v, err}
-	}()
+	defer registry.Remove(replyTo)
+	sender.RequestWithCustomSender(pid, msg, replyTo)
 
-	var r result
 	select {
-	case r = <-done:
 	case <-ctx.Done():
-		// Completing the future releases the goroutine above at once.
-		sender.ActorSystem().Root.Stop(future.PID())
-		<-done
 		return nil, ctx.Err()
+	case v := <-reply.ch:
+		switch v := v.(type) {
+		case *actor.DeadLetterResponse:
+			return nil, ErrNoActor
+		case error:
+			return nil, v
+		default:
+			return v, nil
+		}
 	}
-	switch {
-	case errors.Is(r.err, actor.ErrDeadLetter):
-		return nil, ErrNoActor
-	case errors.Is(r.err, actor.ErrTimeout):
-		return nil, fmt.Errorf("no reply from %s: %w", pid.Id, context.DeadlineExceeded)
-	case r.err != nil:
-		return nil, r.err
-	}
-	if err, ok := r.value.(error); ok {
-		return nil, err
-	}
-	return r.value, nil
 }
+
+// replyProcess is the one-shot reply address of an Ask. protoactor's own
+// futures race when stopped while a reply arrives, so Ask uses this instead.
+type replyProcess struct {
+	ch chan any
+}
+
+func (r *replyProcess) SendUserMessage(_ *actor.PID, message any) {
+	_, msg, _ := actor.UnwrapEnvelope(message)
+	select {
+	case r.ch <- msg:
+	default: // a second reply is dropped; the first one wins
+	}
+}
+
+func (r *replyProcess) SendSystemMessage(*actor.PID, any) {}
+
+func (r *replyProcess) Stop(*actor.PID) {}
 
 // AskAs is Ask with the reply converted to T. A reply of another type is an
 // error that names both types.

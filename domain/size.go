@@ -47,7 +47,7 @@ type sizeError struct {
 }
 
 func (e *sizeError) Error() string {
-	return fmt.Sprintf("invalid size %q: %s", e.input, e.problem)
+	return fmt.Sprintf("invalid size %s: %s", shortQuote(e.input), e.problem)
 }
 
 // ParseSize parses a size written as described on Size, such as "128M",
@@ -166,7 +166,7 @@ func (s *Size) UnmarshalJSON(data []byte) error {
 func asSizeError(err error) (string, bool) {
 	var se *sizeError
 	if errors.As(err, &se) {
-		return fmt.Sprintf("invalid size %q: %s", se.input, se.problem), true
+		return se.Error(), true
 	}
 	return "", false
 }

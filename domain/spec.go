@@ -221,14 +221,14 @@ func ParseSpec(data []byte) (*Spec, error) {
 		if err == io.EOF {
 			return nil, errors.New("spec is empty")
 		}
-		return nil, fmt.Errorf("spec is not valid YAML or JSON: %w", err)
+		return nil, fmt.Errorf("spec is not valid YAML or JSON: %s", capLines(err.Error()))
 	}
 	var second any
 	if err := dec.Decode(&second); err != io.EOF {
 		if err == nil {
 			return nil, errors.New("spec must be a single YAML document; found more than one")
 		}
-		return nil, fmt.Errorf("spec has trailing data after the first document: %w", err)
+		return nil, fmt.Errorf("spec has trailing data after the first document: %s", capLines(err.Error()))
 	}
 	if first == nil {
 		return nil, errors.New("spec is empty")
@@ -236,7 +236,7 @@ func ParseSpec(data []byte) (*Spec, error) {
 
 	js, err := yaml.YAMLToJSONStrict(data)
 	if err != nil {
-		return nil, fmt.Errorf("spec is not valid YAML or JSON: %w", err)
+		return nil, fmt.Errorf("spec is not valid YAML or JSON: %s", capLines(err.Error()))
 	}
 
 	// Check the shape (unknown fields, types) first, to name every bad
@@ -250,8 +250,16 @@ func ParseSpec(data []byte) (*Spec, error) {
 	if _, ok := tree.(map[string]any); !ok {
 		return nil, fmt.Errorf("spec must be a mapping of fields, not %s", jsonKind(tree))
 	}
-	if errs := checkShape("", tree, reflect.TypeOf(Spec{})); len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	errs := checkShape("", tree, reflect.TypeOf(Spec{}))
+	// An explicit zero is a mistake, not a request for the default
+	// (memory: 0 is rejected by ParseSize for the same reason).
+	if n, ok := tree.(map[string]any)["cpus"].(json.Number); ok {
+		if i, err := n.Int64(); err == nil && i == 0 {
+			errs = append(errs, &FieldError{Field: "cpus", Problem: fmt.Sprintf("must be between 1 and %d, got 0", MaxCPUs)})
+		}
+	}
+	if len(errs) > 0 {
+		return nil, joinProblems(errs)
 	}
 
 	var s Spec
@@ -391,7 +399,8 @@ func jsonKind(v any) string {
 
 // ApplyDefaults fills every empty field that has a default: memory 128M,
 // 1 CPU, machine "q35", accel "auto", on_crash "destroy", disk format
-// "raw", and a random version 4 UUID. Emulator stays empty (EmulatorPath
+// "raw", and a random version 4 UUID. Empty disks and extra_args lists
+// become nil. Emulator stays empty (EmulatorPath
 // gives the default) and a nil Serial stays nil (BuildArgs then logs the
 // serial port to RunPaths.SerialLog).
 func (s *Spec) ApplyDefaults() {
@@ -417,6 +426,13 @@ func (s *Spec) ApplyDefaults() {
 		if s.Disks[i].Format == "" {
 			s.Disks[i].Format = DiskFormatRaw
 		}
+	}
+	// An empty list and no list mean the same; keep one form.
+	if len(s.Disks) == 0 {
+		s.Disks = nil
+	}
+	if len(s.ExtraArgs) == 0 {
+		s.ExtraArgs = nil
 	}
 }
 
@@ -557,7 +573,38 @@ func (s *Spec) Validate() error {
 		}
 	}
 
+	return joinProblems(errs)
+}
+
+// maxProblems is how many problems an error reports; hostile input could
+// otherwise make an error message as large as the input.
+const maxProblems = 50
+
+// joinProblems joins errs with errors.Join, keeping the first maxProblems
+// and counting the rest.
+func joinProblems(errs []error) error {
+	if len(errs) > maxProblems {
+		more := len(errs) - maxProblems
+		errs = append(errs[:maxProblems:maxProblems], fmt.Errorf("... and %d more problems", more))
+	}
 	return errors.Join(errs...)
+}
+
+// shortQuote quotes a value for an error message, cut to 64 bytes.
+func shortQuote(v string) string {
+	if len(v) > 64 {
+		return strconv.Quote(v[:64]) + "..."
+	}
+	return strconv.Quote(v)
+}
+
+// capLines shortens a multi-line parser message to its first lines.
+func capLines(msg string) string {
+	lines := strings.SplitN(msg, "\n", 12)
+	if len(lines) > 11 {
+		return strings.Join(lines[:11], "\n") + "\n  ... (more problems not shown)"
+	}
+	return msg
 }
 
 // uuidProblem checks that u is a canonical, lower-case, non-nil UUID.
@@ -588,7 +635,7 @@ func enumProblem(v string, allowed ...string) string {
 	if v == "" {
 		return "is required; one of " + strings.Join(allowed, ", ")
 	}
-	return fmt.Sprintf("must be one of %s, got %q", strings.Join(allowed, ", "), v)
+	return fmt.Sprintf("must be one of %s, got %s", strings.Join(allowed, ", "), shortQuote(v))
 }
 
 // pathProblem checks that p is an absolute, clean path without control

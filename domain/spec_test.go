@@ -168,6 +168,8 @@ func TestParseSpecWrongTypes(t *testing.T) {
 	cases := map[string]string{
 		"name: 123":                     "name",
 		"name: a\ncpus: two":            "cpus",
+		"name: a\ncpus: 0":              "cpus",
+		"name: a\ncpus: -2":             "cpus",
 		"name: a\ncpus: 1.5":            "cpus",
 		"name: a\ncpus: 99999999999999": "cpus",
 		"name: a\ndisks: /x.img":        "disks",
@@ -567,4 +569,32 @@ func FuzzParseSpec(f *testing.F) {
 			t.Fatalf("args %q", args)
 		}
 	})
+}
+
+func TestParseSpecErrorsBounded(t *testing.T) {
+	var unknown strings.Builder
+	unknown.WriteString("name: a\n")
+	for i := 0; i < 5000; i++ {
+		fmt.Fprintf(&unknown, "k%d: v\n", i)
+	}
+	cases := map[string]string{
+		"unknown keys":   unknown.String(),
+		"duplicate keys": "name: a\n" + strings.Repeat("k: v\n", 5000),
+		"bad extra args": "name: a\nextra_args: [" + strings.Repeat("-S,", 5000) + "-S]\n",
+		"long enum":      "name: a\naccel: " + strings.Repeat("x", 500000) + "\n",
+		"long size":      "name: a\nmemory: " + strings.Repeat("9", 500000) + "\n",
+	}
+	for name, in := range cases {
+		_, err := ParseSpec([]byte(in))
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if n := len(err.Error()); n > 8<<10 {
+			t.Errorf("%s: error message is %d bytes", name, n)
+		}
+		if n := len(FieldErrors(err)); n > maxProblems {
+			t.Errorf("%s: %d field errors", name, n)
+		}
+	}
 }
