@@ -233,16 +233,18 @@ func (d *driverActor) onDefineWritten(ctx actor.Context, w defineWritten) {
 		}
 		created = true
 	}
-	d.cfg.broker.Publish(domain.Event{Type: domain.EventDefined, Domain: w.spec.Name, UUID: w.spec.UUID, State: d.domains[w.spec.Name].state()})
+	state, reason := d.domains[w.spec.Name].state()
+	d.cfg.broker.Publish(domain.Event{Type: domain.EventDefined, Domain: w.spec.Name, UUID: w.spec.UUID, State: state, Reason: reason})
 	d.end(ctx, &DefineResult{Name: w.spec.Name, UUID: w.spec.UUID, Created: created})
 	d.next(ctx)
 }
 
-func (e *entry) state() domain.State {
+// state is the domain's last published state and reason.
+func (e *entry) state() (domain.State, domain.Reason) {
 	if in := e.snap.Load(); in != nil {
-		return in.State
+		return in.State, in.Reason
 	}
-	return domain.StateShutoff
+	return domain.StateShutoff, domain.ReasonUnknown
 }
 
 func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec) error {
@@ -306,7 +308,8 @@ func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
 		ctx.Stop(e.pid)
 		delete(d.domains, r.name)
 		delete(d.uuids, e.uuid)
-		d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: r.name, UUID: e.uuid, State: domain.StateShutoff})
+		state, reason := e.state()
+		d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: r.name, UUID: e.uuid, State: state, Reason: reason})
 		d.end(ctx, &Undefined{Name: r.name})
 	}
 	d.next(ctx)

@@ -307,7 +307,7 @@ func (t *Transport) connectError(ctx context.Context, budget time.Duration, step
 	verb := "canceled"
 	if cause == nil || errors.Is(cause, context.DeadlineExceeded) {
 		cause = context.DeadlineExceeded
-		verb = "timed out after " + budget.Round(time.Millisecond).String()
+		verb = "timed out after " + roundBudget(budget).String()
 	}
 	if last != nil {
 		return fmt.Errorf("QMP connect to %s: %s %s: %w (last error: %w)", t.path, verb, step, cause, last)
@@ -481,7 +481,17 @@ func timeoutError(ctx context.Context, name string, budget time.Duration) error 
 	if errors.Is(cause, context.Canceled) {
 		return fmt.Errorf("QMP command %q canceled: %w", name, cause)
 	}
-	return fmt.Errorf("QMP command %q timed out after %s: %w", name, budget.Round(time.Millisecond), context.DeadlineExceeded)
+	return fmt.Errorf("QMP command %q timed out after %s: %w", name, roundBudget(budget), context.DeadlineExceeded)
+}
+
+// roundBudget rounds a deadline budget for messages: a caller's context
+// created a moment before the command started shows as "30s", not
+// "29.999812s".
+func roundBudget(d time.Duration) time.Duration {
+	if d >= time.Second {
+		return d.Round(100 * time.Millisecond)
+	}
+	return d.Round(time.Millisecond)
 }
 
 // prepare checks cmd, reads its name and returns the bytes to send: cmd with
