@@ -22,8 +22,10 @@
 // event that arrives before the qmp_capabilities reply for that reply, reads
 // with a bufio.Scanner limited to 64 KiB lines (query-qmp-schema replies are
 // about 200 KB), blocks replies on an unbuffered events channel, and has no
-// deadline on Connect, so it hangs against a stopped QEMU. The tests in
-// transport_qemu_test.go show each of these against a real QEMU.
+// deadline on Connect, so it hangs against a stopped QEMU.
+// transport_qemu_test.go shows the 64 KiB failure against a real QEMU and
+// checks the transport against a real (and a SIGSTOPped) QEMU; the unit
+// tests cover the other gaps with a scripted server.
 //
 // The transport:
 //

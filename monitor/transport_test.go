@@ -657,6 +657,26 @@ func TestTransportConnectTimesOutWithoutGreeting(t *testing.T) {
 	}
 }
 
+func TestTransportConnectTimesOutWithoutCapabilitiesReply(t *testing.T) {
+	f := newFakeQMP(t)
+	f.serve(func(c *fakeQMPConn) {
+		c.greet()
+		c.expect("qmp_capabilities")
+		c.waitStop() // never answers
+	})
+	tr := NewTransport(f.path, TransportOptions{ConnectTimeout: 300 * time.Millisecond})
+	t.Cleanup(func() { _ = tr.Disconnect() })
+	start := time.Now()
+	err := tr.Connect()
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `"qmp_capabilities"`) {
+		t.Fatalf("Connect error = %v, want a deadline error naming qmp_capabilities", err)
+	}
+	if took < 300*time.Millisecond || took > 2*time.Second {
+		t.Errorf("Connect failed after %s, want about 300ms", took)
+	}
+}
+
 func TestTransportBadGreetingFailsConnect(t *testing.T) {
 	f := newFakeQMP(t)
 	f.serve(func(c *fakeQMPConn) {
