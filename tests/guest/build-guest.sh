@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# build-guest.sh builds the vmsup test guest: a Debian cloud kernel and a
+# busybox initramfs whose /init powers off on the ACPI power button.
+#
+#   tests/guest/build-guest.sh [--force]
+#
+# Output: ${VMSUP_CACHE:-<repo>/.cache}/guest/{vmlinuz,initrd.img,stamp}.
+# The stamp records the package versions and a hash of this script and of
+# tests/guest/init; when it matches, nothing is rebuilt. Needs a Debian or
+# Ubuntu host with apt (packages are fetched with `apt-get download`, never
+# installed), dpkg-deb and gzip. See tests/guest/README.md.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+out="${VMSUP_CACHE:-$repo/.cache}/guest"
+init_src="$here/init"
+kernel_meta=linux-image-cloud-amd64
+busybox_pkg=busybox-static
+# Modules loaded by /init when the kernel does not build them in (with their
+# dependencies): the ACPI power button, evdev (acpid reads the button as an
+# input device) and pvpanic (GUEST_PANICKED with -device pvpanic or
+# pvpanic-pci).
+modules=(drivers/acpi/button drivers/input/evdev drivers/misc/pvpanic/pvpanic-mmio drivers/misc/pvpanic/pvpanic-pci)
+
+force=0
+case "${1:-}" in
+--force) force=1 ;;
+"") ;;
+*)
+	echo "usage: $0 [--force]" >&2
+	exit 2
+	;;
+esac
+
+log() { echo "build-guest: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+for tool in apt-get apt-cache dpkg-deb gzip sha256sum; do
+	command -v "$tool" >/dev/null || die "$tool not found; this script needs a Debian or Ubuntu host"
+done
+
+mkdir -p "$out"
+# One build at a time (go test runs packages in parallel).
+if command -v flock >/dev/null; then
+	exec 9>"$out/.lock"
+	flock -w 600 9 || die "timed out waiting for another build (lock $out/.lock)"
+fi
+
+# recipe identifies this script and the init script: changing either
+# rebuilds. tests/guest_test.go computes the same hash.
+recipe=$(cat "$here/$(basename "${BASH_SOURCE[0]}")" "$init_src" | sha256sum | cut -d' ' -f1)
+
+# candidate prints the version apt would download for a package.
+candidate() { apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Version: //p' | head -n1; }
+
+# kernel_package resolves the metapackage to the concrete image package,
+# for example linux-image-6.1.0-56-cloud-amd64.
+kernel_package() {
+	apt-cache depends "$kernel_meta" 2>/dev/null |
+		sed -n 's/^ *|\{0,1\}Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
+}
+
+apt_updated=0
+resolve() {
+	kpkg=$(kernel_package)
+	kver=""
+	bver=""
+	if [[ -n $kpkg ]]; then
+		kver=$(candidate "$kpkg")
+		bver=$(candidate "$busybox_pkg")
+	fi
+	[[ -n $kpkg && -n $kver && -n $bver ]]
+}
+
+if ! resolve; then
+	if [[ $(id -u) == 0 ]]; then
+		log "package lists do not know $kernel_meta/$busybox_pkg; running apt-get update"
+		apt-get update -qq >&2 || die "apt-get update failed"
+		apt_updated=1
+		resolve || die "apt does not know $kernel_meta or $busybox_pkg (is this Debian amd64?)"
+	elif [[ -f $out/stamp && -f $out/vmlinuz && -f $out/initrd.img ]]; then
+		log "warning: apt cannot resolve $kernel_meta/$busybox_pkg; keeping the existing guest"
+		printf '%s\n%s\n' "$out/vmlinuz" "$out/initrd.img"
+		exit 0
+	else
+		die "apt does not know $kernel_meta or $busybox_pkg; run as root: apt-get update"
+	fi
+fi
+
+stamp="kernel=$kpkg $kver
+busybox=$busybox_pkg $bver
+recipe=$recipe"
+
+if [[ $force == 0 && -f $out/vmlinuz && -f $out/initrd.img && -f $out/stamp ]] &&
+	[[ $(cat "$out/stamp") == "$stamp" ]]; then
+	log "up to date ($kpkg $kver, $busybox_pkg $bver)"
+	printf '%s\n%s\n' "$out/vmlinuz" "$out/initrd.img"
+	exit 0
+fi
+
+# cpio: the host's, installed when missing and root; otherwise the cpio
+# applet of the busybox we download anyway (it writes newc archives too).
+cpio=()
+if command -v cpio >/dev/null; then
+	cpio=(cpio)
+elif [[ $(id -u) == 0 ]]; then
+	log "installing cpio"
+	[[ $apt_updated == 1 ]] || apt-get update -qq >&2 || true
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends cpio >&2 ||
+		die "apt-get install cpio failed"
+	cpio=(cpio)
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/vmsup-guest.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+chmod 0755 "$work"
+mkdir -p "$work/dl" "$work/kernel" "$work/busybox" "$work/root"
+# apt drops privileges to _apt for downloads; let it write there.
+if [[ $(id -u) == 0 ]] && id _apt >/dev/null 2>&1; then
+	chown _apt "$work/dl"
+fi
+
+log "downloading $kpkg $kver and $busybox_pkg $bver"
+(cd "$work/dl" && apt-get download -q "$kpkg=$kver" "$busybox_pkg=$bver" >&2) ||
+	die "apt-get download failed (as root, try: apt-get update)"
+dpkg-deb -x "$work"/dl/"${kpkg}"_*.deb "$work/kernel"
+dpkg-deb -x "$work"/dl/"${busybox_pkg}"_*.deb "$work/busybox"
+
+vmlinuz=$(find "$work/kernel/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
+[[ -n $vmlinuz ]] || die "no boot/vmlinuz-* in $kpkg"
+kdir=$(find "$work/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n1)
+[[ -n $kdir ]] || die "no lib/modules/<version> in $kpkg"
+busybox="$work/busybox/bin/busybox"
+[[ -x $busybox ]] || die "no bin/busybox in $busybox_pkg"
+if [[ ${#cpio[@]} == 0 ]]; then
+	log "cpio not installed; using busybox cpio (as root this script installs cpio)"
+	cpio=("$busybox" cpio)
+fi
+
+root="$work/root"
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc/acpi/PWRF,lib/modules,var/run,var/log}
+cp "$busybox" "$root/bin/busybox"
+for applet in $("$busybox" --list); do
+	[[ $applet == busybox ]] || ln -sf busybox "$root/bin/$applet"
+done
+cp "$init_src" "$root/init"
+chmod 0755 "$root/init"
+# busybox acpid runs /etc/acpi/PWRF/00000080 for the power button (evdev
+# KEY_POWER is mapped to "button/power PWRF 00000080").
+cat >"$root/etc/acpi/PWRF/00000080" <<'EOF'
+#!/bin/sh
+echo "vmsup-guest: power button (acpid), powering off" >/dev/console
+poweroff -f
+EOF
+chmod 0755 "$root/etc/acpi/PWRF/00000080"
+
+# Modules: skip the built-in ones; add the others after their dependencies
+# (read from the "depends=" field of each module's .modinfo section).
+builtin="$kdir/modules.builtin"
+loaded=()
+find_module() { # name (with - or _) -> path relative to $kdir/kernel
+	local n=${1//_/[-_]}
+	(cd "$kdir/kernel" && find . -name "$n.ko" -o -name "$n.ko.xz" -o -name "$n.ko.zst" | sed 's|^\./||' | head -n1)
+}
+add_module() { # path relative to $kdir/kernel, without .ko
+	local rel=$1 file dep m
+	for m in "${loaded[@]}"; do [[ $m == "$rel" ]] && return 0; done
+	if grep -qx "kernel/$rel.ko" "$builtin" 2>/dev/null; then
+		log "module $rel is built in"
+		return 0
+	fi
+	file=$(cd "$kdir/kernel" && ls "$rel".ko* 2>/dev/null | head -n1) || true
+	[[ -n $file ]] || die "module $rel not found in $kpkg"
+	[[ $file == *.ko ]] || die "module $file is compressed; busybox insmod needs plain .ko"
+	for dep in $(tr '\0' '\n' <"$kdir/kernel/$file" | sed -n 's/^depends=//p' | tr ',' ' '); do
+		m=$(find_module "$dep")
+		[[ -n $m ]] || die "module $dep (needed by $rel) not found"
+		add_module "${m%.ko}"
+	done
+	mkdir -p "$root/lib/modules/$(dirname "$file")"
+	cp "$kdir/kernel/$file" "$root/lib/modules/$file"
+	echo "$file" >>"$root/lib/modules/load"
+	loaded+=("$rel")
+}
+for m in "${modules[@]}"; do add_module "$m"; done
+
+log "packing initramfs"
+if ! (cd "$root" && find . -mindepth 1 | LC_ALL=C sort | "${cpio[@]}" -o -H newc -R 0:0 2>"$work/cpio.log") |
+	gzip -9 -n >"$work/initrd.img"; then
+	cat "$work/cpio.log" >&2
+	die "cpio failed"
+fi
+
+# Publish: the files first, the stamp last (its presence means complete).
+rm -f "$out/stamp"
+cp "$vmlinuz" "$out/vmlinuz.tmp" && mv -f "$out/vmlinuz.tmp" "$out/vmlinuz"
+cp "$work/initrd.img" "$out/initrd.img.tmp" && mv -f "$out/initrd.img.tmp" "$out/initrd.img"
+printf '%s\n' "$stamp" >"$out/stamp.tmp" && mv -f "$out/stamp.tmp" "$out/stamp"
+log "built ($kpkg $kver, $busybox_pkg $bver; $(du -h "$out/initrd.img" | cut -f1) initrd)"
+printf '%s\n%s\n' "$out/vmlinuz" "$out/initrd.img"
