@@ -415,7 +415,7 @@ func (m *domainActor) destroy(ctx actor.Context, msg *DestroyRequest) {
 		run:     runDestroy,
 		apply: func(m *domainActor, _ any, _ error) {
 			m.destroying = nil
-			if m.state != StateShutoff {
+			if m.proc == nil {
 				m.setState(StateShutoff, ReasonDestroyed, "")
 			}
 		},

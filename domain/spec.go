@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -654,4 +655,16 @@ func pathProblem(p string) string {
 		return `must be a clean path (no "." or ".." elements, no repeated or trailing '/')`
 	}
 	return ""
+}
+
+// Clone returns a deep copy of s.
+func (s *Spec) Clone() *Spec {
+	c := *s
+	c.Disks = slices.Clone(s.Disks)
+	c.ExtraArgs = slices.Clone(s.ExtraArgs)
+	if s.Serial != nil {
+		serial := *s.Serial
+		c.Serial = &serial
+	}
+	return &c
 }

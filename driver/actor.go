@@ -190,7 +190,7 @@ func (d *driverActor) startDefine(ctx actor.Context, msg *DefineRequest) error {
 	if msg.Spec == nil {
 		return errors.New("define: no spec given")
 	}
-	spec := *msg.Spec
+	spec := *msg.Spec.Clone() // the caller keeps its copy
 	if spec.Name == "" {
 		return errors.New(`define: spec field "name": is required`)
 	}

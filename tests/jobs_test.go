@@ -328,3 +328,29 @@ func TestInfoFastWhileStuck(t *testing.T) {
 		t.Fatalf("list while stuck = %+v, %v", infos, err)
 	}
 }
+
+// TestDestroyDuringStart: destroy sent while start is still running ends
+// with shutoff/destroyed and no QEMU left, whatever step start was at.
+func TestDestroyDuringStart(t *testing.T) {
+	d := openDriver(t, nil)
+	dom := d.define(t, "racy", "none")
+	for i := 0; i < 5; i++ {
+		startErr := make(chan error, 1)
+		go func() { startErr <- dom.Start(ctxT(t, 30*time.Second), driver.StartOptions{}) }()
+		time.Sleep(time.Duration(i) * 15 * time.Millisecond)
+		err := dom.Destroy(ctxT(t, 30*time.Second))
+		if err != nil && !errors.Is(err, domain.ErrNotRunning) {
+			t.Fatalf("round %d: destroy: %v", i, err)
+		}
+		<-startErr
+		if err != nil { // destroy arrived before start was queued: clean up
+			if err := dom.Destroy(ctxT(t, 30*time.Second)); err != nil {
+				t.Fatalf("round %d: second destroy: %v", i, err)
+			}
+		}
+		in := expectState(t, dom, domain.StateShutoff, domain.ReasonDestroyed)
+		if in.PID != 0 {
+			t.Fatalf("round %d: pid %d after destroy", i, in.PID)
+		}
+	}
+}
