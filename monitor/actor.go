@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -121,15 +123,28 @@ type pending struct {
 	stopWatch func() bool
 }
 
-type connectDone struct{ err error }
+// The messages below come from goroutines and callbacks of one actor
+// instance. After a restart (a panic) the mailbox still holds those of the
+// old instance, so each one names its instance and the others are dropped.
+type connectDone struct {
+	from *monitorActor
+	err  error
+}
 type commandDone struct {
+	from  *monitorActor
 	seq   uint64
 	reply []byte
 	err   error
 	took  time.Duration
 }
-type connLost struct{ err error }
-type queuedCancelled struct{ seq uint64 }
+type connLost struct {
+	from *monitorActor
+	err  error
+}
+type queuedCancelled struct {
+	from *monitorActor
+	seq  uint64
+}
 
 type monitorActor struct {
 	cfg       Config
@@ -149,20 +164,32 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		m.start(ctx)
 	case connectDone:
-		m.onConnect(ctx, msg.err)
+		if msg.from == m {
+			m.onConnect(ctx, msg.err)
+		}
 	case *Command:
 		m.enqueue(ctx, msg)
 	case commandDone:
-		m.onCommandDone(ctx, msg)
+		if msg.from == m {
+			m.onCommandDone(ctx, msg)
+		}
 	case queuedCancelled:
+		if msg.from != m {
+			return
+		}
 		if p, ok := m.lane.Remove(func(p *pending) bool { return p.seq == msg.seq }); ok {
 			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q left the queue: %w", m.cfg.Domain, p.cmd.Execute, p.cmd.Context().Err()))
 		}
 	case connLost:
+		if msg.from != m {
+			return
+		}
 		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
 	case StatusRequest, *StatusRequest:
 		ctx.Respond(m.status())
-	case *actor.Stopping:
+	case *actor.Stopping, *actor.Restarting:
+		// A restarted instance starts afresh: close the old connection
+		// (QEMU serves one QMP client at a time) and end its goroutines.
 		m.shutdown(ctx)
 	}
 }
@@ -185,7 +212,7 @@ func (m *monitorActor) start(ctx actor.Context) {
 		defer m.wg.Done()
 		cctx, cancel := context.WithTimeout(runCtx, timeout)
 		defer cancel()
-		root.Send(self, connectDone{err: conn.ConnectContext(cctx)})
+		root.Send(self, connectDone{from: m, err: conn.ConnectContext(cctx)})
 	}()
 }
 
@@ -200,6 +227,13 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		m.fail(ctx, fmt.Errorf("domain %q: QMP events: %w", m.cfg.Domain, err))
 		return
 	}
+	// Connected goes out before the reader starts, so that the parent
+	// never gets an event of this connection before it.
+	var version string
+	if v, ok := m.conn.(interface{ Version() qmp.Version }); ok {
+		version = v.Version().String()
+	}
+	ctx.Send(m.owner, &Connected{Version: version})
 	self, owner, root, conn := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn
 	m.wg.Add(1)
 	go func() {
@@ -216,13 +250,8 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		if err == nil {
 			err = ErrClosed
 		}
-		root.Send(self, connLost{err: err})
+		root.Send(self, connLost{from: m, err: err})
 	}()
-	var version string
-	if v, ok := m.conn.(interface{ Version() qmp.Version }); ok {
-		version = v.Version().String()
-	}
-	ctx.Send(m.owner, &Connected{Version: version})
 	m.next(ctx)
 }
 
@@ -238,7 +267,7 @@ func (m *monitorActor) enqueue(ctx actor.Context, cmd *Command) {
 	m.seq++
 	p := &pending{cmd: *cmd, seq: m.seq, sender: ctx.Sender()}
 	self, root, seq := ctx.Self(), ctx.ActorSystem().Root, p.seq
-	p.stopWatch = context.AfterFunc(cmd.Context(), func() { root.Send(self, queuedCancelled{seq: seq}) })
+	p.stopWatch = context.AfterFunc(cmd.Context(), func() { root.Send(self, queuedCancelled{from: m, seq: seq}) })
 	m.lane.Enqueue(p)
 	m.next(ctx)
 }
@@ -280,7 +309,7 @@ func (m *monitorActor) next(ctx actor.Context) {
 			defer cancel()
 			start := time.Now()
 			reply, err := conn.RunContext(cctx, wire)
-			root.Send(self, commandDone{seq: seq, reply: reply, err: err, took: time.Since(start)})
+			root.Send(self, commandDone{from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
 		}()
 		return
 	}
@@ -293,7 +322,13 @@ func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
 	}
 	m.lane.End()
 	if done.err != nil {
-		ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, done.err))
+		err := done.err
+		if !strings.Contains(err.Error(), strconv.Quote(p.cmd.Execute)) {
+			// The Conn did not say which command failed (a bare
+			// context.DeadlineExceeded, say); the reply must.
+			err = fmt.Errorf("QMP command %q: %w", p.cmd.Execute, err)
+		}
+		ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
 	} else {
 		var body struct {
 			Return json.RawMessage `json:"return"`
@@ -359,6 +394,9 @@ func encodeCommand(c Command) ([]byte, error) {
 		var obj map[string]json.RawMessage
 		if err := json.Unmarshal(c.Arguments, &obj); err != nil {
 			return nil, fmt.Errorf("QMP command %q: arguments must be a JSON object: %w", c.Execute, err)
+		}
+		if obj == nil { // null decodes into a nil map without error
+			return nil, fmt.Errorf("QMP command %q: arguments must be a JSON object, not null", c.Execute)
 		}
 	}
 	b, err := json.Marshal(wire)
