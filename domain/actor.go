@@ -83,8 +83,9 @@ type jobGoAsync struct{ id uint64 }
 type jobAbandoned struct{ id uint64 }
 type processExited struct{ proc *process }
 type attachProcess struct {
-	jobID uint64
-	proc  *process
+	jobID  uint64
+	proc   *process
+	serial *Serial
 }
 
 type domainActor struct {
@@ -107,6 +108,8 @@ type domainActor struct {
 	shutdownRequested bool
 	panicked          bool
 	undefining        bool
+	// runningSerial is the serial port of the running QEMU's spec.
+	runningSerial *Serial
 }
 
 func (m *domainActor) name() string { return m.spec.Name }
@@ -119,6 +122,8 @@ func (m *domainActor) Receive(ctx actor.Context) {
 		ctx.Respond(m.info())
 	case *JobsRequest:
 		ctx.Respond(m.jobs())
+	case *ConsoleRequest:
+		ctx.Respond(m.console())
 	case *ExplainWaitRequest:
 		ctx.Respond(m.explain(msg.RequestID))
 	case *StartRequest:
@@ -449,6 +454,7 @@ func (m *domainActor) onAttach(ctx actor.Context, a attachProcess) {
 	}
 	m.proc = a.proc
 	m.paths = paths
+	m.runningSerial = a.serial
 	m.sawShutdown, m.shutdownRequested, m.panicked, m.monErr = false, false, false, nil
 	m.setState(StatePaused, ReasonStartingUp, "")
 	pid, err := ctx.SpawnNamed(monitor.Props(monitor.Config{
@@ -636,4 +642,24 @@ func (m *domainActor) explain(requestID string) *WaitExplanation {
 		w.Holder = &ji
 	}
 	return w
+}
+
+// console says where the running guest's serial console socket is.
+func (m *domainActor) console() any {
+	if m.proc == nil {
+		return fmt.Errorf("domain %q: console: %w (state %s/%s)", m.name(), ErrNotRunning, m.state, m.reason)
+	}
+	// The running QEMU was built from the spec it was started with; m.spec
+	// may have been redefined since, so use the paths of this run.
+	serial := m.runningSerial
+	switch {
+	case serial == nil:
+		return &ConsoleTarget{Path: m.paths.ConsoleSocket}
+	case serial.Type == SerialSocket && serial.Path != "":
+		return &ConsoleTarget{Path: serial.Path}
+	case serial.Type == SerialSocket:
+		return &ConsoleTarget{Path: m.paths.ConsoleSocket}
+	default:
+		return fmt.Errorf("domain %q: console: the serial port is %q, not a socket (set serial.type: socket)", m.name(), serial.Type)
+	}
 }

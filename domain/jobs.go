@@ -171,7 +171,7 @@ func (e *jobEnv) start(paused bool) error {
 		e.root.Send(e.self, processExited{proc: proc})
 	}()
 	e.step("attach monitor", "")
-	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobID: e.job.ID, proc: proc})
+	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobID: e.job.ID, proc: proc, serial: e.spec.Serial})
 	if err != nil {
 		return abort("attach monitor", e.cause(err))
 	}

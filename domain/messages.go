@@ -92,3 +92,13 @@ type CancelUndefine struct{}
 
 // Undefinable is the reply to a successful PrepareUndefine.
 type Undefinable struct{}
+
+// ConsoleRequest asks where the serial console socket of a running domain
+// is; answered at once with a *ConsoleTarget, or an error when the domain is
+// not running or its serial port is not a socket.
+type ConsoleRequest struct{}
+
+// ConsoleTarget is the serial console socket of a running domain.
+type ConsoleTarget struct {
+	Path string
+}

@@ -122,7 +122,9 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 	}
 	serial := spec.Serial
 	if serial == nil {
-		serial = &Serial{Type: SerialFile}
+		// The default serves both users: a console socket to attach to,
+		// and a log of everything the guest printed.
+		serial = &Serial{Type: SerialSocket}
 	}
 	switch serial.Type {
 	case SerialFile:
@@ -136,7 +138,7 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 		if p == "" {
 			p = paths.ConsoleSocket
 		}
-		args = append(args, "-chardev", "socket,id=serial0,path="+qemuOptValue(p)+",server=on,wait=off", "-serial", "chardev:serial0")
+		args = append(args, "-chardev", "socket,id=serial0,path="+qemuOptValue(p)+",server=on,wait=off,logfile="+qemuOptValue(paths.SerialLog)+",logappend=on", "-serial", "chardev:serial0")
 	}
 	return append(args, spec.ExtraArgs...)
 }

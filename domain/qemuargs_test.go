@@ -125,7 +125,7 @@ func TestBuildArgsMinimal(t *testing.T) {
 		"-S",
 		"-qmp", "unix:/run/vmsup/tiny/qmp.sock,server=on,wait=off",
 		"-pidfile", "/run/vmsup/tiny/qemu.pid",
-		"-chardev", "file,id=serial0,path=/run/vmsup/tiny/serial.log", "-serial", "chardev:serial0",
+		"-chardev", "socket,id=serial0,path=/run/vmsup/tiny/console.sock,server=on,wait=off,logfile=/run/vmsup/tiny/serial.log,logappend=on", "-serial", "chardev:serial0",
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("BuildArgs =\n%q\nwant\n%q", got, want)
@@ -152,14 +152,14 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 		mutate func(*Spec)
 		want   []string
 	}{
-		{"nil serial logs to the run dir", func(*Spec) {},
-			[]string{"-chardev", "file,id=serial0,path=/run/vm,,sup/a/serial.log", "-serial", "chardev:serial0"}},
+		{"nil serial is a console socket that also logs", func(*Spec) {},
+			[]string{"-chardev", "socket,id=serial0,path=/run/vm,,sup/a/console.sock,server=on,wait=off,logfile=/run/vm,,sup/a/serial.log,logappend=on", "-serial", "chardev:serial0"}},
 		{"file serial without path", func(s *Spec) { s.Serial = &Serial{Type: SerialFile} },
 			[]string{"-chardev", "file,id=serial0,path=/run/vm,,sup/a/serial.log", "-serial", "chardev:serial0"}},
 		{"file serial with path", func(s *Spec) { s.Serial = &Serial{Type: SerialFile, Path: "/var/log/a,b.log"} },
 			[]string{"-chardev", "file,id=serial0,path=/var/log/a,,b.log", "-serial", "chardev:serial0"}},
 		{"socket serial without path", func(s *Spec) { s.Serial = &Serial{Type: SerialSocket} },
-			[]string{"-chardev", "socket,id=serial0,path=/run/vm,,sup/a/console.sock,server=on,wait=off", "-serial", "chardev:serial0"}},
+			[]string{"-chardev", "socket,id=serial0,path=/run/vm,,sup/a/console.sock,server=on,wait=off,logfile=/run/vm,,sup/a/serial.log,logappend=on", "-serial", "chardev:serial0"}},
 		{"no serial", func(s *Spec) { s.Serial = &Serial{Type: SerialNone}; s.ExtraArgs = []string{"-serial", "pty"} },
 			[]string{"-serial", "pty"}},
 		{"disks", func(s *Spec) {

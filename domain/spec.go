@@ -49,8 +49,8 @@ type Spec struct {
 	Append string `json:"append,omitempty"`
 	// Disks are attached as virtio block devices, in order.
 	Disks []Disk `json:"disks,omitempty"`
-	// Serial says where the first serial port goes. Nil means a log file
-	// inside the run directory (RunPaths.SerialLog).
+	// Serial says where the first serial port goes. Nil means a console
+	// socket (RunPaths.ConsoleSocket) that also logs to RunPaths.SerialLog.
 	Serial *Serial `json:"serial,omitempty"`
 	// Emulator is the QEMU binary: an absolute path, or a bare command
 	// name looked up in PATH when the domain starts (never at parse
@@ -402,8 +402,8 @@ func jsonKind(v any) string {
 // 1 CPU, machine "q35", accel "auto", on_crash "destroy", disk format
 // "raw", and a random version 4 UUID. Empty disks and extra_args lists
 // become nil. Emulator stays empty (EmulatorPath
-// gives the default) and a nil Serial stays nil (BuildArgs then logs the
-// serial port to RunPaths.SerialLog).
+// gives the default) and a nil Serial stays nil (BuildArgs then serves a
+// console socket that logs to RunPaths.SerialLog).
 func (s *Spec) ApplyDefaults() {
 	if s.UUID == "" {
 		s.UUID = uuid.NewString()

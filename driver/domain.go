@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/vmsup/vmsup/actors"
@@ -120,6 +121,25 @@ func (h *Domain) Jobs(ctx context.Context) (*domain.Jobs, error) {
 	}
 	jobs, err := actors.AskAs[*domain.Jobs](ctx, h.d.root, ref.PID, &domain.JobsRequest{})
 	return jobs, h.wrap(err)
+}
+
+// Console connects to the running guest's serial console socket. The
+// caller owns the connection and must close it.
+func (h *Domain) Console(ctx context.Context) (net.Conn, error) {
+	ref, err := h.lookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	target, err := actors.AskAs[*domain.ConsoleTarget](ctx, h.d.root, ref.PID, &domain.ConsoleRequest{})
+	if err != nil {
+		return nil, h.wrap(err)
+	}
+	var dialer net.Dialer
+	conn, err := dialer.DialContext(ctx, "unix", target.Path)
+	if err != nil {
+		return nil, fmt.Errorf("domain %q: console: %w", h.name, err)
+	}
+	return conn, nil
 }
 
 // Subscribe returns this domain's lifecycle events until ctx ends or the

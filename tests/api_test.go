@@ -164,3 +164,21 @@ func TestStartFailureIsReported(t *testing.T) {
 		t.Fatalf("failed start left pid %d", in.PID)
 	}
 }
+
+// TestConsoleSocket: the default serial port is a console socket the API can
+// attach to while the domain runs; a shut-off domain refuses.
+func TestConsoleSocket(t *testing.T) {
+	d := openDriver(t, nil)
+	dom := d.define(t, "console", "none")
+	if _, err := dom.Console(ctxT(t, 5*time.Second)); !errors.Is(err, domain.ErrNotRunning) {
+		t.Fatalf("console of a shut-off domain: %v", err)
+	}
+	if err := dom.Start(ctxT(t, 30*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := dom.Console(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	conn.Close()
+}
