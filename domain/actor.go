@@ -42,6 +42,12 @@ type ActorConfig struct {
 	// driver can list domains without asking each one.
 	Snapshot *atomic.Pointer[Info]
 	Logger   zerolog.Logger
+	// Recovery is what was found of this domain when vmsup started: its
+	// saved status and an adopted QEMU, if one was still running.
+	Recovery *Recovery
+	// SaveStatus persists the runtime status. It is called from the actor
+	// after every change and must not block.
+	SaveStatus func(Status)
 }
 
 // Props returns the props of a domain actor.
@@ -110,6 +116,8 @@ type domainActor struct {
 	undefining        bool
 	// runningSerial is the serial port of the running QEMU's spec.
 	runningSerial *Serial
+	// saved is the status last handed to SaveStatus (Updated zero).
+	saved Status
 }
 
 func (m *domainActor) name() string { return m.spec.Name }
@@ -118,6 +126,7 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
 		m.cfg.Logger.Debug().Str("domain", m.name()).Msg("domain actor started")
+		m.recover(ctx)
 	case *InfoRequest:
 		ctx.Respond(m.info())
 	case *JobsRequest:
@@ -184,6 +193,24 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	if m.cfg.Snapshot != nil {
 		m.cfg.Snapshot.Store(m.info())
 	}
+	m.saveStatus()
+}
+
+// saveStatus hands the status to the driver's writer when it changed.
+func (m *domainActor) saveStatus() {
+	if m.cfg.SaveStatus == nil {
+		return
+	}
+	st := Status{Name: m.name(), UUID: m.spec.UUID, State: m.state, Reason: m.reason}
+	if m.proc != nil {
+		st.PID = m.proc.pid
+	}
+	if st == m.saved {
+		return
+	}
+	m.saved = st
+	st.Updated = time.Now()
+	m.cfg.SaveStatus(st)
 }
 
 // enqueue puts a job in the lane. The caller leaves the queue when its

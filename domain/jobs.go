@@ -143,6 +143,11 @@ func (e *jobEnv) start(paused bool) error {
 	if err := os.MkdirAll(paths.Dir, 0o700); err != nil {
 		return fail("prepare run dir", err)
 	}
+	// Never a second QEMU for a domain: one that vmsup does not supervise
+	// (it failed to adopt it) still owns the VM's disks and sockets.
+	if pid, err := readPIDFile(paths.PIDFile); err == nil && runsDomain(pid, e.spec.UUID) {
+		return fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
+	}
 	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
 		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fail("remove stale "+stale, err)

@@ -7,21 +7,32 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// process is one QEMU process started by vmsup. A goroutine owned by the
-// process waits for it (Wait on the child), so its exit is seen at once and
-// it is always reaped.
+// process is one QEMU process: either a child vmsup started, or one a
+// previous vmsup started and this one adopted after a restart. A goroutine
+// owned by the process waits for its exit — Wait on a child, poll on a
+// pidfd for an adopted one — so an exit is seen at once and a child is
+// always reaped.
 type process struct {
-	cmd     *exec.Cmd
 	pid     int
 	logPath string
 	started time.Time
 	done    chan struct{}
-	state   *os.ProcessState // valid after done is closed
-	waitErr error
+
+	cmd   *exec.Cmd        // nil for an adopted process
+	state *os.ProcessState // a child's exit, valid after done is closed
+
+	mu    sync.Mutex // guards pidfd against use after close
+	pidfd int        // an adopted process's pidfd, -1 when closed or a child
+	// stop ends the watch of an adopted process without signalling it:
+	// closing it wakes the poller (nil for a child).
+	stop *os.File
 }
 
 // startProcess starts QEMU in its own session with stdout and stderr going to
@@ -40,16 +51,50 @@ func startProcess(emulator string, args []string, logPath string) (*process, err
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", emulator, err)
 	}
-	p := &process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{})}
+	p := &process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: -1}
 	go func() {
-		p.waitErr = cmd.Wait()
+		_ = cmd.Wait()
 		p.state = cmd.ProcessState
 		close(p.done)
 	}()
 	return p, nil
 }
 
-// exited reports whether the process has been reaped.
+// adoptProcess watches a QEMU that is not our child through a pidfd. The
+// watching goroutine ends when the process exits or release is called.
+func adoptProcess(pid int, logPath string) (*process, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+	}
+	stopR, stopW, err := os.Pipe()
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch pid %d: %w", pid, err)
+	}
+	p := &process{pid: pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: fd, stop: stopW}
+	go func() {
+		defer stopR.Close()
+		fds := []unix.PollFd{
+			{Fd: int32(fd), Events: unix.POLLIN},         // readable when the process exits
+			{Fd: int32(stopR.Fd()), Events: unix.POLLIN}, // hang-up when released
+		}
+		for {
+			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		p.mu.Lock()
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+		p.mu.Unlock()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has ended (and, for a child, been
+// reaped).
 func (p *process) exited() bool {
 	select {
 	case <-p.done:
@@ -59,20 +104,33 @@ func (p *process) exited() bool {
 	}
 }
 
-// signal sends sig unless the process has already been reaped.
+// signal sends sig unless the process has already ended. An adopted process
+// is signalled through its pidfd, so a reused pid is never hit.
 func (p *process) signal(sig syscall.Signal) error {
 	if p.exited() {
 		return nil
 	}
-	err := p.cmd.Process.Signal(sig)
-	if errors.Is(err, os.ErrProcessDone) {
+	if p.cmd != nil {
+		err := p.cmd.Process.Signal(sig)
+		if errors.Is(err, os.ErrProcessDone) {
+			return nil
+		}
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pidfd < 0 {
+		return nil
+	}
+	err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+	if errors.Is(err, unix.ESRCH) {
 		return nil
 	}
 	return err
 }
 
 // terminate sends SIGTERM, then SIGKILL when the process has not exited
-// after grace. It returns once the process is reaped.
+// after grace. It returns once the process has ended.
 func (p *process) terminate(grace time.Duration) {
 	_ = p.signal(syscall.SIGTERM)
 	timer := time.NewTimer(grace)
@@ -86,7 +144,7 @@ func (p *process) terminate(grace time.Duration) {
 	<-p.done // SIGKILL cannot be ignored, even by a stopped process
 }
 
-// kill sends SIGKILL and waits for the process to be reaped.
+// kill sends SIGKILL and waits for the process to end.
 func (p *process) kill() {
 	_ = p.signal(syscall.SIGKILL)
 	<-p.done
@@ -94,8 +152,11 @@ func (p *process) kill() {
 
 // exitString says how the process ended: "exit status 1" or "signal 9".
 func (p *process) exitString() string {
-	if p.state == nil {
+	if !p.exited() {
 		return "still running"
+	}
+	if p.state == nil {
+		return "exit status unknown: adopted, not a child of this vmsup"
 	}
 	if ws, ok := p.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		return fmt.Sprintf("signal %d", int(ws.Signal()))

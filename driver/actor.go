@@ -55,10 +55,11 @@ type DomainRef struct {
 type ListRequest struct{}
 
 type entry struct {
-	name string
-	uuid string
-	pid  *actor.PID
-	snap *atomic.Pointer[domain.Info]
+	name   string
+	uuid   string
+	pid    *actor.PID
+	snap   *atomic.Pointer[domain.Info]
+	status *statusWriter
 }
 
 type driverJob struct {
@@ -84,7 +85,13 @@ type actorConfig struct {
 	destroyGrace time.Duration
 	monitor      monitor.TransportOptions
 	logger       zerolog.Logger
-	initial      []*domain.Spec
+	initial      []recovered
+}
+
+// recovered is a definition loaded at Open, with what was found of its QEMU.
+type recovered struct {
+	spec     *domain.Spec
+	recovery *domain.Recovery
 }
 
 // driverActor owns the registry: name and UUID → domain actor. Its mailbox
@@ -105,12 +112,18 @@ func newDriverActor(cfg actorConfig) actor.Actor {
 func (d *driverActor) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
-		for _, spec := range d.cfg.initial {
-			if err := d.spawn(ctx, spec); err != nil {
-				d.cfg.logger.Error().Err(err).Str("domain", spec.Name).Msg("cannot load domain")
+		for _, r := range d.cfg.initial {
+			if err := d.spawn(ctx, r.spec, r.recovery); err != nil {
+				r.recovery.Release()
+				d.cfg.logger.Error().Err(err).Str("domain", r.spec.Name).Msg("cannot load domain")
 			}
 		}
 		d.cfg.initial = nil
+	case *actor.Stopped:
+		// The domain actors have stopped: flush their last status.
+		for _, e := range d.domains {
+			e.status.Close()
+		}
 	case *LookupRequest:
 		e, ok := d.domains[msg.Name]
 		if !ok {
@@ -226,7 +239,7 @@ func (d *driverActor) onDefineWritten(ctx actor.Context, w defineWritten) {
 	if e, ok := d.domains[w.spec.Name]; ok {
 		ctx.Send(e.pid, &domain.UpdateSpec{Spec: w.spec})
 	} else {
-		if err := d.spawn(ctx, w.spec); err != nil {
+		if err := d.spawn(ctx, w.spec, nil); err != nil {
 			d.end(ctx, fmt.Errorf("define %q: %w", w.spec.Name, err))
 			d.next(ctx)
 			return
@@ -247,9 +260,13 @@ func (e *entry) state() (domain.State, domain.Reason) {
 	return domain.StateShutoff, domain.ReasonUnknown
 }
 
-func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec) error {
+func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Recovery) error {
 	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
 		return fmt.Errorf("uuid %s already belongs to domain %q", spec.UUID, other)
+	}
+	status, err := d.cfg.store.newStatusWriter(spec.Name, d.cfg.logger)
+	if err != nil {
+		return err
 	}
 	snap := &atomic.Pointer[domain.Info]{}
 	d.gen++
@@ -262,11 +279,14 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec) error {
 		Monitor:      d.cfg.monitor,
 		Snapshot:     snap,
 		Logger:       d.cfg.logger,
+		Recovery:     rec,
+		SaveStatus:   status.Put,
 	}), fmt.Sprintf("%s@%d", spec.Name, d.gen))
 	if err != nil {
+		status.Close()
 		return fmt.Errorf("spawn domain actor: %w", err)
 	}
-	d.domains[spec.Name] = &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap}
+	d.domains[spec.Name] = &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap, status: status}
 	d.uuids[spec.UUID] = spec.Name
 	return nil
 }
@@ -306,6 +326,7 @@ func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
 		d.end(ctx, fmt.Errorf("undefine %q: %w", r.name, r.err))
 	default:
 		ctx.Stop(e.pid)
+		e.status.Close()
 		delete(d.domains, r.name)
 		delete(d.uuids, e.uuid)
 		state, reason := e.state()

@@ -91,6 +91,15 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	for _, p := range problems {
 		logger.Error().Err(p).Msg("skipping definition")
 	}
+	// Find the QEMUs a previous vmsup left running, before any actor runs.
+	initial := make([]recovered, 0, len(specs))
+	for _, spec := range specs {
+		saved, err := st.loadStatus(spec.Name)
+		if err != nil {
+			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
+		}
+		initial = append(initial, recovered{spec: spec, recovery: domain.Recover(spec, cfg.RunDir, saved)})
+	}
 	system := actors.NewSystem(nil)
 	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger}
 	props := actor.PropsFromProducer(func() actor.Actor {
@@ -102,7 +111,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			destroyGrace: cfg.DestroyGrace,
 			monitor:      cfg.Monitor,
 			logger:       logger,
-			initial:      specs,
+			initial:      initial,
 		})
 	})
 	d.pid, err = system.Root.SpawnNamed(props, "driver")

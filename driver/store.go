@@ -48,6 +48,9 @@ func (s *store) remove(name string) error {
 	if err := os.Remove(s.path(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove definition of %q: %w", name, err)
 	}
+	if err := os.Remove(s.statusPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove status of %q: %w", name, err)
+	}
 	return syncDir(s.dir)
 }
 

@@ -44,7 +44,25 @@ func shortTempDir(t testing.TB) string {
 
 type testDriver struct {
 	*driver.Driver
-	dir string
+	dir    string
+	cfg    driver.Config
+	closed bool
+}
+
+// close closes the driver as a daemon stop would: VMs keep running.
+func (d *testDriver) close(t testing.TB) {
+	t.Helper()
+	d.closed = true
+	if err := d.Close(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+}
+
+// reopen opens a new driver on the same state and run dirs, as a restarted
+// daemon would.
+func (d *testDriver) reopen(t testing.TB) *testDriver {
+	t.Helper()
+	return openDriverAt(t, d.dir, d.cfg)
 }
 
 // openDriver opens a driver on a fresh state dir. Cleanup destroys every
@@ -61,13 +79,22 @@ func openDriver(t testing.TB, mutate func(*driver.Config)) *testDriver {
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	return openDriverAt(t, dir, cfg)
+}
+
+func openDriverAt(t testing.TB, dir string, cfg driver.Config) *testDriver {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	d, err := driver.Open(ctx, cfg)
 	if err != nil {
 		t.Fatalf("open driver: %v", err)
 	}
+	td := &testDriver{Driver: d, dir: dir, cfg: cfg}
 	t.Cleanup(func() {
+		if td.closed {
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		infos, err := d.List(ctx)
@@ -87,7 +114,7 @@ func openDriver(t testing.TB, mutate func(*driver.Config)) *testDriver {
 			t.Errorf("close driver: %v", err)
 		}
 	})
-	return &testDriver{Driver: d, dir: dir}
+	return td
 }
 
 // define defines a small VM; machine "none" unless given.

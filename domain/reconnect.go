@@ -1,0 +1,104 @@
+package domain
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// recover rebuilds the domain's state when its actor starts: from the
+// saved status, and from the QEMU that is still running for it, which is
+// adopted (never started twice) and resynced over QMP by a reconnect job.
+func (m *domainActor) recover(ctx actor.Context) {
+	rec := m.cfg.Recovery
+	m.cfg.Recovery = nil // a restarted actor must not adopt the same process twice
+	if rec == nil {
+		return
+	}
+	saved := rec.Saved
+	if saved != nil && saved.UUID == m.spec.UUID {
+		m.state, m.reason = saved.State, saved.Reason
+	}
+	if !rec.Adopted() {
+		if saved != nil && saved.State != StateShutoff {
+			m.cfg.Logger.Warn().Str("domain", m.name()).Str("was", string(saved.State)).Str("found", rec.Found).
+				Msg("QEMU exited while vmsup was not running")
+			m.setState(StateShutoff, ReasonExitedUnsupervised, "")
+		}
+		return
+	}
+	paths, err := NewRunPaths(m.cfg.RunDir, m.name())
+	if err != nil {
+		rec.Release()
+		m.cfg.Logger.Error().Err(err).Str("domain", m.name()).Msg("cannot adopt QEMU")
+		return
+	}
+	proc := rec.proc
+	m.proc, m.paths, m.runningSerial = proc, paths, m.spec.Serial
+	if m.state == StateShutoff {
+		// No saved status said it ran; query-status will tell.
+		m.state, m.reason = StatePaused, ReasonUnknown
+	}
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	go func() {
+		<-proc.done
+		root.Send(self, processExited{proc: proc})
+	}()
+	pid, err := ctx.SpawnNamed(monitor.Props(monitor.Config{
+		Domain:     m.name(),
+		SocketPath: paths.QMPSocket,
+		Transport:  m.cfg.Monitor,
+	}), fmt.Sprintf("monitor-%d", proc.pid))
+	if err != nil {
+		m.cfg.Logger.Error().Err(err).Str("domain", m.name()).Msg("cannot spawn monitor for adopted QEMU")
+		return
+	}
+	m.mon = pid
+	m.cfg.Logger.Info().Str("domain", m.name()).Int("pid", proc.pid).Msg(rec.Found)
+	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}
+	m.enqueue(ctx, req, "reconnect", JobModify, m.reconnectJob())
+}
+
+// reconnectJob asks QEMU for its run state and sets the domain's state from it.
+func (m *domainActor) reconnectJob() jobRunner {
+	return jobRunner{
+		run: func(e *jobEnv) (any, error) {
+			res, err := e.qmp("query-status", nil)
+			if err != nil {
+				return nil, err
+			}
+			var st struct {
+				Status string `json:"status"`
+			}
+			if err := json.Unmarshal(res.Return, &st); err != nil {
+				return nil, fmt.Errorf("domain %q: query-status: malformed reply: %w", e.domain, err)
+			}
+			return st.Status, nil
+		},
+		apply: func(m *domainActor, v any, err error) {
+			status, _ := v.(string)
+			if err != nil || m.proc == nil {
+				return
+			}
+			switch status {
+			case "running":
+				if m.state != StateRunning {
+					m.setState(StateRunning, ReasonUnpaused, "")
+				}
+			case "shutdown":
+				m.setState(StateShutdown, ReasonUser, "")
+			case "guest-panicked":
+				m.panicked = true
+				m.setState(StateCrashed, ReasonPanicked, "")
+			default: // paused, prelaunch, suspended, io-error, ...
+				if m.state != StatePaused {
+					m.setState(StatePaused, ReasonUser, "")
+				}
+			}
+		},
+	}
+}

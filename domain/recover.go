@@ -1,0 +1,150 @@
+package domain
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ReasonExitedUnsupervised is the shutoff reason of a domain whose QEMU was
+// running when vmsup stopped and was gone when vmsup came back.
+const ReasonExitedUnsupervised Reason = "exited_unsupervised"
+
+// Status is a domain's runtime status as saved under the state dir, so that
+// a restarted vmsup knows what was running.
+type Status struct {
+	Name    string    `json:"name"`
+	UUID    string    `json:"uuid"`
+	State   State     `json:"state"`
+	Reason  Reason    `json:"reason"`
+	PID     int       `json:"pid,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// Recovery is what vmsup found of a domain when it started: the status it
+// had saved, and the QEMU still running for it, if any.
+type Recovery struct {
+	// Saved is the last saved status, or nil.
+	Saved *Status
+	// Found says what was found, for the log: "adopted QEMU pid 123",
+	// "QEMU pid 123 is gone", ...
+	Found string
+	proc  *process
+}
+
+// Adopted reports whether a running QEMU was adopted.
+func (r *Recovery) Adopted() bool { return r != nil && r.proc != nil }
+
+// PID is the adopted QEMU's pid, or 0.
+func (r *Recovery) PID() int {
+	if r.Adopted() {
+		return r.proc.pid
+	}
+	return 0
+}
+
+// Release stops watching an adopted QEMU that will not be supervised after
+// all (its domain failed to load). The QEMU keeps running.
+func (r *Recovery) Release() {
+	if r.Adopted() {
+		r.proc.release()
+	}
+}
+
+// Recover looks for a QEMU that a previous vmsup started for spec and that
+// is still running: the pid in its pidfile (or in the saved status) must be
+// alive and its /proc/<pid>/cmdline must carry the domain's UUID, so that a
+// reused pid is never taken for the VM. Such a QEMU is adopted and watched
+// through a pidfd.
+func Recover(spec *Spec, runDir string, saved *Status) *Recovery {
+	rec := &Recovery{Saved: saved}
+	paths, err := NewRunPaths(runDir, spec.Name)
+	if err != nil {
+		rec.Found = err.Error()
+		return rec
+	}
+	var candidates []int
+	if pid, err := readPIDFile(paths.PIDFile); err == nil {
+		candidates = append(candidates, pid)
+	}
+	if saved != nil && saved.PID > 0 && (len(candidates) == 0 || candidates[0] != saved.PID) {
+		candidates = append(candidates, saved.PID)
+	}
+	if len(candidates) == 0 {
+		rec.Found = "no QEMU pid recorded"
+		return rec
+	}
+	var problems []string
+	for _, pid := range candidates {
+		p, err := adoptIfOurs(pid, spec.UUID, paths.QEMULog)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		rec.proc = p
+		rec.Found = fmt.Sprintf("adopted running QEMU pid %d", pid)
+		return rec
+	}
+	rec.Found = strings.Join(problems, "; ")
+	return rec
+}
+
+// adoptIfOurs opens a pidfd on pid first, so the process cannot be swapped
+// for another under the same pid, then checks its command line.
+func adoptIfOurs(pid int, uuid, logPath string) (*process, error) {
+	p, err := adoptProcess(pid, logPath)
+	if err != nil {
+		return nil, fmt.Errorf("QEMU pid %d is gone", pid)
+	}
+	if !runsDomain(pid, uuid) || p.exited() {
+		p.release()
+		return nil, fmt.Errorf("pid %d is not this domain's QEMU (no -uuid %s in its command line)", pid, uuid)
+	}
+	return p, nil
+}
+
+// runsDomain reports whether pid is alive and its command line carries uuid.
+func runsDomain(pid int, uuid string) bool {
+	cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+	return err == nil && hasArgs(cmdline, "-uuid", uuid)
+}
+
+// hasArgs reports whether the NUL-separated cmdline holds flag followed by value.
+func hasArgs(cmdline []byte, flag, value string) bool {
+	args := bytes.Split(bytes.TrimRight(cmdline, "\x00"), []byte{0})
+	for i := 0; i+1 < len(args); i++ {
+		if string(args[i]) == flag && string(args[i+1]) == value {
+			return true
+		}
+	}
+	return false
+}
+
+func readPIDFile(path string) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	buf := make([]byte, 32)
+	n, _ := f.Read(buf)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(buf[:n])))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("pidfile %s: bad content %q", path, buf[:n])
+	}
+	return pid, nil
+}
+
+// release stops watching an adopted process without signalling it; the
+// watching goroutine ends. done is closed afterwards even though the
+// process may still run: it is no longer this vmsup's.
+func (p *process) release() {
+	if p.stop != nil {
+		p.stop.Close()
+		<-p.done
+	}
+}
