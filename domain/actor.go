@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/monitor"
+	"github.com/vmsup/vmsup/supervision"
 )
 
 // Defaults for the domain actor.
@@ -38,6 +39,8 @@ type ActorConfig struct {
 	Hooks        JobHooks
 	DestroyGrace time.Duration
 	Monitor      monitor.TransportOptions
+	// MonitorReconnect is the backoff of a broken monitor's reconnects.
+	MonitorReconnect supervision.Backoff
 	// Snapshot receives a copy of Info after every message, so that the
 	// driver can list domains without asking each one.
 	Snapshot *atomic.Pointer[Info]
@@ -48,6 +51,9 @@ type ActorConfig struct {
 	// SaveStatus persists the runtime status. It is called from the actor
 	// after every change and must not block.
 	SaveStatus func(Status)
+	// Reload reads the definition and saved status back from disk; a
+	// domain actor restarted after a panic rebuilds itself from them.
+	Reload func() (*Spec, *Status, error)
 }
 
 // Props returns the props of a domain actor.
@@ -58,9 +64,10 @@ func Props(cfg ActorConfig) *actor.Props {
 	if cfg.Broker == nil {
 		cfg.Broker = NewBroker()
 	}
+	life := &lineage{}
 	return actor.PropsFromProducer(func() actor.Actor {
-		return &domainActor{cfg: cfg, spec: cfg.Spec, state: StateShutoff, reason: ReasonUnknown}
-	})
+		return &domainActor{cfg: cfg, spec: cfg.Spec, state: StateShutoff, reason: ReasonUnknown, life: life}
+	}, actor.WithSupervisor(supervision.ActorStrategy()))
 }
 
 // job is one entry of the job lane.
@@ -74,19 +81,30 @@ type job struct {
 	apply     func(m *domainActor, value any, err error)
 }
 
+// The messages below come from goroutines and callbacks of one actor
+// instance; after a restart the new instance ignores those of the old one.
 type jobDone struct {
+	from  *domainActor
 	id    uint64
 	value any
 	err   error
 }
 type jobStep struct {
+	from  *domainActor
 	id    uint64
 	step  string
 	qmp   string
 	since time.Time
 }
-type jobGoAsync struct{ id uint64 }
-type jobAbandoned struct{ id uint64 }
+type jobGoAsync struct {
+	from *domainActor
+	id   uint64
+}
+type jobAbandoned struct {
+	from *domainActor
+	id   uint64
+}
+type restartDue struct{ from *domainActor }
 type processExited struct{ proc *process }
 type attachProcess struct {
 	jobID  uint64
@@ -118,15 +136,35 @@ type domainActor struct {
 	runningSerial *Serial
 	// saved is the status last handed to SaveStatus (Updated zero).
 	saved Status
+
+	life         *lineage
+	monErrAt     time.Time
+	restartTimer *time.Timer
 }
 
 func (m *domainActor) name() string { return m.spec.Name }
 
 func (m *domainActor) Receive(ctx actor.Context) {
+	defer supervision.RecoverAndReply(ctx, "domain/"+m.name())
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
-		m.cfg.Logger.Debug().Str("domain", m.name()).Msg("domain actor started")
-		m.recover(ctx)
+		m.cfg.Logger.Debug().Str("domain", m.name()).Bool("restart", m.life.started).Msg("domain actor started")
+		if m.life.started {
+			m.rebuild(ctx)
+		} else {
+			m.life.started = true
+			m.recover(ctx)
+		}
+	case *actor.Restarting:
+		m.onRestarting(ctx)
+	case *supervision.InjectPanic:
+		panic(fmt.Sprintf("injected panic in domain %q: %s", m.name(), msg.Reason))
+	case *InjectMonitorPanic:
+		if m.mon == nil {
+			ctx.Respond(fmt.Errorf("domain %q: no monitor: %w", m.name(), ErrNotRunning))
+			return
+		}
+		ctx.RequestWithCustomSender(m.mon, &supervision.InjectPanic{Reason: msg.Reason}, ctx.Sender())
 	case *InfoRequest:
 		ctx.Respond(m.info())
 	case *JobsRequest:
@@ -136,6 +174,7 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case *ExplainWaitRequest:
 		ctx.Respond(m.explain(msg.RequestID))
 	case *StartRequest:
+		m.stopRestartTimer()
 		m.enqueue(ctx, msg.Request, "start", JobModify, m.startJob(msg.Paused))
 	case *ShutdownRequest:
 		m.enqueue(ctx, msg.Request, "shutdown", JobAsync, m.shutdownJob(msg.Timeout))
@@ -158,17 +197,29 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case *DestroyRequest:
 		m.destroy(ctx, msg)
 	case jobStep:
-		m.onStep(msg)
+		if msg.from == m {
+			m.onStep(msg)
+		}
 	case shutdownRequested:
-		if m.jobByID(msg.id) != nil {
+		if msg.from == m && m.jobByID(msg.id) != nil {
 			m.shutdownRequested = true
 		}
 	case jobGoAsync:
-		m.onGoAsync(ctx, msg.id)
+		if msg.from == m {
+			m.onGoAsync(ctx, msg.id)
+		}
 	case jobDone:
-		m.onJobDone(ctx, msg)
+		if msg.from == m {
+			m.onJobDone(ctx, msg)
+		}
 	case jobAbandoned:
-		m.onAbandoned(ctx, msg.id)
+		if msg.from == m {
+			m.onAbandoned(ctx, msg.id)
+		}
+	case restartDue:
+		if msg.from == m {
+			m.onRestartDue(ctx)
+		}
 	case attachProcess:
 		m.onAttach(ctx, msg)
 	case processExited:
@@ -178,7 +229,7 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case *monitor.Connected:
 		m.monErr = nil
 	case *monitor.Disconnected:
-		m.monErr = msg.Err
+		m.monErr, m.monErrAt = msg.Err, time.Now()
 	case *UpdateSpec:
 		if msg.Spec != nil && msg.Spec.Name == m.spec.Name {
 			m.spec = msg.Spec
@@ -188,6 +239,7 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case *CancelUndefine:
 		m.undefining = false
 	case *actor.Stopping:
+		m.stopRestartTimer()
 		m.stopping(ctx)
 	}
 	if m.cfg.Snapshot != nil {
@@ -229,7 +281,7 @@ func (m *domainActor) enqueue(ctx actor.Context, req actors.Request, name string
 		apply:   run.apply,
 	}
 	self, root, id := ctx.Self(), ctx.ActorSystem().Root, j.info.ID
-	j.stopWatch = context.AfterFunc(req.Context(), func() { root.Send(self, jobAbandoned{id: id}) })
+	j.stopWatch = context.AfterFunc(req.Context(), func() { root.Send(self, jobAbandoned{from: m, id: id}) })
 	m.lane.Enqueue(j)
 	m.next(ctx)
 }
@@ -313,6 +365,7 @@ func (m *domainActor) launch(ctx actor.Context, j *job) {
 		req:     j.req,
 		hooks:   m.cfg.Hooks,
 		domain:  m.name(),
+		owner:   m,
 	}
 	m.cfg.Logger.Debug().Str("domain", m.name()).Uint64("job", j.info.ID).Str("name", j.info.Name).
 		Str("request", j.req.RequestID).Dur("waited", j.info.Started.Sub(j.info.Enqueued)).Msg("job started")
@@ -326,7 +379,7 @@ func (m *domainActor) launch(ctx actor.Context, j *job) {
 			env.hooks.Released(env.domain, env.job)
 		}
 		cancel(nil)
-		env.root.Send(env.self, jobDone{id: env.job.ID, value: value, err: err})
+		env.root.Send(env.self, jobDone{from: env.owner, id: env.job.ID, value: value, err: err})
 	}()
 }
 
@@ -436,6 +489,13 @@ func (m *domainActor) destroy(ctx actor.Context, msg *DestroyRequest) {
 	active, busy := m.lane.Active()
 	startingUp := busy && active.info.Name == "start"
 	if m.proc == nil && !startingUp {
+		if m.restartTimer != nil {
+			// Destroy ends a pending on_crash restart: the user wants it off.
+			m.stopRestartTimer()
+			m.setState(StateShutoff, ReasonDestroyed, "")
+			ctx.Respond(&JobDone{})
+			return
+		}
 		ctx.Respond(fmt.Errorf("domain %q: destroy: %w (state %s/%s)", m.name(), ErrNotRunning, m.state, m.reason))
 		return
 	}
@@ -484,11 +544,7 @@ func (m *domainActor) onAttach(ctx actor.Context, a attachProcess) {
 	m.runningSerial = a.serial
 	m.sawShutdown, m.shutdownRequested, m.panicked, m.monErr = false, false, false, nil
 	m.setState(StatePaused, ReasonStartingUp, "")
-	pid, err := ctx.SpawnNamed(monitor.Props(monitor.Config{
-		Domain:     m.name(),
-		SocketPath: paths.QMPSocket,
-		Transport:  m.cfg.Monitor,
-	}), fmt.Sprintf("monitor-%d", a.proc.pid))
+	pid, err := ctx.SpawnNamed(monitor.Props(m.monitorConfig(paths)), fmt.Sprintf("monitor-%d", a.proc.pid))
 	if err != nil {
 		ctx.Respond(fmt.Errorf("domain %q: spawn monitor: %w", m.name(), err))
 		return
@@ -532,6 +588,9 @@ func (m *domainActor) onExit(ctx actor.Context, p *process) {
 	m.cfg.Logger.Info().Str("domain", m.name()).Int("pid", p.pid).Str("exit", p.exitString()).
 		Str("state", string(state)).Str("reason", string(reason)).Msg("QEMU exited")
 	m.setState(state, reason, "")
+	if reason == ReasonCrashed || reason == ReasonPanicked {
+		m.applyCrashPolicy(ctx)
+	}
 }
 
 func (m *domainActor) onQMPEvent(ev *monitor.Event) {
@@ -601,6 +660,7 @@ func (m *domainActor) prepareUndefine(ctx actor.Context) {
 		return
 	}
 	m.undefining = true
+	m.stopRestartTimer()
 	ctx.Respond(&Undefinable{})
 }
 
@@ -623,7 +683,8 @@ func (m *domainActor) stopping(ctx actor.Context) {
 }
 
 func (m *domainActor) info() *Info {
-	in := &Info{Name: m.spec.Name, UUID: m.spec.UUID, State: m.state, Reason: m.reason, Queued: m.lane.Len()}
+	in := &Info{Name: m.spec.Name, UUID: m.spec.UUID, State: m.state, Reason: m.reason, Queued: m.lane.Len(),
+		Restarts: m.life.restarts, Control: m.control(time.Now())}
 	if m.proc != nil {
 		in.PID = m.proc.pid
 	}
@@ -633,9 +694,6 @@ func (m *domainActor) info() *Info {
 	} else if m.async != nil {
 		ji := m.async.info
 		in.Job = &ji
-	}
-	if m.monErr != nil && m.proc != nil {
-		in.Monitor = m.monErr.Error()
 	}
 	return in
 }
@@ -688,5 +746,15 @@ func (m *domainActor) console() any {
 		return &ConsoleTarget{Path: m.paths.ConsoleSocket}
 	default:
 		return fmt.Errorf("domain %q: console: the serial port is %q, not a socket (set serial.type: socket)", m.name(), serial.Type)
+	}
+}
+
+func (m *domainActor) monitorConfig(paths RunPaths) monitor.Config {
+	return monitor.Config{
+		Domain:     m.name(),
+		SocketPath: paths.QMPSocket,
+		Transport:  m.cfg.Monitor,
+		Reconnect:  m.cfg.MonitorReconnect,
+		Logger:     m.cfg.Logger,
 	}
 }

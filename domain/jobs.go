@@ -38,11 +38,14 @@ type jobEnv struct {
 	hooks    JobHooks
 	domain   string
 	released bool
+	// owner identifies the actor instance, to tag messages; the job
+	// goroutine never touches its fields.
+	owner *domainActor
 }
 
 // step reports the job's current step to the actor.
 func (e *jobEnv) step(step, qmp string) {
-	s := jobStep{id: e.job.ID, step: step, qmp: qmp}
+	s := jobStep{from: e.owner, id: e.job.ID, step: step, qmp: qmp}
 	if qmp != "" {
 		s.since = time.Now()
 	}
@@ -55,7 +58,7 @@ func (e *jobEnv) goAsync() {
 		e.hooks.Released(e.domain, e.job)
 	}
 	e.released = true
-	e.root.Send(e.self, jobGoAsync{id: e.job.ID})
+	e.root.Send(e.self, jobGoAsync{from: e.owner, id: e.job.ID})
 }
 
 // cause turns an error seen while the job context was cancelled into the
@@ -211,7 +214,7 @@ func (m *domainActor) shutdownJob(timeout time.Duration) jobRunner {
 // shutdown sends the ACPI power button press, then waits as an async job for
 // the guest to power off.
 func (e *jobEnv) shutdown(timeout time.Duration) error {
-	e.root.Send(e.self, shutdownRequested{id: e.job.ID})
+	e.root.Send(e.self, shutdownRequested{from: e.owner, id: e.job.ID})
 	sent := time.Now()
 	if _, err := e.qmp("system_powerdown", nil); err != nil {
 		return err
@@ -252,4 +255,7 @@ func runDestroy(e *jobEnv) (any, error) {
 	}
 }
 
-type shutdownRequested struct{ id uint64 }
+type shutdownRequested struct {
+	from *domainActor
+	id   uint64
+}

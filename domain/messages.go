@@ -102,3 +102,9 @@ type ConsoleRequest struct{}
 type ConsoleTarget struct {
 	Path string
 }
+
+// InjectMonitorPanic is a fault-test hook: the domain forwards a
+// supervision.InjectPanic to its monitor actor, which panics.
+type InjectMonitorPanic struct {
+	Reason string
+}

@@ -48,11 +48,7 @@ func (m *domainActor) recover(ctx actor.Context) {
 		<-proc.done
 		root.Send(self, processExited{proc: proc})
 	}()
-	pid, err := ctx.SpawnNamed(monitor.Props(monitor.Config{
-		Domain:     m.name(),
-		SocketPath: paths.QMPSocket,
-		Transport:  m.cfg.Monitor,
-	}), fmt.Sprintf("monitor-%d", proc.pid))
+	pid, err := ctx.SpawnNamed(monitor.Props(m.monitorConfig(paths)), fmt.Sprintf("monitor-%d", proc.pid))
 	if err != nil {
 		m.cfg.Logger.Error().Err(err).Str("domain", m.name()).Msg("cannot spawn monitor for adopted QEMU")
 		return

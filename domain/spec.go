@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	yaml2 "go.yaml.in/yaml/v2"
@@ -62,6 +63,9 @@ type Spec struct {
 	// OnCrash is the policy when QEMU exits unexpectedly: "destroy"
 	// (default), "restart" or "preserve".
 	OnCrash string `json:"on_crash,omitempty"`
+	// Restart tunes the backoff and the crash-loop limit of on_crash
+	// "restart". Nil takes the defaults.
+	Restart *RestartPolicy `json:"restart,omitempty"`
 }
 
 // Disk is a disk image attached to the VM as a virtio block device.
@@ -279,7 +283,10 @@ func ParseSpec(data []byte) (*Spec, error) {
 	return &s, nil
 }
 
-var sizeType = reflect.TypeOf(Size(0))
+var (
+	sizeType     = reflect.TypeOf(Size(0))
+	durationType = reflect.TypeOf(Duration(0))
+)
 
 // checkShape compares a decoded JSON value with the Go type it will be
 // decoded into, and returns a *FieldError for each unknown field and each
@@ -304,9 +311,23 @@ func checkShape(path string, v any, t reflect.Type) []error {
 		}
 		return nil
 	}
+	if t == durationType {
+		x, ok := v.(string)
+		if !ok {
+			return bad(`must be a duration such as "1s" or "2m", not ` + jsonKind(v))
+		}
+		if _, err := time.ParseDuration(x); err != nil {
+			return bad(fmt.Sprintf(`invalid duration %q: must be like "1s" or "2m"`, x))
+		}
+		return nil
+	}
 	switch t.Kind() {
 	case reflect.Pointer:
 		return checkShape(path, v, t.Elem())
+	case reflect.Float64:
+		if _, ok := v.(json.Number); !ok {
+			return bad("must be a number, not " + jsonKind(v))
+		}
 	case reflect.String:
 		if _, ok := v.(string); !ok {
 			return bad("must be a string, not " + jsonKind(v) + " (quote the value)")
@@ -496,6 +517,25 @@ func (s *Spec) Validate() error {
 	}
 	add("accel", enumProblem(s.Accel, AccelAuto, AccelKVM, AccelTCG))
 	add("on_crash", enumProblem(s.OnCrash, OnCrashDestroy, OnCrashRestart, OnCrashPreserve))
+	if r := s.Restart; r != nil {
+		if r.Initial < 0 || time.Duration(r.Initial) > time.Hour {
+			add("restart.initial", "must be between 0 and 1h")
+		}
+		if r.Max < 0 || time.Duration(r.Max) > 24*time.Hour {
+			add("restart.max", "must be between 0 and 24h")
+		} else if r.Max != 0 && r.Max < r.Initial {
+			add("restart.max", "must not be less than restart.initial")
+		}
+		if r.Factor != 0 && (r.Factor < 1 || r.Factor > 10) {
+			add("restart.factor", fmt.Sprintf("must be between 1 and 10, got %g", r.Factor))
+		}
+		if r.Limit < 0 || r.Limit > 1000 {
+			add("restart.limit", fmt.Sprintf("must be between 1 and 1000, got %d", r.Limit))
+		}
+		if r.Window < 0 || time.Duration(r.Window) > 24*time.Hour {
+			add("restart.window", "must be between 0 and 24h")
+		}
+	}
 
 	if s.Kernel != "" {
 		add("kernel", pathProblem(s.Kernel))
@@ -665,6 +705,10 @@ func (s *Spec) Clone() *Spec {
 	if s.Serial != nil {
 		serial := *s.Serial
 		c.Serial = &serial
+	}
+	if s.Restart != nil {
+		restart := *s.Restart
+		c.Restart = &restart
 	}
 	return &c
 }

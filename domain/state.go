@@ -69,8 +69,9 @@ type Info struct {
 	Job      *JobInfo `json:"job"`
 	Queued   int      `json:"queued"`
 	Restarts int      `json:"restarts"`
-	// Monitor is why the QMP connection is broken, empty while it is fine.
-	Monitor string `json:"monitor,omitempty"`
+	// Control says whether vmsup can talk to QEMU right now, as libvirt's
+	// domcontrol does.
+	Control *Control `json:"control"`
 }
 
 // JobInfo describes a job that is active, queued or recently ended.

@@ -14,7 +14,35 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/monitor"
+	"github.com/vmsup/vmsup/supervision"
 )
+
+// InjectPanicIn is a fault-test hook: the driver forwards it to the named
+// domain, which panics (see supervision.InjectPanic).
+type InjectPanicIn struct {
+	Domain string
+	supervision.InjectPanic
+}
+
+// reloader reads a domain's definition and status back from disk, for a
+// domain actor that restarts after a panic.
+func (d *driverActor) reloader(name string) func() (*domain.Spec, *domain.Status, error) {
+	st := d.cfg.store
+	return func() (*domain.Spec, *domain.Status, error) {
+		spec, err := st.load(name)
+		if err != nil {
+			return nil, nil, err
+		}
+		status, err := st.loadStatus(name)
+		return spec, status, err
+	}
+}
+
+// reload reads every definition and status from disk and adopts running
+// QEMUs, as Open does.
+func (d *driverActor) reload() []recovered {
+	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.logger)
+}
 
 // ErrNotFound is wrapped by errors about unknown domains.
 var ErrNotFound = errors.New("not found")
@@ -84,6 +112,7 @@ type actorConfig struct {
 	hooks        domain.JobHooks
 	destroyGrace time.Duration
 	monitor      monitor.TransportOptions
+	reconnect    supervision.Backoff
 	logger       zerolog.Logger
 	initial      []recovered
 }
@@ -99,26 +128,68 @@ type recovered struct {
 // lane; lookup and list are answered at once.
 type driverActor struct {
 	cfg     actorConfig
+	life    *driverLife
 	domains map[string]*entry
 	uuids   map[string]string
 	lane    actors.Lane[*driverJob]
-	gen     uint64
 }
 
-func newDriverActor(cfg actorConfig) actor.Actor {
-	return &driverActor{cfg: cfg, domains: map[string]*entry{}, uuids: map[string]string{}}
+// driverLife is what the driver keeps across restarts of its actor.
+type driverLife struct {
+	started bool
+	gen     uint64
+	// oldWriters are the status writers of the instance that panicked;
+	// the next instance closes them once the old domain actors stopped.
+	oldWriters []*statusWriter
+}
+
+func newDriverActor(cfg actorConfig, life *driverLife) actor.Actor {
+	return &driverActor{cfg: cfg, life: life, domains: map[string]*entry{}, uuids: map[string]string{}}
 }
 
 func (d *driverActor) Receive(ctx actor.Context) {
+	defer supervision.RecoverAndReply(ctx, "driver")
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
-		for _, r := range d.cfg.initial {
+		initial := d.cfg.initial
+		if d.life.started {
+			// Restarted after a panic: the old domain actors have stopped
+			// (protoactor stops children first); rebuild from disk.
+			for _, w := range d.life.oldWriters {
+				w.Close()
+			}
+			d.life.oldWriters = nil
+			initial = d.reload()
+		}
+		d.life.started = true
+		for _, r := range initial {
 			if err := d.spawn(ctx, r.spec, r.recovery); err != nil {
 				r.recovery.Release()
 				d.cfg.logger.Error().Err(err).Str("domain", r.spec.Name).Msg("cannot load domain")
 			}
 		}
-		d.cfg.initial = nil
+	case *actor.Restarting:
+		err := errors.New("driver: the driver actor restarted after a panic; retry the call")
+		if j, ok := d.lane.End(); ok && j.sender != nil {
+			ctx.Send(j.sender, err)
+		}
+		for _, j := range d.lane.Drain() {
+			if j.sender != nil {
+				ctx.Send(j.sender, err)
+			}
+		}
+		for _, e := range d.domains {
+			d.life.oldWriters = append(d.life.oldWriters, e.status)
+		}
+	case *supervision.InjectPanic:
+		panic("injected panic in driver: " + msg.Reason)
+	case *InjectPanicIn:
+		e, ok := d.domains[msg.Domain]
+		if !ok {
+			ctx.Respond(notFound(msg.Domain))
+			return
+		}
+		ctx.RequestWithCustomSender(e.pid, &msg.InjectPanic, ctx.Sender())
 	case *actor.Stopped:
 		// The domain actors have stopped: flush their last status.
 		for _, e := range d.domains {
@@ -269,19 +340,21 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		return err
 	}
 	snap := &atomic.Pointer[domain.Info]{}
-	d.gen++
+	d.life.gen++
 	pid, err := ctx.SpawnNamed(domain.Props(domain.ActorConfig{
-		Spec:         spec,
-		RunDir:       d.cfg.runDir,
-		Broker:       d.cfg.broker,
-		Hooks:        d.cfg.hooks,
-		DestroyGrace: d.cfg.destroyGrace,
-		Monitor:      d.cfg.monitor,
-		Snapshot:     snap,
-		Logger:       d.cfg.logger,
-		Recovery:     rec,
-		SaveStatus:   status.Put,
-	}), fmt.Sprintf("%s@%d", spec.Name, d.gen))
+		Spec:             spec,
+		RunDir:           d.cfg.runDir,
+		Broker:           d.cfg.broker,
+		Hooks:            d.cfg.hooks,
+		DestroyGrace:     d.cfg.destroyGrace,
+		Monitor:          d.cfg.monitor,
+		MonitorReconnect: d.cfg.reconnect,
+		Snapshot:         snap,
+		Logger:           d.cfg.logger,
+		Recovery:         rec,
+		SaveStatus:       status.Put,
+		Reload:           d.reloader(spec.Name),
+	}), fmt.Sprintf("%s@%d", spec.Name, d.life.gen))
 	if err != nil {
 		status.Close()
 		return fmt.Errorf("spawn domain actor: %w", err)

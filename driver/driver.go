@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -24,7 +25,50 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/monitor"
+	"github.com/vmsup/vmsup/supervision"
 )
+
+// recoverAll loads every definition with its saved status and adopts the
+// QEMUs still running for them. Unreadable files are logged and skipped.
+func recoverAll(st *store, runDir string, logger zerolog.Logger) []recovered {
+	specs, problems := st.loadAll()
+	for _, p := range problems {
+		logger.Error().Err(p).Msg("skipping definition")
+	}
+	out := make([]recovered, 0, len(specs))
+	for _, spec := range specs {
+		saved, err := st.loadStatus(spec.Name)
+		if err != nil {
+			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
+		}
+		out = append(out, recovered{spec: spec, recovery: domain.Recover(spec, runDir, saved)})
+	}
+	return out
+}
+
+// InjectPanic makes an actor panic, for fault tests: target is "driver",
+// "domain/NAME" or "monitor/NAME". The actor restarts under supervision.
+func (d *Driver) InjectPanic(ctx context.Context, target, reason string) error {
+	kind, name, _ := strings.Cut(target, "/")
+	var msg any
+	switch kind {
+	case "driver":
+		msg = &supervision.InjectPanic{Reason: reason}
+	case "domain":
+		msg = &InjectPanicIn{Domain: name, InjectPanic: supervision.InjectPanic{Reason: reason}}
+	case "monitor":
+		ref, err := d.Domain(name).lookup(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = actors.Ask(ctx, d.root, ref.PID, &domain.InjectMonitorPanic{Reason: reason})
+		return err
+	default:
+		return fmt.Errorf("inject panic: unknown target %q (driver, domain/NAME or monitor/NAME)", target)
+	}
+	_, err := actors.Ask(ctx, d.root, d.pid, msg)
+	return err
+}
 
 // Config configures a Driver.
 type Config struct {
@@ -42,6 +86,9 @@ type Config struct {
 	// Monitor tunes QMP connections (connect timeout, line limit, event
 	// buffer).
 	Monitor monitor.TransportOptions
+	// MonitorReconnect is the backoff between reconnects of a broken QMP
+	// monitor (default 1s doubling to 30s).
+	MonitorReconnect supervision.Backoff
 	// JobHooks observe every job's start and release (tests, tracing).
 	JobHooks domain.JobHooks
 }
@@ -87,21 +134,11 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
-	specs, problems := st.loadAll()
-	for _, p := range problems {
-		logger.Error().Err(p).Msg("skipping definition")
-	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
-	initial := make([]recovered, 0, len(specs))
-	for _, spec := range specs {
-		saved, err := st.loadStatus(spec.Name)
-		if err != nil {
-			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
-		}
-		initial = append(initial, recovered{spec: spec, recovery: domain.Recover(spec, cfg.RunDir, saved)})
-	}
+	initial := recoverAll(st, cfg.RunDir, logger)
 	system := actors.NewSystem(nil)
 	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger}
+	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
 			store:        st,
@@ -110,10 +147,11 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			hooks:        cfg.JobHooks,
 			destroyGrace: cfg.DestroyGrace,
 			monitor:      cfg.Monitor,
+			reconnect:    cfg.MonitorReconnect,
 			logger:       logger,
 			initial:      initial,
-		})
-	})
+		}, life)
+	}, actor.WithSupervisor(supervision.ActorStrategy()))
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
 	if err != nil {
 		return nil, fmt.Errorf("driver: spawn driver actor: %w", err)

@@ -54,6 +54,22 @@ func (s *store) remove(name string) error {
 	return syncDir(s.dir)
 }
 
+// load reads one definition.
+func (s *store) load(name string) (*domain.Spec, error) {
+	if err := domain.ValidateName(name); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(s.path(name))
+	if err != nil {
+		return nil, err
+	}
+	spec, err := domain.ParseSpec(data)
+	if err != nil {
+		return nil, fmt.Errorf("definition %s: %w", s.path(name), err)
+	}
+	return spec, nil
+}
+
 // loadAll reads every definition. A file that does not parse, or whose name
 // does not match its content, is reported in problems and left on disk.
 func (s *store) loadAll() (specs []*domain.Spec, problems []error) {

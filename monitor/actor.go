@@ -12,8 +12,10 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/digitalocean/go-qemu/qmp"
+	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/supervision"
 )
 
 // Conn is what the monitor actor needs from a QMP connection: go-qemu's
@@ -38,6 +40,13 @@ type Config struct {
 	// Dial makes the connection; nil means NewTransport(SocketPath, Transport).
 	// Unit tests put a scripted monitor here.
 	Dial func() Conn
+	// Reconnect is the backoff between attempts to reconnect a broken
+	// monitor (zero values: 1s doubling to 30s).
+	Reconnect supervision.Backoff
+	// NoReconnect leaves a broken monitor broken.
+	NoReconnect bool
+	// Logger receives the monitor's own events (broken, reconnected).
+	Logger zerolog.Logger
 }
 
 // Props returns the props of a monitor actor. Spawn it as a child of the
@@ -128,7 +137,12 @@ type pending struct {
 // old instance, so each one names its instance and the others are dropped.
 type connectDone struct {
 	from *monitorActor
+	gen  uint64
 	err  error
+}
+type reconnectNow struct {
+	from *monitorActor
+	gen  uint64
 }
 type commandDone struct {
 	from  *monitorActor
@@ -139,6 +153,7 @@ type commandDone struct {
 }
 type connLost struct {
 	from *monitorActor
+	gen  uint64
 	err  error
 }
 type queuedCancelled struct {
@@ -157,15 +172,29 @@ type monitorActor struct {
 	stop      context.CancelFunc // cancels connect and commands in flight
 	runCtx    context.Context
 	wg        sync.WaitGroup
+
+	gen      uint64      // connection generation; messages of older ones are stale
+	attempt  int         // reconnect attempts since the last good connection
+	retry    *time.Timer // pending reconnect
+	brokenAt time.Time
+	stopping bool
 }
 
 func (m *monitorActor) Receive(ctx actor.Context) {
+	defer supervision.RecoverAndReply(ctx, "monitor/"+m.cfg.Domain)
 	switch msg := ctx.Message().(type) {
+	case *supervision.InjectPanic:
+		panic(fmt.Sprintf("injected panic in the monitor of %q: %s", m.cfg.Domain, msg.Reason))
 	case *actor.Started:
 		m.start(ctx)
 	case connectDone:
-		if msg.from == m {
+		if msg.from == m && msg.gen == m.gen {
 			m.onConnect(ctx, msg.err)
+		}
+	case reconnectNow:
+		if msg.from == m && msg.gen == m.gen && !m.stopping {
+			m.retry = nil
+			m.connect(ctx)
 		}
 	case *Command:
 		m.enqueue(ctx, msg)
@@ -181,7 +210,7 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q left the queue: %w", m.cfg.Domain, p.cmd.Execute, p.cmd.Context().Err()))
 		}
 	case connLost:
-		if msg.from != m {
+		if msg.from != m || msg.gen != m.gen {
 			return
 		}
 		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
@@ -197,6 +226,13 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 func (m *monitorActor) start(ctx actor.Context) {
 	m.owner = ctx.Parent()
 	m.runCtx, m.stop = context.WithCancel(context.Background())
+	m.connect(ctx)
+}
+
+// connect makes a new connection in a goroutine owned by this actor; the
+// result comes back as connectDone.
+func (m *monitorActor) connect(ctx actor.Context) {
+	m.gen++
 	if m.cfg.Dial != nil {
 		m.conn = m.cfg.Dial()
 	} else {
@@ -206,13 +242,13 @@ func (m *monitorActor) start(ctx actor.Context) {
 	if timeout <= 0 {
 		timeout = DefaultConnectTimeout
 	}
-	self, root, conn, runCtx := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx
+	self, root, conn, runCtx, gen := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx, m.gen
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		cctx, cancel := context.WithTimeout(runCtx, timeout)
 		defer cancel()
-		root.Send(self, connectDone{from: m, err: conn.ConnectContext(cctx)})
+		root.Send(self, connectDone{from: m, gen: gen, err: conn.ConnectContext(cctx)})
 	}()
 }
 
@@ -222,6 +258,10 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		return
 	}
 	m.connected = true
+	if m.err != nil {
+		m.cfg.Logger.Info().Str("domain", m.cfg.Domain).Int("attempts", m.attempt).Msg("QMP monitor reconnected")
+	}
+	m.err, m.attempt = nil, 0
 	events, err := m.conn.Events(m.runCtx)
 	if err != nil {
 		m.fail(ctx, fmt.Errorf("domain %q: QMP events: %w", m.cfg.Domain, err))
@@ -234,7 +274,7 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		version = v.Version().String()
 	}
 	ctx.Send(m.owner, &Connected{Version: version})
-	self, owner, root, conn := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn
+	self, owner, root, conn, gen := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn, m.gen
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -250,7 +290,7 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		if err == nil {
 			err = ErrClosed
 		}
-		root.Send(self, connLost{from: m, err: err})
+		root.Send(self, connLost{from: m, gen: gen, err: err})
 	}()
 	m.next(ctx)
 }
@@ -328,6 +368,14 @@ func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
 			// context.DeadlineExceeded, say); the reply must.
 			err = fmt.Errorf("QMP command %q: %w", p.cmd.Execute, err)
 		}
+		if errors.Is(err, context.DeadlineExceeded) && m.runCtx.Err() == nil && m.connected {
+			// QEMU did not answer in time: it may be stopped or hung, and
+			// the commands behind would only wait for their own deadlines.
+			err = fmt.Errorf("domain %q: %w; monitor marked broken", m.cfg.Domain, err)
+			ctx.Send(p.sender, err)
+			m.fail(ctx, err)
+			return
+		}
 		ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
 	} else {
 		var body struct {
@@ -342,19 +390,33 @@ func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
 	m.next(ctx)
 }
 
-// fail marks the connection broken and fails every waiting command. The
-// command in flight fails on its own when the transport ends.
+// fail marks the monitor broken: the connection is closed, every waiting
+// command fails, the domain is told (control: error), and a reconnect is
+// scheduled with backoff. The command in flight fails on its own when the
+// connection closes.
 func (m *monitorActor) fail(ctx actor.Context, err error) {
-	if m.err != nil {
-		return
-	}
+	first := m.err == nil
 	m.connected = false
 	m.err = err
+	if m.conn != nil {
+		_ = m.conn.Disconnect()
+	}
 	for _, p := range m.lane.Drain() {
 		p.stopWatch()
 		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, err))
 	}
-	ctx.Send(m.owner, &Disconnected{Err: err})
+	if first {
+		m.brokenAt = time.Now()
+		m.cfg.Logger.Warn().Err(err).Str("domain", m.cfg.Domain).Msg("QMP monitor broken")
+		ctx.Send(m.owner, &Disconnected{Err: err})
+	}
+	if m.cfg.NoReconnect || m.stopping || m.retry != nil {
+		return
+	}
+	delay := m.cfg.Reconnect.Delay(m.attempt)
+	m.attempt++
+	self, root, gen := ctx.Self(), ctx.ActorSystem().Root, m.gen
+	m.retry = time.AfterFunc(delay, func() { root.Send(self, reconnectNow{from: m, gen: gen}) })
 }
 
 func (m *monitorActor) status() *Status {
@@ -368,6 +430,11 @@ func (m *monitorActor) status() *Status {
 // shutdown closes the connection and waits for the goroutines this actor
 // owns; closing the connection makes each of them return promptly.
 func (m *monitorActor) shutdown(ctx actor.Context) {
+	m.stopping = true
+	if m.retry != nil {
+		m.retry.Stop()
+		m.retry = nil
+	}
 	if m.stop != nil {
 		m.stop()
 	}

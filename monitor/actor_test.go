@@ -16,6 +16,7 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/supervision"
 )
 
 // The monitor actor tests drive the actor through a scripted Conn (fakeConn)
@@ -793,6 +794,10 @@ func TestMonitorActorCancelledWhileQueued(t *testing.T) {
 	}
 }
 
+// TestMonitorActorCommandTimeout: a command QEMU does not answer fails at
+// its deadline, naming it; the monitor is then marked broken (the command
+// queued behind fails at once), the parent is told, and the monitor
+// reconnects with backoff on a fresh connection.
 func TestMonitorActorCommandTimeout(t *testing.T) {
 	f := newFakeConn(t)
 	f.run = func(ctx context.Context, name string) ([]byte, error) {
@@ -802,7 +807,16 @@ func TestMonitorActorCommandTimeout(t *testing.T) {
 		}
 		return []byte(okReply), nil
 	}
-	h := startMonitor(t, Config{Domain: "vm1", SocketPath: "/run/vmsup/vm1/qmp.sock", Dial: f.dial}, 16)
+	second := newFakeConn(t)
+	var dials atomic.Int32
+	dial := func() Conn {
+		if dials.Add(1) == 1 {
+			return f
+		}
+		return second
+	}
+	h := startMonitor(t, Config{Domain: "vm1", SocketPath: "/run/vmsup/vm1/qmp.sock", Dial: dial,
+		Reconnect: supervision.Backoff{Initial: 50 * time.Millisecond, Max: 50 * time.Millisecond}}, 16)
 	waitMsg[*Connected](h)
 
 	const timeout = 100 * time.Millisecond
@@ -823,18 +837,29 @@ func TestMonitorActorCommandTimeout(t *testing.T) {
 	if took < timeout || took > timeout+2*time.Second {
 		t.Errorf("stuck failed after %s, want about %s", took, timeout)
 	}
-	if r := h.await(after, "after"); r.err != nil {
-		t.Errorf("the command after a timed-out one: %v", r.err)
+	r = h.await(after, "after")
+	expectErr(t, "after", r.err, `"after"`, "not sent", "monitor marked broken")
+	if d := waitMsg[*Disconnected](h); !strings.Contains(d.Err.Error(), "monitor marked broken") {
+		t.Errorf("Disconnected: %v", d.Err)
 	}
-	runs := f.runs()
-	if len(runs) != 2 || runs[0].Name != "stuck" || runs[1].Name != "after" {
-		t.Fatalf("commands that reached the connection: %+v", runs)
-	}
-	if b := runs[0].Budget; b <= 0 || b > timeout {
+	if runs := f.runs(); len(runs) != 1 || runs[0].Name != "stuck" {
+		t.Fatalf("commands that reached the first connection: %+v", runs)
+	} else if b := runs[0].Budget; b <= 0 || b > timeout {
 		t.Errorf("stuck ran with a deadline %s away, want at most %s", b, timeout)
 	}
-	if b := runs[1].Budget; b <= timeout || b > DefaultCommandTimeout {
-		t.Errorf("after ran with a deadline %s away, want the table's %s", b, DefaultCommandTimeout)
+	if f.disconnects.Load() == 0 {
+		t.Error("the broken connection was not closed")
+	}
+
+	waitMsg[*Connected](h) // the reconnect
+	r = h.await(h.askAsync(h.command("again")), "again")
+	if r.err != nil {
+		t.Fatalf("command after the reconnect: %v", r.err)
+	}
+	if runs := second.runs(); len(runs) != 1 || runs[0].Name != "again" {
+		t.Fatalf("commands that reached the second connection: %+v", runs)
+	} else if b := runs[0].Budget; b <= timeout || b > DefaultCommandTimeout {
+		t.Errorf("again ran with a deadline %s away, want the table's %s", b, DefaultCommandTimeout)
 	}
 }
 
@@ -1004,8 +1029,9 @@ func TestMonitorActorRestartReconnects(t *testing.T) {
 		defer cancel()
 		cmd := &Command{Request: actors.NewRequest(panicCtx{context.Background()}, "test"), Execute: "boom"}
 		_, err := actors.AskAs[*Result](ctx, h.system.Root, h.mon, cmd)
-		if !errors.Is(err, ErrClosed) {
-			t.Errorf("the command the monitor panicked on: %v, want ErrClosed in the chain", err)
+		var pe *supervision.PanicError
+		if !errors.As(err, &pe) || pe.Actor != "monitor/vm1" {
+			t.Errorf("the command the monitor panicked on: %v, want a *supervision.PanicError naming the monitor", err)
 		}
 		waitMsg[*Connected](h)
 		if names := first.names(); len(names) != 0 {
