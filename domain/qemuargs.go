@@ -99,6 +99,15 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 		"-qmp", "unix:" + qemuOptValue(paths.QMPSocket) + ",server=on,wait=off",
 		"-pidfile", paths.PIDFile,
 	}
+	if spec.Machine == "q35" || strings.HasPrefix(spec.Machine, "pc") {
+		// A guest kernel panic becomes a GUEST_PANICKED event (ISA
+		// pvpanic exists on the PC machines).
+		args = append(args, "-device", "pvpanic")
+	}
+	if spec.OnCrash == OnCrashPreserve {
+		// Keep a panicked guest paused for inspection instead of exiting.
+		args = append(args, "-action", "panic=pause")
+	}
 	if spec.Kernel != "" {
 		args = append(args, "-kernel", spec.Kernel)
 		if spec.Initrd != "" {

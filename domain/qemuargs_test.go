@@ -125,6 +125,7 @@ func TestBuildArgsMinimal(t *testing.T) {
 		"-S",
 		"-qmp", "unix:/run/vmsup/tiny/qmp.sock,server=on,wait=off",
 		"-pidfile", "/run/vmsup/tiny/qemu.pid",
+		"-device", "pvpanic",
 		"-chardev", "socket,id=serial0,path=/run/vmsup/tiny/console.sock,server=on,wait=off,logfile=/run/vmsup/tiny/serial.log,logappend=on", "-serial", "chardev:serial0",
 	}
 	if !slices.Equal(got, want) {
@@ -145,7 +146,11 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 	tail := func(s *Spec) []string {
 		args := BuildArgs(s, paths, AccelTCG)
 		i := slices.Index(args, paths.PIDFile)
-		return args[i+1:]
+		rest := args[i+1:]
+		if len(rest) >= 2 && rest[0] == "-device" && rest[1] == "pvpanic" {
+			rest = rest[2:] // checked by TestBuildArgsPanicDevice
+		}
+		return rest
 	}
 	cases := []struct {
 		name   string
@@ -389,5 +394,34 @@ func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *Spec, check func(
 	reaped = true
 	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
 		t.Fatalf("pid %d still exists after Wait: %v", pid, err)
+	}
+}
+
+// TestBuildArgsPanicDevice: PC machines get a pvpanic device so a guest
+// panic is reported; on_crash preserve makes QEMU pause on panic instead
+// of exiting.
+func TestBuildArgsPanicDevice(t *testing.T) {
+	paths, err := NewRunPaths("/run/vmsup", "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		machine, onCrash string
+		pvpanic, pause   bool
+	}{
+		{"q35", OnCrashDestroy, true, false},
+		{"pc-i440fx-7.2", OnCrashRestart, true, false},
+		{"q35", OnCrashPreserve, true, true},
+		{"none", OnCrashDestroy, false, false},
+	} {
+		s := &Spec{Name: "p", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e", Machine: c.machine, OnCrash: c.onCrash}
+		s.ApplyDefaults()
+		args := strings.Join(BuildArgs(s, paths, AccelTCG), " ")
+		if got := strings.Contains(args, "-device pvpanic"); got != c.pvpanic {
+			t.Errorf("%s/%s: pvpanic %v, want %v: %s", c.machine, c.onCrash, got, c.pvpanic, args)
+		}
+		if got := strings.Contains(args, "-action panic=pause"); got != c.pause {
+			t.Errorf("%s/%s: panic=pause %v, want %v: %s", c.machine, c.onCrash, got, c.pause, args)
+		}
 	}
 }

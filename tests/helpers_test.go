@@ -225,6 +225,12 @@ func (r *eventRecorder) waitFor(t testing.TB, typ domain.EventType, within time.
 	return domain.Event{}
 }
 
+func (r *eventRecorder) snapshot() []domain.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]domain.Event(nil), r.events...)
+}
+
 func (r *eventRecorder) types() []domain.EventType {
 	r.mu.Lock()
 	defer r.mu.Unlock()
