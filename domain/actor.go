@@ -39,6 +39,11 @@ type ActorConfig struct {
 	Hooks        JobHooks
 	DestroyGrace time.Duration
 	Monitor      monitor.TransportOptions
+	// Launcher starts the VM process; nil means LaunchQEMU.
+	Launcher Launcher
+	// DialMonitor makes the QMP connection for a socket path; nil means
+	// monitor.NewTransport. Benchmarks put a simulated monitor here.
+	DialMonitor func(socketPath string) monitor.Conn
 	// MonitorReconnect is the backoff of a broken monitor's reconnects.
 	MonitorReconnect supervision.Backoff
 	// Snapshot receives a copy of Info after every message, so that the
@@ -105,10 +110,10 @@ type jobAbandoned struct {
 	id   uint64
 }
 type restartDue struct{ from *domainActor }
-type processExited struct{ proc *process }
+type processExited struct{ proc *Process }
 type attachProcess struct {
 	jobID  uint64
-	proc   *process
+	proc   *Process
 	serial *Serial
 }
 
@@ -117,7 +122,7 @@ type domainActor struct {
 	spec   *Spec
 	state  State
 	reason Reason
-	proc   *process
+	proc   *Process
 	paths  RunPaths
 	mon    *actor.PID
 	monErr error
@@ -360,6 +365,7 @@ func (m *domainActor) launch(ctx actor.Context, j *job) {
 		proc:    m.proc,
 		spec:    *m.spec,
 		runDir:  m.cfg.RunDir,
+		launch:  m.cfg.Launcher,
 		grace:   m.cfg.DestroyGrace,
 		job:     j.info,
 		req:     j.req,
@@ -557,7 +563,7 @@ func (m *domainActor) onAttach(ctx actor.Context, a attachProcess) {
 // says: destroy → destroyed; a start job → failed; a guest panic →
 // crashed/panicked; a SHUTDOWN event or a requested shutdown → shutdown;
 // anything else → crashed.
-func (m *domainActor) onExit(ctx actor.Context, p *process) {
+func (m *domainActor) onExit(ctx actor.Context, p *Process) {
 	if p == nil || p != m.proc {
 		return
 	}
@@ -750,11 +756,16 @@ func (m *domainActor) console() any {
 }
 
 func (m *domainActor) monitorConfig(paths RunPaths) monitor.Config {
-	return monitor.Config{
+	cfg := monitor.Config{
 		Domain:     m.name(),
 		SocketPath: paths.QMPSocket,
 		Transport:  m.cfg.Monitor,
 		Reconnect:  m.cfg.MonitorReconnect,
 		Logger:     m.cfg.Logger,
 	}
+	if dial := m.cfg.DialMonitor; dial != nil {
+		socket := paths.QMPSocket
+		cfg.Dial = func() monitor.Conn { return dial(socket) }
+	}
+	return cfg
 }

@@ -29,9 +29,10 @@ type jobEnv struct {
 	root     *actor.RootContext
 	self     *actor.PID
 	monitor  *actor.PID
-	proc     *process
+	proc     *Process
 	spec     Spec
 	runDir   string
+	launch   Launcher
 	grace    time.Duration
 	job      JobInfo
 	req      actors.Request
@@ -159,7 +160,11 @@ func (e *jobEnv) start(paused bool) error {
 	accel := ResolveAccel(e.spec.Accel)
 	args := BuildArgs(&e.spec, paths, accel)
 	e.step("spawn qemu", "")
-	proc, err := startProcess(e.spec.EmulatorPath(), args, paths.QEMULog)
+	launch := e.launch
+	if launch == nil {
+		launch = LaunchQEMU
+	}
+	proc, err := launch(e.spec.EmulatorPath(), args, paths)
 	if err != nil {
 		return fail("spawn QEMU", err)
 	}

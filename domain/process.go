@@ -14,12 +14,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// process is one QEMU process: either a child vmsup started, or one a
-// previous vmsup started and this one adopted after a restart. A goroutine
-// owned by the process waits for its exit — Wait on a child, poll on a
-// pidfd for an adopted one — so an exit is seen at once and a child is
-// always reaped.
-type process struct {
+// Process is one VM process: a QEMU child vmsup started, a QEMU a previous
+// vmsup started and this one adopted after a restart, or a simulated one
+// (benchmarks). A goroutine owned by the process waits for its exit — Wait
+// on a child, poll on a pidfd for an adopted one — so an exit is seen at
+// once and a child is always reaped.
+type Process struct {
 	pid     int
 	logPath string
 	started time.Time
@@ -33,11 +33,39 @@ type process struct {
 	// stop ends the watch of an adopted process without signalling it:
 	// closing it wakes the poller (nil for a child).
 	stop *os.File
+	// simulate receives the signals of a simulated process.
+	simulate func(syscall.Signal)
+}
+
+// Launcher starts a domain's VM process from the emulator and the argv
+// that BuildArgs made. The default, LaunchQEMU, runs QEMU; benchmarks of
+// the actors use simulated processes.
+type Launcher func(emulator string, args []string, paths RunPaths) (*Process, error)
+
+// LaunchQEMU starts QEMU as a child in its own session, logging to
+// paths.QEMULog.
+func LaunchQEMU(emulator string, args []string, paths RunPaths) (*Process, error) {
+	return startProcess(emulator, args, paths.QEMULog)
+}
+
+// NewSimulatedProcess returns a Process that is no OS process: SIGTERM and
+// SIGKILL end it at once, and so does calling exit. Benchmarks run the
+// domain and monitor actors on it with a simulated QMP monitor.
+func NewSimulatedProcess(pid int) (p *Process, exit func()) {
+	p = &Process{pid: pid, started: time.Now(), done: make(chan struct{}), pidfd: -1}
+	var once sync.Once
+	exit = func() { once.Do(func() { close(p.done) }) }
+	p.simulate = func(sig syscall.Signal) {
+		if sig == syscall.SIGTERM || sig == syscall.SIGKILL {
+			exit()
+		}
+	}
+	return p, exit
 }
 
 // startProcess starts QEMU in its own session with stdout and stderr going to
 // logPath.
-func startProcess(emulator string, args []string, logPath string) (*process, error) {
+func startProcess(emulator string, args []string, logPath string) (*Process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open QEMU log: %w", err)
@@ -51,7 +79,7 @@ func startProcess(emulator string, args []string, logPath string) (*process, err
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", emulator, err)
 	}
-	p := &process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: -1}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: -1}
 	go func() {
 		_ = cmd.Wait()
 		p.state = cmd.ProcessState
@@ -62,7 +90,7 @@ func startProcess(emulator string, args []string, logPath string) (*process, err
 
 // adoptProcess watches a QEMU that is not our child through a pidfd. The
 // watching goroutine ends when the process exits or release is called.
-func adoptProcess(pid int, logPath string) (*process, error) {
+func adoptProcess(pid int, logPath string) (*Process, error) {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
@@ -72,7 +100,7 @@ func adoptProcess(pid int, logPath string) (*process, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("watch pid %d: %w", pid, err)
 	}
-	p := &process{pid: pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: fd, stop: stopW}
+	p := &Process{pid: pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: fd, stop: stopW}
 	go func() {
 		defer stopR.Close()
 		fds := []unix.PollFd{
@@ -95,7 +123,7 @@ func adoptProcess(pid int, logPath string) (*process, error) {
 
 // exited reports whether the process has ended (and, for a child, been
 // reaped).
-func (p *process) exited() bool {
+func (p *Process) exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -106,8 +134,12 @@ func (p *process) exited() bool {
 
 // signal sends sig unless the process has already ended. An adopted process
 // is signalled through its pidfd, so a reused pid is never hit.
-func (p *process) signal(sig syscall.Signal) error {
+func (p *Process) signal(sig syscall.Signal) error {
 	if p.exited() {
+		return nil
+	}
+	if p.simulate != nil {
+		p.simulate(sig)
 		return nil
 	}
 	if p.cmd != nil {
@@ -131,7 +163,7 @@ func (p *process) signal(sig syscall.Signal) error {
 
 // terminate sends SIGTERM, then SIGKILL when the process has not exited
 // after grace. It returns once the process has ended.
-func (p *process) terminate(grace time.Duration) {
+func (p *Process) terminate(grace time.Duration) {
 	_ = p.signal(syscall.SIGTERM)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
@@ -145,15 +177,18 @@ func (p *process) terminate(grace time.Duration) {
 }
 
 // kill sends SIGKILL and waits for the process to end.
-func (p *process) kill() {
+func (p *Process) kill() {
 	_ = p.signal(syscall.SIGKILL)
 	<-p.done
 }
 
 // exitString says how the process ended: "exit status 1" or "signal 9".
-func (p *process) exitString() string {
+func (p *Process) exitString() string {
 	if !p.exited() {
 		return "still running"
+	}
+	if p.simulate != nil {
+		return "simulated exit"
 	}
 	if p.state == nil {
 		return "exit status unknown: adopted, not a child of this vmsup"
@@ -165,7 +200,7 @@ func (p *process) exitString() string {
 }
 
 // logTail returns the last lines QEMU wrote, for error messages.
-func (p *process) logTail() string {
+func (p *Process) logTail() string {
 	b, err := os.ReadFile(p.logPath)
 	if err != nil || len(b) == 0 {
 		return ""

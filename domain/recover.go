@@ -33,7 +33,7 @@ type Recovery struct {
 	// Found says what was found, for the log: "adopted QEMU pid 123",
 	// "QEMU pid 123 is gone", ...
 	Found string
-	proc  *process
+	proc  *Process
 }
 
 // Adopted reports whether a running QEMU was adopted.
@@ -95,7 +95,7 @@ func Recover(spec *Spec, runDir string, saved *Status) *Recovery {
 
 // adoptIfOurs opens a pidfd on pid first, so the process cannot be swapped
 // for another under the same pid, then checks its command line.
-func adoptIfOurs(pid int, uuid, logPath string) (*process, error) {
+func adoptIfOurs(pid int, uuid, logPath string) (*Process, error) {
 	p, err := adoptProcess(pid, logPath)
 	if err != nil {
 		return nil, fmt.Errorf("QEMU pid %d is gone", pid)
@@ -142,7 +142,7 @@ func readPIDFile(path string) (int, error) {
 // release stops watching an adopted process without signalling it; the
 // watching goroutine ends. done is closed afterwards even though the
 // process may still run: it is no longer this vmsup's.
-func (p *process) release() {
+func (p *Process) release() {
 	if p.stop != nil {
 		p.stop.Close()
 		<-p.done

@@ -113,6 +113,8 @@ type actorConfig struct {
 	destroyGrace time.Duration
 	monitor      monitor.TransportOptions
 	reconnect    supervision.Backoff
+	launcher     domain.Launcher
+	dialMonitor  func(string) monitor.Conn
 	logger       zerolog.Logger
 	initial      []recovered
 }
@@ -349,6 +351,8 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		DestroyGrace:     d.cfg.destroyGrace,
 		Monitor:          d.cfg.monitor,
 		MonitorReconnect: d.cfg.reconnect,
+		Launcher:         d.cfg.launcher,
+		DialMonitor:      d.cfg.dialMonitor,
 		Snapshot:         snap,
 		Logger:           d.cfg.logger,
 		Recovery:         rec,

@@ -91,6 +91,11 @@ type Config struct {
 	MonitorReconnect supervision.Backoff
 	// JobHooks observe every job's start and release (tests, tracing).
 	JobHooks domain.JobHooks
+	// Launcher starts VM processes; nil runs QEMU. Benchmarks use
+	// domain.NewSimulatedProcess with DialMonitor set to a simulated QMP.
+	Launcher domain.Launcher
+	// DialMonitor makes QMP connections; nil uses monitor.NewTransport.
+	DialMonitor func(socketPath string) monitor.Conn
 }
 
 // Driver is an open vmsup driver. It is safe for concurrent use.
@@ -148,6 +153,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			destroyGrace: cfg.DestroyGrace,
 			monitor:      cfg.Monitor,
 			reconnect:    cfg.MonitorReconnect,
+			launcher:     cfg.Launcher,
+			dialMonitor:  cfg.DialMonitor,
 			logger:       logger,
 			initial:      initial,
 		}, life)

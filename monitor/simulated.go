@@ -1,0 +1,133 @@
+package monitor
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+)
+
+// Simulated is a QMP connection with no QEMU behind it: every command
+// answers after Latency. It keeps a run state so that "stop", "cont" and
+// "query-status" behave as QEMU's do, and it emits STOP and RESUME events.
+// Benchmarks use it to measure the actors without QEMU's own cost, and to
+// run thousands of domains.
+type Simulated struct {
+	// Latency is how long each command takes to answer.
+	Latency time.Duration
+	// Slow returns an extra delay for a command (nil: none); benchmarks use
+	// it to make some commands take a second.
+	Slow func(command string) time.Duration
+
+	mu      sync.Mutex
+	running bool
+	closed  bool
+	events  chan qmp.Event
+	done    chan struct{}
+}
+
+var _ Conn = (*Simulated)(nil)
+
+// NewSimulated returns a simulated connection whose guest is paused, as
+// QEMU started with -S is.
+func NewSimulated(latency time.Duration) *Simulated {
+	return &Simulated{Latency: latency, events: make(chan qmp.Event, 64), done: make(chan struct{})}
+}
+
+// Connect succeeds at once.
+func (s *Simulated) Connect() error { return nil }
+
+// ConnectContext succeeds at once unless ctx has ended.
+func (s *Simulated) ConnectContext(ctx context.Context) error { return ctx.Err() }
+
+// Disconnect ends the connection; it is idempotent.
+func (s *Simulated) Disconnect() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+		close(s.events)
+	}
+	return nil
+}
+
+// Run runs a command with the default table deadline.
+func (s *Simulated) Run(cmd []byte) ([]byte, error) {
+	return s.RunContext(context.Background(), cmd)
+}
+
+// RunContext answers cmd after Latency (plus Slow), or fails at ctx's end.
+func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
+	var c struct {
+		Execute string `json:"execute"`
+	}
+	if err := json.Unmarshal(cmd, &c); err != nil || c.Execute == "" {
+		return nil, fmt.Errorf("%w: %s", ErrBadCommand, cmd)
+	}
+	delay := s.Latency
+	if s.Slow != nil {
+		delay += s.Slow(c.Execute)
+	}
+	if delay > 0 {
+		timer := time.NewTimer(delay)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("QMP command %q timed out: %w", c.Execute, ctx.Err())
+		case <-s.done:
+			return nil, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
+	}
+	switch c.Execute {
+	case "query-status":
+		status := "paused"
+		if s.running {
+			status = "running"
+		}
+		return []byte(fmt.Sprintf(`{"return":{"status":%q,"running":%t,"singlestep":false}}`, status, s.running)), nil
+	case "stop":
+		s.running = false
+		s.emit("STOP")
+	case "cont":
+		s.running = true
+		s.emit("RESUME")
+	}
+	return []byte(`{"return":{}}`), nil
+}
+
+// emit queues an event without blocking, as the real transport does.
+func (s *Simulated) emit(name string) {
+	now := time.Now()
+	ev := qmp.Event{Event: name}
+	ev.Timestamp.Seconds, ev.Timestamp.Microseconds = now.Unix(), int64(now.Nanosecond()/1000)
+	select {
+	case s.events <- ev:
+	default:
+	}
+}
+
+// Events returns the event channel; it is closed by Disconnect.
+func (s *Simulated) Events(context.Context) (<-chan qmp.Event, error) { return s.events, nil }
+
+// Done is closed by Disconnect.
+func (s *Simulated) Done() <-chan struct{} { return s.done }
+
+// Err is ErrClosed after Disconnect.
+func (s *Simulated) Err() error {
+	select {
+	case <-s.done:
+		return ErrClosed
+	default:
+		return nil
+	}
+}
