@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -176,7 +177,6 @@ type monitorActor struct {
 	gen      uint64      // connection generation; messages of older ones are stale
 	attempt  int         // reconnect attempts since the last good connection
 	retry    *time.Timer // pending reconnect
-	brokenAt time.Time
 	stopping bool
 }
 
@@ -406,8 +406,13 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, err))
 	}
 	if first {
-		m.brokenAt = time.Now()
-		m.cfg.Logger.Warn().Err(err).Str("domain", m.cfg.Domain).Msg("QMP monitor broken")
+		level := zerolog.WarnLevel
+		if errors.Is(err, io.EOF) {
+			// QEMU closed the connection, which it does when it exits;
+			// the domain decides whether that was expected.
+			level = zerolog.DebugLevel
+		}
+		m.cfg.Logger.WithLevel(level).Err(err).Str("domain", m.cfg.Domain).Msg("QMP monitor broken")
 		ctx.Send(m.owner, &Disconnected{Err: err})
 	}
 	if m.cfg.NoReconnect || m.stopping || m.retry != nil {

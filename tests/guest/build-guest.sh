@@ -15,8 +15,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 out="${VMSUP_CACHE:-$repo/.cache}/guest"
 init_src="$here/init"
-kernel_meta=linux-image-cloud-amd64
-busybox_pkg=busybox-static
+kernel_meta="linux-image-cloud-amd64"
+busybox_pkg="busybox-static"
 # Modules loaded by /init when the kernel does not build them in (with their
 # dependencies): the ACPI power button, evdev (acpid reads the button as an
 # input device) and pvpanic (GUEST_PANICKED with -device pvpanic or
@@ -54,41 +54,46 @@ fi
 # rebuilds. tests/guest_test.go computes the same hash.
 recipe=$(cat "$here/$(basename "${BASH_SOURCE[0]}")" "$init_src" | sha256sum | cut -d' ' -f1)
 
-# candidate prints the version apt would download for a package.
-candidate() { apt-cache show --no-all-versions "$1" 2>/dev/null | sed -n 's/^Version: //p' | head -n1; }
-
-# kernel_package resolves the metapackage to the concrete image package,
-# for example linux-image-6.1.0-56-cloud-amd64.
-kernel_package() {
-	apt-cache depends "$kernel_meta" 2>/dev/null |
-		sed -n 's/^ *|\{0,1\}Depends: \(linux-image-[0-9][^ ]*-cloud-amd64\)$/\1/p' | head -n1
-}
-
-apt_updated=0
+# resolve sets kpkg/kver (the concrete kernel image package the metapackage
+# depends on, for example linux-image-6.1.0-56-cloud-amd64, and its version)
+# and bver. One apt-cache call: on hosts without a package cache file
+# (Docker images) each call costs about a second.
 resolve() {
-	kpkg=$(kernel_package)
+	local info dep
+	info=$(apt-cache show --no-all-versions "$kernel_meta" "$busybox_pkg" 2>/dev/null) || info=""
+	dep=$(awk -v p="$kernel_meta" '/^Package:/ { pkg = $2 } pkg == p && /^Depends:/ { print; exit }' <<<"$info" |
+		grep -o 'linux-image-[0-9][^ ,|]*-cloud-amd64\( (= [^)]*)\)\{0,1\}' | head -n1) || true
+	kpkg=${dep%% *}
 	kver=""
-	bver=""
-	if [[ -n $kpkg ]]; then
-		kver=$(candidate "$kpkg")
-		bver=$(candidate "$busybox_pkg")
+	if [[ $dep == *"(= "* ]]; then
+		kver=${dep#*(= }
+		kver=${kver%)}
+	elif [[ -n $kpkg ]]; then
+		kver=$(apt-cache show --no-all-versions "$kpkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1) || true
 	fi
+	bver=$(awk -v p="$busybox_pkg" '/^Package:/ { pkg = $2 } pkg == p && /^Version:/ { print $2; exit }' <<<"$info")
 	[[ -n $kpkg && -n $kver && -n $bver ]]
 }
 
-if ! resolve; then
-	if [[ $(id -u) == 0 ]]; then
-		log "package lists do not know $kernel_meta/$busybox_pkg; running apt-get update"
-		apt-get update -qq >&2 || die "apt-get update failed"
+apt_updated=0
+resolved=0
+if resolve; then
+	resolved=1
+elif [[ $(id -u) == 0 ]]; then
+	log "apt does not know $kernel_meta or $busybox_pkg; running apt-get update"
+	if apt-get update -qq >&2; then
 		apt_updated=1
-		resolve || die "apt does not know $kernel_meta or $busybox_pkg (is this Debian amd64?)"
-	elif [[ -f $out/stamp && -f $out/vmlinuz && -f $out/initrd.img ]]; then
+		if resolve; then resolved=1; fi
+	fi
+fi
+if [[ $resolved == 0 ]]; then
+	if [[ -f $out/stamp && -f $out/vmlinuz && -f $out/initrd.img ]]; then
 		log "warning: apt cannot resolve $kernel_meta/$busybox_pkg; keeping the existing guest"
 		printf '%s\n%s\n' "$out/vmlinuz" "$out/initrd.img"
 		exit 0
-	else
-		die "apt does not know $kernel_meta or $busybox_pkg; run as root: apt-get update"
 	fi
+	[[ $(id -u) == 0 ]] || die "apt does not know $kernel_meta or $busybox_pkg; as root, run: apt-get update"
+	die "apt does not know $kernel_meta or $busybox_pkg, even after apt-get update (is this Debian amd64?)"
 fi
 
 stamp="kernel=$kpkg $kver
@@ -173,7 +178,10 @@ add_module() { # path relative to $kdir/kernel, without .ko
 		log "module $rel is built in"
 		return 0
 	fi
-	file=$(cd "$kdir/kernel" && ls "$rel".ko* 2>/dev/null | head -n1) || true
+	file=""
+	for m in "$kdir/kernel/$rel".ko*; do
+		[[ -e $m ]] && file=${m#"$kdir/kernel/"} && break
+	done
 	[[ -n $file ]] || die "module $rel not found in $kpkg"
 	[[ $file == *.ko ]] || die "module $file is compressed; busybox insmod needs plain .ko"
 	for dep in $(tr '\0' '\n' <"$kdir/kernel/$file" | sed -n 's/^depends=//p' | tr ',' ' '); do
