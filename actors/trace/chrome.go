@@ -11,29 +11,40 @@ import (
 // ChromeEvent is one event of the Chrome trace-event format (the JSON
 // Object Format that Perfetto and chrome://tracing open).
 type ChromeEvent struct {
+	// Name is the slice's label (message type, job, QMP command), the flow's
+	// name, or the metadata kind ("thread_name").
 	Name string `json:"name"`
-	Cat  string `json:"cat,omitempty"`
+	// Cat is the category: the record's kind, or "flow".
+	Cat string `json:"cat,omitempty"`
 	// Ph is the phase: "X" complete, "M" metadata, "s"/"f" flow start/end.
 	Ph string `json:"ph"`
 	// Ts is the time in microseconds since the first record.
 	Ts float64 `json:"ts"`
 	// Dur is the duration of a complete event in microseconds.
 	Dur *float64 `json:"dur,omitempty"`
-	Pid int      `json:"pid"`
-	Tid int      `json:"tid"`
-	// ID pairs the two events of a flow.
-	ID string `json:"id,omitempty"`
+	// Pid is the process: always 1.
+	Pid int `json:"pid"`
+	// Tid is the track.
+	Tid int `json:"tid"`
+	// ID pairs the two events of a flow (from 1).
+	ID uint64 `json:"id,omitempty"`
 	// Bp is the binding point of a flow end: "e" binds it to the slice
 	// that encloses it.
-	Bp   string         `json:"bp,omitempty"`
+	Bp string `json:"bp,omitempty"`
+	// Args are shown with the event: ids, sender, wait, QMP outcome, or
+	// the name of a track.
 	Args map[string]any `json:"args,omitempty"`
 }
 
 // ChromeTrace is the top-level object of the JSON Object Format.
 type ChromeTrace struct {
-	TraceEvents     []ChromeEvent  `json:"traceEvents"`
-	DisplayTimeUnit string         `json:"displayTimeUnit"`
-	OtherData       map[string]any `json:"otherData,omitempty"`
+	// TraceEvents are the events.
+	TraceEvents []ChromeEvent `json:"traceEvents"`
+	// DisplayTimeUnit is "ms".
+	DisplayTimeUnit string `json:"displayTimeUnit"`
+	// OtherData holds start_time, the instant of ts 0, and the number of
+	// records.
+	OtherData map[string]any `json:"otherData,omitempty"`
 }
 
 // chromePID is the one process of the export.
@@ -146,7 +157,7 @@ func ChromeExport(records []Record) ChromeTrace {
 	for i := range recs {
 		pos[&recs[i]] = i
 	}
-	flow := 0
+	flow := uint64(0)
 	for i := range recs {
 		r := &recs[i]
 		out.TraceEvents = append(out.TraceEvents, ChromeEvent{
@@ -176,7 +187,7 @@ func ChromeExport(records []Record) ChromeTrace {
 			continue
 		}
 		flow++
-		id := strconv.Itoa(flow)
+		id := flow
 		out.TraceEvents = append(out.TraceEvents,
 			ChromeEvent{Name: "send", Cat: "flow", Ph: "s", ID: id, Ts: min(us(sendAt), us(r.Started)), Pid: chromePID, Tid: srcTid},
 			ChromeEvent{Name: "send", Cat: "flow", Ph: "f", Bp: "e", ID: id, Ts: us(r.Started), Pid: chromePID, Tid: tidOf[i]})

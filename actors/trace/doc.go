@@ -13,24 +13,26 @@
 // otherwise the trace's root span, whose id is the trace id itself (the
 // KindAPI record). A job record's SpanID must equal the ParentID its job
 // puts on the requests it sends (today "job-N"), so that QMP commands hang
-// under their job.
+// under their job. Current tells a handler the span of its message.
 //
 // # Wiring
 //
 //	rec := trace.New(trace.Options{})
+//	system.Root.WithSenderMiddleware(trace.SenderMiddleware(rec)) // before any send
 //	props := actor.PropsFromProducer(producer,
 //		actor.WithReceiverMiddleware(trace.ReceiverMiddleware(rec, trace.ActorName)),
 //		actor.WithSenderMiddleware(trace.SenderMiddleware(rec)))
-//	root := actor.NewRootContext(system, nil, trace.SenderMiddleware(rec))
 //
 // The sender middleware stamps the send time and span ids into the message
-// envelope's header; the receiver middleware reads them and records one
-// Record per user message when its handling ends. Jobs, QMP commands and
-// API calls are recorded by their owners with Recorder.Record.
+// envelope's header (HeaderKey); the receiver middleware reads them and
+// records one Record per user message when its handling ends. Jobs, QMP
+// commands and API calls are recorded by their owners with Recorder.Record,
+// with times from Now and span ids from NewSpanID.
 //
 // # Sinks
 //
-//   - zerolog JSON lines: NewLogSink, Recorder.LogTo, Recorder.WriteTo;
+//   - zerolog JSON lines: NewLogSink, Recorder.LogTo, Recorder.WriteTo,
+//     and DecodeJSONLines to read them back;
 //   - a live stream: Recorder.Subscribe;
 //   - Chrome trace-event JSON for Perfetto and chrome://tracing: WriteChrome;
 //   - a picture of one request: WriteMermaid and WriteSVG;

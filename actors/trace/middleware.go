@@ -1,6 +1,8 @@
 package trace
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,29 +16,92 @@ import (
 
 // HeaderKey is the message envelope header in which the sender middleware
 // stamps the send time and the trace context of a message. Its value is
-// "ENQUEUED_UNIX_NANOS|SPAN|PARENT_SPAN|TRACE|SENDER_PID_ID".
+// "SENT|SPAN|PARENT_SPAN|TRACE|SENDER_PID_ID", where SENT is the send time
+// in nanoseconds of this process's trace clock (see Now).
 const HeaderKey = "vmsup-trace"
+
+// clockBase anchors the trace clock: times are clockBase plus the
+// monotonic time elapsed since, which costs one clock read instead of the
+// two of time.Now and never jumps with the wall clock.
+var clockBase = time.Now()
+
+// Now is the time on the trace clock: the wall clock at process start plus
+// the monotonic time since. The middleware stamps its times with it; use
+// it for the times of job, QMP and API records too, so that they line up
+// with the messages.
+func Now() time.Time {
+	return clockBase.Add(time.Since(clockBase))
+}
+
+func clockNanos() int64 { return max(int64(time.Since(clockBase)), 1) } // 0 means unknown
+
+func clockTime(nanos int64) time.Time { return clockBase.Add(time.Duration(nanos)) }
 
 // stamp is the decoded HeaderKey value.
 type stamp struct {
-	enqueued int64
+	enqueued int64 // nanoseconds on the trace clock; 0 when unknown
 	span     string
 	parent   string
 	trace    string
 	sender   string // protoactor id of the sending actor
 }
 
-func (s stamp) encode() string {
-	var buf [160]byte
+// encode returns the header value of s. When s.span is empty, a new span
+// id is written into it, and s.span is set to that part of the value, so
+// that the id and the value share one allocation.
+func (s *stamp) encode() string {
+	var buf [192]byte
 	b := strconv.AppendInt(buf[:0], s.enqueued, 10)
-	for _, f := range [...]string{s.span, s.parent, s.trace, s.sender} {
+	b = append(b, '|')
+	spanAt := len(b)
+	if s.span == "" {
+		b = appendSpanID(b)
+	} else {
+		b = append(b, s.span...)
+	}
+	spanEnd := len(b)
+	for _, f := range [...]string{s.parent, s.trace, s.sender} {
 		b = append(b, '|')
 		b = append(b, f...)
 	}
-	return string(b)
+	v := string(b)
+	s.span = v[spanAt:spanEnd]
+	return v
 }
 
-func parseStamp(v string) (s stamp) {
+// Span ids are a random prefix per process and a counter, like
+// actors.NewID, with "s" before the counter so that they never equal a
+// request id: "a1b2c3-s42".
+var (
+	spanPrefix = func() string {
+		var b [3]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return "000000"
+		}
+		return hex.EncodeToString(b[:])
+	}()
+	spanCounter atomic.Uint64
+)
+
+func appendSpanID(b []byte) []byte {
+	b = append(b, spanPrefix...)
+	b = append(b, "-s"...)
+	return strconv.AppendUint(b, spanCounter.Add(1), 10)
+}
+
+// NewSpanID returns a new process-unique span id, for the records of jobs
+// and QMP commands.
+func NewSpanID() string {
+	var buf [32]byte
+	return string(appendSpanID(buf[:0]))
+}
+
+// parseStamp decodes a HeaderKey value. The parts are substrings of v.
+func parseStamp(v string) stamp {
+	return parseStampTime(v, true)
+}
+
+func parseStampTime(v string, withTime bool) (s stamp) {
 	if v == "" {
 		return s
 	}
@@ -51,11 +116,13 @@ func parseStamp(v string) (s stamp) {
 		v = v[i+1:]
 		return f
 	}
-	s.enqueued, _ = strconv.ParseInt(field(), 10, 64)
+	if sent := field(); withTime {
+		s.enqueued, _ = strconv.ParseInt(sent, 10, 64)
+	}
 	s.span = field()
 	s.parent = field()
 	s.trace = field()
-	s.sender = field()
+	s.sender = v // the rest: an actor id may hold any character
 	return s
 }
 
@@ -107,7 +174,7 @@ func Current(c MessageContext) SpanContext {
 	}
 	var st stamp
 	if h := c.MessageHeader(); h != nil {
-		st = parseStamp(h.Get(HeaderKey))
+		st = parseStampTime(h.Get(HeaderKey), false)
 	}
 	return resolve(msg, st)
 }
@@ -125,8 +192,9 @@ func Current(c MessageContext) SpanContext {
 // (actor.NewRootContext or RootContext.WithSenderMiddleware). With the
 // recorder off it costs one atomic load; a nil recorder adds nothing.
 //
-// It never modifies the envelope it is given: it sends a copy, because an
-// envelope may be shared (Forward).
+// An envelope without a header was made for this send and gets the header
+// in place; an envelope with a header may be shared (Forward), so it is
+// copied and the copy is sent.
 func SenderMiddleware(rec *Recorder) actor.SenderMiddleware {
 	return func(next actor.SenderFunc) actor.SenderFunc {
 		if rec == nil {
@@ -137,14 +205,14 @@ func SenderMiddleware(rec *Recorder) actor.SenderMiddleware {
 				next(c, target, env)
 				return
 			}
-			next(c, target, stampEnvelope(c, env, time.Now()))
+			next(c, target, stampEnvelope(c, env))
 		}
 	}
 }
 
-func stampEnvelope(c actor.SenderContext, env *actor.MessageEnvelope, now time.Time) *actor.MessageEnvelope {
+func stampEnvelope(c actor.SenderContext, env *actor.MessageEnvelope) *actor.MessageEnvelope {
 	cur := Current(c)
-	st := stamp{enqueued: now.UnixNano(), span: actors.NewID()}
+	st := stamp{enqueued: clockNanos()}
 	if trace, _ := requestOf(env.Message); trace != "" {
 		st.trace = trace
 		if cur.TraceID == trace {
@@ -156,11 +224,18 @@ func stampEnvelope(c actor.SenderContext, env *actor.MessageEnvelope, now time.T
 	if self := c.Self(); self != nil {
 		st.sender = self.Id
 	}
-	return withStamp(env, st)
+	return withStamp(env, &st)
 }
 
-// withStamp returns a copy of env whose header holds st.
-func withStamp(env *actor.MessageEnvelope, st stamp) *actor.MessageEnvelope {
+// withStamp returns env with st in its header. An envelope without a
+// header was made for this send (WrapEnvelope, Request) and gets the
+// header in place; one with a header may be shared (Forward), so it is
+// copied.
+func withStamp(env *actor.MessageEnvelope, st *stamp) *actor.MessageEnvelope {
+	if env.Header == nil {
+		env.Header = map[string]string{HeaderKey: st.encode()}
+		return env
+	}
 	header := make(map[string]string, len(env.Header)+1)
 	for k, v := range env.Header {
 		header[k] = v
@@ -207,10 +282,11 @@ func ReceiverMiddleware(rec *Recorder, actorName func(*actor.PID) string) actor.
 			}
 			st := parseStamp(env.GetHeader(HeaderKey))
 			if st.span == "" {
-				st.span = actors.NewID()
+				// Unstamped (its sender has no middleware): give it a span
+				// in a header of its own, for Current and onward sends.
 				sc := resolve(env.Message, st)
 				st.trace, st.parent = sc.TraceID, sc.ParentSpanID
-				env = withStamp(env, st)
+				env = withStamp(&actor.MessageEnvelope{Header: env.Header, Message: env.Message, Sender: env.Sender}, &st)
 			}
 			self := c.Self()
 			name := names.of(self)
@@ -231,12 +307,12 @@ func ReceiverMiddleware(rec *Recorder, actorName func(*actor.PID) string) actor.
 				r.Sender = names.ofID(self.Address, st.sender)
 			}
 			if st.enqueued != 0 {
-				r.Enqueued = time.Unix(0, st.enqueued)
+				r.Enqueued = clockTime(st.enqueued)
 			}
-			r.Started = time.Now()
+			r.Started = Now()
 			done := false
 			defer func() {
-				r.Ended = time.Now()
+				r.Ended = Now()
 				if !done {
 					r.Note = "panicked"
 				}
@@ -248,11 +324,12 @@ func ReceiverMiddleware(rec *Recorder, actorName func(*actor.PID) string) actor.
 	}
 }
 
-// nameCache remembers actor names by protoactor id, up to a bound.
+// nameCache remembers actor names by protoactor id, up to a bound. Reads
+// take no lock: the map is replaced, never changed, when a name is added.
 type nameCache struct {
 	fn    func(*actor.PID) string
-	names sync.Map // id → name
-	n     atomic.Int32
+	names atomic.Pointer[map[string]string] // id → name
+	mu    sync.Mutex                        // serialises additions
 }
 
 const maxCachedNames = 4096
@@ -261,29 +338,40 @@ func newNameCache(fn func(*actor.PID) string) *nameCache {
 	if fn == nil {
 		fn = func(pid *actor.PID) string { return pid.GetId() }
 	}
-	return &nameCache{fn: fn}
+	c := &nameCache{fn: fn}
+	c.names.Store(&map[string]string{})
+	return c
 }
 
 func (c *nameCache) of(pid *actor.PID) string {
 	if pid == nil {
 		return ""
 	}
-	if v, ok := c.names.Load(pid.Id); ok {
-		return v.(string)
+	if name, ok := (*c.names.Load())[pid.Id]; ok {
+		return name
 	}
 	return c.store(pid.Id, c.fn(pid))
 }
 
 func (c *nameCache) ofID(address, id string) string {
-	if v, ok := c.names.Load(id); ok {
-		return v.(string)
+	if name, ok := (*c.names.Load())[id]; ok {
+		return name
 	}
 	return c.store(id, c.fn(actor.NewPID(address, id)))
 }
 
 func (c *nameCache) store(id, name string) string {
-	if c.n.Add(1) <= maxCachedNames {
-		c.names.Store(id, name)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	old := *c.names.Load()
+	if _, ok := old[id]; ok || len(old) >= maxCachedNames {
+		return name
 	}
+	names := make(map[string]string, len(old)+1)
+	for k, v := range old {
+		names[k] = v
+	}
+	names[id] = name
+	c.names.Store(&names)
 	return name
 }

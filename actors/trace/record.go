@@ -31,12 +31,15 @@ const (
 
 // Outcomes of a QMP command other than an error.
 const (
-	OutcomeOK      = "ok"
+	// OutcomeOK is a command that QEMU answered with "return".
+	OutcomeOK = "ok"
+	// OutcomeTimeout is a command that QEMU did not answer in time.
 	OutcomeTimeout = "timeout"
 )
 
 // Record is one span of a trace: a message handled by an actor, a job, a
-// QMP command or an API call.
+// QMP command or an API call. Code that builds records on a hot path checks
+// Recorder.Enabled first.
 type Record struct {
 	// TraceID is the request id of the API call this span belongs to; empty
 	// for work done on nobody's behalf (timers, QMP events without cause).
@@ -114,8 +117,11 @@ func Outcome(err error) string {
 
 // SpanContext is the trace position of a message being handled.
 type SpanContext struct {
-	TraceID      string
-	SpanID       string
+	// TraceID is the request id of the API call, or "".
+	TraceID string
+	// SpanID is the message's span; "" unless the middleware is on.
+	SpanID string
+	// ParentSpanID is the span that caused the message.
 	ParentSpanID string
 }
 

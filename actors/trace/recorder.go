@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -24,25 +25,32 @@ type Options struct {
 
 // Recorder keeps the newest records in a bounded ring buffer and hands
 // every record to its subscribers. It is safe for concurrent use, and
-// Record never blocks: writers claim a slot with an atomic counter and
-// publish the record with an atomic pointer store, and a subscriber whose
-// channel is full loses the record (its drop counter counts it).
+// Record never waits on anything but a slot's lock, which is held only to
+// copy one record: writers claim a slot with an atomic counter, and a
+// subscriber whose channel is full loses the record (its drop counter
+// counts it). The buffer is allocated when recording is first switched
+// on, so a recorder that stays off costs no memory.
 //
 // A nil *Recorder is valid and records nothing.
 type Recorder struct {
 	enabled atomic.Bool
 	next    atomic.Uint64 // sequence number of the next record
-	slots   []atomic.Pointer[entry]
+	ring    atomic.Pointer[[]slot]
+	ringMu  sync.Mutex // allocation of the ring
 	cap     uint64
 
 	subs    atomic.Pointer[[]*Subscription] // copy on write, under subMu
 	subMu   sync.Mutex
-	dropped atomic.Uint64
+	dropped atomic.Uint64 // records lost by closed subscriptions
 }
 
-type entry struct {
-	seq uint64
-	rec Record
+// slot holds one record of the ring; seq says which (the slot of sequence
+// number n is n % capacity).
+type slot struct {
+	mu    sync.Mutex
+	valid bool
+	seq   uint64
+	rec   Record
 }
 
 // New returns a Recorder.
@@ -50,11 +58,8 @@ func New(opts Options) *Recorder {
 	if opts.Capacity <= 0 {
 		opts.Capacity = DefaultCapacity
 	}
-	r := &Recorder{
-		slots: make([]atomic.Pointer[entry], opts.Capacity),
-		cap:   uint64(opts.Capacity),
-	}
-	r.enabled.Store(!opts.Disabled)
+	r := &Recorder{cap: uint64(opts.Capacity)}
+	r.SetEnabled(!opts.Disabled)
 	return r
 }
 
@@ -64,10 +69,15 @@ func (r *Recorder) Enabled() bool {
 }
 
 // SetEnabled switches recording on or off. Records already kept stay.
+// The ring buffer is allocated when recording is first switched on.
 func (r *Recorder) SetEnabled(on bool) {
-	if r != nil {
-		r.enabled.Store(on)
+	if r == nil {
+		return
 	}
+	if on {
+		r.allocate()
+	}
+	r.enabled.Store(on)
 }
 
 // Capacity is the number of records the ring buffer keeps.
@@ -85,23 +95,39 @@ func (r *Recorder) Record(rec Record) {
 	if r == nil || !r.enabled.Load() {
 		return
 	}
-	e := &entry{rec: rec}
-	e.seq = r.next.Add(1) - 1
-	slot := &r.slots[e.seq%r.cap]
-	for {
-		old := slot.Load()
-		if old != nil && old.seq > e.seq {
-			break // a newer record took the slot while this one was on its way
-		}
-		if slot.CompareAndSwap(old, e) {
-			break
-		}
+	r.record(&rec)
+}
+
+func (r *Recorder) record(rec *Record) {
+	ring := r.ring.Load()
+	if ring == nil {
+		ring = r.allocate()
 	}
+	seq := r.next.Add(1) - 1
+	s := &(*ring)[seq%r.cap]
+	s.mu.Lock()
+	// A writer that lost the race for this slot to a newer record (the
+	// ring wrapped around meanwhile) leaves it alone.
+	if !s.valid || s.seq < seq {
+		s.valid, s.seq, s.rec = true, seq, *rec
+	}
+	s.mu.Unlock()
 	if subs := r.subs.Load(); subs != nil {
-		for _, s := range *subs {
-			s.offer(&e.rec)
+		for _, sub := range *subs {
+			sub.offer(rec)
 		}
 	}
+}
+
+func (r *Recorder) allocate() *[]slot {
+	r.ringMu.Lock()
+	defer r.ringMu.Unlock()
+	if ring := r.ring.Load(); ring != nil {
+		return ring
+	}
+	ring := make([]slot, r.cap)
+	r.ring.Store(&ring)
+	return &ring
 }
 
 // Snapshot returns the records in the buffer, oldest first (in the order
@@ -128,19 +154,29 @@ func (r *Recorder) collect(keep func(*Record) bool) []Record {
 	if r == nil {
 		return nil
 	}
+	ring := r.ring.Load()
+	if ring == nil {
+		return []Record{}
+	}
 	n := r.next.Load()
 	first := uint64(0)
 	if n > r.cap {
 		first = n - r.cap
 	}
 	out := make([]Record, 0, min(n-first, 1024))
+	var rec Record
 	for seq := first; seq < n; seq++ {
-		e := r.slots[seq%r.cap].Load()
-		if e == nil || e.seq != seq { // still being written, or already overwritten
-			continue
+		s := &(*ring)[seq%r.cap]
+		s.mu.Lock()
+		// A slot that holds another sequence number is still being written,
+		// or was overwritten since n was read.
+		ok := s.valid && s.seq == seq
+		if ok {
+			rec = s.rec
 		}
-		if keep == nil || keep(&e.rec) {
-			out = append(out, e.rec)
+		s.mu.Unlock()
+		if ok && (keep == nil || keep(&rec)) {
+			out = append(out, rec)
 		}
 	}
 	return out
@@ -172,7 +208,13 @@ func (r *Recorder) Dropped() uint64 {
 	if r == nil {
 		return 0
 	}
-	return r.dropped.Load()
+	n := r.dropped.Load() // of closed subscriptions
+	if subs := r.subs.Load(); subs != nil {
+		for _, s := range *subs {
+			n += s.dropped.Load()
+		}
+	}
+	return n
 }
 
 // Subscription is a live stream of records. Read them from C; a reader
@@ -182,12 +224,13 @@ type Subscription struct {
 	// C delivers the records. It is closed by Close.
 	C <-chan Record
 
-	ch      chan Record
-	filter  func(Record) bool
-	rec     *Recorder
-	mu      sync.RWMutex // Record holds it shared while sending; Close exclusively
-	closed  bool
-	dropped atomic.Uint64
+	ch       chan Record
+	filter   func(Record) bool
+	rec      *Recorder
+	inflight atomic.Int64 // offers under way; Close waits for them
+	closed   atomic.Bool
+	once     sync.Once
+	dropped  atomic.Uint64
 }
 
 // Subscribe starts a live stream of the records for which filter returns
@@ -202,8 +245,7 @@ func (r *Recorder) Subscribe(buffer int, filter func(Record) bool) *Subscription
 	ch := make(chan Record, buffer)
 	s := &Subscription{C: ch, ch: ch, filter: filter, rec: r}
 	if r == nil {
-		s.closed = true
-		close(ch)
+		s.Close()
 		return s
 	}
 	r.subMu.Lock()
@@ -217,20 +259,28 @@ func (r *Recorder) Subscribe(buffer int, filter func(Record) bool) *Subscription
 	return s
 }
 
+// offer sends rec to the subscriber unless its channel is full. It takes
+// no lock: Close marks the subscription closed, then waits until no offer
+// is under way before it closes the channel.
 func (s *Subscription) offer(rec *Record) {
 	if s.filter != nil && !s.filter(*rec) {
 		return
 	}
-	s.mu.RLock()
-	if !s.closed {
+	if len(s.ch) == cap(s.ch) { // full: the cheap path of a stalled reader
+		if !s.closed.Load() {
+			s.dropped.Add(1)
+		}
+		return
+	}
+	s.inflight.Add(1)
+	if !s.closed.Load() {
 		select {
 		case s.ch <- *rec:
 		default:
 			s.dropped.Add(1)
-			s.rec.dropped.Add(1)
 		}
 	}
-	s.mu.RUnlock()
+	s.inflight.Add(-1)
 }
 
 // Dropped is the number of records this subscription lost because its
@@ -242,18 +292,22 @@ func (s *Subscription) Dropped() uint64 {
 // Close ends the subscription and closes C. Records already in C can
 // still be read. Close may be called more than once.
 func (s *Subscription) Close() {
-	if r := s.rec; r != nil {
-		r.subMu.Lock()
-		if old := r.subs.Load(); old != nil {
-			subs := slices.DeleteFunc(slices.Clone(*old), func(x *Subscription) bool { return x == s })
-			r.subs.Store(&subs)
+	s.once.Do(func() {
+		if r := s.rec; r != nil {
+			r.subMu.Lock()
+			if old := r.subs.Load(); old != nil {
+				subs := slices.DeleteFunc(slices.Clone(*old), func(x *Subscription) bool { return x == s })
+				r.subs.Store(&subs)
+			}
+			r.subMu.Unlock()
 		}
-		r.subMu.Unlock()
-	}
-	s.mu.Lock()
-	if !s.closed {
-		s.closed = true
+		s.closed.Store(true)
+		for s.inflight.Load() != 0 {
+			runtime.Gosched()
+		}
 		close(s.ch)
-	}
-	s.mu.Unlock()
+		if r := s.rec; r != nil {
+			r.dropped.Add(s.dropped.Load())
+		}
+	})
 }

@@ -90,9 +90,21 @@ func buildSequence(records []Record) sequence {
 	add := func(at time.Time, s seqStep) {
 		events = append(events, timedStep{at: at, order: len(events), step: s})
 	}
+	// The first actor that each API call (trace, caller) asked.
+	firstAsked := map[spanKey]string{}
+	for i := range recs {
+		if r := &recs[i]; r.Kind == KindMessage {
+			k := spanKey{r.TraceID, idx.source(r)}
+			if _, ok := firstAsked[k]; !ok {
+				firstAsked[k] = r.Actor
+			}
+		}
+	}
+	seenTrace := map[string]bool{}
 	for i := range recs {
 		r := &recs[i]
-		if r.TraceID != "" && !slices.Contains(seq.traces, r.TraceID) {
+		if r.TraceID != "" && !seenTrace[r.TraceID] {
+			seenTrace[r.TraceID] = true
 			seq.traces = append(seq.traces, r.TraceID)
 		}
 		switch r.Kind {
@@ -159,14 +171,7 @@ func buildSequence(records []Record) sequence {
 			}
 			text += " (" + formatDuration(r.Duration()) + ")"
 			// The reply comes from the first actor the call asked.
-			from := ""
-			for j := range recs {
-				c := &recs[j]
-				if c.Kind == KindMessage && c.TraceID == r.TraceID && idx.source(c) == actorName {
-					from = c.Actor
-					break
-				}
-			}
+			from := firstAsked[spanKey{r.TraceID, actorName}]
 			if from == "" {
 				add(r.Ended, seqStep{kind: stepNote, from: actorName, text: text})
 			} else {

@@ -61,6 +61,14 @@ func WriteSVG(w io.Writer, records []Record) error {
 				dash = ` stroke-dasharray="6,4"`
 			}
 			x1, x2 := x(s.from), x(s.to)
+			// An arrow leaves from the edge of an activation bar.
+			if len(open[col[s.from]]) > 0 && x1 != x2 {
+				if x2 > x1 {
+					x1 += svgActWidth / 2
+				} else {
+					x1 -= svgActWidth / 2
+				}
+			}
 			if x1 == x2 {
 				fmt.Fprintf(&body, `<path d="M%d %d h40 v14 h-34" fill="none" stroke="#333"%s marker-end="url(#arrow)"/>`+"\n", x1+svgActWidth/2, y-8, dash)
 				labels = append(labels, fmt.Sprintf(`<text x="%d" y="%d">%s</text>`, x1+48, y+2, xmlText(text)))
