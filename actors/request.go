@@ -39,9 +39,23 @@ type Envelope interface {
 // implements Envelope.
 func (r Request) Header() Request { return r }
 
-// NewRequest starts a trace for one API call made on behalf of owner.
+type requestIDKey struct{}
+
+// WithRequestID returns a context that makes the next API call use id as
+// its request (trace) id, so that a daemon can hand out the id it returns
+// to its client (X-Request-Id) and a user can find the call's trace.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// NewRequest starts a trace for one API call made on behalf of owner. Its
+// id comes from WithRequestID when ctx has one, else from NewID.
 func NewRequest(ctx context.Context, owner string) Request {
-	return Request{Ctx: ctx, RequestID: NewID(), Owner: owner}
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	if id == "" {
+		id = NewID()
+	}
+	return Request{Ctx: ctx, RequestID: id, Owner: owner}
 }
 
 // Child derives the header of a message sent on behalf of r: same request id,

@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/supervision"
 )
@@ -44,6 +45,9 @@ type ActorConfig struct {
 	// DialMonitor makes the QMP connection for a socket path; nil means
 	// monitor.NewTransport. Benchmarks put a simulated monitor here.
 	DialMonitor func(socketPath string) monitor.Conn
+	// Trace records jobs (and, through the middleware, messages); nil
+	// leaves tracing out.
+	Trace *trace.Recorder
 	// MonitorReconnect is the backoff of a broken monitor's reconnects.
 	MonitorReconnect supervision.Backoff
 	// Snapshot receives a copy of Info after every message, so that the
@@ -72,18 +76,22 @@ func Props(cfg ActorConfig) *actor.Props {
 	life := &lineage{}
 	return actor.PropsFromProducer(func() actor.Actor {
 		return &domainActor{cfg: cfg, spec: cfg.Spec, state: StateShutoff, reason: ReasonUnknown, life: life}
-	}, actor.WithSupervisor(supervision.ActorStrategy()))
+	}, append(trace.PropsOptions(cfg.Trace), actor.WithSupervisor(supervision.ActorStrategy()))...)
 }
 
 // job is one entry of the job lane.
 type job struct {
-	info      JobInfo
-	req       actors.Request
-	senders   []*actor.PID
-	stopWatch func() bool
-	cancel    context.CancelCauseFunc
-	run       func(e *jobEnv) (any, error)
-	apply     func(m *domainActor, value any, err error)
+	info JobInfo
+	// span is the job's span in the trace; parentSpan is the span of the
+	// message that queued it.
+	span, parentSpan string
+	enqueuedAt       time.Time
+	req              actors.Request
+	senders          []*actor.PID
+	stopWatch        func() bool
+	cancel           context.CancelCauseFunc
+	run              func(e *jobEnv) (any, error)
+	apply            func(m *domainActor, value any, err error)
 }
 
 // The messages below come from goroutines and callbacks of one actor
@@ -285,6 +293,7 @@ func (m *domainActor) enqueue(ctx actor.Context, req actors.Request, name string
 		run:     run.run,
 		apply:   run.apply,
 	}
+	m.traceJob(ctx, j)
 	self, root, id := ctx.Self(), ctx.ActorSystem().Root, j.info.ID
 	j.stopWatch = context.AfterFunc(req.Context(), func() { root.Send(self, jobAbandoned{from: m, id: id}) })
 	m.lane.Enqueue(j)
@@ -370,6 +379,7 @@ func (m *domainActor) launch(ctx actor.Context, j *job) {
 		job:     j.info,
 		req:     j.req,
 		hooks:   m.cfg.Hooks,
+		span:    j.span,
 		domain:  m.name(),
 		owner:   m,
 	}
@@ -463,6 +473,7 @@ func (m *domainActor) finish(ctx actor.Context, j *job, value any, err error) {
 			ctx.Send(s, reply)
 		}
 	}
+	m.recordJob(j, err)
 	m.recent = append(m.recent, j.info)
 	if len(m.recent) > recentJobs {
 		m.recent = m.recent[len(m.recent)-recentJobs:]
@@ -518,6 +529,7 @@ func (m *domainActor) destroy(ctx actor.Context, msg *DestroyRequest) {
 			}
 		},
 	}
+	m.traceJob(ctx, j)
 	m.destroying = j
 	if p := m.proc; p != nil {
 		grace := m.cfg.DestroyGrace
@@ -757,6 +769,7 @@ func (m *domainActor) console() any {
 
 func (m *domainActor) monitorConfig(paths RunPaths) monitor.Config {
 	cfg := monitor.Config{
+		Trace:      m.cfg.Trace,
 		Domain:     m.name(),
 		SocketPath: paths.QMPSocket,
 		Transport:  m.cfg.Monitor,
@@ -768,4 +781,27 @@ func (m *domainActor) monitorConfig(paths RunPaths) monitor.Config {
 		cfg.Dial = func() monitor.Conn { return dial(socket) }
 	}
 	return cfg
+}
+
+// traceJob gives a job its span, under the message that queued it.
+func (m *domainActor) traceJob(ctx actor.Context, j *job) {
+	j.span = fmt.Sprintf("%s/job-%d", m.name(), j.info.ID)
+	if m.cfg.Trace.Enabled() {
+		j.parentSpan = trace.Current(ctx).SpanID
+		j.enqueuedAt = trace.Now()
+	}
+}
+
+// recordJob puts a finished job in the trace.
+func (m *domainActor) recordJob(j *job, err error) {
+	if !m.cfg.Trace.Enabled() {
+		return
+	}
+	r := trace.Record{TraceID: j.req.RequestID, SpanID: j.span, ParentSpanID: j.parentSpan, Kind: trace.KindJob,
+		Actor: "domain/" + m.name(), MessageType: j.info.Name, Enqueued: j.enqueuedAt, Ended: trace.Now(),
+		JobID: j.info.ID, Note: trace.Outcome(err)}
+	if !j.info.Started.IsZero() {
+		r.Started = r.Enqueued.Add(j.info.Started.Sub(j.info.Enqueued))
+	}
+	m.cfg.Trace.Record(r)
 }

@@ -42,6 +42,8 @@ type jobEnv struct {
 	// owner identifies the actor instance, to tag messages; the job
 	// goroutine never touches its fields.
 	owner *domainActor
+	// span is the job's trace span, the parent of its QMP commands.
+	span string
 }
 
 // step reports the job's current step to the actor.
@@ -79,7 +81,7 @@ func (e *jobEnv) qmp(execute string, args json.RawMessage) (*monitor.Result, err
 	e.step("qmp "+execute, execute)
 	defer e.step("", "")
 	res, err := actors.AskAs[*monitor.Result](e.ctx, e.root, e.monitor, &monitor.Command{
-		Request:   e.req.Child(e.ctx, fmt.Sprintf("job-%d", e.job.ID)),
+		Request:   e.req.Child(e.ctx, e.span),
 		JobID:     e.job.ID,
 		Execute:   execute,
 		Arguments: args,

@@ -106,9 +106,9 @@ type Jobs struct {
 }
 
 // Holder describes who holds the job, for wait-timeout errors:
-// `job 17 "shutdown" (api shutdown) for 31.2s, in QMP "system_powerdown" for 31.0s`.
+// `job 17 "shutdown" (api shutdown, trace 1a2b3c-17) for 31.2s, in QMP "system_powerdown" for 31.0s`.
 func (j *JobInfo) Holder(now time.Time) string {
-	s := fmt.Sprintf("job %d %q (%s) for %.1fs", j.ID, j.Name, j.Owner, now.Sub(j.Started).Seconds())
+	s := fmt.Sprintf("job %d %q (%s, trace %s) for %.1fs", j.ID, j.Name, j.Owner, j.RequestID, now.Sub(j.Started).Seconds())
 	if j.QMP != nil {
 		s += fmt.Sprintf(", in QMP %q for %.1fs", j.QMP.Command, now.Sub(j.QMP.Since).Seconds())
 	}

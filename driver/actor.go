@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/supervision"
@@ -70,7 +71,10 @@ type UndefineRequest struct {
 type Undefined struct{ Name string }
 
 // LookupRequest finds a domain's actor (a query, answered at once).
-type LookupRequest struct{ Name string }
+type LookupRequest struct {
+	actors.Request
+	Name string
+}
 
 // DomainRef is the reply to LookupRequest.
 type DomainRef struct {
@@ -115,6 +119,7 @@ type actorConfig struct {
 	reconnect    supervision.Backoff
 	launcher     domain.Launcher
 	dialMonitor  func(string) monitor.Conn
+	trace        *trace.Recorder
 	logger       zerolog.Logger
 	initial      []recovered
 }
@@ -353,6 +358,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		MonitorReconnect: d.cfg.reconnect,
 		Launcher:         d.cfg.launcher,
 		DialMonitor:      d.cfg.dialMonitor,
+		Trace:            d.cfg.trace,
 		Snapshot:         snap,
 		Logger:           d.cfg.logger,
 		Recovery:         rec,

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 )
 
@@ -105,7 +106,7 @@ func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMess
 // Info returns the domain's state, reason, pid and job, answered at once
 // even while a job runs.
 func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
-	ref, err := h.lookup(ctx)
+	ref, err := h.lookup(ctx, actors.Request{})
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +116,7 @@ func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
 
 // Jobs returns the active job, the async job, the queue and recent jobs.
 func (h *Domain) Jobs(ctx context.Context) (*domain.Jobs, error) {
-	ref, err := h.lookup(ctx)
+	ref, err := h.lookup(ctx, actors.Request{})
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +127,7 @@ func (h *Domain) Jobs(ctx context.Context) (*domain.Jobs, error) {
 // Console connects to the running guest's serial console socket. The
 // caller owns the connection and must close it.
 func (h *Domain) Console(ctx context.Context) (net.Conn, error) {
-	ref, err := h.lookup(ctx)
+	ref, err := h.lookup(ctx, actors.Request{})
 	if err != nil {
 		return nil, err
 	}
@@ -148,11 +149,13 @@ func (h *Domain) Subscribe(ctx context.Context, buffer int) *domain.Subscription
 	return h.d.subscribe(ctx, h.name, buffer)
 }
 
-func (h *Domain) lookup(ctx context.Context) (*DomainRef, error) {
+// lookup finds the domain's actor; req carries the trace of the API call
+// (zero for untraced queries).
+func (h *Domain) lookup(ctx context.Context, req actors.Request) (*DomainRef, error) {
 	if err := domain.ValidateName(h.name); err != nil {
 		return nil, err
 	}
-	return actors.AskAs[*DomainRef](ctx, h.d.root, h.d.pid, &LookupRequest{Name: h.name})
+	return actors.AskAs[*DomainRef](ctx, h.d.root, h.d.pid, &LookupRequest{Request: req, Name: h.name})
 }
 
 func (h *Domain) wrap(err error) error {
@@ -165,11 +168,7 @@ func (h *Domain) wrap(err error) error {
 // job sends a job request to the domain actor and waits for its end. When
 // the caller's context ends first, it asks the domain who held the job, so
 // the error names the holder.
-func (h *Domain) job(ctx context.Context, name string, build func(actors.Request) any) (any, error) {
-	ref, err := h.lookup(ctx)
-	if err != nil {
-		return nil, err
-	}
+func (h *Domain) job(ctx context.Context, name string, build func(actors.Request) any) (v any, err error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, actors.DefaultTimeout)
@@ -177,7 +176,12 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 	}
 	req := actors.NewRequest(ctx, "api "+name)
 	began := time.Now()
-	v, err := actors.Ask(ctx, h.d.root, ref.PID, build(req))
+	defer func(traceBegan time.Time) { h.d.apiRecord(req, traceBegan, err) }(trace.Now())
+	ref, err := h.lookup(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	v, err = actors.Ask(ctx, h.d.root, ref.PID, build(req))
 	// Ask returns the bare context error when the wait ended; errors from
 	// the job itself are always wrapped.
 	if err == context.DeadlineExceeded || err == context.Canceled {

@@ -23,6 +23,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/supervision"
@@ -57,7 +58,7 @@ func (d *Driver) InjectPanic(ctx context.Context, target, reason string) error {
 	case "domain":
 		msg = &InjectPanicIn{Domain: name, InjectPanic: supervision.InjectPanic{Reason: reason}}
 	case "monitor":
-		ref, err := d.Domain(name).lookup(ctx)
+		ref, err := d.Domain(name).lookup(ctx, actors.Request{})
 		if err != nil {
 			return err
 		}
@@ -96,6 +97,11 @@ type Config struct {
 	Launcher domain.Launcher
 	// DialMonitor makes QMP connections; nil uses monitor.NewTransport.
 	DialMonitor func(socketPath string) monitor.Conn
+	// Trace records every message, job and QMP command (see package
+	// actors/trace for its sinks: JSON lines, live stream, Chrome,
+	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
+	// entirely; a disabled recorder costs one atomic load per message.
+	Trace *trace.Recorder
 }
 
 // Driver is an open vmsup driver. It is safe for concurrent use.
@@ -142,6 +148,11 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
 	initial := recoverAll(st, cfg.RunDir, logger)
 	system := actors.NewSystem(nil)
+	if cfg.Trace != nil {
+		// API calls, job goroutines and event pumps all send through the
+		// system's root context.
+		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
+	}
 	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger}
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
@@ -155,15 +166,32 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			reconnect:    cfg.MonitorReconnect,
 			launcher:     cfg.Launcher,
 			dialMonitor:  cfg.DialMonitor,
+			trace:        cfg.Trace,
 			logger:       logger,
 			initial:      initial,
 		}, life)
-	}, actor.WithSupervisor(supervision.ActorStrategy()))
+	}, append(trace.PropsOptions(cfg.Trace), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
 	if err != nil {
 		return nil, fmt.Errorf("driver: spawn driver actor: %w", err)
 	}
 	return d, nil
+}
+
+// Trace returns the trace recorder of Config.Trace (nil when none).
+func (d *Driver) Trace() *trace.Recorder { return d.cfg.Trace }
+
+// apiRecord records an API call as the root span of its trace.
+func (d *Driver) apiRecord(req actors.Request, began time.Time, err error) {
+	if !d.cfg.Trace.Enabled() {
+		return
+	}
+	note := "ok"
+	if err != nil {
+		note = "error: " + err.Error()
+	}
+	d.cfg.Trace.Record(trace.Record{TraceID: req.RequestID, SpanID: req.RequestID, Kind: trace.KindAPI,
+		Actor: "api", MessageType: req.Owner, Started: began, Ended: trace.Now(), Note: note})
 }
 
 // Close stops the driver and domain actors. Running VMs keep running, as
@@ -184,8 +212,10 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 	if spec == nil {
 		return nil, errors.New("define: no spec given")
 	}
-	req := actors.NewRequest(ctx, "api define")
-	return actors.AskAs[*DefineResult](ctx, d.root, d.pid, &DefineRequest{Request: req, Spec: spec})
+	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
+	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &DefineRequest{Request: req, Spec: spec})
+	d.apiRecord(req, began, err)
+	return res, err
 }
 
 // Undefine removes a domain that is shut off.
@@ -193,8 +223,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 	if err := domain.ValidateName(name); err != nil {
 		return fmt.Errorf("undefine: %w", err)
 	}
-	req := actors.NewRequest(ctx, "api undefine")
+	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
 	_, err := actors.AskAs[*Undefined](ctx, d.root, d.pid, &UndefineRequest{Request: req, Name: name})
+	d.apiRecord(req, began, err)
 	return err
 }
 

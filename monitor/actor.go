@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/supervision"
 )
 
@@ -48,12 +49,15 @@ type Config struct {
 	NoReconnect bool
 	// Logger receives the monitor's own events (broken, reconnected).
 	Logger zerolog.Logger
+	// Trace records each QMP command (and, through the middleware, each
+	// message); nil leaves tracing out.
+	Trace *trace.Recorder
 }
 
 // Props returns the props of a monitor actor. Spawn it as a child of the
 // domain actor: events, Connected and Disconnected go to the parent.
 func Props(cfg Config) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &monitorActor{cfg: cfg} })
+	return actor.PropsFromProducer(func() actor.Actor { return &monitorActor{cfg: cfg} }, trace.PropsOptions(cfg.Trace)...)
 }
 
 // Command asks the monitor actor to run one QMP command. It is a job of the
@@ -126,6 +130,7 @@ type Disconnected struct {
 }
 
 type pending struct {
+	span      string // the span of the Command message, parent of the QMP record
 	cmd       Command
 	seq       uint64
 	sender    *actor.PID
@@ -306,6 +311,9 @@ func (m *monitorActor) enqueue(ctx actor.Context, cmd *Command) {
 	}
 	m.seq++
 	p := &pending{cmd: *cmd, seq: m.seq, sender: ctx.Sender()}
+	if m.cfg.Trace.Enabled() {
+		p.span = trace.Current(ctx).SpanID
+	}
 	self, root, seq := ctx.Self(), ctx.ActorSystem().Root, p.seq
 	p.stopWatch = context.AfterFunc(cmd.Context(), func() { root.Send(self, queuedCancelled{from: m, seq: seq}) })
 	m.lane.Enqueue(p)
@@ -361,6 +369,7 @@ func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
 		return
 	}
 	m.lane.End()
+	m.recordQMP(p, done)
 	if done.err != nil {
 		err := done.err
 		if !strings.Contains(err.Error(), strconv.Quote(p.cmd.Execute)) {
@@ -476,4 +485,17 @@ func encodeCommand(c Command) ([]byte, error) {
 		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, errors.Unwrap(err))
 	}
 	return b, nil
+}
+
+// recordQMP puts a finished QMP command in the trace.
+func (m *monitorActor) recordQMP(p *pending, done commandDone) {
+	if !m.cfg.Trace.Enabled() {
+		return
+	}
+	end := trace.Now()
+	m.cfg.Trace.Record(trace.Record{
+		TraceID: p.cmd.RequestID, SpanID: trace.NewSpanID(), ParentSpanID: p.span, Kind: trace.KindQMP,
+		Actor: "monitor/" + m.cfg.Domain, MessageType: p.cmd.Execute, Started: end.Add(-done.took), Ended: end,
+		JobID: p.cmd.JobID, QMP: &trace.QMPRecord{Command: p.cmd.Execute, Duration: done.took, Outcome: trace.Outcome(done.err)},
+	})
 }

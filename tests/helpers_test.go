@@ -209,19 +209,22 @@ func recordEvents(t testing.TB, sub *domain.Subscription) *eventRecorder {
 // waitFor waits until an event of type typ is recorded.
 func (r *eventRecorder) waitFor(t testing.TB, typ domain.EventType, within time.Duration) domain.Event {
 	t.Helper()
+	return r.waitMatch(t, string(typ), within, func(ev domain.Event) bool { return ev.Type == typ })
+}
+
+// waitMatch waits until an event that match accepts is recorded.
+func (r *eventRecorder) waitMatch(t testing.TB, what string, within time.Duration, match func(domain.Event) bool) domain.Event {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		r.mu.Lock()
-		for _, ev := range r.events {
-			if ev.Type == typ {
-				r.mu.Unlock()
+		for _, ev := range r.snapshot() {
+			if match(ev) {
 				return ev
 			}
 		}
-		r.mu.Unlock()
 		time.Sleep(5 * time.Millisecond)
 	}
-	t.Fatalf("no %q event within %s; got %v", typ, within, r.types())
+	t.Fatalf("no %s event within %s; got %v", what, within, r.types())
 	return domain.Event{}
 }
 

@@ -181,7 +181,7 @@ func TestJobWaitTimeoutNamesHolder(t *testing.T) {
 	msg := err.Error()
 	for _, want := range []string{
 		`domain "holder": timed out after`,
-		fmt.Sprintf(`held by job %d "qmp" (api qmp) for`, held.Job.ID),
+		fmt.Sprintf(`held by job %d "qmp" (api qmp, trace %s) for`, held.Job.ID, held.Job.RequestID),
 		`in QMP "query-status" for`,
 	} {
 		if !strings.Contains(msg, want) {
