@@ -1,8 +1,9 @@
 # vmsup build and test entry points. `make test` is what CI runs.
 GO ?= go
 CACHE ?= $(CURDIR)/.cache
+BIN ?= $(CURDIR)/bin
 
-.PHONY: test vet unit guest demo
+.PHONY: test vet unit guest demo vmsup qemu
 
 # The test command: vet, then every test with the race detector, real QEMU
 # included.
@@ -19,7 +20,50 @@ vet:
 guest:
 	VMSUP_CACHE=$(CACHE) bash tests/guest/build-guest.sh
 
-# Boots the tiny guest under supervision and shows its console; Ctrl-C shuts
-# it down gracefully.
-demo: guest
-	$(GO) run ./examples/supervise -kernel $(CACHE)/guest/vmlinuz -initrd $(CACHE)/guest/initrd.img
+# Builds the vmsup binary into $(BIN) (ignored by git).
+vmsup:
+	$(GO) build -o $(BIN)/vmsup ./cmd/vmsup
+
+# QEMU must be installed: as root it is installed with apt-get; otherwise the
+# exact command is printed and make fails.
+qemu:
+	@if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing QEMU: apt-get install -y --no-install-recommends qemu-system-x86"; \
+			apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends qemu-system-x86; \
+		else \
+			echo "QEMU (qemu-system-x86_64) is missing. Install it with:" >&2; \
+			echo "  sudo apt-get install -y --no-install-recommends qemu-system-x86" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+# Boots the tiny guest under a vmsup daemon and attaches its console: the
+# daemon runs on a temp state dir (its own session, so Ctrl-C never reaches
+# it), VMSUP_SOCKET points into that dir, and `vmsup up examples/tiny.yaml`
+# runs in the foreground. Ctrl-C shuts the guest down through ACPI; on exit
+# the VM is destroyed if it still runs and the daemon is stopped.
+demo: qemu guest vmsup
+	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/vmsup-demo.XXXXXX"); \
+	export VMSUP_SOCKET="$$dir/vmsup.sock"; \
+	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --log-format console 2>"$$dir/daemon.log" & \
+	daemon=$$!; \
+	cleanup() { \
+		status=$$?; \
+		$(BIN)/vmsup destroy tiny >/dev/null 2>&1 || true; \
+		kill -TERM $$daemon 2>/dev/null && wait $$daemon 2>/dev/null; \
+		if [ $$status -ne 0 ] && [ $$status -ne 130 ]; then \
+			echo "vmsup daemon log ($$dir/daemon.log):" >&2; tail -n 20 "$$dir/daemon.log" >&2; \
+		fi; \
+		rm -rf "$$dir"; \
+	}; \
+	trap cleanup EXIT; \
+	trap 'exit 130' INT TERM; \
+	for i in $$(seq 100); do \
+		$(BIN)/vmsup list >/dev/null 2>&1 && break; \
+		kill -0 $$daemon 2>/dev/null || { echo "vmsup daemon failed to start" >&2; exit 1; }; \
+		sleep 0.1; \
+	done; \
+	echo "vmsup daemon pid $$daemon, state dir $$dir/state, VMSUP_SOCKET=$$VMSUP_SOCKET"; \
+	$(BIN)/vmsup up examples/tiny.yaml

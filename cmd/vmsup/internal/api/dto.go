@@ -1,0 +1,196 @@
+// Package api is the HTTP/JSON API that the vmsup daemon serves on its unix
+// socket, and the objects (DTOs) it exchanges with the CLI.
+//
+// Routes (version 1; every body is JSON unless noted, every error is
+// {"error": "..."} with a 4xx or 5xx status):
+//
+//	GET    /v1/ping                       → Ping
+//	GET    /v1/domains                    → [Info]
+//	POST   /v1/domains                    body: spec (YAML or JSON) → DefineResult (201 created, 200 updated)
+//	GET    /v1/domains/{name}             → Info
+//	DELETE /v1/domains/{name}             → Undefined
+//	POST   /v1/domains/{name}/start       ?paused=1 → Info
+//	POST   /v1/domains/{name}/shutdown    ?timeout=60s → Info
+//	POST   /v1/domains/{name}/destroy     → Info
+//	POST   /v1/domains/{name}/pause       → Info
+//	POST   /v1/domains/{name}/resume      → Info
+//	POST   /v1/domains/{name}/reset       → Info
+//	POST   /v1/domains/{name}/qmp         body: {"execute": ..., "arguments": {...}} → QMPReply
+//	GET    /v1/domains/{name}/jobs        → Jobs
+//	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
+//	GET    /v1/jobs                       → [Jobs]
+//	GET    /v1/events                     ?domain=NAME → NDJSON stream of Event
+//
+// Every response carries an X-Request-Id header. A client may bound any call
+// with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
+// jobs wait up to 30 s for the VM's job lane, and shutdown waits its own
+// timeout plus 30 s.
+package api
+
+import (
+	"time"
+
+	"github.com/vmsup/vmsup/domain"
+)
+
+// Protocol constants shared by the server and its clients.
+const (
+	// Prefix is the path prefix of every route of this API version.
+	Prefix = "/v1"
+	// HeaderRequestID names the response header that carries the id the
+	// daemon gave to the request (also in the daemon's log lines).
+	HeaderRequestID = "X-Request-Id"
+	// HeaderTimeout names the request header that bounds a call, as a Go
+	// duration ("45s").
+	HeaderTimeout = "X-Vmsup-Timeout"
+	// ConsoleProtocol is the Upgrade token of the console route.
+	ConsoleProtocol = "vmsup-console"
+	// MaxBodyBytes is the largest request body the API reads (1 MiB).
+	MaxBodyBytes = 1 << 20
+	// ContentTypeNDJSON is the content type of event streams.
+	ContentTypeNDJSON = "application/x-ndjson"
+)
+
+// Info is the info object of one VM:
+// {"name","uuid","state","reason","pid","job","queued","restarts"}.
+type Info struct {
+	Name     string   `json:"name"`
+	UUID     string   `json:"uuid"`
+	State    string   `json:"state"`
+	Reason   string   `json:"reason"`
+	PID      int      `json:"pid"`
+	Job      *JobInfo `json:"job"`
+	Queued   int      `json:"queued"`
+	Restarts int      `json:"restarts"`
+}
+
+// JobInfo is the active job of a VM: {"id","kind","owner","started","qmp"}.
+type JobInfo struct {
+	ID      uint64       `json:"id"`
+	Kind    string       `json:"kind"`
+	Owner   string       `json:"owner"`
+	Started time.Time    `json:"started"`
+	QMP     *QMPInFlight `json:"qmp"`
+}
+
+// QMPInFlight is the QMP command a job waits on: {"command","since"}.
+type QMPInFlight struct {
+	Command string    `json:"command"`
+	Since   time.Time `json:"since"`
+}
+
+// QueuedJob is a job waiting in a VM's job lane.
+type QueuedJob struct {
+	ID       uint64    `json:"id"`
+	Kind     string    `json:"kind"`
+	Owner    string    `json:"owner"`
+	Enqueued time.Time `json:"enqueued"`
+}
+
+// Jobs is the job lane of one VM: the active job, a long (async) job in
+// its waiting phase, and the queued jobs in the order they will start.
+type Jobs struct {
+	Domain string      `json:"domain"`
+	Active *JobInfo    `json:"active"`
+	Async  *JobInfo    `json:"async"`
+	Queued []QueuedJob `json:"queued"`
+}
+
+// Event is one lifecycle event, one line of the /v1/events stream.
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Type   string    `json:"type"`
+	Domain string    `json:"domain"`
+	UUID   string    `json:"uuid,omitempty"`
+	State  string    `json:"state"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
+	Cause  string    `json:"cause,omitempty"`
+}
+
+// DefineResult answers POST /v1/domains.
+type DefineResult struct {
+	Name    string `json:"name"`
+	UUID    string `json:"uuid"`
+	Created bool   `json:"created"`
+}
+
+// Undefined answers DELETE /v1/domains/{name}.
+type Undefined struct {
+	Name string `json:"name"`
+}
+
+// QMPReply answers POST /v1/domains/{name}/qmp with the reply's "return"
+// value.
+type QMPReply struct {
+	Return any `json:"return"`
+}
+
+// Ping answers GET /v1/ping: who is serving.
+type Ping struct {
+	PID      int    `json:"pid"`
+	StateDir string `json:"state_dir"`
+}
+
+// Error is the body of every error response. Class and Desc are set for
+// QMP errors (status 502); Fields lists the bad fields of a spec.
+type Error struct {
+	Error  string       `json:"error"`
+	Class  string       `json:"class,omitempty"`
+	Desc   string       `json:"desc,omitempty"`
+	Fields []FieldError `json:"fields,omitempty"`
+}
+
+// FieldError is one problem with one spec field.
+type FieldError struct {
+	Field   string `json:"field"`
+	Problem string `json:"problem"`
+}
+
+// FromInfo maps a domain snapshot to the API's info object.
+func FromInfo(in *domain.Info) Info {
+	return Info{
+		Name:     in.Name,
+		UUID:     in.UUID,
+		State:    string(in.State),
+		Reason:   string(in.Reason),
+		PID:      in.PID,
+		Job:      fromJob(in.Job),
+		Queued:   in.Queued,
+		Restarts: in.Restarts,
+	}
+}
+
+func fromJob(j *domain.JobInfo) *JobInfo {
+	if j == nil {
+		return nil
+	}
+	out := &JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started}
+	if j.QMP != nil {
+		out.QMP = &QMPInFlight{Command: j.QMP.Command, Since: j.QMP.Since}
+	}
+	return out
+}
+
+// FromJobs maps a domain's job lane to the API's jobs object.
+func FromJobs(j *domain.Jobs) Jobs {
+	out := Jobs{Domain: j.Domain, Active: fromJob(j.Active), Async: fromJob(j.Async), Queued: []QueuedJob{}}
+	for _, q := range j.Queued {
+		out.Queued = append(out.Queued, QueuedJob{ID: q.ID, Kind: string(q.Kind), Owner: q.Owner, Enqueued: q.Enqueued})
+	}
+	return out
+}
+
+// FromEvent maps a lifecycle event to the API's event object.
+func FromEvent(ev domain.Event) Event {
+	return Event{
+		Seq:    ev.Seq,
+		Type:   string(ev.Type),
+		Domain: ev.Domain,
+		UUID:   ev.UUID,
+		State:  string(ev.State),
+		Reason: string(ev.Reason),
+		Time:   ev.Time,
+		Cause:  ev.Cause,
+	}
+}

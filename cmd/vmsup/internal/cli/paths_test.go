@@ -1,0 +1,90 @@
+package cli
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestDefaultPaths(t *testing.T) {
+	orig := geteuid
+	t.Cleanup(func() { geteuid = orig })
+
+	geteuid = func() int { return 0 }
+	if s, err := defaultSocket(); err != nil || s != "/run/vmsup/vmsup.sock" {
+		t.Errorf("root socket %q %v", s, err)
+	}
+	if s, err := defaultStateDir(); err != nil || s != "/var/lib/vmsup" {
+		t.Errorf("root state dir %q %v", s, err)
+	}
+
+	geteuid = func() int { return 1000 }
+	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+	if s, err := defaultSocket(); err != nil || s != "/run/user/1000/vmsup.sock" {
+		t.Errorf("user socket %q %v", s, err)
+	}
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	if _, err := defaultSocket(); err == nil || !strings.Contains(err.Error(), "XDG_RUNTIME_DIR is not set") || !strings.Contains(err.Error(), "--socket") {
+		t.Errorf("no XDG_RUNTIME_DIR: %v", err)
+	}
+	t.Setenv("XDG_STATE_HOME", "/home/u/.state")
+	if s, err := defaultStateDir(); err != nil || s != "/home/u/.state/vmsup" {
+		t.Errorf("user state dir %q %v", s, err)
+	}
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	if s, err := defaultStateDir(); err != nil || s != "/home/u/.local/state/vmsup" {
+		t.Errorf("user state dir without XDG_STATE_HOME %q %v", s, err)
+	}
+}
+
+// TestNoSocketWithoutXDG: a user without XDG_RUNTIME_DIR gets a clear error
+// (exit 1) naming the way out.
+func TestNoSocketWithoutXDG(t *testing.T) {
+	orig := geteuid
+	t.Cleanup(func() { geteuid = orig })
+	geteuid = func() int { return 1000 }
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	t.Setenv(socketEnv, "")
+	if code := Main([]string{"list"}); code != ExitError {
+		t.Errorf("exit %d, want %d", code, ExitError)
+	}
+}
+
+func TestResolveSpecPaths(t *testing.T) {
+	base := "/srv/specs"
+	in := "# a comment\nname: web1\nkernel: ../img/vmlinuz\ninitrd: /abs/initrd.img\nmemory: 256M\ncpus: 2\n" +
+		"disks:\n  - {path: web1.qcow2, format: qcow2}\n  - path: /abs/data.raw\nserial: {type: file, path: logs/serial.log}\n"
+	out := string(resolveSpecPaths([]byte(in), base))
+	for _, want := range []string{
+		"kernel: " + filepath.Clean("/srv/img/vmlinuz"),
+		"initrd: /abs/initrd.img",
+		"path: /srv/specs/web1.qcow2",
+		"path: /abs/data.raw",
+		"path: /srv/specs/logs/serial.log",
+		"memory: 256M",
+		"cpus: 2",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("resolved spec lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "name:") > strings.Index(out, "kernel:") {
+		t.Errorf("key order changed:\n%s", out)
+	}
+	for _, same := range []string{
+		"name: web1\nkernel: /abs/vmlinuz\n",         // nothing relative
+		"name: [broken\nkernel: rel\n",               // does not parse: the daemon says why
+		"name: a\nkernel: rel\n---\nname: b\n",       // two documents: the daemon refuses
+		`{"name":"web1","kernel":"/abs/vmlinuz"}`,    // JSON, absolute
+		"name: web1\nemulator: qemu-system-x86_64\n", // a bare emulator name is looked up in PATH
+	} {
+		if got := string(resolveSpecPaths([]byte(same), base)); got != same {
+			t.Errorf("spec %q rewritten to %q", same, got)
+		}
+	}
+	js := string(resolveSpecPaths([]byte(`{"name":"web1","kernel":"k/vmlinuz"}`), base))
+	if !strings.Contains(js, "kernel: /srv/specs/k/vmlinuz") {
+		t.Errorf("JSON spec: %s", js)
+	}
+}
