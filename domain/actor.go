@@ -342,16 +342,16 @@ func (m *domainActor) precondition(j *job) error {
 	switch j.info.Name {
 	case "start":
 		if m.proc != nil {
-			return fmt.Errorf("domain %q: start: domain is already %s", m.name(), m.state)
+			return fmt.Errorf("domain %q: start: domain is already %s: %w", m.name(), m.state, ErrWrongState)
 		}
 		return nil
 	case "pause":
 		if m.proc != nil && m.state == StatePaused {
-			return fmt.Errorf("domain %q: pause: domain is already paused", m.name())
+			return fmt.Errorf("domain %q: pause: domain is already paused: %w", m.name(), ErrWrongState)
 		}
 	case "resume":
 		if m.proc != nil && m.state != StatePaused {
-			return fmt.Errorf("domain %q: resume: domain is not paused (state %s)", m.name(), m.state)
+			return fmt.Errorf("domain %q: resume: domain is not paused (state %s): %w", m.name(), m.state, ErrWrongState)
 		}
 	}
 	if m.proc == nil || m.mon == nil {
@@ -674,7 +674,7 @@ func (m *domainActor) setState(s State, r Reason, cause string) {
 
 func (m *domainActor) prepareUndefine(ctx actor.Context) {
 	if m.proc != nil || m.lane.Busy() || m.lane.Len() > 0 || m.async != nil {
-		ctx.Respond(fmt.Errorf("domain %q: undefine: domain must be shut off and idle (state %s/%s, %d jobs queued)", m.name(), m.state, m.reason, m.lane.Len()))
+		ctx.Respond(fmt.Errorf("domain %q: undefine: domain must be shut off and idle (state %s/%s, %d jobs queued): %w", m.name(), m.state, m.reason, m.lane.Len(), ErrWrongState))
 		return
 	}
 	m.undefining = true
@@ -763,7 +763,7 @@ func (m *domainActor) console() any {
 	case serial.Type == SerialSocket:
 		return &ConsoleTarget{Path: m.paths.ConsoleSocket}
 	default:
-		return fmt.Errorf("domain %q: console: the serial port is %q, not a socket (set serial.type: socket)", m.name(), serial.Type)
+		return fmt.Errorf("domain %q: console: the serial port is %q, not a socket (set serial.type: socket): %w", m.name(), serial.Type, ErrNoConsole)
 	}
 }
 

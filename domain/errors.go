@@ -13,6 +13,18 @@ var ErrNotRunning = errors.New("domain is not running")
 // ErrUndefining is returned for jobs sent to a domain that is being undefined.
 var ErrUndefining = errors.New("domain is being undefined")
 
+// ErrWrongState is wrapped by errors about a request that the domain's
+// state refuses: start while running, pause while paused, resume while
+// running, undefine while running.
+var ErrWrongState = errors.New("wrong state")
+
+// ErrShutdownTimeout is wrapped when the guest did not power off within
+// the shutdown timeout.
+var ErrShutdownTimeout = errors.New("shutdown timed out")
+
+// ErrNoConsole is wrapped when the domain's serial port is not a socket.
+var ErrNoConsole = errors.New("no console socket")
+
 // JobWaitError is returned when a caller's context ended while its job was
 // still waiting in the lane. It names the holder, as libvirt does.
 type JobWaitError struct {

@@ -234,8 +234,8 @@ func (e *jobEnv) shutdown(timeout time.Duration) error {
 	case <-e.proc.done:
 		return nil
 	case <-timer.C:
-		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s)",
-			e.domain, timeout, sent.Format("15:04:05"))
+		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s): %w",
+			e.domain, timeout, sent.Format("15:04:05"), ErrShutdownTimeout)
 	case <-e.ctx.Done():
 		select {
 		case <-e.proc.done:

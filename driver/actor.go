@@ -48,6 +48,10 @@ func (d *driverActor) reload() []recovered {
 // ErrNotFound is wrapped by errors about unknown domains.
 var ErrNotFound = errors.New("not found")
 
+// ErrConflict is wrapped when a definition clashes with another: a UUID
+// that belongs to another domain, or a redefinition with another UUID.
+var ErrConflict = errors.New("conflict")
+
 // DefineRequest defines a domain or updates its definition (a driver job).
 type DefineRequest struct {
 	actors.Request
@@ -287,7 +291,7 @@ func (d *driverActor) startDefine(ctx actor.Context, msg *DefineRequest) error {
 	}
 	if e, ok := d.domains[spec.Name]; ok {
 		if spec.UUID != "" && spec.UUID != e.uuid {
-			return fmt.Errorf("define: domain %q exists with uuid %s, not %s", spec.Name, e.uuid, spec.UUID)
+			return fmt.Errorf("define: domain %q exists with uuid %s, not %s: %w", spec.Name, e.uuid, spec.UUID, ErrConflict)
 		}
 		spec.UUID = e.uuid
 	} else if spec.UUID == "" {
@@ -298,7 +302,7 @@ func (d *driverActor) startDefine(ctx actor.Context, msg *DefineRequest) error {
 		return fmt.Errorf("define %q: %w", spec.Name, err)
 	}
 	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
-		return fmt.Errorf("define %q: uuid %s already belongs to domain %q", spec.Name, spec.UUID, other)
+		return fmt.Errorf("define %q: uuid %s already belongs to domain %q: %w", spec.Name, spec.UUID, other, ErrConflict)
 	}
 	self, root, st := ctx.Self(), ctx.ActorSystem().Root, d.cfg.store
 	go func() {
@@ -340,7 +344,7 @@ func (e *entry) state() (domain.State, domain.Reason) {
 
 func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Recovery) error {
 	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
-		return fmt.Errorf("uuid %s already belongs to domain %q", spec.UUID, other)
+		return fmt.Errorf("uuid %s already belongs to domain %q: %w", spec.UUID, other, ErrConflict)
 	}
 	status, err := d.cfg.store.newStatusWriter(spec.Name, d.cfg.logger)
 	if err != nil {

@@ -129,8 +129,11 @@ func TestBadInput(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.Define(ctx, &domain.Spec{Name: "idle", Machine: "none", UUID: "6f1c0b59-2d55-4b8e-9a51-3c6d1e2f4a7b"}); err == nil {
-		t.Fatal("redefining a domain with another UUID succeeded")
+	if _, err := d.Define(ctx, &domain.Spec{Name: "idle", Machine: "none", UUID: "6f1c0b59-2d55-4b8e-9a51-3c6d1e2f4a7b"}); !errors.Is(err, driver.ErrConflict) {
+		t.Fatalf("redefining a domain with another UUID: %v, want driver.ErrConflict", err)
+	}
+	if _, err := d.Define(ctx, &domain.Spec{Name: "other", Machine: "none", UUID: first.UUID}); !errors.Is(err, driver.ErrConflict) {
+		t.Fatalf("defining a domain with a UUID in use: %v, want driver.ErrConflict", err)
 	}
 	d2, err := driver.Open(ctx, driver.Config{StateDir: d.dir + "/state", RunDir: d.dir + "/run2"})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -245,7 +246,7 @@ func TestGuestShutdownTimeout(t *testing.T) {
 	began := time.Now()
 	err := dom.Shutdown(ctxT(t, 30*time.Second), driver.ShutdownOptions{Timeout: 2 * time.Second})
 	took := time.Since(began)
-	if err == nil || !strings.Contains(err.Error(), "did not power off within 2s after ACPI powerdown") {
+	if !errors.Is(err, domain.ErrShutdownTimeout) || !strings.Contains(err.Error(), "did not power off within 2s after ACPI powerdown") {
 		t.Fatalf("shutdown of a guest that ignores ACPI: err = %v, want one saying it did not power off within 2s after ACPI powerdown", err)
 	}
 	if took < 2*time.Second || took > 10*time.Second {

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"encoding/json"
+	"errors"
 	"syscall"
 	"testing"
 	"time"
@@ -47,8 +48,8 @@ func TestLifecycle(t *testing.T) {
 			}
 			expectState(t, dom, domain.StatePaused, domain.ReasonUser)
 			events.waitFor(t, domain.EventPaused, time.Second)
-			if err := dom.Pause(ctxT(t, 10*time.Second)); err == nil {
-				t.Fatal("pausing a paused domain succeeded")
+			if err := dom.Pause(ctxT(t, 10*time.Second)); !errors.Is(err, domain.ErrWrongState) {
+				t.Fatalf("pausing a paused domain: %v, want domain.ErrWrongState", err)
 			}
 
 			if err := dom.Resume(ctxT(t, 10*time.Second)); err != nil {
@@ -62,8 +63,8 @@ func TestLifecycle(t *testing.T) {
 			}
 			expectState(t, dom, domain.StateRunning, domain.ReasonUnpaused)
 
-			if err := d.Undefine(ctxT(t, 5*time.Second), dom.Name()); err == nil {
-				t.Fatal("undefine of a running domain succeeded")
+			if err := d.Undefine(ctxT(t, 5*time.Second), dom.Name()); !errors.Is(err, domain.ErrWrongState) {
+				t.Fatalf("undefine of a running domain: %v, want domain.ErrWrongState", err)
 			}
 
 			pid := in.PID
