@@ -24,7 +24,7 @@ import (
 
 // guestReadyMarker is the line the test guest's /init prints on the serial
 // console once it handles the ACPI power button (tests/guest/init).
-const guestReadyMarker = "vmsup-guest: ready"
+const guestReadyMarker = "guest ready"
 
 // guestImage is the test guest built by tests/guest/build-guest.sh.
 type guestImage struct {

@@ -15,7 +15,7 @@ import (
 
 // guestReady is what the tiny guest prints once it handles the ACPI power
 // button (tests/guest/init).
-const guestReady = "vmsup-guest: ready"
+const guestReady = "guest ready"
 
 var (
 	guestOnce sync.Once
