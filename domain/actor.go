@@ -674,7 +674,7 @@ func (m *domainActor) setState(s State, r Reason, cause string) {
 
 func (m *domainActor) prepareUndefine(ctx actor.Context) {
 	if m.proc != nil || m.lane.Busy() || m.lane.Len() > 0 || m.async != nil {
-		ctx.Respond(fmt.Errorf("domain %q: undefine: domain must be shut off and idle (state %s/%s, %d jobs queued): %w", m.name(), m.state, m.reason, m.lane.Len(), ErrWrongState))
+		ctx.Respond(fmt.Errorf("domain %q: undefine: domain must be shut off and idle (state %s/%s, %d jobs queued); shut it down or destroy it first: %w", m.name(), m.state, m.reason, m.lane.Len(), ErrWrongState))
 		return
 	}
 	m.undefining = true

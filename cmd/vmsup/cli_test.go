@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -74,8 +75,14 @@ func TestCLILifecycle(t *testing.T) {
 	for k := range fields {
 		names = append(names, k)
 	}
-	if len(names) != 8 || string(fields["job"]) != "null" {
-		t.Fatalf("info object %s: want name, uuid, state, reason, pid, job (null), queued, restarts", raw)
+	slices.Sort(names)
+	if strings.Join(names, ",") != "control,job,name,pid,queued,reason,restarts,state,uuid" || string(fields["job"]) != "null" {
+		t.Fatalf("info object %s: want name, uuid, state, reason, pid, job (null), queued, restarts and control", raw)
+	}
+	var control map[string]any
+	if err := json.Unmarshal(fields["control"], &control); err != nil || len(control) != 4 ||
+		control["state"] != "ok" || control["since"] != nil || control["ms"] != 0.0 || control["reason"] != "" {
+		t.Fatalf("control of an idle VM: %s, want {state: ok, since: null, ms: 0, reason: \"\"}", fields["control"])
 	}
 	if text := d.ok(t, "info", "vm1"); !strings.Contains(text, "State:") || !strings.Contains(text, "running") {
 		t.Fatalf("info text:\n%s", text)

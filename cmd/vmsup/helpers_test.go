@@ -110,6 +110,7 @@ func (b *syncBuffer) waitContains(t *testing.T, s string, within time.Duration) 
 // daemon is a `vmsup daemon` process on its own state dir and socket.
 type daemon struct {
 	dir, state, socket string
+	args               []string // extra daemon flags
 	cmd                *exec.Cmd
 	stderr             *syncBuffer
 	exited             chan struct{}
@@ -138,7 +139,7 @@ func (d *daemon) start(t *testing.T) {
 	t.Helper()
 	d.stderr = &syncBuffer{}
 	d.exited = make(chan struct{})
-	d.cmd = exec.Command(vmsupBin, "daemon", "--state-dir", d.state, "--socket", d.socket, "--log-format", "json", "--log-level", "debug")
+	d.cmd = exec.Command(vmsupBin, append([]string{"daemon", "--state-dir", d.state, "--socket", d.socket, "--log-format", "json", "--log-level", "debug"}, d.args...)...)
 	d.cmd.Env = cliEnv()
 	d.cmd.Stderr = d.stderr
 	d.cmd.Stdout = d.stderr
@@ -411,6 +412,12 @@ type info struct {
 	Job      *jobInfo `json:"job"`
 	Queued   int      `json:"queued"`
 	Restarts int      `json:"restarts"`
+	Control  *struct {
+		State  string     `json:"state"`
+		Since  *time.Time `json:"since"`
+		Millis int64      `json:"ms"`
+		Reason string     `json:"reason"`
+	} `json:"control"`
 }
 
 type jobInfo struct {
@@ -422,6 +429,7 @@ type jobInfo struct {
 		Command string    `json:"command"`
 		Since   time.Time `json:"since"`
 	} `json:"qmp"`
+	Trace string `json:"trace"`
 }
 
 func (d *daemon) info(t *testing.T, name string) info {

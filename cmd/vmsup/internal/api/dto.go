@@ -20,6 +20,16 @@
 //	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
 //	GET    /v1/jobs                       → [Jobs]
 //	GET    /v1/events                     ?domain=NAME → NDJSON stream of Event
+//	GET    /v1/trace                      ?domain=NAME&request=ID&limit=N → [trace.Record]
+//	GET    /v1/trace/follow               ?domain=NAME → NDJSON stream of trace.Record and TraceNotice
+//	GET    /v1/trace/chrome               ?domain=NAME&request=ID → Chrome trace-event JSON (Perfetto)
+//	GET    /v1/trace/request/{id}         ?format=json|mermaid|svg → one request's records or its picture
+//
+// The trace routes read the daemon's trace recorder (see package
+// actors/trace); they answer 409 when the daemon runs with --trace=false.
+// A record belongs to ?domain=NAME when its actor or sender is domain/NAME
+// or monitor/NAME, or when it is the API record of a call that reached
+// them.
 //
 // Every response carries an X-Request-Id header. A client may bound any call
 // with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
@@ -52,7 +62,8 @@ const (
 )
 
 // Info is the info object of one VM:
-// {"name","uuid","state","reason","pid","job","queued","restarts"}.
+// {"name","uuid","state","reason","pid","job","queued","restarts"} (issue 3)
+// and "control" (issue 4).
 type Info struct {
 	Name     string   `json:"name"`
 	UUID     string   `json:"uuid"`
@@ -62,15 +73,32 @@ type Info struct {
 	Job      *JobInfo `json:"job"`
 	Queued   int      `json:"queued"`
 	Restarts int      `json:"restarts"`
+	Control  *Control `json:"control"`
 }
 
-// JobInfo is the active job of a VM: {"id","kind","owner","started","qmp"}.
+// Control says whether vmsup can talk to the VM right now, as libvirt's
+// domcontrol does: {"state","since","ms","reason"}. State is "ok", "job"
+// (a job holds the VM since Since), "occupied" (a QMP command waits for
+// QEMU since Since) or "error" (the QMP monitor is broken since Since,
+// because of Reason). Since is null when the state is "ok"; Millis is how
+// long the state has lasted when the daemon answered.
+type Control struct {
+	State  string     `json:"state"`
+	Since  *time.Time `json:"since"`
+	Millis int64      `json:"ms"`
+	Reason string     `json:"reason"`
+}
+
+// JobInfo is the active job of a VM: {"id","kind","owner","started","qmp"}
+// and "trace", the trace id of the API call that owns it (the X-Request-Id
+// of that call; `vmsup trace --request ID` shows its path).
 type JobInfo struct {
 	ID      uint64       `json:"id"`
 	Kind    string       `json:"kind"`
 	Owner   string       `json:"owner"`
 	Started time.Time    `json:"started"`
 	QMP     *QMPInFlight `json:"qmp"`
+	Trace   string       `json:"trace"`
 }
 
 // QMPInFlight is the QMP command a job waits on: {"command","since"}.
@@ -79,12 +107,14 @@ type QMPInFlight struct {
 	Since   time.Time `json:"since"`
 }
 
-// QueuedJob is a job waiting in a VM's job lane.
+// QueuedJob is a job waiting in a VM's job lane; Trace is the trace id of
+// the call that queued it.
 type QueuedJob struct {
 	ID       uint64    `json:"id"`
 	Kind     string    `json:"kind"`
 	Owner    string    `json:"owner"`
 	Enqueued time.Time `json:"enqueued"`
+	Trace    string    `json:"trace"`
 }
 
 // Jobs is the job lane of one VM: the active job, a long (async) job in
@@ -141,6 +171,27 @@ type Error struct {
 	Fields []FieldError `json:"fields,omitempty"`
 }
 
+// TraceNotice is a line of the /v1/trace/follow stream that is not a
+// record; its Kind tells it from a record (whose kind is message, job,
+// qmp or api):
+//
+//   - "dropped": the stream lost records because its reader fell behind
+//     (Dropped since the last notice, TotalDropped since the start);
+//   - "end": the daemon ends the stream (it is stopping), with the total.
+type TraceNotice struct {
+	Kind         string    `json:"kind"`
+	Dropped      uint64    `json:"dropped"`
+	TotalDropped uint64    `json:"total_dropped"`
+	Time         time.Time `json:"time"`
+	Reason       string    `json:"reason,omitempty"`
+}
+
+// Kinds of TraceNotice.
+const (
+	NoticeDropped = "dropped"
+	NoticeEnd     = "end"
+)
+
 // FieldError is one problem with one spec field.
 type FieldError struct {
 	Field   string `json:"field"`
@@ -158,14 +209,27 @@ func FromInfo(in *domain.Info) Info {
 		Job:      fromJob(in.Job),
 		Queued:   in.Queued,
 		Restarts: in.Restarts,
+		Control:  fromControl(in.Control),
 	}
+}
+
+func fromControl(c *domain.Control) *Control {
+	if c == nil {
+		return nil
+	}
+	out := &Control{State: c.State, Millis: c.Millis, Reason: c.Reason}
+	if !c.Since.IsZero() {
+		since := c.Since
+		out.Since = &since
+	}
+	return out
 }
 
 func fromJob(j *domain.JobInfo) *JobInfo {
 	if j == nil {
 		return nil
 	}
-	out := &JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started}
+	out := &JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID}
 	if j.QMP != nil {
 		out.QMP = &QMPInFlight{Command: j.QMP.Command, Since: j.QMP.Since}
 	}
@@ -176,7 +240,7 @@ func fromJob(j *domain.JobInfo) *JobInfo {
 func FromJobs(j *domain.Jobs) Jobs {
 	out := Jobs{Domain: j.Domain, Active: fromJob(j.Active), Async: fromJob(j.Async), Queued: []QueuedJob{}}
 	for _, q := range j.Queued {
-		out.Queued = append(out.Queued, QueuedJob{ID: q.ID, Kind: string(q.Kind), Owner: q.Owner, Enqueued: q.Enqueued})
+		out.Queued = append(out.Queued, QueuedJob{ID: q.ID, Kind: string(q.Kind), Owner: q.Owner, Enqueued: q.Enqueued, Trace: q.RequestID})
 	}
 	return out
 }

@@ -30,25 +30,31 @@ func keys(t *testing.T, data []byte) []string {
 }
 
 // TestInfoObjectFields pins the info object of issue 3:
-// {"name","uuid","state","reason","pid","job","queued","restarts"}, job
-// {"id","kind","owner","started","qmp":{"command","since"}|null}.
+// {"name","uuid","state","reason","pid","job","queued","restarts"}, with
+// "control" {"state","since","ms","reason"} (issue 4), and the job
+// {"id","kind","owner","started","qmp":{"command","since"}|null} with its
+// "trace" (issue 5).
 func TestInfoObjectFields(t *testing.T) {
 	now := time.Now()
 	in := &domain.Info{
 		Name: "web1", UUID: "u", State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42, Queued: 2, Restarts: 1,
 		Job: &domain.JobInfo{ID: 17, Name: "shutdown", Kind: domain.JobAsync, Owner: "api shutdown", RequestID: "r",
 			Enqueued: now, Started: now, Step: "wait", QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: now}},
+		Control: &domain.Control{State: domain.ControlOccupied, Since: now, Millis: 1500},
 	}
 	data, err := json.Marshal(FromInfo(in))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := keys(t, data), []string{"job", "name", "pid", "queued", "reason", "restarts", "state", "uuid"}; !slices.Equal(got, want) {
+	if got, want := keys(t, data), []string{"control", "job", "name", "pid", "queued", "reason", "restarts", "state", "uuid"}; !slices.Equal(got, want) {
 		t.Errorf("info keys %v, want %v", got, want)
 	}
 	var top map[string]json.RawMessage
 	_ = json.Unmarshal(data, &top)
-	if got, want := keys(t, top["job"]), []string{"id", "kind", "owner", "qmp", "started"}; !slices.Equal(got, want) {
+	if got, want := keys(t, top["control"]), []string{"ms", "reason", "since", "state"}; !slices.Equal(got, want) {
+		t.Errorf("control keys %v, want %v", got, want)
+	}
+	if got, want := keys(t, top["job"]), []string{"id", "kind", "owner", "qmp", "started", "trace"}; !slices.Equal(got, want) {
 		t.Errorf("job keys %v, want %v", got, want)
 	}
 	var job map[string]json.RawMessage
@@ -59,8 +65,20 @@ func TestInfoObjectFields(t *testing.T) {
 	var back Info
 	_ = json.Unmarshal(data, &back)
 	if back.State != "running" || back.Reason != "booted" || back.PID != 42 || back.Job.ID != 17 || back.Job.Kind != "async" ||
-		back.Job.Owner != "api shutdown" || back.Job.QMP.Command != "system_powerdown" || back.Queued != 2 || back.Restarts != 1 {
+		back.Job.Owner != "api shutdown" || back.Job.QMP.Command != "system_powerdown" || back.Queued != 2 || back.Restarts != 1 ||
+		back.Job.Trace != "r" {
 		t.Errorf("round trip: %+v", back)
+	}
+	if c := back.Control; c == nil || c.State != "occupied" || c.Since == nil || !c.Since.Equal(now) || c.Millis != 1500 || c.Reason != "" {
+		t.Errorf("control round trip: %+v", back.Control)
+	}
+
+	// An idle VM: control "ok" with "since": null.
+	in.Control = &domain.Control{State: domain.ControlOK}
+	data, _ = json.Marshal(FromInfo(in))
+	_ = json.Unmarshal(data, &top)
+	if string(top["control"]) != `{"state":"ok","since":null,"ms":0,"reason":""}` {
+		t.Errorf("idle control: %s", top["control"])
 	}
 
 	// No job: "job": null, and a job without QMP: "qmp": null.

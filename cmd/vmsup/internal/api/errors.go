@@ -34,10 +34,11 @@ func withStatus(status int, err error) error { return &httpError{status: status,
 //
 //	400 bad input (spec field errors, bad QMP command, bad name)
 //	404 driver.ErrNotFound
-//	409 domain.ErrNotRunning, domain.ErrUndefining
+//	409 domain.ErrNotRunning, ErrUndefining, ErrWrongState, ErrNoConsole,
+//	    driver.ErrConflict
 //	413 body over MaxBodyBytes
 //	502 *monitor.QMPError
-//	504 *domain.JobWaitError, context.DeadlineExceeded
+//	504 *domain.JobWaitError, domain.ErrShutdownTimeout, context.DeadlineExceeded
 //	500 anything else
 func StatusOf(err error) int {
 	var he *httpError
@@ -53,9 +54,10 @@ func StatusOf(err error) int {
 		return http.StatusNotFound
 	case errors.As(err, &qe):
 		return http.StatusBadGateway
-	case errors.As(err, &we), errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &we), errors.Is(err, domain.ErrShutdownTimeout), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
-	case errors.Is(err, domain.ErrNotRunning), errors.Is(err, domain.ErrUndefining):
+	case errors.Is(err, domain.ErrNotRunning), errors.Is(err, domain.ErrUndefining), errors.Is(err, domain.ErrWrongState),
+		errors.Is(err, domain.ErrNoConsole), errors.Is(err, driver.ErrConflict):
 		return http.StatusConflict
 	case errors.Is(err, monitor.ErrBadCommand), len(domain.FieldErrors(err)) > 0:
 		return http.StatusBadRequest

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/http"
 	"strconv"
 	"time"
@@ -79,7 +78,7 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.drv.Define(r.Context(), spec)
 	if err != nil {
-		writeError(w, defineError(err))
+		writeError(w, err)
 		return
 	}
 	status := http.StatusOK
@@ -89,19 +88,6 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, DefineResult{Name: res.Name, UUID: res.UUID, Created: res.Created})
 }
 
-// defineError classifies a define failure: field errors are bad input, file
-// system errors are the daemon's, and the rest (uuid clashes) conflict with
-// the registry.
-func defineError(err error) error {
-	var pe *fs.PathError
-	switch {
-	case StatusOf(err) != http.StatusInternalServerError:
-		return err
-	case errors.As(err, &pe):
-		return err
-	}
-	return withStatus(http.StatusConflict, err)
-}
 
 // hasKey reports whether the top-level object of a (valid) YAML or JSON
 // spec has key.
@@ -138,16 +124,6 @@ func (s *Server) writeInfo(w http.ResponseWriter, ctx context.Context, name stri
 func (s *Server) undefine(w http.ResponseWriter, r *http.Request, name string) {
 	if _, err := query(r); err != nil {
 		writeError(w, err)
-		return
-	}
-	in, err := s.drv.Domain(name).Info(r.Context())
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	if in.PID != 0 || (in.State != domain.StateShutoff && in.State != domain.StateCrashed) {
-		writeError(w, withStatus(http.StatusConflict, fmt.Errorf(
-			"domain %q is %s (%s); shut it down or destroy it before undefining it", name, in.State, in.Reason)))
 		return
 	}
 	if err := s.drv.Undefine(r.Context(), name); err != nil {
@@ -211,13 +187,9 @@ func (s *Server) shutdown(w http.ResponseWriter, r *http.Request, name string) {
 		ctx, cancel = context.WithTimeout(ctx, timeout+actors.DefaultTimeout)
 		defer cancel()
 	}
-	began := time.Now()
 	if err := s.drv.Domain(name).Shutdown(ctx, driver.ShutdownOptions{Timeout: timeout}); err != nil {
-		// The guest that did not power off in time is a timeout (504),
-		// which tells the CLI that --force may destroy it.
-		if StatusOf(err) == http.StatusInternalServerError && time.Since(began) >= timeout {
-			err = withStatus(http.StatusGatewayTimeout, err)
-		}
+		// A guest that did not power off in time is a 504, which tells
+		// the CLI that --force may destroy it.
 		writeError(w, err)
 		return
 	}

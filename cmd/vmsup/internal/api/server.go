@@ -83,10 +83,14 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /v1/domains/{name}/console", s.named(s.console))
 	m.HandleFunc("GET /v1/jobs", s.allJobs)
 	m.HandleFunc("GET /v1/events", s.events)
+	m.HandleFunc("GET /v1/trace", s.traceList)
+	m.HandleFunc("GET /v1/trace/follow", s.traceFollow)
+	m.HandleFunc("GET /v1/trace/chrome", s.traceChrome)
+	m.HandleFunc("GET /v1/trace/request/{id}", s.traceRequest)
 }
 
-// Close ends the event streams and console sessions and waits for the
-// console bridges to finish. It is safe to call more than once.
+// Close ends the event and trace streams and the console sessions, and
+// waits for the console bridges to finish. It is safe to call more than once.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.done)

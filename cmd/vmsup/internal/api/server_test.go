@@ -44,7 +44,7 @@ func requireQEMU(t *testing.T) {
 
 // newTestServer serves the API of a fresh driver. Cleanup ends streams and
 // consoles, stops serving, destroys every running VM and closes the driver.
-func newTestServer(t *testing.T) *testServer {
+func newTestServer(t *testing.T, configure ...func(*driver.Config)) *testServer {
 	t.Helper()
 	requireQEMU(t)
 	dir, err := os.MkdirTemp("", "vs")
@@ -55,10 +55,14 @@ func newTestServer(t *testing.T) *testServer {
 	logger := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	drv, err := driver.Open(ctx, driver.Config{
+	cfg := driver.Config{
 		StateDir: filepath.Join(dir, "state"), RunDir: filepath.Join(dir, "run"),
 		Logger: &logger, DestroyGrace: 2 * time.Second,
-	})
+	}
+	for _, c := range configure {
+		c(&cfg)
+	}
+	drv, err := driver.Open(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

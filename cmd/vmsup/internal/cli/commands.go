@@ -259,7 +259,8 @@ func shortJob(j *api.JobInfo, now time.Time) string {
 	return s
 }
 
-// longJob describes a job: `job 17 async (api shutdown) for 3.2s, in QMP "system_powerdown" for 3.1s`.
+// longJob describes a job and who holds it:
+// `job 17 async (api shutdown) for 3.2s, in QMP "system_powerdown" for 3.1s, trace 1a2b3c-17`.
 func longJob(j *api.JobInfo, now time.Time) string {
 	if j == nil {
 		return "-"
@@ -268,7 +269,43 @@ func longJob(j *api.JobInfo, now time.Time) string {
 	if j.QMP != nil {
 		s += fmt.Sprintf(", in QMP %q for %s", j.QMP.Command, age(j.QMP.Since, now))
 	}
+	if j.Trace != "" {
+		s += ", trace " + j.Trace
+	}
 	return s
+}
+
+// controlText describes the control object: "ok",
+// "job (a job holds the VM) for 3.2s",
+// "occupied (a QMP command waits for QEMU) for 1.0s",
+// "error (the QMP monitor is broken) for 4.1s: REASON".
+func controlText(c *api.Control) string {
+	if c == nil {
+		return "-"
+	}
+	s := c.State
+	switch c.State {
+	case "job":
+		s = "job (a job holds the VM)"
+	case "occupied":
+		s = "occupied (a QMP command waits for QEMU)"
+	case "error":
+		s = "error (the QMP monitor is broken)"
+	}
+	if c.Since != nil {
+		s += fmt.Sprintf(" for %.1fs", float64(c.Millis)/1000)
+	}
+	if c.Reason != "" {
+		s += ": " + c.Reason
+	}
+	return s
+}
+
+func traceSuffix(id string) string {
+	if id == "" {
+		return ""
+	}
+	return ", trace " + id
 }
 
 func age(t, now time.Time) string {
@@ -281,7 +318,7 @@ func age(t, now time.Time) string {
 func (a *app) infoCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:               "info NAME",
-		Short:             "Show a VM's state, reason, pid and job",
+		Short:             "Show a VM's state, reason, pid, control state and job (who holds it, for how long, its trace id)",
 		Args:              exactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -302,6 +339,7 @@ func (a *app) infoCommand() *cobra.Command {
 			fmt.Fprintf(tw, "State:\t%s\n", in.State)
 			fmt.Fprintf(tw, "Reason:\t%s\n", in.Reason)
 			fmt.Fprintf(tw, "PID:\t%s\n", pidText(in.PID))
+			fmt.Fprintf(tw, "Control:\t%s\n", controlText(in.Control))
 			fmt.Fprintf(tw, "Job:\t%s\n", longJob(in.Job, time.Now()))
 			fmt.Fprintf(tw, "Queued:\t%d\n", in.Queued)
 			fmt.Fprintf(tw, "Restarts:\t%d\n", in.Restarts)
@@ -313,7 +351,7 @@ func (a *app) infoCommand() *cobra.Command {
 func (a *app) jobsCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:               "jobs [NAME]",
-		Short:             "Show the active and queued jobs of one VM, or of all VMs",
+		Short:             "Show who holds each VM: the active, async and queued jobs, their owners, QMP commands in flight and trace ids",
 		Args:              maxArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -356,7 +394,7 @@ func (a *app) jobsCommand() *cobra.Command {
 					fmt.Fprintf(a.stdout, "  async:  %s\n", longJob(j.Async, now))
 				}
 				for _, q := range j.Queued {
-					fmt.Fprintf(a.stdout, "  queued: job %d %s (%s), waiting %s\n", q.ID, q.Kind, q.Owner, age(q.Enqueued, now))
+					fmt.Fprintf(a.stdout, "  queued: job %d %s (%s), waiting %s%s\n", q.ID, q.Kind, q.Owner, age(q.Enqueued, now), traceSuffix(q.Trace))
 				}
 			}
 			return nil

@@ -42,9 +42,10 @@ func usagef(format string, args ...any) error {
 
 // app holds the global flags and the standard streams.
 type app struct {
-	socketFlag string
-	json       bool
-	verbose    bool
+	socketFlag     string
+	json           bool
+	verbose        bool
+	requestTimeout time.Duration
 
 	stdin          io.Reader
 	stdout, stderr io.Writer
@@ -127,7 +128,8 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.socketFlag, "socket", "", "the daemon's unix socket (env "+socketEnv+"; default /run/vmsup/vmsup.sock for root, $XDG_RUNTIME_DIR/vmsup.sock otherwise)")
 	pf.BoolVar(&a.json, "json", false, "machine-readable (JSON) output")
-	pf.BoolVarP(&a.verbose, "verbose", "v", false, "print the daemon's request id of each call to stderr")
+	pf.BoolVarP(&a.verbose, "verbose", "v", false, "print the daemon's request id of each call to stderr (vmsup trace --request ID shows its path)")
+	pf.DurationVar(&a.requestTimeout, "request-timeout", 0, "bound each call to the daemon, waits for a VM's job lane included (0: the daemon's defaults, 30s for a job)")
 
 	root.AddCommand(
 		a.daemonCommand(),
@@ -146,6 +148,7 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 		a.eventsCommand(),
 		a.consoleCommand(),
 		a.upCommand(),
+		a.traceCommand(),
 	)
 	return root
 }
@@ -168,7 +171,11 @@ func (a *app) client() (*client.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.requestTimeout < 0 {
+		return nil, usagef("--request-timeout %s: want a positive duration such as 45s", a.requestTimeout)
+	}
 	c := client.New(sock)
+	c.Timeout = a.requestTimeout
 	if a.verbose {
 		c.Trace = func(method, path string, status int, id string, took time.Duration) {
 			fmt.Fprintf(a.stderr, "vmsup: request %s: %s %s → %d (%s)\n", id, method, path, status, took.Round(time.Millisecond))

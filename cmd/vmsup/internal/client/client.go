@@ -13,10 +13,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
 )
 
@@ -398,4 +400,110 @@ func (b *bufConn) CloseWrite() error {
 		return uc.CloseWrite()
 	}
 	return nil
+}
+
+// TraceRecords returns the records in the daemon's trace ring, ordered by
+// start time: those of one request and/or one domain when given, the
+// newest limit of them when limit > 0.
+func (c *Client) TraceRecords(ctx context.Context, domain, request string, limit int) ([]trace.Record, error) {
+	q := traceQuery(domain, request)
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	out := []trace.Record{}
+	return out, c.call(ctx, http.MethodGet, api.Prefix+"/trace", q, nil, "", &out)
+}
+
+// TraceChrome writes the daemon's trace (of one request and/or domain when
+// given) to w as Chrome trace-event JSON, which Perfetto and
+// chrome://tracing open.
+func (c *Client) TraceChrome(ctx context.Context, domain, request string, w io.Writer) error {
+	return c.copyBody(ctx, api.Prefix+"/trace/chrome", traceQuery(domain, request), w)
+}
+
+// TraceRequest writes the records of one request to w in format: "json"
+// (an array of records), "mermaid" (a sequence diagram) or "svg".
+func (c *Client) TraceRequest(ctx context.Context, id, format string, w io.Writer) error {
+	return c.copyBody(ctx, api.Prefix+"/trace/request/"+url.PathEscape(id), url.Values{"format": {format}}, w)
+}
+
+func traceQuery(domain, request string) url.Values {
+	q := url.Values{}
+	if domain != "" {
+		q.Set("domain", domain)
+	}
+	if request != "" {
+		q.Set("request", request)
+	}
+	return q
+}
+
+// copyBody runs a GET and copies the answer's body to w.
+func (c *Client) copyBody(ctx context.Context, path string, q url.Values, w io.Writer) error {
+	req, err := c.request(ctx, http.MethodGet, path, q, nil, "")
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "*/*")
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("GET %s: %w", path, err)
+	}
+	return nil
+}
+
+// FollowTrace streams the daemon's trace records (of one domain, or all
+// when domain is "") to fn while they are recorded, until ctx ends, the
+// daemon ends the stream, or fn returns an error. notice, when not nil,
+// gets the stream's notices (records dropped because the reader fell
+// behind, the end of the stream). started, when not nil, is called once
+// the daemon has subscribed.
+func (c *Client) FollowTrace(ctx context.Context, domain string, started func(), fn func(trace.Record) error, notice func(api.TraceNotice) error) error {
+	req, err := c.request(ctx, http.MethodGet, api.Prefix+"/trace/follow", traceQuery(domain, ""), nil, "")
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", api.ContentTypeNDJSON)
+	resp, err := c.send(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if started != nil {
+		started()
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 16<<20)
+	for sc.Scan() {
+		var rec trace.Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return fmt.Errorf("trace: bad line from the daemon: %w", err)
+		}
+		if k := string(rec.Kind); k == api.NoticeDropped || k == api.NoticeEnd {
+			var n api.TraceNotice
+			if err := json.Unmarshal(sc.Bytes(), &n); err != nil {
+				return fmt.Errorf("trace: bad line from the daemon: %w", err)
+			}
+			if notice != nil {
+				if err := notice(n); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("trace: %w", err)
+	}
+	return io.EOF
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
 	"github.com/vmsup/vmsup/cmd/vmsup/internal/client"
 	"github.com/vmsup/vmsup/domain"
@@ -39,6 +40,15 @@ type Config struct {
 	StopGrace time.Duration
 	// OnReady, when set, is called once the API is served.
 	OnReady func()
+	// TraceOff starts the trace recorder switched off: the actors pay one
+	// atomic load per message and the trace routes answer 409.
+	TraceOff bool
+	// TraceCapacity is the number of records the trace ring keeps
+	// (trace.DefaultCapacity, 65536, when zero).
+	TraceCapacity int
+	// TraceLog, when set, is a file that gets every trace record as a
+	// zerolog JSON line (appended; created with mode 0600).
+	TraceLog string
 }
 
 // Socket and lock permissions.
@@ -49,7 +59,7 @@ const (
 )
 
 // Run serves the API until ctx ends, then stops serving, closes the driver
-// and returns nil. VMs keep running.
+// and the trace log, and returns nil. VMs keep running.
 func Run(ctx context.Context, cfg Config) error {
 	log := cfg.Logger
 	if cfg.StateDir == "" || cfg.Socket == "" {
@@ -81,10 +91,18 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer ln.Close()
 
+	rec, closeTrace, err := openTrace(cfg, log)
+	if err != nil {
+		return err
+	}
+	// Runs after the driver is closed: the sink writes what it received.
+	defer closeTrace()
+
 	drv, err := driver.Open(ctx, driver.Config{
 		StateDir: stateDir,
 		RunDir:   filepath.Join(stateDir, "run"),
 		Logger:   &log,
+		Trace:    rec,
 	})
 	if err != nil {
 		return fmt.Errorf("open driver: %w", err)
@@ -132,6 +150,46 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("serve: %w", serveErr)
 	}
 	return nil
+}
+
+// openTrace creates the daemon's trace recorder and, with TraceLog, the
+// JSON-lines sink. closeTrace flushes and closes the sink.
+func openTrace(cfg Config, log zerolog.Logger) (rec *trace.Recorder, closeTrace func(), err error) {
+	if cfg.TraceCapacity < 0 {
+		return nil, nil, fmt.Errorf("trace capacity %d: want a positive number of records", cfg.TraceCapacity)
+	}
+	if cfg.TraceOff && cfg.TraceLog != "" {
+		return nil, nil, errors.New("a trace log needs tracing on (--trace-log with --trace=false)")
+	}
+	rec = trace.New(trace.Options{Capacity: cfg.TraceCapacity, Disabled: cfg.TraceOff})
+	if cfg.TraceLog == "" {
+		log.Info().Bool("on", rec.Enabled()).Int("capacity", rec.Capacity()).Msg("trace recorder")
+		return rec, func() {}, nil
+	}
+	path, err := filepath.Abs(cfg.TraceLog)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trace log: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("trace log: %w", err)
+	}
+	sink := rec.LogTo(f)
+	log.Info().Bool("on", true).Int("capacity", rec.Capacity()).Str("log", path).Msg("trace recorder")
+	return rec, func() {
+		sink.Close()
+		if n := sink.Dropped(); n > 0 {
+			log.Warn().Uint64("dropped", n).Str("log", path).Msg("the trace log fell behind and lost records")
+		}
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			if err := f.Sync(); err != nil {
+				log.Error().Err(err).Str("log", path).Msg("sync trace log")
+			}
+		}
+		if err := f.Close(); err != nil {
+			log.Error().Err(err).Str("log", path).Msg("close trace log")
+		}
+	}, nil
 }
 
 // LockFile is the held lock of a state dir.
