@@ -88,7 +88,6 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, DefineResult{Name: res.Name, UUID: res.UUID, Created: res.Created})
 }
 
-
 // hasKey reports whether the top-level object of a (valid) YAML or JSON
 // spec has key.
 func hasKey(spec []byte, key string) bool {
