@@ -117,7 +117,11 @@ type jobAbandoned struct {
 	from *domainActor
 	id   uint64
 }
-type restartDue struct{ from *domainActor }
+type restartDue struct {
+	from *domainActor
+	seq  uint64
+}
+type rebuildNow struct{ from *domainActor }
 type processExited struct{ proc *Process }
 type attachProcess struct {
 	jobID  uint64
@@ -151,6 +155,9 @@ type domainActor struct {
 	saved Status
 
 	life         *lineage
+	recovering   bool // a restarted instance waits for the old one's goroutines
+	monConnected bool // the monitor of this QEMU has connected before
+	restartSeq   uint64
 	monErrAt     time.Time
 	restartTimer *time.Timer
 }
@@ -163,7 +170,7 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case *actor.Started:
 		m.cfg.Logger.Debug().Str("domain", m.name()).Bool("restart", m.life.started).Msg("domain actor started")
 		if m.life.started {
-			m.rebuild(ctx)
+			m.awaitOldJobs(ctx)
 		} else {
 			m.life.started = true
 			m.recover(ctx)
@@ -230,8 +237,14 @@ func (m *domainActor) Receive(ctx actor.Context) {
 			m.onAbandoned(ctx, msg.id)
 		}
 	case restartDue:
-		if msg.from == m {
+		if msg.from == m && msg.seq == m.restartSeq {
 			m.onRestartDue(ctx)
+		}
+	case rebuildNow:
+		if msg.from == m {
+			m.recovering = false
+			m.rebuild(ctx)
+			m.next(ctx)
 		}
 	case attachProcess:
 		m.onAttach(ctx, msg)
@@ -241,6 +254,12 @@ func (m *domainActor) Receive(ctx actor.Context) {
 		m.onQMPEvent(msg)
 	case *monitor.Connected:
 		m.monErr = nil
+		if m.monConnected && m.proc != nil {
+			// A reconnect (after a broken monitor or a monitor restart):
+			// events of the gap are lost, so resync from query-status.
+			m.enqueue(ctx, actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}, "reconnect", JobModify, m.reconnectJob())
+		}
+		m.monConnected = true
 	case *monitor.Disconnected:
 		m.monErr, m.monErrAt = msg.Err, time.Now()
 	case *UpdateSpec:
@@ -263,8 +282,8 @@ func (m *domainActor) Receive(ctx actor.Context) {
 
 // saveStatus hands the status to the driver's writer when it changed.
 func (m *domainActor) saveStatus() {
-	if m.cfg.SaveStatus == nil {
-		return
+	if m.cfg.SaveStatus == nil || m.recovering {
+		return // a recovering instance has no state of its own yet
 	}
 	st := Status{Name: m.name(), UUID: m.spec.UUID, State: m.state, Reason: m.reason}
 	if m.proc != nil {
@@ -310,6 +329,9 @@ func ownerOf(req actors.Request, name string) string {
 // next starts queued jobs while the lane allows. While an async job waits,
 // only query jobs may start (the async job mask).
 func (m *domainActor) next(ctx actor.Context) {
+	if m.recovering {
+		return // jobs wait until the restarted actor has rebuilt its state
+	}
 	allow := func(j *job) bool {
 		return m.async == nil || j.info.Kind == JobQuery || j.info.Kind == JobDestroy
 	}
@@ -386,7 +408,9 @@ func (m *domainActor) launch(ctx actor.Context, j *job) {
 	m.cfg.Logger.Debug().Str("domain", m.name()).Uint64("job", j.info.ID).Str("name", j.info.Name).
 		Str("request", j.req.RequestID).Dur("waited", j.info.Started.Sub(j.info.Enqueued)).Msg("job started")
 	run := j.run
+	m.life.inflight.Add(1)
 	go func() {
+		defer m.life.inflight.Done()
 		if env.hooks.Started != nil {
 			env.hooks.Started(env.domain, env.job)
 		}
@@ -524,6 +548,7 @@ func (m *domainActor) destroy(ctx actor.Context, msg *DestroyRequest) {
 		run:     runDestroy,
 		apply: func(m *domainActor, _ any, _ error) {
 			m.destroying = nil
+			m.life.destroying = false
 			if m.proc == nil {
 				m.setState(StateShutoff, ReasonDestroyed, "")
 			}
@@ -531,9 +556,14 @@ func (m *domainActor) destroy(ctx actor.Context, msg *DestroyRequest) {
 	}
 	m.traceJob(ctx, j)
 	m.destroying = j
+	m.life.destroying = true
 	if p := m.proc; p != nil {
 		grace := m.cfg.DestroyGrace
-		go p.terminate(grace) // ends when p is reaped; SIGKILL bounds it
+		m.life.inflight.Add(1)
+		go func() { // ends when p is reaped; SIGKILL bounds it
+			defer m.life.inflight.Done()
+			p.terminate(grace)
+		}()
 	}
 	cause := fmt.Errorf("domain %q: destroyed by job %d (%s)", m.name(), j.info.ID, j.info.Owner)
 	if busy && active.cancel != nil {
@@ -559,6 +589,7 @@ func (m *domainActor) onAttach(ctx actor.Context, a attachProcess) {
 	}
 	m.proc = a.proc
 	m.paths = paths
+	m.monConnected = false
 	m.runningSerial = a.serial
 	m.sawShutdown, m.shutdownRequested, m.panicked, m.monErr = false, false, false, nil
 	m.setState(StatePaused, ReasonStartingUp, "")
@@ -587,7 +618,7 @@ func (m *domainActor) onExit(ctx actor.Context, p *Process) {
 	active, busy := m.lane.Active()
 	state, reason := StateShutoff, ReasonCrashed
 	switch {
-	case m.destroying != nil:
+	case m.destroying != nil || m.life.destroying:
 		reason = ReasonDestroyed
 	case busy && active.info.Name == "start":
 		reason = ReasonFailed
@@ -683,14 +714,38 @@ func (m *domainActor) prepareUndefine(ctx actor.Context) {
 }
 
 // stopping runs when the driver stops this actor (undefine or close). QEMU
-// keeps running: it lives in its own session, as with libvirtd.
+// keeps running: it lives in its own session, as with libvirtd. Every
+// waiting caller is answered, and the job goroutines end before the actor
+// does, so that a driver opened next never races a job of this one.
 func (m *domainActor) stopping(ctx actor.Context) {
-	err := fmt.Errorf("domain %q: supervisor is stopping", m.name())
-	if j, ok := m.lane.Active(); ok && j.cancel != nil {
-		j.cancel(err)
+	m.stopRestartTimer()
+	m.abandonJobs(ctx, fmt.Errorf("domain %q: supervisor is stopping", m.name()))
+	if !m.life.waitInflight(m.cfg.DestroyGrace + 5*time.Second) {
+		m.cfg.Logger.Error().Str("domain", m.name()).Msg("job goroutines still running after the stop deadline")
 	}
-	if m.async != nil && m.async.cancel != nil {
-		m.async.cancel(err)
+	// A destroy that finished while we waited ends as destroyed on disk.
+	if m.proc != nil && m.proc.exited() {
+		m.onExit(ctx, m.proc)
+		m.stopRestartTimer()
+	}
+}
+
+// abandonJobs cancels the active and async jobs and answers every caller
+// of the lane with err: the caller of a running job does not wait for an
+// answer that would reach a stopped actor.
+func (m *domainActor) abandonJobs(ctx actor.Context, err error) {
+	if j, ok := m.lane.End(); ok {
+		if j.cancel != nil {
+			j.cancel(err)
+		}
+		m.finish(ctx, j, nil, err)
+	}
+	if m.async != nil {
+		if m.async.cancel != nil {
+			m.async.cancel(err)
+		}
+		m.finish(ctx, m.async, nil, err)
+		m.async = nil
 	}
 	for _, j := range m.lane.Drain() {
 		if j.stopWatch != nil {
@@ -698,9 +753,20 @@ func (m *domainActor) stopping(ctx actor.Context) {
 		}
 		m.finish(ctx, j, nil, err)
 	}
+	m.destroying = nil
 }
 
 func (m *domainActor) info() *Info {
+	if m.recovering && m.cfg.Snapshot != nil {
+		// A restarted instance waiting for the old one's jobs: show what
+		// the old one last showed, and say why nothing runs.
+		if last := m.cfg.Snapshot.Load(); last != nil {
+			in := *last
+			in.Job, in.Queued = nil, m.lane.Len()
+			in.Control = &Control{State: ControlRecovering, Reason: "the domain actor restarted after a panic and waits for the old instance's jobs"}
+			return &in
+		}
+	}
 	in := &Info{Name: m.spec.Name, UUID: m.spec.UUID, State: m.state, Reason: m.reason, Queued: m.lane.Len(),
 		Restarts: m.life.restarts, Control: m.control(time.Now())}
 	if m.proc != nil {

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -20,13 +21,35 @@ type lineage struct {
 	started   bool
 	restarts  int
 	crashLoop *supervision.CrashLoop
+	// inflight counts the job goroutines and destroy kills of every
+	// instance; a restarted instance waits for those of the old one.
+	inflight sync.WaitGroup
+	// destroying is set while a destroy is under way, so that an instance
+	// that restarts meanwhile ends it as destroyed.
+	destroying bool
+}
+
+// waitInflight waits up to d for the job goroutines; it reports whether
+// they all ended.
+func (l *lineage) waitInflight(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { l.inflight.Wait(); close(done) }()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+		return false
+	}
 }
 
 // Control is modelled on libvirt's domcontrol: can vmsup talk to the VM
 // right now?
 type Control struct {
 	// State is "ok", "job" (a job holds the domain), "occupied" (a QMP
-	// command is waiting for QEMU) or "error" (the monitor is broken).
+	// command is waiting for QEMU), "error" (the monitor is broken) or
+	// "recovering" (the actor restarted after a panic).
 	State string `json:"state"`
 	// Since is when the job started, when the QMP command was sent or when
 	// the monitor broke.
@@ -43,6 +66,9 @@ const (
 	ControlJob      = "job"
 	ControlOccupied = "occupied"
 	ControlError    = "error"
+	// ControlRecovering: the domain actor restarted after a panic and
+	// rebuilds its state; jobs wait.
+	ControlRecovering = "recovering"
 )
 
 // Refresh recomputes Millis at now; List uses it on snapshots.
@@ -112,11 +138,15 @@ func (m *domainActor) applyCrashPolicy(ctx actor.Context) {
 	delay := backoff.Delay(loop.Recent(now) - 1)
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	m.stopRestartTimer()
-	m.restartTimer = time.AfterFunc(delay, func() { root.Send(self, restartDue{from: m}) })
+	seq := m.restartSeq
+	m.restartTimer = time.AfterFunc(delay, func() { root.Send(self, restartDue{from: m, seq: seq}) })
 	m.cfg.Logger.Info().Str("domain", m.name()).Dur("in", delay).Msg("on_crash restart scheduled")
 }
 
+// stopRestartTimer cancels a pending restart; a restartDue already on its
+// way is ignored, because its sequence number no longer matches.
 func (m *domainActor) stopRestartTimer() {
+	m.restartSeq++
 	if m.restartTimer != nil {
 		m.restartTimer.Stop()
 		m.restartTimer = nil
@@ -127,7 +157,9 @@ func (m *domainActor) stopRestartTimer() {
 // something else (a user's start, destroy or undefine) happened meanwhile.
 func (m *domainActor) onRestartDue(ctx actor.Context) {
 	m.restartTimer = nil
-	if m.proc != nil || m.undefining || m.state == StateShutoff && m.reason != ReasonCrashed && m.state != StateCrashed {
+	// A user's start, destroy or undefine cancels the timer (and bumps the
+	// sequence), so only QEMU running again stops the restart here.
+	if m.proc != nil || m.undefining {
 		return
 	}
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup on_crash restart"}
@@ -148,29 +180,24 @@ func (m *domainActor) onRestartDue(ctx actor.Context) {
 // onRestarting runs in the old actor instance before protoactor replaces
 // it after a panic: every caller still waiting gets an error now, and the
 // old instance's jobs and timers stop. The QEMU keeps running; the new
-// instance adopts it.
+// instance adopts it once the old jobs have ended.
 func (m *domainActor) onRestarting(ctx actor.Context) {
-	err := fmt.Errorf("domain %q: the domain actor restarted after a panic; retry the call", m.name())
 	m.stopRestartTimer()
-	if j, ok := m.lane.End(); ok {
-		if j.cancel != nil {
-			j.cancel(err)
+	m.abandonJobs(ctx, fmt.Errorf("domain %q: the domain actor restarted after a panic; retry the call", m.name()))
+}
+
+// awaitOldJobs runs in a restarted instance: jobs wait (recovering) until
+// the old instance's job goroutines and kills have ended, so that none of
+// them acts on a QEMU the new instance has adopted; then rebuildNow.
+func (m *domainActor) awaitOldJobs(ctx actor.Context) {
+	m.recovering = true
+	self, root, life, limit := ctx.Self(), ctx.ActorSystem().Root, m.life, m.cfg.DestroyGrace+15*time.Second
+	go func() {
+		if !life.waitInflight(limit) {
+			m.cfg.Logger.Error().Str("domain", m.name()).Msg("old job goroutines still running; rebuilding anyway")
 		}
-		m.finish(ctx, j, nil, err)
-	}
-	if m.async != nil {
-		if m.async.cancel != nil {
-			m.async.cancel(err)
-		}
-		m.finish(ctx, m.async, nil, err)
-		m.async = nil
-	}
-	for _, j := range m.lane.Drain() {
-		if j.stopWatch != nil {
-			j.stopWatch()
-		}
-		m.finish(ctx, j, nil, err)
-	}
+		root.Send(self, rebuildNow{from: m})
+	}()
 }
 
 // rebuild runs in a domain actor restarted after a panic: it reads the

@@ -19,15 +19,28 @@ func (m *domainActor) recover(ctx actor.Context) {
 	if rec == nil {
 		return
 	}
-	saved := rec.Saved
-	if saved != nil && saved.UUID == m.spec.UUID {
+	if saved := rec.Saved; saved != nil && saved.UUID == m.spec.UUID {
 		m.state, m.reason = saved.State, saved.Reason
 	}
+	state, reason := rec.Initial(m.spec.UUID)
+	if !rec.Adopted() && m.life.destroying {
+		// The destroy that was under way when the old instance died has
+		// killed QEMU: that is a destroy, not a crash.
+		m.life.destroying = false
+		m.setState(StateShutoff, ReasonDestroyed, "")
+		return
+	}
 	if !rec.Adopted() {
-		if saved != nil && saved.State != StateShutoff {
-			m.cfg.Logger.Warn().Str("domain", m.name()).Str("was", string(saved.State)).Str("found", rec.Found).
+		if state != m.state || reason != m.reason {
+			m.cfg.Logger.Warn().Str("domain", m.name()).Str("was", string(m.state)).Str("found", rec.Found).
 				Msg("QEMU exited while vmsup was not running")
-			m.setState(StateShutoff, ReasonExitedUnsupervised, "")
+			m.setState(state, reason, "")
+		}
+		switch m.reason {
+		case ReasonCrashed, ReasonPanicked, ReasonExitedUnsupervised:
+			// A crash that vmsup did not get to handle (it was down, or
+			// restarting): the on_crash policy still applies.
+			m.applyCrashPolicy(ctx)
 		}
 		return
 	}
@@ -38,11 +51,8 @@ func (m *domainActor) recover(ctx actor.Context) {
 		return
 	}
 	proc := rec.proc
-	m.proc, m.paths, m.runningSerial = proc, paths, m.spec.Serial
-	if m.state == StateShutoff {
-		// No saved status said it ran; query-status will tell.
-		m.state, m.reason = StatePaused, ReasonUnknown
-	}
+	m.proc, m.paths, m.runningSerial, m.monConnected = proc, paths, m.spec.Serial, false
+	m.state, m.reason = state, reason // query-status will confirm it
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	go func() {
 		<-proc.done

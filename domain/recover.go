@@ -47,6 +47,24 @@ func (r *Recovery) PID() int {
 	return 0
 }
 
+// Initial is the state a domain starts with after Recover: the saved one;
+// shutoff/exited_unsupervised when it ran and its QEMU is gone; paused when
+// a QEMU was adopted without a saved state saying so (the reconnect job's
+// query-status then tells).
+func (r *Recovery) Initial(uuid string) (State, Reason) {
+	state, reason := StateShutoff, ReasonUnknown
+	if s := r.Saved; s != nil && s.UUID == uuid {
+		state, reason = s.State, s.Reason
+	}
+	switch {
+	case r.Adopted() && state == StateShutoff:
+		return StatePaused, ReasonUnknown
+	case !r.Adopted() && state != StateShutoff && !(state == StateCrashed && reason == ReasonCrashLoop):
+		return StateShutoff, ReasonExitedUnsupervised
+	}
+	return state, reason
+}
+
 // Release stops watching an adopted QEMU that will not be supervised after
 // all (its domain failed to load). The QEMU keeps running.
 func (r *Recovery) Release() {

@@ -351,6 +351,12 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		return err
 	}
 	snap := &atomic.Pointer[domain.Info]{}
+	if rec != nil {
+		// List is right before the domain actor has run: seed its snapshot
+		// with the state it will start with.
+		state, reason := rec.Initial(spec.UUID)
+		snap.Store(&domain.Info{Name: spec.Name, UUID: spec.UUID, State: state, Reason: reason, PID: rec.PID()})
+	}
 	d.life.gen++
 	pid, err := ctx.SpawnNamed(domain.Props(domain.ActorConfig{
 		Spec:             spec,
