@@ -205,7 +205,8 @@ func (a *app) upCommand() *cobra.Command {
 		Use:   "up FILE",
 		Short: "Define and start a VM and attach its console; Ctrl-C shuts it down",
 		Long: `Define a VM from a spec file, start it (unless it runs already) and attach
-the terminal to its serial console. Ctrl-C shuts the VM down gracefully (ACPI
+the terminal to its serial console. on_crash defaults to restart unless the
+spec sets it. Ctrl-C shuts the VM down gracefully (ACPI
 powerdown, up to --timeout, then destroy); a second Ctrl-C destroys it at
 once. Ctrl-] detaches and leaves the VM running. Without a terminal, the
 console's output is copied to stdout until the VM stops or vmsup gets
@@ -231,6 +232,9 @@ SIGINT or SIGTERM, which shut it down in the same way.`,
 			if err != nil {
 				return err
 			}
+			// A VM run with `up` is meant to stay up: on_crash defaults to
+			// restart (the spec's own on_crash wins).
+			spec = withDefault(spec, "on_crash", "restart")
 			res, err := c.Define(ctx, spec)
 			if err != nil {
 				return a.specError(err)

@@ -88,3 +88,18 @@ func TestResolveSpecPaths(t *testing.T) {
 		t.Errorf("JSON spec: %s", js)
 	}
 }
+
+func TestWithDefault(t *testing.T) {
+	out := string(withDefault([]byte("name: a\nmemory: 64M\n"), "on_crash", "restart"))
+	if !strings.Contains(out, "on_crash: restart") || !strings.Contains(out, "memory: 64M") {
+		t.Fatalf("default not added: %q", out)
+	}
+	kept := "name: a\non_crash: destroy\n"
+	if got := string(withDefault([]byte(kept), "on_crash", "restart")); got != kept {
+		t.Fatalf("spec's own on_crash overwritten: %q", got)
+	}
+	bad := "name: [unclosed\n"
+	if got := string(withDefault([]byte(bad), "on_crash", "restart")); got != bad {
+		t.Fatalf("unparsable spec rewritten: %q", got)
+	}
+}

@@ -101,3 +101,24 @@ func resolveSpecPaths(data []byte, base string) []byte {
 	}
 	return out
 }
+
+// withDefault adds `key: value` to a spec that does not set key; `vmsup up`
+// uses it to make on_crash default to restart. A spec that does not parse
+// is returned as it is, for the daemon to report.
+func withDefault(data []byte, key, value string) []byte {
+	var doc yaml2.MapSlice
+	if err := yaml2.Unmarshal(data, &doc); err != nil {
+		return data
+	}
+	for _, item := range doc {
+		if k, ok := item.Key.(string); ok && k == key {
+			return data
+		}
+	}
+	doc = append(doc, yaml2.MapItem{Key: key, Value: value})
+	out, err := yaml2.Marshal(doc)
+	if err != nil {
+		return data
+	}
+	return out
+}
