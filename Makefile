@@ -3,12 +3,24 @@ GO ?= go
 CACHE ?= $(CURDIR)/.cache
 BIN ?= $(CURDIR)/bin
 
-.PHONY: test vet unit guest demo vmsup qemu
+.PHONY: test vet unit guest demo bench vmsup qemu
 
 # The test command: vet, then every test with the race detector, real QEMU
 # included.
 test: vet
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Runs every fuzz target for FUZZTIME each (their seeds in testdata/ also
+# run under make test). CI runs it briefly after make test.
+FUZZTIME ?= 10s
+FUZZ_TARGETS = ./domain:FuzzParseSpec ./monitor:FuzzTransportLines ./monitor:FuzzEncodeCommand \
+	./cmd/vmsup/internal/api:FuzzRequest ./cmd/vmsup/internal/api:FuzzCheckQMPCommand
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg; \
+	done
 
 vet:
 	$(GO) vet ./...
@@ -67,3 +79,10 @@ demo: qemu guest vmsup
 	done; \
 	echo "vmsup daemon pid $$daemon, state dir $$dir/state, VMSUP_SOCKET=$$VMSUP_SOCKET"; \
 	$(BIN)/vmsup up examples/tiny.yaml
+
+# Runs the benchmarks: vmsup side by side with raw QMP, libvirt's lock
+# design (tests/bench/lockbase), 10,000 simulated domains and real QEMUs.
+# Prints one table and writes docs/BENCHMARKS.md; about 6 minutes on 2
+# cores. One group of rows: go run ./tests/bench/cmd/benchtable -only floor
+bench:
+	$(GO) run ./tests/bench/cmd/benchtable -out docs/BENCHMARKS.md

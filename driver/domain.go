@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"time"
 
@@ -78,20 +79,12 @@ func (h *Domain) Reset(ctx context.Context) error {
 // as a job, and returns the reply's "return" value. A QMP error comes back
 // as a *monitor.QMPError in the error chain.
 func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMessage, error) {
-	var cmd struct {
-		Execute   string          `json:"execute"`
-		Arguments json.RawMessage `json:"arguments,omitempty"`
-	}
-	dec := json.NewDecoder(bytesReader(command))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&cmd); err != nil {
-		return nil, fmt.Errorf("domain %q: qmp: bad command %s: %w", h.name, truncate(command), err)
-	}
-	if cmd.Execute == "" {
-		return nil, fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", h.name)
+	execute, args, err := ParseQMPCommand(command)
+	if err != nil {
+		return nil, fmt.Errorf("domain %q: %w", h.name, err)
 	}
 	v, err := h.job(ctx, "qmp", func(r actors.Request) any {
-		return &domain.QMPRequest{Request: r, Execute: cmd.Execute, Arguments: cmd.Arguments}
+		return &domain.QMPRequest{Request: r, Execute: execute, Arguments: args}
 	})
 	if err != nil {
 		return nil, err
@@ -205,11 +198,42 @@ func (h *Domain) explainWait(ref *DomainRef, req actors.Request, name string, be
 	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, At: time.Now(), Cause: cause}
 }
 
+// ParseQMPCommand checks a raw QMP command: exactly one JSON object whose
+// members are "execute" (a non-empty string) and optionally "arguments" (an
+// object), spelled exactly so — QMP's keys are case-sensitive, unlike
+// encoding/json's matching — with nothing after it.
+func ParseQMPCommand(command []byte) (execute string, args json.RawMessage, err error) {
+	bad := func(why string) (string, json.RawMessage, error) {
+		return "", nil, fmt.Errorf(`qmp: bad command %s: %s; send an object such as {"execute":"query-status","arguments":{}}`, truncate(command), why)
+	}
+	dec := json.NewDecoder(bytes.NewReader(command))
+	var members map[string]json.RawMessage
+	if err := dec.Decode(&members); err != nil || members == nil {
+		return bad("not a JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return bad("trailing data after the object")
+	}
+	for k := range members {
+		if k != "execute" && k != "arguments" {
+			return bad(fmt.Sprintf("unknown member %q", k))
+		}
+	}
+	if err := json.Unmarshal(members["execute"], &execute); err != nil || execute == "" {
+		return bad(`"execute" must be a non-empty string`)
+	}
+	if a := bytes.TrimSpace(members["arguments"]); len(a) > 0 && !bytes.Equal(a, []byte("null")) {
+		if a[0] != '{' {
+			return bad(`"arguments" must be an object`)
+		}
+		args = a
+	}
+	return execute, args, nil
+}
+
 func truncate(b []byte) string {
 	if len(b) > 80 {
 		return string(b[:80]) + "..."
 	}
 	return string(b)
 }
-
-func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

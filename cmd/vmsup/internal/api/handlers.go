@@ -209,12 +209,6 @@ func (s *Server) action(name string, do func(*driver.Domain, context.Context) er
 	}
 }
 
-// qmpCommand is the only shape a QMP command body may have.
-type qmpCommand struct {
-	Execute   string          `json:"execute"`
-	Arguments json.RawMessage `json:"arguments,omitempty"`
-}
-
 func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 	if _, err := query(r); err != nil {
 		writeError(w, err)
@@ -241,27 +235,13 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 }
 
 // checkQMPCommand accepts exactly one JSON object with a string "execute"
-// and an optional object "arguments".
+// and an optional object "arguments" (driver.ParseQMPCommand).
 func checkQMPCommand(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	var cmd qmpCommand
-	if err := dec.Decode(&cmd); err != nil {
-		if err == io.EOF {
-			return errors.New(`qmp: empty body; send a command such as {"execute":"query-status"}`)
-		}
-		return fmt.Errorf(`qmp: the body must be a JSON object such as {"execute":"query-status","arguments":{}}: %v`, err)
+	if len(bytes.TrimSpace(data)) == 0 {
+		return errors.New(`qmp: empty body; send a command such as {"execute":"query-status"}`)
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return errors.New("qmp: trailing data after the command object")
-	}
-	if cmd.Execute == "" {
-		return errors.New(`qmp: the command has no "execute" name`)
-	}
-	if a := bytes.TrimSpace(cmd.Arguments); len(a) > 0 && a[0] != '{' && !bytes.Equal(a, []byte("null")) {
-		return errors.New(`qmp: "arguments" must be an object`)
-	}
-	return nil
+	_, _, err := driver.ParseQMPCommand(data)
+	return err
 }
 
 func (s *Server) jobs(w http.ResponseWriter, r *http.Request, name string) {
