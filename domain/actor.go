@@ -97,12 +97,14 @@ type job struct {
 // The messages below come from goroutines and callbacks of one actor
 // instance; after a restart the new instance ignores those of the old one.
 type jobDone struct {
+	jobTrace
 	from  *domainActor
 	id    uint64
 	value any
 	err   error
 }
 type jobStep struct {
+	jobTrace
 	from  *domainActor
 	id    uint64
 	step  string
@@ -110,6 +112,7 @@ type jobStep struct {
 	since time.Time
 }
 type jobGoAsync struct {
+	jobTrace
 	from *domainActor
 	id   uint64
 }
@@ -124,6 +127,7 @@ type restartDue struct {
 type rebuildNow struct{ from *domainActor }
 type processExited struct{ proc *Process }
 type attachProcess struct {
+	jobTrace
 	jobID  uint64
 	proc   *Process
 	serial *Serial
@@ -419,7 +423,7 @@ func (m *domainActor) launch(ctx actor.Context, j *job) {
 			env.hooks.Released(env.domain, env.job)
 		}
 		cancel(nil)
-		env.root.Send(env.self, jobDone{from: env.owner, id: env.job.ID, value: value, err: err})
+		env.root.Send(env.self, jobDone{jobTrace: env.trace(), from: env.owner, id: env.job.ID, value: value, err: err})
 	}()
 }
 

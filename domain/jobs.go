@@ -46,9 +46,20 @@ type jobEnv struct {
 	span string
 }
 
+// jobTrace puts a job goroutine's messages to its actor in the job's trace
+// (the middleware reads Header), under the job's span.
+type jobTrace struct{ req actors.Request }
+
+// Header is the job's request, with the job's span as the parent.
+func (t jobTrace) Header() actors.Request { return t.req }
+
+func (e *jobEnv) trace() jobTrace {
+	return jobTrace{req: actors.Request{RequestID: e.req.RequestID, ParentID: e.span, Owner: e.req.Owner}}
+}
+
 // step reports the job's current step to the actor.
 func (e *jobEnv) step(step, qmp string) {
-	s := jobStep{from: e.owner, id: e.job.ID, step: step, qmp: qmp}
+	s := jobStep{jobTrace: e.trace(), from: e.owner, id: e.job.ID, step: step, qmp: qmp}
 	if qmp != "" {
 		s.since = time.Now()
 	}
@@ -61,7 +72,7 @@ func (e *jobEnv) goAsync() {
 		e.hooks.Released(e.domain, e.job)
 	}
 	e.released = true
-	e.root.Send(e.self, jobGoAsync{from: e.owner, id: e.job.ID})
+	e.root.Send(e.self, jobGoAsync{jobTrace: e.trace(), from: e.owner, id: e.job.ID})
 }
 
 // cause turns an error seen while the job context was cancelled into the
@@ -186,7 +197,7 @@ func (e *jobEnv) start(paused bool) error {
 		e.root.Send(e.self, processExited{proc: proc})
 	}()
 	e.step("attach monitor", "")
-	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobID: e.job.ID, proc: proc, serial: e.spec.Serial})
+	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobTrace: e.trace(), jobID: e.job.ID, proc: proc, serial: e.spec.Serial})
 	if err != nil {
 		return abort("attach monitor", e.cause(err))
 	}
@@ -221,7 +232,7 @@ func (m *domainActor) shutdownJob(timeout time.Duration) jobRunner {
 // shutdown sends the ACPI power button press, then waits as an async job for
 // the guest to power off.
 func (e *jobEnv) shutdown(timeout time.Duration) error {
-	e.root.Send(e.self, shutdownRequested{from: e.owner, id: e.job.ID})
+	e.root.Send(e.self, shutdownRequested{jobTrace: e.trace(), from: e.owner, id: e.job.ID})
 	sent := time.Now()
 	if _, err := e.qmp("system_powerdown", nil); err != nil {
 		return err
@@ -263,6 +274,7 @@ func runDestroy(e *jobEnv) (any, error) {
 }
 
 type shutdownRequested struct {
+	jobTrace
 	from *domainActor
 	id   uint64
 }

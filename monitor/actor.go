@@ -119,6 +119,13 @@ type Event struct {
 	Time time.Time
 }
 
+// Header makes each QMP event the root of a trace of its own, whose id is
+// the event's ID: the lifecycle events it causes name it as their Cause, so
+// `vmsup trace --request CAUSE` shows how it was handled.
+func (e *Event) Header() actors.Request {
+	return actors.Request{RequestID: e.ID, Owner: "qmp event " + e.Name}
+}
+
 // Connected tells the domain that QMP is ready.
 type Connected struct {
 	Version string
@@ -141,6 +148,9 @@ type pending struct {
 // The messages below come from goroutines and callbacks of one actor
 // instance. After a restart (a panic) the mailbox still holds those of the
 // old instance, so each one names its instance and the others are dropped.
+// Header puts the reply of a command in the command's trace.
+func (c commandDone) Header() actors.Request { return c.req }
+
 type connectDone struct {
 	from *monitorActor
 	gen  uint64
@@ -151,6 +161,7 @@ type reconnectNow struct {
 	gen  uint64
 }
 type commandDone struct {
+	req   actors.Request // the command's trace, for the middleware
 	from  *monitorActor
 	seq   uint64
 	reply []byte
@@ -350,6 +361,7 @@ func (m *monitorActor) next(ctx actor.Context) {
 		}
 		p.started = time.Now()
 		self, root, conn, runCtx, seq := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx, p.seq
+		req := actors.Request{RequestID: p.cmd.RequestID, ParentID: p.span, Owner: p.cmd.Owner}
 		m.wg.Add(1)
 		go func() {
 			defer m.wg.Done()
@@ -357,7 +369,7 @@ func (m *monitorActor) next(ctx actor.Context) {
 			defer cancel()
 			start := time.Now()
 			reply, err := conn.RunContext(cctx, wire)
-			root.Send(self, commandDone{from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
+			root.Send(self, commandDone{req: req, from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
 		}()
 		return
 	}

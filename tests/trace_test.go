@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
 
@@ -42,6 +43,23 @@ func TestTraceChain(t *testing.T) {
 	if err := json.Unmarshal(chrome.Bytes(), &parsed); err != nil || len(parsed.TraceEvents) < len(records) {
 		t.Fatalf("chrome export: %d events for %d records, %v", len(parsed.TraceEvents), len(records), err)
 	}
+	// A QMP event is a trace of its own, named by the lifecycle event it
+	// causes.
+	events := recordEvents(t, vm.Subscribe(ctxT(t, time.Minute), 0))
+	if _, err := vm.QMP(ctxT(t, 10*time.Second), json.RawMessage(`{"execute":"stop"}`)); err != nil {
+		t.Fatal(err)
+	}
+	paused := events.waitFor(t, domain.EventPaused, 2*time.Second)
+	var handled bool
+	for _, r := range rec.ByTrace(paused.Cause) {
+		if r.Actor == "domain/traced" && r.MessageType == "monitor.Event" {
+			handled = true
+		}
+	}
+	if !handled {
+		t.Fatalf("no record of the QMP event %s that paused the domain: %s", paused.Cause, dump(rec.ByTrace(paused.Cause)))
+	}
+
 	var mermaid bytes.Buffer
 	if err := trace.WriteMermaid(&mermaid, records); err != nil || !bytes.Contains(mermaid.Bytes(), []byte("query-status")) {
 		t.Fatalf("mermaid: %v\n%s", err, mermaid.String())
