@@ -110,8 +110,7 @@ func fuzzTransportLines(t *testing.T, path, greeting string, body []byte, flags 
 	// The client runs in its own goroutine so that a hang is reported
 	// with the stacks instead of stalling the fuzzer.
 	clientDone := make(chan []string, 1)
-	var tr *Transport
-	tr = NewTransport(path, TransportOptions{ConnectTimeout: fuzzConnectTimeout, MaxLineBytes: limit, EventBuffer: 4})
+	tr := NewTransport(path, TransportOptions{ConnectTimeout: fuzzConnectTimeout, MaxLineBytes: limit, EventBuffer: 4})
 	go func() { clientDone <- fuzzClient(tr, flags) }()
 	var problems []string
 	select {
