@@ -3,7 +3,7 @@ GO ?= go
 CACHE ?= $(CURDIR)/.cache
 BIN ?= $(CURDIR)/bin
 
-.PHONY: test vet unit guest demo bench vmsup qemu
+.PHONY: test vet unit guest demo bench fuzz vmsup qemu
 
 # The test command: vet, then every test with the race detector, real QEMU
 # included.
