@@ -1,0 +1,255 @@
+package bench
+
+// These Benchmark functions measure one side at a time, for profiling:
+//
+//	go test ./tests/bench -run '^$' -bench 'Info' -cpuprofile /tmp/info.prof
+//
+// They compile under `make test` and never run there (no -bench). The
+// side-by-side table is tests/bench/cmd/benchtable (`make bench`).
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+func openSystems(b *testing.B, n int) (*Vmsup, *Lock, []string) {
+	b.Helper()
+	mons := NewMonitors(DefaultLatency)
+	v, err := OpenVmsup(mons)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(v.Close)
+	l, err := OpenLock(mons)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(l.Close)
+	list := names("d", n)
+	for _, sys := range []System{v, l} {
+		if _, _, err := defineStart(context.Background(), sys, list, 16); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return v, l, list
+}
+
+func benchSystems(b *testing.B, n int, f func(b *testing.B, sys System, list []string)) {
+	v, l, list := openSystems(b, n)
+	for _, sys := range []System{v, l} {
+		b.Run(sys.Name(), func(b *testing.B) { f(b, sys, list) })
+	}
+}
+
+// BenchmarkInfo is one Info call on an idle simulated domain.
+func BenchmarkInfo(b *testing.B) {
+	benchSystems(b, 1, func(b *testing.B, sys System, list []string) {
+		ctx := context.Background()
+		for b.Loop() {
+			if err := sys.Info(ctx, list[0]); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkInfoParallel is Info from GOMAXPROCS callers on 16 domains.
+func BenchmarkInfoParallel(b *testing.B) {
+	benchSystems(b, 16, func(b *testing.B, sys System, list []string) {
+		ctx := context.Background()
+		var next atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			name := list[int(next.Add(1))%len(list)]
+			for pb.Next() {
+				if err := sys.Info(ctx, name); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkQMPJob is one raw QMP job (query-status) on a simulated domain
+// with 200 µs replies.
+func BenchmarkQMPJob(b *testing.B) {
+	benchSystems(b, 1, func(b *testing.B, sys System, list []string) {
+		ctx := context.Background()
+		cmd := json.RawMessage(`{"execute":"query-status"}`)
+		for b.Loop() {
+			if err := sys.QMP(ctx, list[0], cmd); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkMixed is the contention workload: 16 domains × 4 callers, 90 %
+// Info and 10 % jobs.
+func BenchmarkMixed(b *testing.B) {
+	benchSystems(b, 16, func(b *testing.B, sys System, list []string) {
+		ctx := context.Background()
+		var next atomic.Int64
+		b.SetParallelism(32) // 64 callers on 2 cores
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(next.Add(1))
+			name := list[i%len(list)]
+			r := rand.New(rand.NewPCG(uint64(i), 7))
+			for pb.Next() {
+				if err := mixedOp(ctx, sys, name, r); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkList lists 10,000 domains.
+func BenchmarkList(b *testing.B) {
+	benchSystems(b, 10000, func(b *testing.B, sys System, list []string) {
+		ctx := context.Background()
+		for b.Loop() {
+			n, err := sys.List(ctx)
+			if err != nil || n != len(list) {
+				b.Fatal(n, err)
+			}
+		}
+	})
+}
+
+func mixedOp(ctx context.Context, sys System, name string, r *rand.Rand) error {
+	switch k := r.IntN(20); {
+	case k == 0:
+		return sys.Reset(ctx, name)
+	case k == 1:
+		return sys.QMP(ctx, name, json.RawMessage(`{"execute":"query-status"}`))
+	default:
+		return sys.Info(ctx, name)
+	}
+}
+
+// TestDurFormat checks the table's number formats (cheap; runs in make
+// test).
+func TestDurFormat(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		450 * time.Nanosecond:    "450 ns",
+		17400 * time.Nanosecond:  "17.4 µs",
+		2550 * time.Microsecond:  "2.55 ms",
+		1234 * time.Millisecond:  "1.23 s",
+		410 * time.Microsecond:   "410 µs",
+		0:                        "0",
+		-time.Second:             "0",
+		999999 * time.Nanosecond: "1000 µs",
+	} {
+		if got := Dur(d); got != want {
+			t.Errorf("Dur(%v) = %q, want %q", d, got, want)
+		}
+	}
+	var s Samples
+	for i := 1; i <= 100; i++ {
+		s.Add(time.Duration(i))
+	}
+	if s.P50() != 50 || s.P99() != 99 || s.Max() != 100 {
+		t.Errorf("quantiles: %v %v %v", s.P50(), s.P99(), s.Max())
+	}
+	if got := fmt.Sprint(Rate(4300)); got != "4.3k/s" {
+		t.Errorf("Rate = %q", got)
+	}
+}
+
+// BenchmarkJobs100 is jobs back to back on 100 domains, one caller each
+// (the scale sweep's middle point).
+func BenchmarkJobs100(b *testing.B) {
+	benchSystems(b, 100, func(b *testing.B, sys System, list []string) {
+		ctx := context.Background()
+		var next atomic.Int64
+		b.SetParallelism(50) // 100 callers on 2 cores
+		b.RunParallel(func(pb *testing.PB) {
+			i := int(next.Add(1))
+			name := list[i%len(list)]
+			for pb.Next() {
+				var err error
+				if i++; i%2 == 0 {
+					err = sys.Reset(ctx, name)
+				} else {
+					err = sys.QMP(ctx, name, queryStatus)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+}
+
+// BenchmarkFloor is one query-status on a real QEMU (-machine none)
+// through go-qemu's SocketMonitor, vmsup's monitor.Transport and vmsup's
+// Domain.QMP, one QEMU each.
+func BenchmarkFloor(b *testing.B) {
+	ctx := context.Background()
+	dir, err := shortDir("vbb")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ReapAll(); os.RemoveAll(dir) })
+	cmd := []byte(`{"execute":"query-status"}`)
+	b.Run("raw-go-qemu", func(b *testing.B) {
+		q, sm, err := startConnected(filepath.Join(dir, "raw"), RealSpec("floor"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer q.Kill()
+		defer sm.Disconnect()
+		for b.Loop() {
+			if _, err := sm.Run(cmd); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("vmsup-transport", func(b *testing.B) {
+		q, err := StartRawQEMU(filepath.Join(dir, "tr"), RealSpec("floor"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer q.Kill()
+		tr := monitor.NewTransport(q.Paths.QMPSocket, monitor.TransportOptions{})
+		if err := tr.ConnectContext(ctx); err != nil {
+			b.Fatal(err)
+		}
+		defer tr.Disconnect()
+		for b.Loop() {
+			if _, err := tr.RunContext(ctx, cmd); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("vmsup-api", func(b *testing.B) {
+		d, err := openRealDriver(ctx, filepath.Join(dir, "api"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer d.Close(ctx)
+		if _, err := d.Define(ctx, RealSpec("floor")); err != nil {
+			b.Fatal(err)
+		}
+		vm := d.Domain("floor")
+		if err := vm.Start(ctx, driver.StartOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		defer vm.Destroy(ctx)
+		for b.Loop() {
+			if _, err := vm.QMP(ctx, cmd); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

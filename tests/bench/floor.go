@@ -1,0 +1,201 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// Options tune a run of the rows.
+type Options struct {
+	// Progress receives one line per step (stderr in benchtable).
+	Progress func(format string, args ...any)
+	// Repro is the command prefix that reproduces a row; the row's key is
+	// appended (" -only floor").
+	Repro string
+	// VmsupBinary is a built cmd/vmsup for the daemon rows; empty means
+	// build it.
+	VmsupBinary string
+	// ModuleDir is the module root (for building cmd/vmsup).
+	ModuleDir string
+	// HeapProfile, when set, receives a heap profile taken while vmsup
+	// runs the 100 real QEMUs (real100).
+	HeapProfile string
+}
+
+// writeHeapProfile writes the live heap to path.
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return pprof.Lookup("heap").WriteTo(f, 0)
+}
+
+func (o Options) logf(format string, args ...any) {
+	if o.Progress != nil {
+		o.Progress(format, args...)
+	}
+}
+
+func (o Options) repro(key string) string { return o.Repro + " -only " + key }
+
+// shortDir makes a temp dir with a short path (unix socket paths are
+// limited to 107 bytes).
+func shortDir(prefix string) (string, error) { return os.MkdirTemp("/tmp", prefix) }
+
+// openRealDriver opens a vmsup driver that runs real QEMU.
+func openRealDriver(ctx context.Context, dir string) (*driver.Driver, error) {
+	return driver.Open(ctx, driver.Config{
+		StateDir:     filepath.Join(dir, "state"),
+		RunDir:       filepath.Join(dir, "run"),
+		DestroyGrace: 5 * time.Second,
+	})
+}
+
+// Floor compares one query-status round trip through vmsup's API
+// (Domain.QMP) with the same command sent by go-qemu's SocketMonitor
+// straight to a QEMU started with the same argv. A third QEMU measures
+// vmsup's own QMP transport without the actors, to split the difference.
+func Floor(ctx context.Context, o Options) (*Section, error) {
+	const key = "floor"
+	sec := &Section{Key: key, Title: "1. The floor: raw QMP against vmsup's API"}
+	dir, err := shortDir("vbf")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	d, err := openRealDriver(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close(context.Background())
+	if _, err := d.Define(ctx, RealSpec("floor")); err != nil {
+		return nil, err
+	}
+	vm := d.Domain("floor")
+	if err := vm.Start(ctx, driver.StartOptions{}); err != nil {
+		return nil, err
+	}
+	defer func() {
+		c, cancel := withTimeout(30 * time.Second)
+		defer cancel()
+		_ = vm.Destroy(c)
+	}()
+	if in, err := vm.Info(ctx); err == nil {
+		NotePID(in.PID)
+	}
+	raw, sm, err := startConnected(filepath.Join(dir, "raw"), RealSpec("floor"))
+	if err != nil {
+		return nil, fmt.Errorf("raw QEMU: %w", err)
+	}
+	defer raw.Kill()
+	defer sm.Disconnect()
+	third, err := StartRawQEMU(filepath.Join(dir, "tr"), RealSpec("floor"))
+	if err != nil {
+		return nil, err
+	}
+	defer third.Kill()
+	tr := monitor.NewTransport(third.Paths.QMPSocket, monitor.TransportOptions{})
+	if err := tr.ConnectContext(ctx); err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	defer tr.Disconnect()
+
+	cmd := []byte(`{"execute":"query-status"}`)
+	cmdID := []byte(`{"execute":"query-status","id":"vmsup-10000"}`)
+	sides := []struct {
+		name string
+		op   func() error
+		s    Samples
+		wall time.Duration
+	}{
+		{name: "vmsup", op: func() error { _, err := vm.QMP(ctx, json.RawMessage(cmd)); return err }},
+		{name: "raw", op: func() error { _, err := sm.Run(cmd); return err }},
+		{name: "transport", op: func() error { _, err := tr.RunContext(ctx, cmd); return err }},
+		{name: "info", op: func() error { _, err := vm.Info(ctx); return err }},
+		// The raw client again, with an "id" in the command as vmsup's
+		// transport sends it: QEMU itself takes longer to answer those.
+		{name: "raw+id", op: func() error { _, err := sm.Run(cmdID); return err }},
+	}
+	for i := range sides { // warm up
+		for k := 0; k < 300; k++ {
+			if err := sides[i].op(); err != nil {
+				return nil, fmt.Errorf("%s: %w", sides[i].name, err)
+			}
+		}
+	}
+	const rounds, batch = 16, 500
+	o.logf("floor: %d rounds of %d query-status per side, sides alternating", rounds, batch)
+	for r := 0; r < rounds; r++ {
+		for k := range sides {
+			s := &sides[(k+r)%len(sides)]
+			t0 := time.Now()
+			for n := 0; n < batch; n++ {
+				t := time.Now()
+				if err := s.op(); err != nil {
+					return nil, fmt.Errorf("%s: %w", s.name, err)
+				}
+				s.s.Add(time.Since(t))
+			}
+			s.wall += time.Since(t0)
+		}
+	}
+	v, rw, t, info, rwID := &sides[0], &sides[1], &sides[2], &sides[3], &sides[4]
+	ops := func(s *Samples, wall time.Duration) float64 { return float64(s.N()) / wall.Seconds() }
+	repro := o.repro(key)
+	sec.Rows = []Row{
+		{Section: "1 floor", Measure: "query-status round trip, p50", V: Secs(v.s.P50()), C: Secs(rw.s.P50()), Fmt: DurFmt, Against: "raw go-qemu", Goal: RatioAtMost(1.10), Repro: repro},
+		{Section: "1 floor", Measure: "query-status round trip, p99", V: Secs(v.s.P99()), C: Secs(rw.s.P99()), Fmt: DurFmt, Against: "raw go-qemu", Goal: RatioAtMost(1.10), Repro: repro},
+		{Section: "1 floor", Measure: "query-status, ops/s (one caller)", V: ops(&v.s, v.wall), C: ops(&rw.s, rw.wall), Fmt: RateFmt, Against: "raw go-qemu", Goal: RatioAtLeast(1 / 1.10), Repro: repro},
+	}
+	sec.Notes = append(sec.Notes,
+		fmt.Sprintf("Method: one vmsup-supervised QEMU (`-machine none`, %s) and two raw QEMUs started with the argv vmsup builds for the same spec; "+
+			"%d rounds of %d sequential `query-status` per side, the sides taking turns. vmsup: `Domain.QMP`; raw: go-qemu `qmp.SocketMonitor.Run` with the same bytes. "+
+			"%d samples per side.", realAccel(), rounds, batch, rounds*batch),
+		fmt.Sprintf("Split of vmsup's time (p50): vmsup's QMP transport alone, on the third QEMU, takes %s (raw go-qemu %s). "+
+			"Part of that is QEMU's: the transport puts an \"id\" in every command to match replies, and the raw client sending the same command with an id "+
+			"(`{\"execute\":\"query-status\",\"id\":\"vmsup-10000\"}`) waits %s, so QEMU spends about %s more on a command with an id; the transport's own code adds about %s. "+
+			"The actors add %s on top of the transport. An `Info` on the same domain — a lookup ask to the driver actor plus an ask to the domain actor, no QMP — takes %s (p50), "+
+			"so the two asks a QMP call also makes account for about that much; the rest is the job path: the job goroutine, its step messages, "+
+			"the ask to the monitor actor, the monitor's command goroutine and deadline context, and the reply decoded in the monitor then copied back through two actors — "+
+			"about a dozen goroutine hand-offs per call, each a wake-up of a parked goroutine (and often of an idle OS thread) when the process is otherwise idle.",
+			Dur(t.s.P50()), Dur(rw.s.P50()), Dur(rwID.s.P50()), Dur(rwID.s.P50()-rw.s.P50()), Dur(t.s.P50()-rwID.s.P50()), Dur(v.s.P50()-t.s.P50()), Dur(info.s.P50())),
+		fmt.Sprintf("Figures: vmsup p50 %s p99 %s, %s; raw p50 %s p99 %s, %s; vmsup transport p50 %s p99 %s.",
+			Dur(v.s.P50()), Dur(v.s.P99()), Rate(ops(&v.s, v.wall)), Dur(rw.s.P50()), Dur(rw.s.P99()), Rate(ops(&rw.s, rw.wall)), Dur(t.s.P50()), Dur(t.s.P99())),
+	)
+	return sec, nil
+}
+
+var _ qmp.Monitor = (*qmp.SocketMonitor)(nil)
+
+// startConnected starts a raw QEMU and connects go-qemu to it, starting
+// the QEMU again (twice at most) when its QMP never answers (see
+// dialFirst).
+func startConnected(runDir string, spec *domain.Spec) (*RawQEMU, *qmp.SocketMonitor, error) {
+	for attempt := 0; ; attempt++ {
+		q, err := StartRawQEMU(runDir, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		sm, err := q.Connect(5 * time.Second)
+		if err == nil {
+			return q, sm, nil
+		}
+		q.Kill()
+		if attempt == 2 {
+			return nil, nil, err
+		}
+	}
+}
