@@ -30,7 +30,7 @@ const (
 	// largest real reply, query-qmp-schema, is about 200 KB.
 	DefaultMaxLineBytes = 32 << 20
 	// DefaultEventBuffer is the capacity of the events channel.
-	DefaultEventBuffer = 1024
+	DefaultEventBuffer = 128
 )
 
 // idPrefix starts every id the transport puts into a command.
@@ -48,7 +48,8 @@ type TransportOptions struct {
 	MaxLineBytes int
 	// EventBuffer is the capacity of the channel returned by Events. When
 	// it is full, new events are dropped and counted (see DroppedEvents).
-	// Default 1024.
+	// Default 128: the monitor actor drains it continuously into the
+	// domain's mailbox.
 	EventBuffer int
 	// Logger receives warnings about hostile or unexpected input (lines
 	// that are not JSON objects, replies with unknown ids, dropped events).
@@ -577,7 +578,10 @@ func (t *Transport) DroppedEvents() uint64 {
 func (t *Transport) readLoop(conn net.Conn) {
 	defer t.readerWG.Done()
 	defer close(t.events)
-	br := bufio.NewReaderSize(conn, 64<<10)
+	// A small buffer: most replies are short, and readQMPLine gathers a
+	// longer line (query-qmp-schema is ~200 KB) from several fills. Per
+	// VM memory matters with thousands of VMs.
+	br := bufio.NewReaderSize(conn, 4<<10)
 	greeted := false
 	for {
 		line, err := readQMPLine(br, t.opts.MaxLineBytes)
