@@ -591,6 +591,12 @@ func (m *domainActor) onAttach(ctx actor.Context, a attachProcess) {
 		ctx.Respond(err)
 		return
 	}
+	if m.mon != nil {
+		// The monitor of an earlier attempt of this start, whose QEMU
+		// is gone or going.
+		ctx.Stop(m.mon)
+		m.mon = nil
+	}
 	m.proc = a.proc
 	m.paths = paths
 	m.monConnected = false

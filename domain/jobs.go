@@ -146,28 +146,48 @@ func (m *domainActor) startJob(paused bool) jobRunner {
 	}
 }
 
+// startAttempts bounds how often start spawns QEMU when the QMP handshake
+// fails while QEMU runs: QEMU 7.2 now and then garbles the QMP session of a
+// client that connects right after the socket appears (a second greeting,
+// a parse error), and a fresh QEMU is the reliable way out.
+const startAttempts = 2
+
 // start runs QEMU paused, hands it to the actor (which spawns the monitor),
 // checks QMP and continues the guest unless paused was asked for.
 func (e *jobEnv) start(paused bool) error {
+	var err error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		var retry bool
+		if retry, err = e.startOnce(paused); err == nil || !retry || e.ctx.Err() != nil {
+			return err
+		}
+		e.step(fmt.Sprintf("retry start (attempt %d failed: %v)", attempt, err), "")
+	}
+	return err
+}
+
+// startOnce makes one attempt. retry reports a QMP handshake failure while
+// QEMU was still running, which a fresh QEMU may not have.
+func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	fail := func(step string, err error) error {
 		return fmt.Errorf("domain %q: start: %s: %w", e.domain, step, err)
 	}
 	paths, err := NewRunPaths(e.runDir, e.domain)
 	if err != nil {
-		return fail("run paths", err)
+		return false, fail("run paths", err)
 	}
 	e.step("prepare run dir", "")
 	if err := os.MkdirAll(paths.Dir, 0o700); err != nil {
-		return fail("prepare run dir", err)
+		return false, fail("prepare run dir", err)
 	}
 	// Never a second QEMU for a domain: one that vmsup does not supervise
 	// (it failed to adopt it) still owns the VM's disks and sockets.
 	if pid, err := readPIDFile(paths.PIDFile); err == nil && runsDomain(pid, e.spec.UUID) {
-		return fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
+		return false, fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
 	}
 	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
 		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fail("remove stale "+stale, err)
+			return false, fail("remove stale "+stale, err)
 		}
 	}
 	accel := ResolveAccel(e.spec.Accel)
@@ -179,7 +199,7 @@ func (e *jobEnv) start(paused bool) error {
 	}
 	proc, err := launch(e.spec.EmulatorPath(), args, paths)
 	if err != nil {
-		return fail("spawn QEMU", err)
+		return false, fail("spawn QEMU", err)
 	}
 	// From here on the process must not outlive a failed start.
 	abort := func(step string, err error) error {
@@ -199,18 +219,19 @@ func (e *jobEnv) start(paused bool) error {
 	e.step("attach monitor", "")
 	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobTrace: e.trace(), jobID: e.job.ID, proc: proc, serial: e.spec.Serial})
 	if err != nil {
-		return abort("attach monitor", e.cause(err))
+		return false, abort("attach monitor", e.cause(err))
 	}
 	e.monitor = mon
 	if _, err := e.qmp("query-status", nil); err != nil {
-		return abort("QMP", err)
+		running := !proc.exited()
+		return running, abort("QMP", err)
 	}
 	if !paused {
 		if _, err := e.qmp("cont", nil); err != nil {
-			return abort("cont", err)
+			return false, abort("cont", err)
 		}
 	}
-	return nil
+	return false, nil
 }
 
 func (m *domainActor) shutdownJob(timeout time.Duration) jobRunner {
