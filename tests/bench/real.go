@@ -240,12 +240,11 @@ func Real100(ctx context.Context, o Options) (*Section, error) {
 		"Memory is this process's heap (+ stacks) and RSS after a GC, minus the same with the driver open and no domain, per domain; QEMU's own memory is not counted. "+
 		"List of the %d running domains: p50 %s, max %s.",
 		RealDomains, realAccel(), workers, discarded, restarts(rs), RealDomains, Dur(list.P50()), Dur(list.Max())),
-		fmt.Sprintf("**Why a real domain costs vmsup %s of heap** (a simulated one costs the 10k row's figure): each real domain holds a monitor.Transport, "+
-			"whose reader is a bufio.Reader of 64 KiB (monitor/transport.go, `bufio.NewReaderSize(conn, 64<<10)`) and whose events channel is buffered for "+
-			"DefaultEventBuffer = 1024 qmp.Event values of 40 bytes each (40 KiB), both allocated up front. A heap profile of this row "+
-			"(`go run ./tests/bench/cmd/benchtable -only real100 -heapprofile heap.prof`) puts bufio.NewReaderSize first (about 64 KiB per domain), then monitor.NewTransport. "+
-			"A reader that starts at 4 KiB and grows only for long lines (MaxLineBytes still caps it), and an event buffer of a few dozen "+
-			"(overflow is already counted, not blocking), would bring it near the simulated figure. RSS grows less than the heap because most of those buffers are never touched.",
+		fmt.Sprintf("**What a real domain costs vmsup: %s of heap** (a simulated one costs the 10k row's figure). Each real domain holds a monitor.Transport "+
+			"with a 4 KiB bufio.Reader (longer lines, such as query-qmp-schema's 200 KB, are gathered across fills up to MaxLineBytes) and an events channel of "+
+			"DefaultEventBuffer = 128 qmp.Event values (5 KiB). Until those were cut, a 64 KiB reader and 1024 buffered events made this row about 128 KiB; "+
+			"a heap profile (`go run ./tests/bench/cmd/benchtable -only real100 -heapprofile heap.prof`) showed bufio.NewReaderSize first. "+
+			"The rest is the three actors, the QEMU process watcher and the status writer. RSS also counts the goroutine stacks that the domain's goroutines touched.",
 			Bytes(avg(vs, heap))))
 	return sec, nil
 }
