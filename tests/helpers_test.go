@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -113,6 +114,7 @@ func openDriverAt(t testing.TB, dir string, cfg driver.Config) *testDriver {
 		if err := d.Close(ctx); err != nil {
 			t.Errorf("close driver: %v", err)
 		}
+		killStrays(t, dir)
 	})
 	return td
 }
@@ -242,4 +244,27 @@ func (r *eventRecorder) types() []domain.EventType {
 		out = append(out, ev.Type)
 	}
 	return out
+}
+
+// killStrays kills any process whose command line names dir: a QEMU that a
+// failed test left behind. A passing test leaves none, so each one found
+// is reported.
+func killStrays(t testing.TB, dir string) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() || !processAlive(pid) {
+			continue
+		}
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if !strings.Contains(string(cmdline), dir+"/") {
+			continue
+		}
+		t.Errorf("process %d outlived its test: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+		deadline := time.Now().Add(5 * time.Second)
+		for processAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }
