@@ -308,7 +308,21 @@ func (c *Client) Events(ctx context.Context, name string, started func(), fn fun
 	if name != "" {
 		q = url.Values{"domain": {name}}
 	}
-	req, err := c.request(ctx, http.MethodGet, api.Prefix+"/events", q, nil, "")
+	return c.streamLines(ctx, "events", api.Prefix+"/events", q, 1<<20, started, func(line []byte) error {
+		var ev api.Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return fmt.Errorf("events: bad line from the daemon: %w", err)
+		}
+		return fn(ev)
+	})
+}
+
+// streamLines reads an NDJSON stream from path and hands each line to fn,
+// until ctx ends (its error), fn fails (that error), or the daemon ends the
+// stream (io.EOF). started, when not nil, is called once the daemon has
+// answered. what names the stream in errors.
+func (c *Client) streamLines(ctx context.Context, what, path string, q url.Values, maxLine int, started func(), fn func([]byte) error) error {
+	req, err := c.request(ctx, http.MethodGet, path, q, nil, "")
 	if err != nil {
 		return err
 	}
@@ -322,13 +336,9 @@ func (c *Client) Events(ctx context.Context, name string, started func(), fn fun
 		started()
 	}
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	sc.Buffer(make([]byte, 64<<10), maxLine)
 	for sc.Scan() {
-		var ev api.Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("events: bad line from the daemon: %w", err)
-		}
-		if err := fn(ev); err != nil {
+		if err := fn(sc.Bytes()); err != nil {
 			return err
 		}
 	}
@@ -336,7 +346,7 @@ func (c *Client) Events(ctx context.Context, name string, started func(), fn fun
 		return err
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("events: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return io.EOF
 }
@@ -463,47 +473,21 @@ func (c *Client) copyBody(ctx context.Context, path string, q url.Values, w io.W
 // behind, the end of the stream). started, when not nil, is called once
 // the daemon has subscribed.
 func (c *Client) FollowTrace(ctx context.Context, domain string, started func(), fn func(trace.Record) error, notice func(api.TraceNotice) error) error {
-	req, err := c.request(ctx, http.MethodGet, api.Prefix+"/trace/follow", traceQuery(domain, ""), nil, "")
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Accept", api.ContentTypeNDJSON)
-	resp, err := c.send(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if started != nil {
-		started()
-	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	for sc.Scan() {
+	return c.streamLines(ctx, "trace", api.Prefix+"/trace/follow", traceQuery(domain, ""), 16<<20, started, func(line []byte) error {
 		var rec trace.Record
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+		if err := json.Unmarshal(line, &rec); err != nil {
 			return fmt.Errorf("trace: bad line from the daemon: %w", err)
 		}
 		if k := string(rec.Kind); k == api.NoticeDropped || k == api.NoticeEnd {
 			var n api.TraceNotice
-			if err := json.Unmarshal(sc.Bytes(), &n); err != nil {
+			if err := json.Unmarshal(line, &n); err != nil {
 				return fmt.Errorf("trace: bad line from the daemon: %w", err)
 			}
 			if notice != nil {
-				if err := notice(n); err != nil {
-					return err
-				}
+				return notice(n)
 			}
-			continue
+			return nil
 		}
-		if err := fn(rec); err != nil {
-			return err
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("trace: %w", err)
-	}
-	return io.EOF
+		return fn(rec)
+	})
 }
