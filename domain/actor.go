@@ -261,7 +261,7 @@ func (m *domainActor) Receive(ctx actor.Context) {
 		if m.monConnected && m.proc != nil {
 			// A reconnect (after a broken monitor or a monitor restart):
 			// events of the gap are lost, so resync from query-status.
-			m.enqueue(ctx, actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}, "reconnect", JobModify, m.reconnectJob())
+			m.enqueueReconnect(ctx)
 		}
 		m.monConnected = true
 	case *monitor.Disconnected:

@@ -65,6 +65,11 @@ func (m *domainActor) recover(ctx actor.Context) {
 	}
 	m.mon = pid
 	m.cfg.Logger.Info().Str("domain", m.name()).Int("pid", proc.pid).Msg(rec.Found)
+	m.enqueueReconnect(ctx)
+}
+
+// enqueueReconnect queues a job that resyncs the state from query-status.
+func (m *domainActor) enqueueReconnect(ctx actor.Context) {
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}
 	m.enqueue(ctx, req, "reconnect", JobModify, m.reconnectJob())
 }

@@ -422,10 +422,7 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 	if m.conn != nil {
 		_ = m.conn.Disconnect()
 	}
-	for _, p := range m.lane.Drain() {
-		p.stopWatch()
-		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, err))
-	}
+	m.failQueued(ctx, err)
 	if first {
 		level := zerolog.WarnLevel
 		if errors.Is(err, io.EOF) {
@@ -472,9 +469,14 @@ func (m *monitorActor) shutdown(ctx actor.Context) {
 	if p, ok := m.lane.End(); ok {
 		ctx.Send(p.sender, fmt.Errorf("QMP command %q: %w", p.cmd.Execute, closed))
 	}
+	m.failQueued(ctx, closed)
+}
+
+// failQueued answers every command still waiting in the lane with err.
+func (m *monitorActor) failQueued(ctx actor.Context, err error) {
 	for _, p := range m.lane.Drain() {
 		p.stopWatch()
-		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, closed))
+		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, err))
 	}
 }
 
