@@ -638,7 +638,9 @@ func (m *domainActor) onExit(ctx actor.Context, p *Process) {
 		reason = ReasonShutdown
 	}
 	cause := fmt.Errorf("domain %q: QEMU exited (%s)", m.name(), p.exitString())
-	if busy && active.info.Kind != JobDestroy && active.cancel != nil {
+	// A start job handles its own QEMU's death (and may retry with a new
+	// one); destroy waits for it. Any other job is cut short.
+	if busy && active.info.Kind != JobDestroy && active.info.Name != "start" && active.cancel != nil {
 		active.cancel(fmt.Errorf("domain %q: QEMU exited (%s) while running job %d %q", m.name(), p.exitString(), active.info.ID, active.info.Name))
 	}
 	if m.async != nil && m.async.cancel != nil && reason != ReasonShutdown {
