@@ -59,6 +59,26 @@ func TestSelectRecords(t *testing.T) {
 	}
 }
 
+// settledTrace returns the records of trace id once two reads 20 ms apart
+// agree. An actor records the end of its handler just after it has sent
+// its reply, so the last records of a call may land after the HTTP reply.
+func (ts *testServer) settledTrace(t *testing.T, id string) []trace.Record {
+	t.Helper()
+	var last []trace.Record
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var records []trace.Record
+		ts.ok(t, "GET", "/v1/trace?request="+id, nil, http.StatusOK, &records)
+		if last != nil && len(records) == len(last) {
+			return records
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("trace %s still growing after 5s: %d records", id, len(records))
+		}
+		last = records
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestTraceRoutes: with a recorder, the records of a qmp call are found by
 // its X-Request-Id in every form: JSON, Mermaid, SVG and Chrome; the
 // follow stream shows a call while it runs and ends with a notice at
@@ -72,8 +92,7 @@ func TestTraceRoutes(t *testing.T) {
 	r := ts.ok(t, "POST", "/v1/domains/tr/qmp", []byte(`{"execute":"query-status"}`), http.StatusOK, nil)
 	id := r.header.Get(HeaderRequestID)
 
-	var records []trace.Record
-	ts.ok(t, "GET", "/v1/trace?request="+id, nil, http.StatusOK, &records)
+	records := ts.settledTrace(t, id)
 	var api, qmp bool
 	for _, r := range records {
 		if r.TraceID != id {
