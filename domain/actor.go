@@ -50,8 +50,9 @@ type ActorConfig struct {
 	Trace *trace.Recorder
 	// MonitorReconnect is the backoff of a broken monitor's reconnects.
 	MonitorReconnect supervision.Backoff
-	// Snapshot receives a copy of Info after every message, so that the
-	// driver can list domains without asking each one.
+	// Snapshot receives a copy of Info after every message and before
+	// every job reply and lifecycle event, so that List and Info read it
+	// without asking the actor.
 	Snapshot *atomic.Pointer[Info]
 	Logger   zerolog.Logger
 	// Recovery is what was found of this domain when vmsup started: its
@@ -92,6 +93,10 @@ type job struct {
 	cancel           context.CancelCauseFunc
 	run              func(e *jobEnv) (any, error)
 	apply            func(m *domainActor, value any, err error)
+	// direct is set for a job that is one QMP command, run by the actor
+	// without a goroutine (see direct.go); directRun once it is launched.
+	direct    *directQMP
+	directRun *directRun
 }
 
 // The messages below come from goroutines and callbacks of one actor
@@ -196,7 +201,13 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case *ConsoleRequest:
 		ctx.Respond(m.console())
 	case *ExplainWaitRequest:
-		ctx.Respond(m.explain(msg.RequestID))
+		// The caller gave up: its job leaves the queue now, not when the
+		// context's watcher gets here, and the snapshot shows it before
+		// the caller hears back.
+		m.dropAbandoned(ctx, msg.RequestID)
+		w := m.explain(msg.RequestID)
+		m.publish()
+		ctx.Respond(w)
 	case *StartRequest:
 		m.stopRestartTimer()
 		m.enqueue(ctx, msg.Request, "start", JobModify, m.startJob(msg.Paused))
@@ -235,6 +246,10 @@ func (m *domainActor) Receive(ctx actor.Context) {
 	case jobDone:
 		if msg.from == m {
 			m.onJobDone(ctx, msg)
+		}
+	case directDone:
+		if msg.from == m {
+			m.onDirectDone(ctx, msg)
 		}
 	case jobAbandoned:
 		if msg.from == m {
@@ -278,10 +293,17 @@ func (m *domainActor) Receive(ctx actor.Context) {
 		m.stopRestartTimer()
 		m.stopping(ctx)
 	}
+	m.publish()
+	m.saveStatus()
+}
+
+// publish stores a fresh Info where the driver's readers find it. It runs
+// after every message, and also before a job's reply and a lifecycle event
+// go out, so that whoever got them reads at least that state.
+func (m *domainActor) publish() {
 	if m.cfg.Snapshot != nil {
 		m.cfg.Snapshot.Store(m.info())
 	}
-	m.saveStatus()
 }
 
 // saveStatus hands the status to the driver's writer when it changed.
@@ -315,6 +337,7 @@ func (m *domainActor) enqueue(ctx actor.Context, req actors.Request, name string
 		senders: []*actor.PID{ctx.Sender()},
 		run:     run.run,
 		apply:   run.apply,
+		direct:  run.direct,
 	}
 	m.traceJob(ctx, j)
 	self, root, id := ctx.Self(), ctx.ActorSystem().Root, j.info.ID
@@ -389,6 +412,10 @@ func (m *domainActor) precondition(j *job) error {
 // launch runs a job in a goroutine owned by this actor. Its result comes
 // back as a jobDone message; its steps as jobStep messages.
 func (m *domainActor) launch(ctx actor.Context, j *job) {
+	if j.direct != nil {
+		m.launchDirect(ctx, j)
+		return
+	}
 	jctx, cancel := context.WithCancelCause(context.Background())
 	j.cancel = cancel
 	j.info.Started = time.Now()
@@ -487,6 +514,7 @@ func (m *domainActor) onJobDone(ctx actor.Context, d jobDone) {
 
 // finish replies to the job's callers and keeps it in the recent list.
 func (m *domainActor) finish(ctx actor.Context, j *job, value any, err error) {
+	m.releaseDirect(ctx, j)
 	j.info.Ended = time.Now()
 	j.info.QMP = nil
 	reply := value
@@ -496,12 +524,13 @@ func (m *domainActor) finish(ctx actor.Context, j *job, value any, err error) {
 	} else if reply == nil {
 		reply = &JobDone{Job: j.info}
 	}
+	m.recordJob(j, err)
+	m.publish()
 	for _, s := range j.senders {
 		if s != nil {
 			ctx.Send(s, reply)
 		}
 	}
-	m.recordJob(j, err)
 	m.recent = append(m.recent, j.info)
 	if len(m.recent) > recentJobs {
 		m.recent = m.recent[len(m.recent)-recentJobs:]
@@ -712,6 +741,7 @@ func (m *domainActor) setState(s State, r Reason, cause string) {
 	case StateCrashed:
 		t = EventCrashed
 	}
+	m.publish()
 	m.cfg.Broker.Publish(Event{Type: t, Domain: m.name(), UUID: m.spec.UUID, State: s, Reason: r, Cause: cause})
 }
 
@@ -808,6 +838,20 @@ func (m *domainActor) jobs() *Jobs {
 		js.Queued = append(js.Queued, j.info)
 	}
 	return js
+}
+
+// dropAbandoned takes the queued jobs of requestID whose caller gave up out
+// of the lane.
+func (m *domainActor) dropAbandoned(ctx actor.Context, requestID string) {
+	var ids []uint64
+	for _, j := range m.lane.Waiting() {
+		if j.req.RequestID == requestID && j.req.Context().Err() != nil {
+			ids = append(ids, j.info.ID)
+		}
+	}
+	for _, id := range ids {
+		m.onAbandoned(ctx, id)
+	}
 }
 
 func (m *domainActor) explain(requestID string) *WaitExplanation {

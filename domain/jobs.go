@@ -19,6 +19,9 @@ import (
 type jobRunner struct {
 	run   func(e *jobEnv) (any, error)
 	apply func(m *domainActor, value any, err error)
+	// direct, instead of run, makes a job of one QMP command that the
+	// actor sends itself (see direct.go).
+	direct *directQMP
 }
 
 // jobEnv is what a job goroutine may use: a copy of the actor's state at
@@ -105,10 +108,7 @@ func (e *jobEnv) qmp(execute string, args json.RawMessage) (*monitor.Result, err
 
 func (m *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess func(m *domainActor)) jobRunner {
 	return jobRunner{
-		run: func(e *jobEnv) (any, error) {
-			_, err := e.qmp(execute, args)
-			return nil, err
-		},
+		direct: &directQMP{execute: execute, args: args},
 		apply: func(m *domainActor, _ any, err error) {
 			if err == nil && onSuccess != nil && m.proc != nil {
 				onSuccess(m)
@@ -118,16 +118,14 @@ func (m *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess fun
 }
 
 func (m *domainActor) rawQMPJob(req *QMPRequest) jobRunner {
-	return jobRunner{run: func(e *jobEnv) (any, error) {
-		if req.Execute == "" {
+	if req.Execute == "" {
+		return jobRunner{run: func(e *jobEnv) (any, error) {
 			return nil, fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", e.domain)
-		}
-		res, err := e.qmp(req.Execute, req.Arguments)
-		if err != nil {
-			return nil, err
-		}
-		return &QMPReply{Return: res.Return}, nil
-	}}
+		}}
+	}
+	return jobRunner{direct: &directQMP{execute: req.Execute, args: req.Arguments, value: func(res *monitor.Result) any {
+		return &QMPReply{Return: res.Return}
+	}}}
 }
 
 func (m *domainActor) startJob(paused bool) jobRunner {

@@ -114,3 +114,23 @@ func (j *JobInfo) Holder(now time.Time) string {
 	}
 	return s
 }
+
+// Fresh returns a copy of a published snapshot that the caller may keep
+// and change, with Control's age recomputed at now.
+func (in *Info) Fresh(now time.Time) *Info {
+	out := *in
+	if in.Job != nil {
+		j := *in.Job
+		if j.QMP != nil {
+			q := *j.QMP
+			j.QMP = &q
+		}
+		out.Job = &j
+	}
+	if in.Control != nil {
+		c := *in.Control
+		c.Refresh(now)
+		out.Control = &c
+	}
+	return &out
+}

@@ -87,6 +87,15 @@ type DomainRef struct {
 	PID  *actor.PID
 }
 
+// RouteRequest hands Msg, a domain request, to the named domain's actor
+// with the caller as its sender, so the domain replies to the caller
+// directly (a query, answered at once). An unknown name gets ErrNotFound.
+type RouteRequest struct {
+	actors.Request
+	Name string
+	Msg  any
+}
+
 // ListRequest lists every domain (a query, answered at once) as []domain.Info.
 type ListRequest struct{}
 
@@ -126,6 +135,7 @@ type actorConfig struct {
 	trace        *trace.Recorder
 	logger       zerolog.Logger
 	initial      []recovered
+	registry     *registry
 }
 
 // recovered is a definition loaded at Open, with what was found of its QEMU.
@@ -170,6 +180,9 @@ func (d *driverActor) Receive(ctx actor.Context) {
 				w.Close()
 			}
 			d.life.oldWriters = nil
+			// Readers fall back to asking this actor until it has
+			// spawned the new domain actors.
+			d.cfg.registry.clear()
 			initial = d.reload()
 		}
 		d.life.started = true
@@ -213,6 +226,13 @@ func (d *driverActor) Receive(ctx actor.Context) {
 			return
 		}
 		ctx.Respond(&DomainRef{Name: e.name, UUID: e.uuid, PID: e.pid})
+	case *RouteRequest:
+		e, ok := d.domains[msg.Name]
+		if !ok {
+			ctx.Respond(notFound(msg.Name))
+			return
+		}
+		ctx.RequestWithCustomSender(e.pid, msg.Msg, ctx.Sender())
 	case *ListRequest:
 		ctx.Respond(d.list())
 	case *DefineRequest:
@@ -230,9 +250,10 @@ func notFound(name string) error { return fmt.Errorf("domain %q %w", name, ErrNo
 
 func (d *driverActor) list() []domain.Info {
 	out := make([]domain.Info, 0, len(d.domains))
+	now := time.Now()
 	for _, e := range d.domains {
 		if in := e.snap.Load(); in != nil {
-			out = append(out, *in)
+			out = append(out, *in.Fresh(now))
 		} else {
 			out = append(out, domain.Info{Name: e.name, UUID: e.uuid, State: domain.StateShutoff, Reason: domain.ReasonUnknown})
 		}
@@ -380,6 +401,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		return fmt.Errorf("spawn domain actor: %w", err)
 	}
 	d.domains[spec.Name] = &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap, status: status}
+	d.cfg.registry.put(spec.Name, &published{pid: pid, snap: snap})
 	d.uuids[spec.UUID] = spec.Name
 	return nil
 }
@@ -422,6 +444,7 @@ func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
 		e.status.Close()
 		delete(d.domains, r.name)
 		delete(d.uuids, e.uuid)
+		d.cfg.registry.remove(r.name)
 		state, reason := e.state()
 		d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: r.name, UUID: e.uuid, State: state, Reason: reason})
 		d.end(ctx, &Undefined{Name: r.name})

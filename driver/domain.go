@@ -10,6 +10,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
+
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
@@ -99,6 +101,11 @@ func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMess
 // Info returns the domain's state, reason, pid and job, answered at once
 // even while a job runs.
 func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
+	if in, ok := h.d.domains.info(h.name); ok {
+		return in, nil
+	}
+	// Not published yet (a domain actor that has not run, or a driver
+	// rebuilding after a panic): ask the actors, which answer once ready.
 	ref, err := h.lookup(ctx, actors.Request{})
 	if err != nil {
 		return nil, err
@@ -170,23 +177,23 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 	req := actors.NewRequest(ctx, "api "+name)
 	began := time.Now()
 	defer func(traceBegan time.Time) { h.d.apiRecord(req, traceBegan, err) }(trace.Now())
-	ref, err := h.lookup(ctx, req)
-	if err != nil {
+	if err := domain.ValidateName(h.name); err != nil {
 		return nil, err
 	}
-	v, err = actors.Ask(ctx, h.d.root, ref.PID, build(req))
+	// The driver routes the request to the domain, which replies here.
+	v, err = actors.Ask(ctx, h.d.root, h.d.pid, &RouteRequest{Request: req, Name: h.name, Msg: build(req)})
 	// Ask returns the bare context error when the wait ended; errors from
 	// the job itself are always wrapped.
 	if err == context.DeadlineExceeded || err == context.Canceled {
-		return nil, h.explainWait(ref, req, name, began, err)
+		return nil, h.explainWait(req, name, began, err)
 	}
 	return v, h.wrap(err)
 }
 
-func (h *Domain) explainWait(ref *DomainRef, req actors.Request, name string, began time.Time, cause error) error {
+func (h *Domain) explainWait(req actors.Request, name string, began time.Time, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
-	w, err := actors.AskAs[*domain.WaitExplanation](ctx, h.d.root, ref.PID, &domain.ExplainWaitRequest{RequestID: req.RequestID})
+	w, err := h.explain(ctx, req)
 	waited := time.Since(began)
 	if err != nil {
 		return fmt.Errorf("domain %q: %s: gave up after %s: %w", h.name, name, waited.Round(100*time.Millisecond), cause)
@@ -196,6 +203,21 @@ func (h *Domain) explainWait(ref *DomainRef, req actors.Request, name string, be
 			h.name, name, waited.Round(100*time.Millisecond), w.Holder.ID, w.Holder.Step, cause)
 	}
 	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, At: time.Now(), Cause: cause}
+}
+
+// explain asks the domain actor who holds the job that req waits for.
+func (h *Domain) explain(ctx context.Context, req actors.Request) (*domain.WaitExplanation, error) {
+	var pid *actor.PID
+	if p, ok := h.d.domains.get(h.name); ok {
+		pid = p.pid
+	} else {
+		ref, err := h.lookup(ctx, actors.Request{})
+		if err != nil {
+			return nil, err
+		}
+		pid = ref.PID
+	}
+	return actors.AskAs[*domain.WaitExplanation](ctx, h.d.root, pid, &domain.ExplainWaitRequest{RequestID: req.RequestID})
 }
 
 // ParseQMPCommand checks a raw QMP command: exactly one JSON object whose

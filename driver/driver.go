@@ -112,6 +112,8 @@ type Driver struct {
 	pid    *actor.PID
 	broker *domain.Broker
 	logger zerolog.Logger
+	// domains is the registry the driver actor publishes; handles read it.
+	domains *registry
 }
 
 // Open loads the definitions under cfg.StateDir and starts the driver actor.
@@ -153,7 +155,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}}
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
@@ -168,6 +170,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			dialMonitor:  cfg.DialMonitor,
 			trace:        cfg.Trace,
 			logger:       logger,
+			registry:     d.domains,
 			initial:      initial,
 		}, life)
 	}, append(trace.PropsOptions(cfg.Trace), actor.WithSupervisor(supervision.ActorStrategy()))...)

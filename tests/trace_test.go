@@ -66,7 +66,7 @@ func TestTraceChain(t *testing.T) {
 	}
 }
 
-// checkChain checks one request's records: the API root, the lookup in
+// checkChain checks one request's records: the API root, the route in
 // the driver, the request in the domain, its job, the monitor commands and
 // their QMP records, linked by parent span ids and ordered in time.
 func checkChain(t *testing.T, records []trace.Record, request string, commands []string) {
@@ -99,13 +99,13 @@ func checkChain(t *testing.T, records []trace.Record, request string, commands [
 	if api.SpanID != traceID || api.Note != "ok" {
 		t.Fatalf("api record %+v", api)
 	}
-	lookup := find("driver lookup", func(r trace.Record) bool { return r.Actor == "driver" && r.MessageType == "driver.LookupRequest" })
+	route := find("driver route", func(r trace.Record) bool { return r.Actor == "driver" && r.MessageType == "driver.RouteRequest" })
 	msg := find(request, func(r trace.Record) bool { return r.MessageType == request && r.Actor == "domain/traced" })
 	job := find("job", func(r trace.Record) bool { return r.Kind == trace.KindJob })
 	for _, c := range []struct {
 		name          string
 		child, parent trace.Record
-	}{{"lookup", lookup, api}, {"request", msg, api}, {"job", job, msg}} {
+	}{{"route", route, api}, {"request", msg, route}, {"job", job, msg}} {
 		if c.child.ParentSpanID != c.parent.SpanID {
 			t.Errorf("%s: parent %q, want %q (%s)", c.name, c.child.ParentSpanID, c.parent.SpanID, dump(records))
 		}
@@ -113,7 +113,7 @@ func checkChain(t *testing.T, records []trace.Record, request string, commands [
 	if msg.Enqueued.IsZero() || msg.Started.Before(msg.Enqueued) {
 		t.Errorf("request message has no mailbox wait: %+v", msg)
 	}
-	order := []time.Time{api.Started, msg.Started, job.Started}
+	order := []time.Time{api.Started, route.Started, msg.Started, job.Started}
 	for _, name := range commands {
 		qmp := find("QMP "+name, func(r trace.Record) bool { return r.Kind == trace.KindQMP && r.QMP.Command == name })
 		cmd, ok := bySpan[qmp.ParentSpanID]

@@ -1,0 +1,171 @@
+package domain
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// directQMP is a job that is exactly one QMP command (qmp, pause, resume,
+// reset). The domain actor sends the command to the monitor actor itself
+// and ends the job when the reply comes back as a message, as DESIGN.md
+// describes EnterMonitor: no job goroutine, no step messages. Jobs of
+// several steps (start, shutdown, destroy) keep their goroutine.
+type directQMP struct {
+	execute string
+	args    json.RawMessage
+	// value turns the reply into the job's value; nil gives none.
+	value func(*monitor.Result) any
+}
+
+// directRun is the state of a direct job once launched.
+type directRun struct {
+	replyTo  *actor.PID  // the job's own reply address at the monitor
+	backstop *time.Timer // ends the job should the monitor never answer
+	released bool
+}
+
+// directDone carries the monitor's reply (or the job's cancellation) to the
+// actor instance that launched the job.
+type directDone struct {
+	jobTrace
+	from  *domainActor
+	id    uint64
+	reply any
+}
+
+// directEnded ends a direct job from this side: its cancellation
+// (destroy) or its backstop.
+type directEnded struct{ err error }
+
+// directBackstop is added to the command's own deadline: the monitor
+// always answers by then (a reply, its deadline, or its stop), so the
+// backstop fires only on a bug, and then ends the job instead of holding
+// the lane forever.
+const directBackstop = 10 * time.Second
+
+// directReply is the reply address of one direct job. The monitor's reply
+// is forwarded into the domain's mailbox, tagged with the job, so that a
+// late reply to a job that already ended is recognised and dropped.
+type directReply struct {
+	root  *actor.RootContext
+	self  *actor.PID
+	done  directDone
+	fired chan struct{} // closed by the first reply
+}
+
+func (r *directReply) SendUserMessage(_ *actor.PID, message any) {
+	_, msg, _ := actor.UnwrapEnvelope(message)
+	select {
+	case <-r.fired:
+		return // only the first reply counts
+	default:
+		close(r.fired)
+	}
+	d := r.done
+	d.reply = msg
+	r.root.Send(r.self, d)
+}
+
+func (r *directReply) SendSystemMessage(*actor.PID, any) {}
+
+func (r *directReply) Stop(*actor.PID) {}
+
+// launchDirect starts a direct job: the command goes to the monitor from
+// this handler, with the job's reply address as its sender.
+func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
+	d := j.direct
+	j.info.Started = time.Now()
+	if h := m.cfg.Hooks.Started; h != nil {
+		h(m.name(), j.info)
+	}
+	root, self, id := ctx.ActorSystem().Root, ctx.Self(), j.info.ID
+	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: m, id: id}
+	registry := ctx.ActorSystem().ProcessRegistry
+	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag, fired: make(chan struct{})}, "qmp"+registry.NextId())
+	if !ok {
+		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: cannot register a reply address", m.name(), id, j.info.Name))
+		return
+	}
+	jctx, cancel := context.WithCancelCause(context.Background())
+	j.run = nil
+	j.directRun = &directRun{replyTo: replyTo}
+	j.cancel = func(cause error) {
+		cancel(cause)
+		c := tag
+		c.reply = directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, context.Canceled)}
+		root.Send(self, c)
+	}
+	j.directRun.backstop = time.AfterFunc(monitor.CommandTimeout(d.execute)+directBackstop, func() {
+		c := tag
+		c.reply = directEnded{fmt.Errorf("domain %q: job %d %q: no reply from the monitor for QMP %q", m.name(), id, j.info.Name, d.execute)}
+		root.Send(self, c)
+	})
+	j.info.Step = "qmp " + d.execute
+	j.info.QMP = &QMPInFlight{Command: d.execute, Since: j.info.Started}
+	m.cfg.Logger.Debug().Str("domain", m.name()).Uint64("job", id).Str("name", j.info.Name).
+		Str("request", j.req.RequestID).Dur("waited", j.info.Started.Sub(j.info.Enqueued)).Msg("job started")
+	ctx.RequestWithCustomSender(m.mon, &monitor.Command{
+		Request:   j.req.Child(jctx, j.span),
+		JobID:     id,
+		Execute:   d.execute,
+		Arguments: d.args,
+	}, replyTo)
+}
+
+// onDirectDone ends the active direct job with the monitor's reply. A
+// reply for a job that is no longer active (destroyed, abandoned) is
+// dropped.
+func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
+	j, ok := m.lane.Active()
+	if !ok || j.info.ID != msg.id || j.directRun == nil {
+		return
+	}
+	var value any
+	var err error
+	switch r := msg.reply.(type) {
+	case *monitor.Result:
+		if j.direct.value != nil {
+			value = j.direct.value(r)
+		}
+	case *actor.DeadLetterResponse:
+		err = fmt.Errorf("job %d %q: monitor: %w", j.info.ID, j.info.Name, actors.ErrNoActor)
+	case directEnded:
+		err = r.err
+	case error:
+		err = fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)
+	default:
+		err = fmt.Errorf("job %d %q: unexpected reply %T from the monitor", j.info.ID, j.info.Name, r)
+	}
+	m.endDirect(ctx, j, value, err)
+}
+
+// endDirect ends the active direct job as onJobDone ends a goroutine job.
+func (m *domainActor) endDirect(ctx actor.Context, j *job, value any, err error) {
+	m.onJobDone(ctx, jobDone{from: m, id: j.info.ID, value: value, err: err})
+}
+
+// releaseDirect frees what a launched direct job holds; finish calls it
+// for every ending job.
+func (m *domainActor) releaseDirect(ctx actor.Context, j *job) {
+	r := j.directRun
+	if r == nil || r.released {
+		return
+	}
+	r.released = true
+	if r.backstop != nil {
+		r.backstop.Stop()
+	}
+	if r.replyTo != nil {
+		ctx.ActorSystem().ProcessRegistry.Remove(r.replyTo)
+	}
+	if h := m.cfg.Hooks.Released; h != nil {
+		h(m.name(), j.info)
+	}
+}
