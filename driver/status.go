@@ -13,15 +13,17 @@ import (
 	"github.com/vmsup/vmsup/domain"
 )
 
-// statusWriter persists one domain's runtime status in a goroutine it owns.
-// Put never blocks: a status not yet written is replaced by a newer one, so
-// the file always ends up with the latest.
+// statusWriter persists one domain's runtime status. Put never blocks: a
+// status not yet written is replaced by a newer one, so the file always
+// ends up with the latest. Its goroutine runs only while there is
+// something to write, so an idle domain costs no goroutine.
 type statusWriter struct {
-	mu      sync.Mutex // guards closed against a Put racing Close
+	mu      sync.Mutex
 	closed  bool
+	running bool           // a writer goroutine is on its way
+	pending *domain.Status // the status still to write, if any
+	idle    *sync.Cond     // signalled when running turns false
 	path    string
-	pending chan domain.Status
-	done    chan struct{}
 	logger  zerolog.Logger
 }
 
@@ -54,14 +56,18 @@ func (s *store) newStatusWriter(name string, logger zerolog.Logger) (*statusWrit
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("status dir: %w", err)
 	}
-	w := &statusWriter{path: path, pending: make(chan domain.Status, 1), done: make(chan struct{}), logger: logger}
-	go w.run()
+	w := &statusWriter{path: path, logger: logger}
+	w.idle = sync.NewCond(&w.mu)
 	return w, nil
 }
 
+// run writes pending statuses until none is left, then ends.
 func (w *statusWriter) run() {
-	defer close(w.done)
-	for st := range w.pending {
+	w.mu.Lock()
+	for w.pending != nil {
+		st := *w.pending
+		w.pending = nil
+		w.mu.Unlock()
 		data, err := json.MarshalIndent(st, "", "  ")
 		if err == nil {
 			err = writeFileAtomic(w.path, append(data, '\n'))
@@ -69,36 +75,34 @@ func (w *statusWriter) run() {
 		if err != nil {
 			w.logger.Error().Err(err).Str("domain", st.Name).Msg("cannot save status")
 		}
+		w.mu.Lock()
 	}
+	w.running = false
+	w.idle.Broadcast()
+	w.mu.Unlock()
 }
 
-// Put queues st, replacing a status that is not written yet. Only the
-// domain actor calls it, so there is one producer.
+// Put queues st, replacing a status that is not written yet, and starts
+// the writer goroutine when none runs.
 func (w *statusWriter) Put(st domain.Status) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.closed {
 		return
 	}
-	select {
-	case w.pending <- st:
-		return
-	default:
+	w.pending = &st
+	if !w.running {
+		w.running = true
+		go w.run()
 	}
-	select {
-	case <-w.pending:
-	default:
-	}
-	w.pending <- st
 }
 
-// Close writes what is pending and stops the goroutine.
+// Close waits until what is pending is written; later Puts are dropped.
 func (w *statusWriter) Close() {
 	w.mu.Lock()
-	if !w.closed {
-		w.closed = true
-		close(w.pending)
+	defer w.mu.Unlock()
+	w.closed = true
+	for w.running {
+		w.idle.Wait()
 	}
-	w.mu.Unlock()
-	<-w.done
 }

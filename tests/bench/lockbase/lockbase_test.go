@@ -20,31 +20,35 @@ func simLauncher(latency time.Duration, inFlight, maxInFlight *atomic.Int32, slo
 	pid.Store(1 << 23)
 	return func(spec *domain.Spec) (*Process, error) {
 		mon := monitor.NewSimulated(latency)
-		mon.Slow = func(cmd string) time.Duration {
-			n := inFlight.Add(1)
-			for {
-				m := maxInFlight.Load()
-				if n <= m || maxInFlight.CompareAndSwap(m, n) {
-					break
-				}
-			}
-			// The count drops when the delay has passed; close enough
-			// for a one-domain invariant check with a fixed latency.
-			time.AfterFunc(latency/2, func() { inFlight.Add(-1) })
-			if slow != nil {
-				return slow(cmd)
-			}
-			return 0
-		}
+		mon.Slow = slow
 		done := make(chan struct{})
 		var once sync.Once
 		return &Process{
 			PID:     int(pid.Add(1)),
-			Monitor: mon,
+			Monitor: &countingMonitor{Simulated: mon, inFlight: inFlight, max: maxInFlight},
 			Kill:    func() { once.Do(func() { close(done); _ = mon.Disconnect() }) },
 			Done:    done,
 		}, nil
 	}
+}
+
+// countingMonitor counts the commands in flight at once, exactly: from
+// the call to Run until it returns.
+type countingMonitor struct {
+	*monitor.Simulated
+	inFlight, max *atomic.Int32
+}
+
+func (c *countingMonitor) Run(cmd []byte) ([]byte, error) {
+	n := c.inFlight.Add(1)
+	defer c.inFlight.Add(-1)
+	for {
+		m := c.max.Load()
+		if n <= m || c.max.CompareAndSwap(m, n) {
+			break
+		}
+	}
+	return c.Simulated.Run(cmd)
 }
 
 func TestLockBaselineJobsExclusive(t *testing.T) {
