@@ -54,7 +54,10 @@ type ActorConfig struct {
 	// every job reply and lifecycle event, so that List and Info read it
 	// without asking the actor.
 	Snapshot *atomic.Pointer[Info]
-	Logger   zerolog.Logger
+	// Dispatcher runs the domain's and its monitor's turns; nil means
+	// protoactor's default.
+	Dispatcher actor.Dispatcher
+	Logger     zerolog.Logger
 	// Recovery is what was found of this domain when vmsup started: its
 	// saved status and an adopted QEMU, if one was still running.
 	Recovery *Recovery
@@ -77,7 +80,7 @@ func Props(cfg ActorConfig) *actor.Props {
 	life := &lineage{}
 	return actor.PropsFromProducer(func() actor.Actor {
 		return &domainActor{cfg: cfg, spec: cfg.Spec, state: StateShutoff, reason: ReasonUnknown, life: life}
-	}, append(trace.PropsOptions(cfg.Trace), actor.WithSupervisor(supervision.ActorStrategy()))...)
+	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 }
 
 // job is one entry of the job lane.
@@ -892,6 +895,7 @@ func (m *domainActor) console() any {
 func (m *domainActor) monitorConfig(paths RunPaths) monitor.Config {
 	cfg := monitor.Config{
 		Trace:      m.cfg.Trace,
+		Dispatcher: m.cfg.Dispatcher,
 		Domain:     m.name(),
 		SocketPath: paths.QMPSocket,
 		Transport:  m.cfg.Monitor,

@@ -136,6 +136,7 @@ type actorConfig struct {
 	logger       zerolog.Logger
 	initial      []recovered
 	registry     *registry
+	dispatcher   actor.Dispatcher
 }
 
 // recovered is a definition loaded at Open, with what was found of its QEMU.
@@ -391,6 +392,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		DialMonitor:      d.cfg.dialMonitor,
 		Trace:            d.cfg.trace,
 		Snapshot:         snap,
+		Dispatcher:       d.cfg.dispatcher,
 		Logger:           d.cfg.logger,
 		Recovery:         rec,
 		SaveStatus:       status.Put,

@@ -114,6 +114,8 @@ type Driver struct {
 	logger zerolog.Logger
 	// domains is the registry the driver actor publishes; handles read it.
 	domains *registry
+	// dispatcher runs every actor's turns on pooled workers.
+	dispatcher *actors.Dispatcher
 }
 
 // Open loads the definitions under cfg.StateDir and starts the driver actor.
@@ -149,13 +151,17 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
 	initial := recoverAll(st, cfg.RunDir, logger)
+	dispatcher, err := actors.NewDispatcher()
+	if err != nil {
+		return nil, fmt.Errorf("driver: %w", err)
+	}
 	system := actors.NewSystem(nil)
 	if cfg.Trace != nil {
 		// API calls, job goroutines and event pumps all send through the
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
@@ -171,11 +177,13 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			trace:        cfg.Trace,
 			logger:       logger,
 			registry:     d.domains,
+			dispatcher:   dispatcher,
 			initial:      initial,
 		}, life)
-	}, append(trace.PropsOptions(cfg.Trace), actor.WithSupervisor(supervision.ActorStrategy()))...)
+	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
 	if err != nil {
+		_ = dispatcher.Close(time.Second)
 		return nil, fmt.Errorf("driver: spawn driver actor: %w", err)
 	}
 	return d, nil
@@ -205,6 +213,11 @@ func (d *Driver) Close(ctx context.Context) error {
 		return fmt.Errorf("driver: close: %w", err)
 	}
 	d.system.Shutdown()
+	// The actors have stopped: end the pooled workers. A worker still
+	// busy would be a handler that never returned; report it.
+	if err := d.dispatcher.Close(5 * time.Second); err != nil {
+		return fmt.Errorf("driver: close: %w", err)
+	}
 	return ctx.Err()
 }
 

@@ -52,12 +52,15 @@ type Config struct {
 	// Trace records each QMP command (and, through the middleware, each
 	// message); nil leaves tracing out.
 	Trace *trace.Recorder
+	// Dispatcher runs the actor's turns; nil means protoactor's default.
+	Dispatcher actor.Dispatcher
 }
 
 // Props returns the props of a monitor actor. Spawn it as a child of the
 // domain actor: events, Connected and Disconnected go to the parent.
 func Props(cfg Config) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &monitorActor{cfg: cfg} }, trace.PropsOptions(cfg.Trace)...)
+	return actor.PropsFromProducer(func() actor.Actor { return &monitorActor{cfg: cfg} },
+		append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...)...)
 }
 
 // Command asks the monitor actor to run one QMP command. It is a job of the
@@ -363,16 +366,27 @@ func (m *monitorActor) next(ctx actor.Context) {
 		self, root, conn, runCtx, seq := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx, p.seq
 		req := actors.Request{RequestID: p.cmd.RequestID, ParentID: p.span, Owner: p.cmd.Owner}
 		m.wg.Add(1)
-		go func() {
+		m.goOwned(func() {
 			defer m.wg.Done()
 			cctx, cancel := context.WithTimeout(runCtx, timeout)
 			defer cancel()
 			start := time.Now()
 			reply, err := conn.RunContext(cctx, wire)
 			root.Send(self, commandDone{req: req, from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
-		}()
+		})
 		return
 	}
+}
+
+// goOwned runs fn, a goroutine this actor owns (m.wg tracks it), on the
+// dispatcher's pooled workers when there is one: a command goroutine
+// then starts with a grown stack.
+func (m *monitorActor) goOwned(fn func()) {
+	if m.cfg.Dispatcher != nil {
+		m.cfg.Dispatcher.Schedule(fn)
+		return
+	}
+	go fn()
 }
 
 func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
