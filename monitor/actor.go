@@ -193,9 +193,10 @@ type monitorActor struct {
 	runCtx    context.Context
 	wg        sync.WaitGroup
 
-	gen      uint64      // connection generation; messages of older ones are stale
-	attempt  int         // reconnect attempts since the last good connection
-	retry    *time.Timer // pending reconnect
+	fwd      *eventForwarder // counts the events this connection's pump forwarded
+	gen      uint64          // connection generation; messages of older ones are stale
+	attempt  int             // reconnect attempts since the last good connection
+	retry    *time.Timer     // pending reconnect
 	stopping bool
 }
 
@@ -294,9 +295,12 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 	}
 	ctx.Send(m.owner, &Connected{Version: version})
 	self, owner, root, conn, gen := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn, m.gen
+	fwd := newEventForwarder()
+	m.fwd = fwd
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
+		defer fwd.close()
 		for ev := range events {
 			root.Send(owner, &Event{
 				ID:   actors.NewID(),
@@ -304,6 +308,7 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 				Data: ev.Data,
 				Time: time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000),
 			})
+			fwd.done()
 		}
 		err := conn.Err()
 		if err == nil {
@@ -364,6 +369,7 @@ func (m *monitorActor) next(ctx actor.Context) {
 		}
 		p.started = time.Now()
 		self, root, conn, runCtx, seq := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx, p.seq
+		fwd, log, name, execute := m.fwd, m.cfg.Logger, m.cfg.Domain, p.cmd.Execute
 		req := actors.Request{RequestID: p.cmd.RequestID, ParentID: p.span, Owner: p.cmd.Owner}
 		m.wg.Add(1)
 		m.goOwned(func() {
@@ -372,6 +378,11 @@ func (m *monitorActor) next(ctx actor.Context) {
 			defer cancel()
 			start := time.Now()
 			reply, err := conn.RunContext(cctx, wire)
+			// The events QEMU sent before this reply reach the domain
+			// before the reply does.
+			if ec, ok := conn.(EventCounter); ok && fwd != nil && !fwd.waitFor(ec.EventsQueued()) {
+				log.Warn().Str("domain", name).Str("command", execute).Msg("QMP events before a reply were not forwarded in time; the domain may see them after it")
+			}
 			root.Send(self, commandDone{req: req, from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
 		})
 		return

@@ -25,6 +25,7 @@ type Simulated struct {
 	mu      sync.Mutex
 	running bool
 	closed  bool
+	queued  uint64
 	events  chan qmp.Event
 	done    chan struct{}
 }
@@ -112,8 +113,16 @@ func (s *Simulated) emit(name string) {
 	ev.Timestamp.Seconds, ev.Timestamp.Microseconds = now.Unix(), int64(now.Nanosecond()/1000)
 	select {
 	case s.events <- ev:
+		s.queued++
 	default:
 	}
+}
+
+// EventsQueued is how many events the simulation has queued.
+func (s *Simulated) EventsQueued() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queued
 }
 
 // Events returns the event channel; it is closed by Disconnect.

@@ -118,6 +118,7 @@ type Transport struct {
 
 	nextID  atomic.Uint64
 	dropped atomic.Uint64
+	queued  atomic.Uint64 // events put on the channel
 
 	events   chan qmp.Event // sent to and closed by the reader only (or by fail if no reader ever ran)
 	done     chan struct{}  // closed by fail
@@ -566,6 +567,11 @@ func (t *Transport) Version() qmp.Version {
 	return t.version
 }
 
+// EventsQueued is how many events the transport has put on its events
+// channel; a reply is handed out only after the events read before it are
+// queued, so it counts them all.
+func (t *Transport) EventsQueued() uint64 { return t.queued.Load() }
+
 // DroppedEvents returns how many events were dropped because the events
 // channel was full.
 func (t *Transport) DroppedEvents() uint64 {
@@ -773,6 +779,7 @@ func (t *Transport) handleEvent(line []byte, env *qmpEnvelope) {
 	}
 	select {
 	case t.events <- ev:
+		t.queued.Add(1)
 	default:
 		n := t.dropped.Add(1)
 		if n == 1 || n%1000 == 0 {

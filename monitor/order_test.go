@@ -1,0 +1,87 @@
+package monitor
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+)
+
+// orderParent runs commands through its monitor child one after another
+// and checks that the event each command causes (STOP for stop, RESUME for
+// cont) reached it before the command's reply, as QEMU sent them.
+type orderParent struct {
+	props    *actor.Props
+	mon      *actor.PID
+	left     int
+	sent     string
+	events   int
+	replies  int
+	lastSeen string
+	done     chan error
+}
+
+func (p *orderParent) send(ctx actor.Context) {
+	p.sent = "stop"
+	if p.left%2 == 0 {
+		p.sent = "cont"
+	}
+	p.left--
+	ctx.Request(p.mon, &Command{Request: actors.NewRequest(context.Background(), "order test"), Execute: p.sent})
+}
+
+func (p *orderParent) Receive(ctx actor.Context) {
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		p.mon = ctx.Spawn(p.props)
+	case *Connected:
+		p.send(ctx)
+	case *Event:
+		p.events++
+		p.lastSeen = msg.Name
+	case *Result:
+		p.replies++
+		want := map[string]string{"stop": "STOP", "cont": "RESUME"}[p.sent]
+		if p.events != p.replies || p.lastSeen != want {
+			p.done <- fmt.Errorf("reply %d to %q arrived after %d events, the last %q; want its %s first", p.replies, p.sent, p.events, p.lastSeen, want)
+			return
+		}
+		if p.left == 0 {
+			p.done <- nil
+			return
+		}
+		p.send(ctx)
+	case error:
+		p.done <- msg
+	}
+}
+
+// TestMonitorKeepsEventsBeforeTheirReply: events and replies reach the
+// monitor on different goroutines (the event pump and the command's); the
+// domain must still get each event before the reply that QEMU sent after
+// it, or a late RESUME would undo the pause that followed it.
+func TestMonitorKeepsEventsBeforeTheirReply(t *testing.T) {
+	system := actors.NewSystem(nil)
+	done := make(chan error, 1)
+	props := Props(Config{Domain: "order", NoReconnect: true, Dial: func() Conn { return NewSimulated(0) }})
+	parent := system.Root.Spawn(actor.PropsFromProducer(func() actor.Actor {
+		return &orderParent{props: props, left: 2000, done: done}
+	}))
+	defer func() {
+		if err := system.Root.StopFuture(parent).Wait(); err != nil {
+			t.Errorf("stop: %v", err)
+		}
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("2000 commands did not finish within a minute")
+	}
+}
