@@ -210,10 +210,8 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 		}
 		return err
 	}
-	go func() {
-		<-proc.done
-		e.root.Send(e.self, processExited{proc: proc})
-	}()
+	root, self := e.root, e.self
+	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
 	e.step("attach monitor", "")
 	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobTrace: e.trace(), jobID: e.job.ID, proc: proc, serial: e.spec.Serial})
 	if err != nil {

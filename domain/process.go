@@ -16,9 +16,9 @@ import (
 
 // Process is one VM process: a QEMU child vmsup started, a QEMU a previous
 // vmsup started and this one adopted after a restart, or a simulated one
-// (benchmarks). A goroutine owned by the process waits for its exit — Wait
-// on a child, poll on a pidfd for an adopted one — so an exit is seen at
-// once and a child is always reaped.
+// (benchmarks). A goroutine owned by the process waits for its exit on a
+// pidfd through Go's network poller, so an exit is seen at once, a child
+// is always reaped, and a waiting VM holds no OS thread.
 type Process struct {
 	pid     int
 	logPath string
@@ -28,13 +28,84 @@ type Process struct {
 	cmd   *exec.Cmd        // nil for an adopted process
 	state *os.ProcessState // a child's exit, valid after done is closed
 
-	mu    sync.Mutex // guards pidfd against use after close
-	pidfd int        // an adopted process's pidfd, -1 when closed or a child
-	// stop ends the watch of an adopted process without signalling it:
-	// closing it wakes the poller (nil for a child).
-	stop *os.File
+	// pidfd refers to the process (nil for a simulated one, or a child
+	// on a kernel without pidfd_open). Closing it ends the watch of an
+	// adopted process without signalling it.
+	pidfd *os.File
+
+	mu     sync.Mutex
+	ended  bool     // done is closed or about to be
+	onExit []func() // called once when the process has ended
 	// simulate receives the signals of a simulated process.
 	simulate func(syscall.Signal)
+}
+
+// OnExit calls fn once the process has ended (at once if it has). fn runs
+// on the watching goroutine and must not block: a message send.
+func (p *Process) OnExit(fn func()) {
+	p.mu.Lock()
+	if p.ended {
+		p.mu.Unlock()
+		fn()
+		return
+	}
+	p.onExit = append(p.onExit, fn)
+	p.mu.Unlock()
+}
+
+// markEnded closes done and calls the OnExit functions.
+func (p *Process) markEnded() {
+	p.mu.Lock()
+	p.ended = true
+	fns := p.onExit
+	p.onExit = nil
+	p.mu.Unlock()
+	close(p.done)
+	for _, fn := range fns {
+		fn()
+	}
+}
+
+// openPidfd returns a non-blocking pidfd on pid, registered with Go's
+// network poller.
+func openPidfd(pid int) (*os.File, error) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+	}
+	return os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid)), nil
+}
+
+// waitPidfd returns when the process behind f has ended (its pidfd turns
+// readable) or f is closed. The goroutine parks in the network poller; on
+// a kernel whose pidfd the poller cannot watch it blocks in poll(2).
+func waitPidfd(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	ready := func(fd uintptr, timeout int) bool {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, timeout)
+		return err == nil && n > 0
+	}
+	err = rc.Read(func(fd uintptr) bool { return ready(fd, 0) })
+	if err != nil && !errors.Is(err, os.ErrClosed) {
+		// Not pollable here: wait in poll(2), holding a thread.
+		var blockErr error
+		if cerr := rc.Control(func(fd uintptr) {
+			for !ready(fd, 1000) {
+				if _, statErr := f.Stat(); statErr != nil {
+					blockErr = statErr
+					return
+				}
+			}
+		}); cerr != nil {
+			return cerr
+		}
+		return blockErr
+	}
+	return err
 }
 
 // Launcher starts a domain's VM process from the emulator and the argv
@@ -52,9 +123,9 @@ func LaunchQEMU(emulator string, args []string, paths RunPaths) (*Process, error
 // SIGKILL end it at once, and so does calling exit. Benchmarks run the
 // domain and monitor actors on it with a simulated QMP monitor.
 func NewSimulatedProcess(pid int) (p *Process, exit func()) {
-	p = &Process{pid: pid, started: time.Now(), done: make(chan struct{}), pidfd: -1}
+	p = &Process{pid: pid, started: time.Now(), done: make(chan struct{})}
 	var once sync.Once
-	exit = func() { once.Do(func() { close(p.done) }) }
+	exit = func() { once.Do(p.markEnded) }
 	p.simulate = func(sig syscall.Signal) {
 		if sig == syscall.SIGTERM || sig == syscall.SIGKILL {
 			exit()
@@ -79,11 +150,21 @@ func startProcess(emulator string, args []string, logPath string) (*Process, err
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", emulator, err)
 	}
-	p := &Process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: -1}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{})}
+	// The child cannot be reaped before Wait, so its pid is still its own.
+	if f, err := openPidfd(p.pid); err == nil {
+		p.pidfd = f
+	}
 	go func() {
+		if p.pidfd != nil {
+			_ = waitPidfd(p.pidfd) // then Wait returns at once
+		}
 		_ = cmd.Wait()
 		p.state = cmd.ProcessState
-		close(p.done)
+		if p.pidfd != nil {
+			p.pidfd.Close()
+		}
+		p.markEnded()
 	}()
 	return p, nil
 }
@@ -91,32 +172,15 @@ func startProcess(emulator string, args []string, logPath string) (*Process, err
 // adoptProcess watches a QEMU that is not our child through a pidfd. The
 // watching goroutine ends when the process exits or release is called.
 func adoptProcess(pid int, logPath string) (*Process, error) {
-	fd, err := unix.PidfdOpen(pid, 0)
+	f, err := openPidfd(pid)
 	if err != nil {
-		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
+		return nil, err
 	}
-	stopR, stopW, err := os.Pipe()
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("watch pid %d: %w", pid, err)
-	}
-	p := &Process{pid: pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: fd, stop: stopW}
+	p := &Process{pid: pid, logPath: logPath, started: time.Now(), done: make(chan struct{}), pidfd: f}
 	go func() {
-		defer stopR.Close()
-		fds := []unix.PollFd{
-			{Fd: int32(fd), Events: unix.POLLIN},         // readable when the process exits
-			{Fd: int32(stopR.Fd()), Events: unix.POLLIN}, // hang-up when released
-		}
-		for {
-			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
-		p.mu.Lock()
-		unix.Close(p.pidfd)
-		p.pidfd = -1
-		p.mu.Unlock()
-		close(p.done)
+		_ = waitPidfd(f)
+		f.Close()
+		p.markEnded()
 	}()
 	return p, nil
 }
@@ -149,12 +213,13 @@ func (p *Process) signal(sig syscall.Signal) error {
 		}
 		return err
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.pidfd < 0 {
+	rc, err := p.pidfd.SyscallConn()
+	if err != nil {
+		return nil // closed: the process has ended or was released
+	}
+	if cerr := rc.Control(func(fd uintptr) { err = unix.PidfdSendSignal(int(fd), sig, nil, 0) }); cerr != nil {
 		return nil
 	}
-	err := unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return nil
 	}

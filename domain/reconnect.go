@@ -54,10 +54,7 @@ func (m *domainActor) recover(ctx actor.Context) {
 	m.proc, m.paths, m.runningSerial, m.monConnected = proc, paths, m.spec.Serial, false
 	m.state, m.reason = state, reason // query-status will confirm it
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	go func() {
-		<-proc.done
-		root.Send(self, processExited{proc: proc})
-	}()
+	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
 	pid, err := ctx.SpawnNamed(monitor.Props(m.monitorConfig(paths)), fmt.Sprintf("monitor-%d", proc.pid))
 	if err != nil {
 		m.cfg.Logger.Error().Err(err).Str("domain", m.name()).Msg("cannot spawn monitor for adopted QEMU")

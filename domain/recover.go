@@ -161,8 +161,8 @@ func readPIDFile(path string) (int, error) {
 // watching goroutine ends. done is closed afterwards even though the
 // process may still run: it is no longer this vmsup's.
 func (p *Process) release() {
-	if p.stop != nil {
-		p.stop.Close()
+	if p.cmd == nil && p.pidfd != nil {
+		p.pidfd.Close()
 		<-p.done
 	}
 }
