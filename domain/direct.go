@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -57,16 +58,13 @@ type directReply struct {
 	root  *actor.RootContext
 	self  *actor.PID
 	done  directDone
-	fired chan struct{} // closed by the first reply
+	fired atomic.Bool // set by the first reply
 }
 
 func (r *directReply) SendUserMessage(_ *actor.PID, message any) {
 	_, msg, _ := actor.UnwrapEnvelope(message)
-	select {
-	case <-r.fired:
+	if r.fired.Swap(true) {
 		return // only the first reply counts
-	default:
-		close(r.fired)
 	}
 	d := r.done
 	d.reply = msg
@@ -88,7 +86,7 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 	root, self, id := ctx.ActorSystem().Root, ctx.Self(), j.info.ID
 	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: m, id: id}
 	registry := ctx.ActorSystem().ProcessRegistry
-	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag, fired: make(chan struct{})}, "qmp"+registry.NextId())
+	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag}, "qmp"+registry.NextId())
 	if !ok {
 		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: cannot register a reply address", m.name(), id, j.info.Name))
 		return

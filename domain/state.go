@@ -116,21 +116,27 @@ func (j *JobInfo) Holder(now time.Time) string {
 }
 
 // Fresh returns a copy of a published snapshot that the caller may keep
-// and change, with Control's age recomputed at now.
+// and change, with Control's age recomputed at now. The copy is one
+// allocation, whether or not a job is active.
 func (in *Info) Fresh(now time.Time) *Info {
-	out := *in
+	box := &struct {
+		info Info
+		job  JobInfo
+		qmp  QMPInFlight
+		ctl  Control
+	}{info: *in}
 	if in.Job != nil {
-		j := *in.Job
-		if j.QMP != nil {
-			q := *j.QMP
-			j.QMP = &q
+		box.job = *in.Job
+		if in.Job.QMP != nil {
+			box.qmp = *in.Job.QMP
+			box.job.QMP = &box.qmp
 		}
-		out.Job = &j
+		box.info.Job = &box.job
 	}
 	if in.Control != nil {
-		c := *in.Control
-		c.Refresh(now)
-		out.Control = &c
+		box.ctl = *in.Control
+		box.ctl.Refresh(now)
+		box.info.Control = &box.ctl
 	}
-	return &out
+	return &box.info
 }
