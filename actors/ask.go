@@ -13,6 +13,11 @@ import (
 // bounds its job wait.
 const DefaultTimeout = 30 * time.Second
 
+// ReplyPrefix starts the process id of every one-shot reply address
+// (Ask's, and the domain's per-job QMP reply). Such a process is no actor:
+// the trace middleware does not stamp messages sent to it.
+const ReplyPrefix = "reply-"
+
 // ErrNoActor is returned when the target actor has stopped or never existed.
 var ErrNoActor = errors.New("actor not found")
 
@@ -35,7 +40,7 @@ func Ask(ctx context.Context, sender actor.SenderContext, pid *actor.PID, msg an
 	}
 	registry := sender.ActorSystem().ProcessRegistry
 	reply := &replyProcess{ch: make(chan any, 1)}
-	replyTo, ok := registry.Add(reply, "ask"+registry.NextId())
+	replyTo, ok := registry.Add(reply, ReplyPrefix+"ask"+registry.NextId())
 	if !ok {
 		return nil, fmt.Errorf("ask %s: cannot register a reply address", pid.Id)
 	}

@@ -86,7 +86,7 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 	root, self, id := ctx.ActorSystem().Root, ctx.Self(), j.info.ID
 	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: m, id: id}
 	registry := ctx.ActorSystem().ProcessRegistry
-	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag}, "qmp"+registry.NextId())
+	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag}, actors.ReplyPrefix+"qmp"+registry.NextId())
 	if !ok {
 		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: cannot register a reply address", m.name(), id, j.info.Name))
 		return

@@ -12,7 +12,7 @@ import (
 )
 
 // BenchmarkJobRoundTrip measures one raw QMP job through the whole API
-// (lookup, job lane, monitor actor, simulated QMP with no latency) with
+// (driver route, job lane, monitor actor, simulated QMP with no latency) with
 // tracing left out, with a disabled recorder, and with tracing on. The
 // goal is under 5% extra when on.
 //

@@ -201,13 +201,19 @@ func SenderMiddleware(rec *Recorder) actor.SenderMiddleware {
 			return next
 		}
 		return func(c actor.SenderContext, target *actor.PID, env *actor.MessageEnvelope) {
-			if !rec.enabled.Load() {
+			if !rec.enabled.Load() || isReplyAddress(target) {
 				next(c, target, env)
 				return
 			}
 			next(c, target, stampEnvelope(c, env))
 		}
 	}
+}
+
+// isReplyAddress reports a one-shot reply process (actors.ReplyPrefix):
+// it records nothing, so a stamp would be wasted.
+func isReplyAddress(target *actor.PID) bool {
+	return target != nil && strings.HasPrefix(target.Id, actors.ReplyPrefix)
 }
 
 func stampEnvelope(c actor.SenderContext, env *actor.MessageEnvelope) *actor.MessageEnvelope {

@@ -27,6 +27,7 @@ func Steps() []Step {
 		{Key: "scale", Title: "4. Scale: 10,000 simulated domains", Run: Scale, Budget: 5 * time.Minute},
 		{Key: "real100", Title: "4. Scale: 100 real QEMUs", Run: Real100, Budget: 2 * time.Minute},
 		{Key: "lifecycle", Title: "5. Real lifecycle", Run: Lifecycle, Budget: time.Minute},
+		{Key: "trace", Title: "Trace: the cost of tracing on a job round trip", Run: TraceCost, Budget: 2 * time.Minute},
 	}
 }
 
