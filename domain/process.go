@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -114,9 +115,40 @@ func waitPidfd(f *os.File) error {
 type Launcher func(emulator string, args []string, paths RunPaths) (*Process, error)
 
 // LaunchQEMU starts QEMU as a child in its own session, logging to
-// paths.QEMULog.
+// paths.QEMULog, with the QMP socket listening on fd QMPListenFD.
 func LaunchQEMU(emulator string, args []string, paths RunPaths) (*Process, error) {
-	return startProcess(emulator, args, paths.QEMULog)
+	qmp, err := ListenQMP(paths)
+	if err != nil {
+		return nil, err
+	}
+	defer qmp.Close() // the child has its own copy
+	return startProcess(emulator, args, paths.QEMULog, qmp)
+}
+
+// QMPListenFD is the file descriptor on which QEMU finds its listening QMP
+// socket: the first of exec.Cmd.ExtraFiles.
+const QMPListenFD = 3
+
+// ListenQMP binds paths.QMPSocket (replacing a stale socket file) and
+// returns the listening socket, to be passed to QEMU as fd QMPListenFD
+// (exec.Cmd.ExtraFiles[0]). The socket file stays when the returned file
+// is closed: QEMU owns the listener from then on.
+func ListenQMP(paths RunPaths) (*os.File, error) {
+	if err := os.Remove(paths.QMPSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale QMP socket: %w", err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: paths.QMPSocket, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("listen on the QMP socket: %w", err)
+	}
+	l.SetUnlinkOnClose(false)
+	defer l.Close()
+	f, err := l.File()
+	if err != nil {
+		os.Remove(paths.QMPSocket)
+		return nil, fmt.Errorf("QMP socket: %w", err)
+	}
+	return f, nil
 }
 
 // NewSimulatedProcess returns a Process that is no OS process: SIGTERM and
@@ -136,7 +168,7 @@ func NewSimulatedProcess(pid int) (p *Process, exit func()) {
 
 // startProcess starts QEMU in its own session with stdout and stderr going to
 // logPath.
-func startProcess(emulator string, args []string, logPath string) (*Process, error) {
+func startProcess(emulator string, args []string, logPath string, extra ...*os.File) (*Process, error) {
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open QEMU log: %w", err)
@@ -146,6 +178,7 @@ func startProcess(emulator string, args []string, logPath string) (*Process, err
 	cmd.Stdin = nil
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", emulator, err)

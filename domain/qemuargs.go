@@ -96,7 +96,12 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 		"-no-user-config",
 		"-display", "none",
 		"-S",
-		"-qmp", "unix:" + qemuOptValue(paths.QMPSocket) + ",server=on,wait=off",
+		// The QMP socket is bound and listening before QEMU runs (fd
+		// QMPListenFD, see ListenQMP), as libvirt does: the monitor
+		// connects at once and QEMU greets it when ready, with no polling
+		// for the socket to appear.
+		"-chardev", "socket,id=qmp,fd=" + strconv.Itoa(QMPListenFD) + ",server=on,wait=off",
+		"-mon", "chardev=qmp,mode=control",
 		"-pidfile", paths.PIDFile,
 	}
 	if spec.Machine == "q35" || strings.HasPrefix(spec.Machine, "pc") {

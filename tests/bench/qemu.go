@@ -101,7 +101,13 @@ func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
 		return nil, err
 	}
 	defer log.Close()
+	qmpListener, err := domain.ListenQMP(paths)
+	if err != nil {
+		return nil, err
+	}
+	defer qmpListener.Close()
 	cmd := exec.Command(spec.EmulatorPath(), domain.BuildArgs(spec, paths, domain.ResolveAccel(spec.Accel))...)
+	cmd.ExtraFiles = []*os.File{qmpListener}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
