@@ -361,14 +361,14 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 	if cv, cl := closedCPU[0], closedCPU[1]; cv > 0 && cl > 0 {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("**Why vmsup loses the closed loop.** The closed loop keeps the cores busy, so throughput is set by the CPU each call costs "+
 			"and the Info p99 by how long a call queues for a core. Measured in the 200 µs windows: vmsup spends %s of CPU per call, the lock baseline %s. "+
-			"A vmsup Info is two actor asks (a lookup in the driver actor — every call of every domain goes through that one mailbox — then the domain actor), "+
-			"each registering and removing a reply process and waking two goroutines; a job adds a goroutine per job, a goroutine per QMP command, an ask to the monitor actor, "+
-			"step messages, and the command re-encoded and the reply decoded again in the monitor. "+
-			"CPU profiles of the vmsup side, taken when this page was written: for this mix (`go test ./tests/bench -run '^$' -bench 'Mixed/vmsup' -cpuprofile cpu.prof`), "+
-			"actors.Ask is 34%% of the CPU — the driver lookup alone 17%%, registering reply processes 11%%, and context.WithTimeout 9%% (Ask arms a 30 s timer "+
-			"whenever the caller's context has no deadline) — and runtime.newstack/copystack 20%%: protoactor's dispatcher starts a fresh goroutine for each mailbox run, "+
-			"and vmsup one per job and one per QMP command, and each grows its stack again on every call. For jobs alone (`-bench 'Jobs100/vmsup'`) "+
-			"newstack/copystack is 30%%, the monitor actor's encoding/json 16%% (encodeCommand re-marshals every command, onCommandDone unmarshals every reply) and actors.Ask 13%%. "+
+			"vmsup's Info is now a read of the snapshot the domain publishes (no message, one allocation), so the difference is in the jobs: "+
+			"a vmsup job is an ask routed by the driver actor to the domain actor, a Command to the monitor actor, a command goroutine, the transport's reply, "+
+			"and the reply back through the monitor and the domain to the caller — about eight goroutine hand-offs and a hundred allocations (7.6 KB, `go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
+			"where the lock baseline's job runs on the caller's goroutine. "+
+			"A CPU profile of the vmsup side of this mix (`go test ./tests/bench -run '^$' -bench 'Mixed/vmsup' -cpuprofile cpu.prof`), taken when this page was written: "+
+			"memory allocation 23%% and background GC marking 13%% (assists another 6%%), the domain actor's handlers 22%% and the monitor actor's 12%%, "+
+			"the caller's side of a job 12%%, Info 9%%. Before this round of work the same profile showed protoactor's goroutine-per-mailbox-run stack growth at 20%% and "+
+			"the driver lookup ask at 17%%; the pooled dispatcher and the published registry removed both. "+
 			"The lock baseline's Info is two mutexes and a copy; its job runs on the caller's goroutine.",
 			Dur(cv), Dur(cl)))
 	}

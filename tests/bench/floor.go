@@ -167,10 +167,11 @@ func Floor(ctx context.Context, o Options) (*Section, error) {
 		fmt.Sprintf("Split of vmsup's time (p50): vmsup's QMP transport alone, on the third QEMU, takes %s (raw go-qemu %s). "+
 			"Part of that is QEMU's: the transport puts an \"id\" in every command to match replies, and the raw client sending the same command with an id "+
 			"(`{\"execute\":\"query-status\",\"id\":\"vmsup-10000\"}`) waits %s, so QEMU spends about %s more on a command with an id; the transport's own code adds about %s. "+
-			"The actors add %s on top of the transport. An `Info` on the same domain — a lookup ask to the driver actor plus an ask to the domain actor, no QMP — takes %s (p50), "+
-			"so the two asks a QMP call also makes account for about that much; the rest is the job path: the job goroutine, its step messages, "+
-			"the ask to the monitor actor, the monitor's command goroutine and deadline context, and the reply decoded in the monitor then copied back through two actors — "+
-			"about a dozen goroutine hand-offs per call, each a wake-up of a parked goroutine (and often of an idle OS thread) when the process is otherwise idle.",
+			"The actors add %s on top of the transport (an `Info` on the same domain, which reads the published snapshot with no message, takes %s). "+
+			"That is the job path: the ask routed by the driver actor to the domain actor, the domain's Command to the monitor actor, the monitor's command goroutine and deadline context, "+
+			"the reply handed from the transport's reader to that goroutine and back to the monitor actor, then through the domain actor to the caller — "+
+			"about eight goroutine hand-offs per call, each a wake-up of a parked goroutine (and often of an idle OS thread) when the process is otherwise idle. "+
+			"Raw go-qemu has one: its reader to the caller.",
 			Dur(t.s.P50()), Dur(rw.s.P50()), Dur(rwID.s.P50()), Dur(rwID.s.P50()-rw.s.P50()), Dur(t.s.P50()-rwID.s.P50()), Dur(v.s.P50()-t.s.P50()), Dur(info.s.P50())),
 		fmt.Sprintf("Figures: vmsup p50 %s p99 %s, %s; raw p50 %s p99 %s, %s; vmsup transport p50 %s p99 %s.",
 			Dur(v.s.P50()), Dur(v.s.P99()), Rate(ops(&v.s, v.wall)), Dur(rw.s.P50()), Dur(rw.s.P99()), Rate(ops(&rw.s, rw.wall)), Dur(t.s.P50()), Dur(t.s.P99())),

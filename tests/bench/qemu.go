@@ -130,8 +130,9 @@ func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
 // PID is the QEMU's pid.
 func (q *RawQEMU) PID() int { return q.cmd.Process.Pid }
 
-// WaitGreeting dials the QMP socket (polling every millisecond until QEMU
-// listens) and reads the greeting line.
+// WaitGreeting connects to the QMP socket (bound before QEMU ran, so the
+// first dial connects; it polls every millisecond should the socket be
+// missing) and reads the greeting line.
 func (q *RawQEMU) WaitGreeting(timeout time.Duration) error {
 	return q.waitGreeting(timeout, time.Millisecond, time.Millisecond)
 }
@@ -217,21 +218,20 @@ func (q *RawQEMU) connect(timeout time.Duration) (*qmp.SocketMonitor, error) {
 	}
 }
 
-// The raw clients that talk QMP dial on vmsup's schedule: 5 ms, doubling
-// to 100 ms. QEMU 7.2 here mishandles a QMP client that connects within
-// about a millisecond of the socket appearing: in a probe of 600 starts
-// with 1 ms polling, 0.3–0.7 % got a second greeting, a "JSON parse error"
-// for the first command, or no reply at all, even after reconnecting.
-// vmsup's schedule connects a few milliseconds later (0 failures in 600
-// starts). The lifecycle row, which only waits for the greeting, polls
-// every millisecond.
+// dialFirst and dialMax pace the raw clients' dial retries, which happen
+// only when the socket is missing: StartRawQEMU binds it before QEMU runs
+// (domain.ListenQMP), as vmsup does, so the first dial connects. (With
+// QEMU binding the socket itself, QEMU 7.2 here mishandled a client that
+// connected within about a millisecond of the socket appearing: 0.3–0.7 %
+// of 600 starts with 1 ms polling got a second greeting, a "JSON parse
+// error" or no reply.)
 const (
 	dialFirst = 5 * time.Millisecond
 	dialMax   = 100 * time.Millisecond
 )
 
 // Handshake opens a QMP connection with a minimal client that has a
-// deadline on every step: dial (on vmsup's schedule, see dialFirst),
+// deadline on every step: dial (see dialFirst),
 // greeting, qmp_capabilities, cont. A second greeting or an event before
 // a reply is skipped. The connection stays open; the caller closes
 // it. The real100 row uses it instead of go-qemu's SocketMonitor, whose

@@ -232,11 +232,11 @@ func Real100(ctx context.Context, o Options) (*Section, error) {
 	}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: %d `-machine none` QEMUs (%s), %d started at once, twice per side, alternating (vmsup, raw, raw, vmsup); figures are the mean of the two rounds. "+
 		"vmsup: Define then Start through the API (QEMU spawned, QMP connected, query-status, cont, status saved). Raw: the same argv, then a minimal QMP client with deadlines "+
-		"(dial on vmsup's schedule, greeting, qmp_capabilities, cont; the connection and a 4 KiB read buffer kept per VM); a QEMU whose QMP does not answer within 5 s is killed and started again, "+
+		"(dial, greeting, qmp_capabilities, cont; the connection and a 4 KiB read buffer kept per VM); a QEMU whose QMP does not answer within 5 s is killed and started again, "+
 		"and the raw round is run again so that the figures compare with raw starts that worked (%d round(s) run again in this run; %d QEMU(s) in the kept rounds). go-qemu's SocketMonitor was the first choice for the raw side: its Connect has no deadline, and in a trial run it hung for minutes when one of "+
-		"100 QEMUs never answered qmp_capabilities. That is QEMU's doing: QEMU 7.2 here garbles or drops the QMP session of a client that connects within about a millisecond "+
-		"of the socket appearing (a second greeting, a \"JSON parse error\" for the first command, or no reply at all, even after reconnecting: 0.3–0.7 %% of starts with 1 ms polling; "+
-		"vmsup, dialing 5 ms then doubling, had 0 failures in 600 starts). So the raw clients that send QMP dial on vmsup's schedule. "+
+		"100 QEMUs never answered qmp_capabilities. That was QEMU's doing: QEMU 7.2 here garbled or dropped the QMP session of a client that connected within about a millisecond "+
+		"of QEMU creating the socket (a second greeting, a \"JSON parse error\" for the first command, or no reply at all: 0.3–0.7 %% of starts with 1 ms polling). "+
+		"Both sides now bind the QMP socket before QEMU runs and pass it as fd 3, as libvirt does, so every client connects before QEMU starts and waits for the greeting. "+
 		"Memory is this process's heap (+ stacks) and RSS after a GC, minus the same with the driver open and no domain, per domain; QEMU's own memory is not counted. "+
 		"List of the %d running domains: p50 %s, max %s.",
 		RealDomains, realAccel(), workers, discarded, restarts(rs), RealDomains, Dur(list.P50()), Dur(list.Max())),
@@ -244,7 +244,9 @@ func Real100(ctx context.Context, o Options) (*Section, error) {
 			"with a 4 KiB bufio.Reader (longer lines, such as query-qmp-schema's 200 KB, are gathered across fills up to MaxLineBytes) and an events channel of "+
 			"DefaultEventBuffer = 128 qmp.Event values (5 KiB). Until those were cut, a 64 KiB reader and 1024 buffered events made this row about 128 KiB; "+
 			"a heap profile (`go run ./tests/bench/cmd/benchtable -only real100 -heapprofile heap.prof`) showed bufio.NewReaderSize first. "+
-			"The rest is the three actors, the QEMU process watcher and the status writer. RSS also counts the goroutine stacks that the domain's goroutines touched.",
+			"The rest is the domain and monitor actors, the transport's reader goroutine, the monitor's event pump, and the QEMU process watcher "+
+			"(one goroutine parked on a pidfd in Go's poller; it used to be a Wait blocking an OS thread, plus a goroutine of the domain waiting for it). "+
+			"RSS also counts the goroutine stacks that the domain's goroutines touched.",
 			Bytes(avg(vs, heap))))
 	return sec, nil
 }
@@ -313,25 +315,9 @@ func Lifecycle(ctx context.Context, o Options) (*Section, error) {
 		rStop.Add(time.Since(t))
 		return nil
 	}
-	// The raw start again, but dialing on vmsup's schedule (5 ms,
-	// doubling to 100 ms), to see how much of the difference that is.
-	var bStart Samples
-	backoffCycle := func() error {
-		t := time.Now()
-		q, err := StartRawQEMU(filepath.Join(dir, "raw"), RealSpec("life"))
-		if err != nil {
-			return err
-		}
-		defer q.Kill()
-		if err := q.waitGreeting(30*time.Second, 5*time.Millisecond, 100*time.Millisecond); err != nil {
-			return err
-		}
-		bStart.Add(time.Since(t))
-		return nil
-	}
 	o.logf("lifecycle: %d start/destroy cycles per side, alternating", iterations)
 	for i := 0; i < iterations; i++ {
-		cycles := []func() error{vmsupCycle, rawCycle, backoffCycle}
+		cycles := []func() error{vmsupCycle, rawCycle}
 		if i%2 == 1 {
 			cycles[0], cycles[1] = cycles[1], cycles[0]
 		}
@@ -349,12 +335,11 @@ func Lifecycle(ctx context.Context, o Options) (*Section, error) {
 	}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: %d cycles per side, alternating, one `-machine none` QEMU (%s) at a time. "+
 		"vmsup: `Start` (returns when the domain is running: spawn, QMP connect with capabilities, query-status, cont) and `Destroy` (SIGTERM, SIGKILL after the grace period; returns once QEMU is reaped and the domain is shutoff/destroyed). "+
-		"Raw: spawn with the same argv, then dial the QMP socket every 1 ms until the greeting line arrives; SIGKILL, then wait for the reap. "+
+		"Raw: spawn with the same argv (the QMP socket bound beforehand and passed as fd 3, as vmsup does), connect, and read until the greeting line arrives; SIGKILL, then wait for the reap. "+
 		"vmsup start p50 %s max %s, raw p50 %s max %s; vmsup destroy p50 %s max %s, raw p50 %s max %s. "+
-		"vmsup's transport dials with a backoff that starts at 5 ms and doubles (to 100 ms), so it can find QEMU listening up to one step late: "+
-		"the raw start dialing on that same schedule takes %s (p50), against %s when polling every millisecond.",
+		"Until vmsup bound the socket itself, its transport polled for the socket with a backoff from 5 ms, which cost start up to 13 ms and made this row flip between runs.",
 		iterations, realAccel(), Dur(vStart.P50()), Dur(vStart.Max()), Dur(rStart.P50()), Dur(rStart.Max()),
-		Dur(vStop.P50()), Dur(vStop.Max()), Dur(rStop.P50()), Dur(rStop.Max()), Dur(bStart.P50()), Dur(rStart.P50())))
+		Dur(vStop.P50()), Dur(vStop.Max()), Dur(rStop.P50()), Dur(rStop.Max())))
 	return sec, nil
 }
 

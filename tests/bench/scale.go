@@ -257,7 +257,7 @@ func Scale(ctx context.Context, o Options) (*Section, error) {
 			"each start runs query-status and cont on the simulated monitor (200 µs each) and saves the status. List: 20 calls each, in turn; vmsup p50 %s max %s, baseline p50 %s max %s.",
 			ScaleDomains, chunk, workers, Dur(listV.P50()), Dur(listV.Max()), Dur(listL.P50()), Dur(listL.Max())),
 		"Why vmsup defines and starts slower: besides the definition, each vmsup domain writes its status file (temp file, fsync, rename, directory fsync) when its actor starts "+
-			"and again on the state changes of start, from a writer goroutine per domain; the baseline writes the definition on define and one status on start, as libvirt does. "+
+			"and again on the state changes of start, from a per-domain writer whose goroutine runs only while a status is pending; the baseline writes the definition on define and one status on start, as libvirt does. "+
 			"Both serialise defines (vmsup in the driver actor's job lane, the baseline under the driver lock), so define time is mostly disk syncs.",
 		"\"reply\" below is the mean time a command spent in the simulated monitor in that system's windows: 200 µs on the reply clock (see section 3) plus the time "+
 			"the waiting goroutine then waits for a core, so it grows once a system saturates the CPU. \"cores\" is this process's CPU (getrusage); \"others\" is what the rest of the machine used meanwhile; "+
