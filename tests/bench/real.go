@@ -238,6 +238,9 @@ func Real100(ctx context.Context, o Options) (*Section, error) {
 		"of QEMU creating the socket (a second greeting, a \"JSON parse error\" for the first command, or no reply at all: 0.3–0.7 %% of starts with 1 ms polling). "+
 		"Both sides now bind the QMP socket before QEMU runs and pass it as fd 3, as libvirt does, so every client connects before QEMU starts and waits for the greeting. "+
 		"Memory is this process's heap (+ stacks) and RSS after a GC, minus the same with the driver open and no domain, per domain; QEMU's own memory is not counted. "+
+		"The raw side reaps each QEMU with exec.Cmd.Wait, which blocks an OS thread per QEMU, and each new thread's system stack (16 KiB) counts under stacks; "+
+		"vmsup waits on pidfds in Go's poller and needs no thread per VM. (While vmsup also waited in Wait, the raw rounds reused the threads vmsup's round had left, "+
+		"and the raw figure was about 1 KiB.) "+
 		"List of the %d running domains: p50 %s, max %s.",
 		RealDomains, realAccel(), workers, discarded, restarts(rs), RealDomains, Dur(list.P50()), Dur(list.Max())),
 		fmt.Sprintf("**What a real domain costs vmsup: %s of heap** (a simulated one costs the 10k row's figure). Each real domain holds a monitor.Transport "+
