@@ -3,6 +3,7 @@ package domain
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -30,7 +31,17 @@ type directRun struct {
 	replyTo  *actor.PID  // the job's own reply address at the monitor
 	backstop *time.Timer // ends the job should the monitor never answer
 	released bool
+	// cause is why the job was cancelled (destroy, QEMU's exit); a
+	// monitor error that arrives after it is reported under it.
+	cause error
+	// held is a monitor error kept for up to exitSettle while QEMU's exit
+	// may be on its way (see settle in jobs.go).
+	held error
 }
+
+// directSettled ends a direct job with the error it held, when QEMU's
+// exit did not come within exitSettle.
+type directSettled struct{ err error }
 
 // directDone carries the monitor's reply (or the job's cancellation) to the
 // actor instance that launched the job.
@@ -85,19 +96,25 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 	}
 	root, self, id := ctx.ActorSystem().Root, ctx.Self(), j.info.ID
 	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: m, id: id}
+	j.run = nil
+	j.directRun = &directRun{} // from here on, finish releases the job
 	registry := ctx.ActorSystem().ProcessRegistry
 	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag}, actors.ReplyPrefix+"qmp"+registry.NextId())
 	if !ok {
 		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: cannot register a reply address", m.name(), id, j.info.Name))
 		return
 	}
+	j.directRun.replyTo = replyTo
 	jctx, cancel := context.WithCancelCause(context.Background())
-	j.run = nil
-	j.directRun = &directRun{replyTo: replyTo}
-	j.cancel = func(cause error) {
+	j.cancel = func(cause error) { // called by the actor's handlers only
+		j.directRun.cause = cause
 		cancel(cause)
 		c := tag
-		c.reply = directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, context.Canceled)}
+		var why error = context.Canceled
+		if held := j.directRun.held; held != nil {
+			why = held
+		}
+		c.reply = directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, why)}
 		root.Send(self, c)
 	}
 	j.directRun.backstop = time.AfterFunc(monitor.CommandTimeout(d.execute)+directBackstop, func() {
@@ -136,10 +153,36 @@ func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
 		err = fmt.Errorf("job %d %q: monitor: %w", j.info.ID, j.info.Name, actors.ErrNoActor)
 	case directEnded:
 		err = r.err
+	case directSettled:
+		if j.directRun.held == nil || j.directRun.cause != nil {
+			return // already ended or cancelled meanwhile
+		}
+		err = r.err
 	case error:
-		err = fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)
+		var qerr *monitor.QMPError
+		switch cause := j.directRun.cause; {
+		case cause != nil:
+			err = fmt.Errorf("%w (job %d %q: %v)", cause, j.info.ID, j.info.Name, r)
+		case !errors.As(r, &qerr) && m.proc != nil && !m.proc.gone() && j.directRun.held == nil:
+			// The connection failed while QEMU seems alive: give its
+			// exit a moment to arrive and cancel the job with a cause.
+			j.directRun.held = r
+			held := fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)
+			c := msg
+			c.reply = directSettled{held}
+			root, self := ctx.ActorSystem().Root, ctx.Self()
+			time.AfterFunc(exitSettle, func() { root.Send(self, c) })
+			return
+		default:
+			err = fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)
+		}
 	default:
 		err = fmt.Errorf("job %d %q: unexpected reply %T from the monitor", j.info.ID, j.info.Name, r)
+	}
+	if err != nil && m.proc != nil && m.proc.gone() {
+		// The connection broke because QEMU died; its exit message is
+		// on its way. Say so rather than only "connection reset".
+		err = fmt.Errorf("%w; QEMU (pid %d) has exited", err, m.proc.pid)
 	}
 	m.endDirect(ctx, j, value, err)
 }

@@ -101,9 +101,33 @@ func (e *jobEnv) qmp(execute string, args json.RawMessage) (*monitor.Result, err
 		Arguments: args,
 	})
 	if err != nil {
+		e.settle(err)
 		return nil, e.cause(fmt.Errorf("job %d %q: %w", e.job.ID, e.job.Name, err))
 	}
 	return res, nil
+}
+
+// exitSettle is how long a job whose QMP connection broke waits for the
+// news that QEMU exited: the kernel resets QEMU's sockets a moment before
+// the process counts as exited, and "QEMU exited (signal 9)" says more
+// than "connection reset by peer".
+const exitSettle = 100 * time.Millisecond
+
+// settle waits up to exitSettle for the job to be cancelled by QEMU's exit
+// when a QMP command failed without a QMP error reply while the process
+// still seemed alive.
+func (e *jobEnv) settle(err error) {
+	var qerr *monitor.QMPError
+	if errors.As(err, &qerr) || e.proc == nil || e.ctx.Err() != nil {
+		return
+	}
+	timer := time.NewTimer(exitSettle)
+	defer timer.Stop()
+	select {
+	case <-e.ctx.Done():
+	case <-e.proc.done:
+	case <-timer.C:
+	}
 }
 
 func (m *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess func(m *domainActor)) jobRunner {

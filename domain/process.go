@@ -218,6 +218,28 @@ func adoptProcess(pid int, logPath string) (*Process, error) {
 	return p, nil
 }
 
+// gone reports whether the process has ended, even if the watching
+// goroutine has not noted it yet: its pidfd is readable.
+func (p *Process) gone() bool {
+	if p.exited() {
+		return true
+	}
+	if p.pidfd == nil {
+		return false
+	}
+	rc, err := p.pidfd.SyscallConn()
+	if err != nil {
+		return false
+	}
+	readable := false
+	_ = rc.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 0)
+		readable = err == nil && n > 0
+	})
+	return readable
+}
+
 // exited reports whether the process has ended (and, for a child, been
 // reaped).
 func (p *Process) exited() bool {

@@ -3,6 +3,8 @@ package tests
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -118,4 +120,29 @@ func TestSIGKILLMeansCrashed(t *testing.T) {
 		t.Fatalf("restart: %v", err)
 	}
 	expectState(t, dom, domain.StatePaused, domain.ReasonUser)
+}
+
+// TestSIGKILLDuringQMPSaysQEMUExited: a QMP job waits on a stopped QEMU,
+// which is then killed behind vmsup's back. The job fails at once, and its
+// error says that QEMU exited, not only that the connection broke.
+func TestSIGKILLDuringQMPSaysQEMUExited(t *testing.T) {
+	for i := 0; i < 5; i++ {
+		d := openDriver(t, nil)
+		dom, in, stuck := stuckDomain(t, d, fmt.Sprintf("killed%d", i))
+		began := time.Now()
+		if err := syscall.Kill(in.PID, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		select {
+		case err = <-stuck:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the QMP job did not end within 5s of QEMU's SIGKILL")
+		}
+		if err == nil || !strings.Contains(err.Error(), "QEMU") || !strings.Contains(err.Error(), "exited") {
+			t.Fatalf("round %d: error after %s: %v; want it to say QEMU exited", i, time.Since(began), err)
+		}
+		t.Logf("round %d: %v", i, err)
+		waitState(t, dom, domain.StateShutoff, domain.ReasonCrashed, 2*time.Second)
+	}
 }
