@@ -377,7 +377,7 @@ func (m *monitorActor) next(ctx actor.Context) {
 			cctx, cancel := context.WithTimeout(runCtx, timeout)
 			defer cancel()
 			start := time.Now()
-			reply, err := conn.RunContext(cctx, wire)
+			reply, err := runRecovered(cctx, conn, wire, execute)
 			// The events QEMU sent before this reply reach the domain
 			// before the reply does.
 			if ec, ok := conn.(EventCounter); ok && fwd != nil && !fwd.waitFor(ec.EventsQueued()) {
@@ -387,6 +387,18 @@ func (m *monitorActor) next(ctx actor.Context) {
 		})
 		return
 	}
+}
+
+// runRecovered runs one command on conn; a panic in the Conn (a custom
+// one, say) becomes the command's error instead of ending the process or
+// leaving the command without a reply.
+func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string) (reply []byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			reply, err = nil, fmt.Errorf("QMP command %q: the connection panicked: %v", execute, r)
+		}
+	}()
+	return conn.RunContext(ctx, wire)
 }
 
 // goOwned runs fn, a goroutine this actor owns (m.wg tracks it), on the

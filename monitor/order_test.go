@@ -85,3 +85,22 @@ func TestMonitorKeepsEventsBeforeTheirReply(t *testing.T) {
 		t.Fatal("2000 commands did not finish within a minute")
 	}
 }
+
+// TestMonitorActorSurvivesAPanickingConn: a Conn that panics in RunContext
+// fails that command with an error that says so; the monitor goes on.
+func TestMonitorActorSurvivesAPanickingConn(t *testing.T) {
+	f := newFakeConn(t)
+	f.run = func(ctx context.Context, name string) ([]byte, error) {
+		if name == "boom" {
+			panic("scripted panic")
+		}
+		return []byte(okReply), nil
+	}
+	h := startMonitor(t, Config{Domain: "vm1", SocketPath: "/run/vmsup/vm1/qmp.sock", Dial: f.dial}, 16)
+	waitMsg[*Connected](h)
+	_, err := h.ask(h.command("boom"))
+	expectErr(t, "boom", err, `"boom"`, "panicked", "scripted panic")
+	if _, err := h.ask(h.command("query-status")); err != nil {
+		t.Fatalf("the command after the panic: %v", err)
+	}
+}
