@@ -20,7 +20,18 @@ type Request struct {
 	ParentID string `json:"parent_id,omitempty"`
 	// Owner names the API call that sent it, for example "api shutdown".
 	Owner string `json:"owner,omitempty"`
+
+	// stamp is the trace middleware's stamp of the send that delivers this
+	// message (see actors/trace): carried in the message itself, so that a
+	// traced send of a request allocates no header map.
+	stamp string
 }
+
+// TraceStamp is where the trace middleware keeps the stamp of the send that
+// delivers a message embedding r. Only the sender's middleware writes it,
+// before the message is posted, so a request message must be sent to one
+// actor at a time.
+func (r *Request) TraceStamp() *string { return &r.stamp }
 
 // Context returns the caller's context, never nil.
 func (r Request) Context() context.Context {

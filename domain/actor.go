@@ -253,9 +253,9 @@ func (m *domainActor) Receive(ctx actor.Context) {
 		if msg.from == m {
 			m.onJobDone(ctx, msg)
 		}
-	case directDone:
+	case *directDone:
 		if msg.from == m {
-			m.onDirectDone(ctx, msg)
+			m.onDirectDone(ctx, *msg)
 		}
 	case jobAbandoned:
 		if msg.from == m {

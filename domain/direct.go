@@ -52,6 +52,9 @@ type directDone struct {
 	reply any
 }
 
+// TraceStamp lets the trace middleware stamp the message itself.
+func (d *directDone) TraceStamp() *string { return d.req.TraceStamp() }
+
 // directEnded ends a direct job from this side: its cancellation
 // (destroy) or its backstop.
 type directEnded struct{ err error }
@@ -79,7 +82,7 @@ func (r *directReply) SendUserMessage(_ *actor.PID, message any) {
 	}
 	d := r.done
 	d.reply = msg
-	r.root.Send(r.self, d)
+	r.root.Send(r.self, &d)
 }
 
 func (r *directReply) SendSystemMessage(*actor.PID, any) {}
@@ -115,12 +118,12 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 			why = held
 		}
 		c.reply = directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, why)}
-		root.Send(self, c)
+		root.Send(self, &c)
 	}
 	j.directRun.backstop = time.AfterFunc(monitor.CommandTimeout(d.execute)+directBackstop, func() {
 		c := tag
 		c.reply = directEnded{fmt.Errorf("domain %q: job %d %q: no reply from the monitor for QMP %q", m.name(), id, j.info.Name, d.execute)}
-		root.Send(self, c)
+		root.Send(self, &c)
 	})
 	j.info.Step = "qmp " + d.execute
 	j.info.QMP = &QMPInFlight{Command: d.execute, Since: j.info.Started}
@@ -171,7 +174,7 @@ func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
 			c := msg
 			c.reply = directSettled{held}
 			root, self := ctx.ActorSystem().Root, ctx.Self()
-			time.AfterFunc(exitSettle, func() { root.Send(self, c) })
+			time.AfterFunc(exitSettle, func() { root.Send(self, &c) })
 			return
 		default:
 			err = fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)

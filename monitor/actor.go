@@ -154,6 +154,9 @@ type pending struct {
 // Header puts the reply of a command in the command's trace.
 func (c commandDone) Header() actors.Request { return c.req }
 
+// TraceStamp lets the trace middleware stamp the message itself.
+func (c *commandDone) TraceStamp() *string { return c.req.TraceStamp() }
+
 type connectDone struct {
 	from *monitorActor
 	gen  uint64
@@ -218,9 +221,9 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 		}
 	case *Command:
 		m.enqueue(ctx, msg)
-	case commandDone:
+	case *commandDone:
 		if msg.from == m {
-			m.onCommandDone(ctx, msg)
+			m.onCommandDone(ctx, *msg)
 		}
 	case queuedCancelled:
 		if msg.from != m {
@@ -383,7 +386,7 @@ func (m *monitorActor) next(ctx actor.Context) {
 			if ec, ok := conn.(EventCounter); ok && fwd != nil && !fwd.waitFor(ec.EventsQueued()) {
 				log.Warn().Str("domain", name).Str("command", execute).Msg("QMP events before a reply were not forwarded in time; the domain may see them after it")
 			}
-			root.Send(self, commandDone{req: req, from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
+			root.Send(self, &commandDone{req: req, from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
 		})
 		return
 	}

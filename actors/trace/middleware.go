@@ -172,11 +172,7 @@ func Current(c MessageContext) SpanContext {
 	if msg == nil {
 		return SpanContext{}
 	}
-	var st stamp
-	if h := c.MessageHeader(); h != nil {
-		st = parseStampTime(h.Get(HeaderKey), false)
-	}
-	return resolve(msg, st)
+	return resolve(msg, parseStampTime(stampOf(c.MessageHeader(), msg), false))
 }
 
 // SenderMiddleware returns a protoactor sender middleware that stamps into
@@ -216,6 +212,30 @@ func isReplyAddress(target *actor.PID) bool {
 	return target != nil && strings.HasPrefix(target.Id, actors.ReplyPrefix)
 }
 
+// stampCarrier is a message that carries its own stamp: every pointer to a
+// message that embeds actors.Request.
+type stampCarrier interface{ TraceStamp() *string }
+
+// stampOf returns the stamp of the message in env: its header, else the
+// one the message carries.
+func stampOf(header actor.ReadonlyMessageHeader, msg any) string {
+	if header != nil {
+		if v := header.Get(HeaderKey); v != "" {
+			return v
+		}
+	}
+	if c, ok := msg.(stampCarrier); ok {
+		return *c.TraceStamp()
+	}
+	return ""
+}
+
+// isCurrent reports whether msg is the message c is handling.
+func isCurrent(c actor.SenderContext, msg stampCarrier) bool {
+	cur, ok := c.Message().(stampCarrier)
+	return ok && cur == msg
+}
+
 func stampEnvelope(c actor.SenderContext, env *actor.MessageEnvelope) *actor.MessageEnvelope {
 	cur := Current(c)
 	st := stamp{enqueued: clockNanos()}
@@ -229,6 +249,13 @@ func stampEnvelope(c actor.SenderContext, env *actor.MessageEnvelope) *actor.Mes
 	}
 	if self := c.Self(); self != nil {
 		st.sender = self.Id
+	}
+	// A request message carries its stamp itself, unless it is the very
+	// message this actor is handling (sent on again: its stamp is still
+	// read) or its envelope already has a header.
+	if carrier, ok := env.Message.(stampCarrier); ok && env.Header == nil && !isCurrent(c, carrier) {
+		*carrier.TraceStamp() = st.encode()
+		return env
 	}
 	return withStamp(env, &st)
 }
@@ -286,7 +313,7 @@ func ReceiverMiddleware(rec *Recorder, actorName func(*actor.PID) string) actor.
 				next(c, env)
 				return
 			}
-			st := parseStamp(env.GetHeader(HeaderKey))
+			st := parseStamp(stampOf(env.Header, env.Message))
 			if st.span == "" {
 				// Unstamped (its sender has no middleware): give it a span
 				// in a header of its own, for Current and onward sends.

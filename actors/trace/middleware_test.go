@@ -42,10 +42,13 @@ type actorB struct {
 	seen chan<- seen
 }
 
-// seen is what B saw of a message: its span (trace.Current) and header.
+// seen is what B saw of a message: its span (trace.Current) and its
+// stamp, from the envelope header or, for a message that embeds an
+// actors.Request, from the message itself.
 type seen struct {
-	span   trace.SpanContext
-	header string
+	span       trace.SpanContext
+	header     string
+	fromHeader bool // the stamp came in the envelope header
 }
 
 func (b *actorB) Receive(ctx actor.Context) {
@@ -63,6 +66,10 @@ func (b *actorB) report(ctx actor.Context) {
 	s := seen{span: trace.Current(ctx)}
 	if h := ctx.MessageHeader(); h != nil {
 		s.header = h.Get(trace.HeaderKey)
+		s.fromHeader = s.header != ""
+	}
+	if c, ok := ctx.Message().(interface{ TraceStamp() *string }); ok && s.header == "" {
+		s.header = *c.TraceStamp()
 	}
 	b.seen <- s
 }
@@ -182,6 +189,11 @@ func TestMiddlewareAskChain(t *testing.T) {
 		}
 		if s.span.TraceID != want.TraceID || s.span.ParentSpanID != want.ParentSpanID || s.header == "" {
 			t.Errorf("Current in B = %+v (header %q), record has trace %q parent %q", s.span, s.header, want.TraceID, want.ParentSpanID)
+		}
+		// A message that embeds an actors.Request carries its stamp
+		// itself: its send allocates no header map.
+		if carries := want.SpanID == jobRec.SpanID; carries == s.fromHeader {
+			t.Errorf("%s: stamp from the header = %v, want %v", want.MessageType, s.fromHeader, !carries)
 		}
 	}
 	for _, r := range rec.Snapshot() {
