@@ -24,6 +24,8 @@
 //		actor.WithSenderMiddleware(trace.SenderMiddleware(rec)))
 //
 // The sender middleware stamps the send time and span ids into the message
+// itself when it is a pointer to a struct that embeds an actors.Request
+// (actors.Request.TraceStamp: no allocation but the stamp), else into the
 // envelope's header (HeaderKey); the receiver middleware reads them and
 // records one Record per user message when its handling ends. Jobs, QMP
 // commands and API calls are recorded by their owners with Recorder.Record,

@@ -188,9 +188,12 @@ func Current(c MessageContext) SpanContext {
 // (actor.NewRootContext or RootContext.WithSenderMiddleware). With the
 // recorder off it costs one atomic load; a nil recorder adds nothing.
 //
-// An envelope without a header was made for this send and gets the header
-// in place; an envelope with a header may be shared (Forward), so it is
-// copied and the copy is sent.
+// A message that is a pointer to a struct embedding actors.Request keeps
+// its stamp itself (actors.Request.TraceStamp), which saves the header map;
+// such a message must go to one actor at a time. Other messages get a
+// header: an envelope without one was made for this send and gets it in
+// place; an envelope with a header may be shared (Forward), so it is copied
+// and the copy is sent.
 func SenderMiddleware(rec *Recorder) actor.SenderMiddleware {
 	return func(next actor.SenderFunc) actor.SenderFunc {
 		if rec == nil {
