@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -116,6 +117,9 @@ type Driver struct {
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
 	dispatcher *actors.Dispatcher
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Open loads the definitions under cfg.StateDir and starts the driver actor.
@@ -207,18 +211,35 @@ func (d *Driver) apiRecord(req actors.Request, began time.Time, err error) {
 
 // Close stops the driver and domain actors. Running VMs keep running, as
 // with libvirtd; their QEMU processes stay in their own sessions. Close
-// waits up to ctx for the actors to stop.
+// waits for the actors to stop (bounded by protoactor's stop future) and
+// returns ctx's error if ctx ended meanwhile. Calling it again returns the
+// first call's result; handles' calls fail after it.
 func (d *Driver) Close(ctx context.Context) error {
-	if err := d.root.StopFuture(d.pid).Wait(); err != nil && !errors.Is(err, actor.ErrTimeout) {
-		return fmt.Errorf("driver: close: %w", err)
+	d.closeOnce.Do(func() { d.closeErr = d.close() })
+	if d.closeErr != nil {
+		return d.closeErr
 	}
+	return ctx.Err()
+}
+
+func (d *Driver) close() error {
+	var errs []error
+	if err := d.root.StopFuture(d.pid).Wait(); err != nil && !errors.Is(err, actor.ErrTimeout) {
+		errs = append(errs, err)
+	}
+	// Handles still held find no published domain: their calls go to the
+	// stopped actors and fail.
+	d.domains.clear()
 	d.system.Shutdown()
 	// The actors have stopped: end the pooled workers. A worker still
 	// busy would be a handler that never returned; report it.
 	if err := d.dispatcher.Close(5 * time.Second); err != nil {
-		return fmt.Errorf("driver: close: %w", err)
+		errs = append(errs, err)
 	}
-	return ctx.Err()
+	if len(errs) > 0 {
+		return fmt.Errorf("driver: close: %w", errors.Join(errs...))
+	}
+	return nil
 }
 
 // Define defines a domain from spec, or updates the definition of an existing

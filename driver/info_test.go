@@ -103,4 +103,20 @@ func TestInfoReadsWhatAJobLeft(t *testing.T) {
 	if _, err := vm.Info(ctx); !errors.Is(err, driver.ErrNotFound) {
 		t.Fatalf("info after undefine: %v, want ErrNotFound", err)
 	}
+
+	// After Close, a handle's Info fails instead of reading what the
+	// domain published last.
+	if _, err := d.Define(ctx, &domain.Spec{Name: "after", Machine: "none"}); err != nil {
+		t.Fatal(err)
+	}
+	after := d.Domain("after")
+	if _, err := after.Info(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if in, err := after.Info(ctx); err == nil {
+		t.Fatalf("info after Close: %+v, want an error", in)
+	}
 }
