@@ -48,6 +48,9 @@ func (d *driverActor) reload() []recovered {
 // ErrNotFound is wrapped by errors about unknown domains.
 var ErrNotFound = errors.New("not found")
 
+// ErrClosed is returned by every call made after Driver.Close.
+var ErrClosed = errors.New("driver: closed")
+
 // ErrConflict is wrapped when a definition clashes with another: a UUID
 // that belongs to another domain, or a redefinition with another UUID.
 var ErrConflict = errors.New("conflict")

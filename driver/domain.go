@@ -10,8 +10,6 @@ import (
 	"net"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
-
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
@@ -101,39 +99,28 @@ func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMess
 // Info returns the domain's state, reason, pid and job, answered at once
 // even while a job runs.
 func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
+	if err := h.d.checkOpen(); err != nil {
+		return nil, err
+	}
 	if in, ok := h.d.domains.info(h.name); ok {
 		return in, nil
 	}
 	// Not published yet (a domain actor that has not run, or a driver
 	// rebuilding after a panic): ask the actors, which answer once ready.
-	ref, err := h.lookup(ctx, actors.Request{})
-	if err != nil {
-		return nil, err
-	}
-	info, err := actors.AskAs[*domain.Info](ctx, h.d.root, ref.PID, &domain.InfoRequest{})
-	return info, h.wrap(err)
+	return askDomain[*domain.Info](ctx, h, &domain.InfoRequest{})
 }
 
 // Jobs returns the active job, the async job, the queue and recent jobs.
 func (h *Domain) Jobs(ctx context.Context) (*domain.Jobs, error) {
-	ref, err := h.lookup(ctx, actors.Request{})
-	if err != nil {
-		return nil, err
-	}
-	jobs, err := actors.AskAs[*domain.Jobs](ctx, h.d.root, ref.PID, &domain.JobsRequest{})
-	return jobs, h.wrap(err)
+	return askDomain[*domain.Jobs](ctx, h, &domain.JobsRequest{})
 }
 
 // Console connects to the running guest's serial console socket. The
 // caller owns the connection and must close it.
 func (h *Domain) Console(ctx context.Context) (net.Conn, error) {
-	ref, err := h.lookup(ctx, actors.Request{})
+	target, err := askDomain[*domain.ConsoleTarget](ctx, h, &domain.ConsoleRequest{})
 	if err != nil {
 		return nil, err
-	}
-	target, err := actors.AskAs[*domain.ConsoleTarget](ctx, h.d.root, ref.PID, &domain.ConsoleRequest{})
-	if err != nil {
-		return nil, h.wrap(err)
 	}
 	var dialer net.Dialer
 	conn, err := dialer.DialContext(ctx, "unix", target.Path)
@@ -180,6 +167,9 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 	if err := domain.ValidateName(h.name); err != nil {
 		return nil, err
 	}
+	if err := h.d.checkOpen(); err != nil {
+		return nil, err
+	}
 	// The driver routes the request to the domain, which replies here.
 	v, err = actors.Ask(ctx, h.d.root, h.d.pid, &RouteRequest{Request: req, Name: h.name, Msg: build(req)})
 	// Ask returns the bare context error when the wait ended; errors from
@@ -207,17 +197,31 @@ func (h *Domain) explainWait(req actors.Request, name string, began time.Time, c
 
 // explain asks the domain actor who holds the job that req waits for.
 func (h *Domain) explain(ctx context.Context, req actors.Request) (*domain.WaitExplanation, error) {
-	var pid *actor.PID
-	if p, ok := h.d.domains.get(h.name); ok {
-		pid = p.pid
-	} else {
-		ref, err := h.lookup(ctx, actors.Request{})
-		if err != nil {
-			return nil, err
-		}
-		pid = ref.PID
+	return askDomain[*domain.WaitExplanation](ctx, h, &domain.ExplainWaitRequest{RequestID: req.RequestID})
+}
+
+// askDomain asks the domain actor a query. It finds the actor in the
+// driver's registry, or, when it is not there or has just stopped (a
+// driver rebuilding after a panic), through the driver actor, which
+// answers once it is ready.
+func askDomain[T any](ctx context.Context, h *Domain, msg any) (T, error) {
+	if err := h.d.checkOpen(); err != nil {
+		var zero T
+		return zero, err
 	}
-	return actors.AskAs[*domain.WaitExplanation](ctx, h.d.root, pid, &domain.ExplainWaitRequest{RequestID: req.RequestID})
+	if p, ok := h.d.domains.get(h.name); ok {
+		v, err := actors.AskAs[T](ctx, h.d.root, p.pid, msg)
+		if !errors.Is(err, actors.ErrNoActor) {
+			return v, h.wrap(err)
+		}
+	}
+	ref, err := h.lookup(ctx, actors.Request{})
+	if err != nil {
+		var zero T
+		return zero, h.wrap(err)
+	}
+	v, err := actors.AskAs[T](ctx, h.d.root, ref.PID, msg)
+	return v, h.wrap(err)
 }
 
 // ParseQMPCommand checks a raw QMP command: exactly one JSON object whose

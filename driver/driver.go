@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -120,6 +121,15 @@ type Driver struct {
 
 	closeOnce sync.Once
 	closeErr  error
+	closed    atomic.Bool
+}
+
+// checkOpen returns ErrClosed after Close.
+func (d *Driver) checkOpen() error {
+	if d.closed.Load() {
+		return ErrClosed
+	}
+	return nil
 }
 
 // Open loads the definitions under cfg.StateDir and starts the driver actor.
@@ -223,6 +233,7 @@ func (d *Driver) Close(ctx context.Context) error {
 }
 
 func (d *Driver) close() error {
+	d.closed.Store(true)
 	var errs []error
 	if err := d.root.StopFuture(d.pid).Wait(); err != nil && !errors.Is(err, actor.ErrTimeout) {
 		errs = append(errs, err)
@@ -249,6 +260,9 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 	if spec == nil {
 		return nil, errors.New("define: no spec given")
 	}
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
 	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &DefineRequest{Request: req, Spec: spec})
 	d.apiRecord(req, began, err)
@@ -260,6 +274,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 	if err := domain.ValidateName(name); err != nil {
 		return fmt.Errorf("undefine: %w", err)
 	}
+	if err := d.checkOpen(); err != nil {
+		return err
+	}
 	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
 	_, err := actors.AskAs[*Undefined](ctx, d.root, d.pid, &UndefineRequest{Request: req, Name: name})
 	d.apiRecord(req, began, err)
@@ -270,6 +287,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 // the driver from snapshots that each domain publishes, so a domain stuck
 // in a job never slows it.
 func (d *Driver) List(ctx context.Context) ([]domain.Info, error) {
+	if err := d.checkOpen(); err != nil {
+		return nil, err
+	}
 	return actors.AskAs[[]domain.Info](ctx, d.root, d.pid, &ListRequest{})
 }
 

@@ -116,7 +116,10 @@ func TestInfoReadsWhatAJobLeft(t *testing.T) {
 	if err := d.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if in, err := after.Info(ctx); err == nil {
-		t.Fatalf("info after Close: %+v, want an error", in)
+	if in, err := after.Info(ctx); !errors.Is(err, driver.ErrClosed) {
+		t.Fatalf("info after Close: %+v, %v; want ErrClosed", in, err)
+	}
+	if err := after.Pause(ctx); !errors.Is(err, driver.ErrClosed) {
+		t.Fatalf("pause after Close: %v, want ErrClosed", err)
 	}
 }

@@ -115,6 +115,7 @@ func TestStatusOf(t *testing.T) {
 		{fmt.Errorf("run: %w", monitor.ErrBadCommand), http.StatusBadRequest},
 		{&http.MaxBytesError{Limit: MaxBodyBytes}, http.StatusRequestEntityTooLarge},
 		{badRequest(errors.New("x")), http.StatusBadRequest},
+		{driver.ErrClosed, http.StatusServiceUnavailable},
 		{errors.New("something broke"), http.StatusInternalServerError},
 	}
 	for _, c := range cases {

@@ -38,6 +38,7 @@ func withStatus(status int, err error) error { return &httpError{status: status,
 //	    driver.ErrConflict
 //	413 body over MaxBodyBytes
 //	502 *monitor.QMPError
+//	503 driver.ErrClosed (the daemon is stopping)
 //	504 *domain.JobWaitError, domain.ErrShutdownTimeout, context.DeadlineExceeded
 //	500 anything else
 func StatusOf(err error) int {
@@ -61,8 +62,9 @@ func StatusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, monitor.ErrBadCommand), len(domain.FieldErrors(err)) > 0:
 		return http.StatusBadRequest
-	case errors.Is(err, context.Canceled):
-		// The client went away; nobody reads this status.
+	case errors.Is(err, context.Canceled), errors.Is(err, driver.ErrClosed):
+		// The client went away (nobody reads this status), or the
+		// daemon is stopping.
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
