@@ -11,7 +11,8 @@ import (
 )
 
 // registry is the driver's published name → domain index. The driver
-// actor is its only writer (at define, undefine and restart); API calls
+// actor is its only writer (at define, undefine and restart; Close empties
+// it once the actors have stopped); API calls
 // read it without a message, the way libvirt's API calls find a domain
 // under the domain list's read lock. It lets Info be answered from the
 // domain's last published snapshot with no actor hop, and keeps the
