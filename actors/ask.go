@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -38,19 +39,18 @@ func Ask(ctx context.Context, sender actor.SenderContext, pid *actor.PID, msg an
 		ctx, cancel = context.WithTimeout(ctx, DefaultTimeout)
 		defer cancel()
 	}
-	registry := sender.ActorSystem().ProcessRegistry
-	reply := &replyProcess{ch: make(chan any, 1)}
-	replyTo, ok := registry.Add(reply, ReplyPrefix+"ask"+registry.NextId())
-	if !ok {
-		return nil, fmt.Errorf("ask %s: cannot register a reply address", pid.Id)
+	replies := make(chan any, 1) // the address delivers once: never blocks
+	replyTo, err := ReplyAddress(sender.ActorSystem(), "ask", func(msg any) { replies <- msg })
+	if err != nil {
+		return nil, fmt.Errorf("ask %s: %w", pid.Id, err)
 	}
-	defer registry.Remove(replyTo)
+	defer sender.ActorSystem().ProcessRegistry.Remove(replyTo)
 	sender.RequestWithCustomSender(pid, msg, replyTo)
 
 	select {
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case v := <-reply.ch:
+	case v := <-replies:
 		switch v := v.(type) {
 		case *actor.DeadLetterResponse:
 			return nil, ErrNoActor
@@ -62,18 +62,33 @@ func Ask(ctx context.Context, sender actor.SenderContext, pid *actor.PID, msg an
 	}
 }
 
-// replyProcess is the one-shot reply address of an Ask. protoactor's own
-// futures race when stopped while a reply arrives, so Ask uses this instead.
+// ReplyAddress registers a one-shot reply address under ReplyPrefix+kind.
+// The first message sent to it is unwrapped from its envelope and handed
+// to deliver, on the sender's goroutine (deliver must not block); later
+// ones are dropped. The caller removes the address from the registry when
+// it no longer waits. protoactor's own futures race when stopped while a
+// reply arrives, so Ask and the domain's one-command jobs use this.
+func ReplyAddress(system *actor.ActorSystem, kind string, deliver func(msg any)) (*actor.PID, error) {
+	registry := system.ProcessRegistry
+	pid, ok := registry.Add(&replyProcess{deliver: deliver}, ReplyPrefix+kind+registry.NextId())
+	if !ok {
+		return nil, fmt.Errorf("cannot register a %s reply address", kind)
+	}
+	return pid, nil
+}
+
+// replyProcess is the process behind a ReplyAddress.
 type replyProcess struct {
-	ch chan any
+	fired   atomic.Bool
+	deliver func(msg any)
 }
 
 func (r *replyProcess) SendUserMessage(_ *actor.PID, message any) {
-	_, msg, _ := actor.UnwrapEnvelope(message)
-	select {
-	case r.ch <- msg:
-	default: // a second reply is dropped; the first one wins
+	if r.fired.Swap(true) {
+		return // a second reply is dropped; the first one wins
 	}
+	_, msg, _ := actor.UnwrapEnvelope(message)
+	r.deliver(msg)
 }
 
 func (r *replyProcess) SendSystemMessage(*actor.PID, any) {}
