@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -37,6 +36,9 @@ type directRun struct {
 	// held is a monitor error kept for up to exitSettle while QEMU's exit
 	// may be on its way (see settle in jobs.go).
 	held error
+	// send puts a reply (or an end of the job's own) into the actor's
+	// mailbox, tagged with the job; any goroutine may call it.
+	send func(reply any)
 }
 
 // directSettled ends a direct job with the error it held, when QEMU's
@@ -65,30 +67,6 @@ type directEnded struct{ err error }
 // the lane forever.
 const directBackstop = 10 * time.Second
 
-// directReply is the reply address of one direct job. The monitor's reply
-// is forwarded into the domain's mailbox, tagged with the job, so that a
-// late reply to a job that already ended is recognised and dropped.
-type directReply struct {
-	root  *actor.RootContext
-	self  *actor.PID
-	done  directDone
-	fired atomic.Bool // set by the first reply
-}
-
-func (r *directReply) SendUserMessage(_ *actor.PID, message any) {
-	_, msg, _ := actor.UnwrapEnvelope(message)
-	if r.fired.Swap(true) {
-		return // only the first reply counts
-	}
-	d := r.done
-	d.reply = msg
-	r.root.Send(r.self, &d)
-}
-
-func (r *directReply) SendSystemMessage(*actor.PID, any) {}
-
-func (r *directReply) Stop(*actor.PID) {}
-
 // launchDirect starts a direct job: the command goes to the monitor from
 // this handler, with the job's reply address as its sender.
 func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
@@ -100,11 +78,18 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 	root, self, id := ctx.ActorSystem().Root, ctx.Self(), j.info.ID
 	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: m, id: id}
 	j.run = nil
-	j.directRun = &directRun{} // from here on, finish releases the job
-	registry := ctx.ActorSystem().ProcessRegistry
-	replyTo, ok := registry.Add(&directReply{root: root, self: self, done: tag}, actors.ReplyPrefix+"qmp"+registry.NextId())
-	if !ok {
-		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: cannot register a reply address", m.name(), id, j.info.Name))
+	// The monitor's reply, and every other end of the job, comes into the
+	// mailbox tagged with the job, so that one for a job that already
+	// ended is recognised and dropped.
+	send := func(reply any) {
+		d := tag
+		d.reply = reply
+		root.Send(self, &d)
+	}
+	j.directRun = &directRun{send: send} // from here on, finish releases the job
+	replyTo, err := actors.ReplyAddress(ctx.ActorSystem(), "qmp", send)
+	if err != nil {
+		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: %w", m.name(), id, j.info.Name, err))
 		return
 	}
 	j.directRun.replyTo = replyTo
@@ -112,18 +97,14 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 	j.cancel = func(cause error) { // called by the actor's handlers only
 		j.directRun.cause = cause
 		cancel(cause)
-		c := tag
 		var why error = context.Canceled
 		if held := j.directRun.held; held != nil {
 			why = held
 		}
-		c.reply = directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, why)}
-		root.Send(self, &c)
+		send(directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, why)})
 	}
 	j.directRun.backstop = time.AfterFunc(monitor.CommandTimeout(d.execute)+directBackstop, func() {
-		c := tag
-		c.reply = directEnded{fmt.Errorf("domain %q: job %d %q: no reply from the monitor for QMP %q", m.name(), id, j.info.Name, d.execute)}
-		root.Send(self, &c)
+		send(directEnded{fmt.Errorf("domain %q: job %d %q: no reply from the monitor for QMP %q", m.name(), id, j.info.Name, d.execute)})
 	})
 	j.info.Step = "qmp " + d.execute
 	j.info.QMP = &QMPInFlight{Command: d.execute, Since: j.info.Started}
@@ -170,11 +151,9 @@ func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
 			// The connection failed while QEMU seems alive: give its
 			// exit a moment to arrive and cancel the job with a cause.
 			j.directRun.held = r
-			held := fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)
-			c := msg
-			c.reply = directSettled{held}
-			root, self := ctx.ActorSystem().Root, ctx.Self()
-			time.AfterFunc(exitSettle, func() { root.Send(self, &c) })
+			held := directSettled{fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)}
+			send := j.directRun.send
+			time.AfterFunc(exitSettle, func() { send(held) })
 			return
 		default:
 			err = fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, r)
