@@ -166,8 +166,6 @@ type domainActor struct {
 	runningSerial *Serial
 	// saved is the status last handed to SaveStatus (Updated zero).
 	saved Status
-	// published is what the snapshot last published was built from.
-	published snapshotKey
 
 	life         *lineage
 	recovering   bool // a restarted instance waits for the old one's goroutines
@@ -307,40 +305,9 @@ func (m *domainActor) Receive(ctx actor.Context) {
 // after every message, and also before a job's reply and a lifecycle event
 // go out, so that whoever got them reads at least that state.
 func (m *domainActor) publish() {
-	if m.cfg.Snapshot == nil {
-		return
-	}
-	if k := m.snapshotKey(); k != m.published || m.cfg.Snapshot.Load() == nil {
-		m.published = k
+	if m.cfg.Snapshot != nil {
 		m.cfg.Snapshot.Store(m.info())
 	}
-}
-
-// snapshotKey is everything info() reads; an unchanged key means an
-// unchanged Info (Control's age is recomputed by the reader).
-type snapshotKey struct {
-	spec             *Spec
-	state            State
-	reason           Reason
-	proc             *Process
-	queued, restarts int
-	active, async    *job
-	step             string
-	qmp              *QMPInFlight
-	monBroken        bool
-	monErrAt         time.Time // set with every new monitor error
-	recovering       bool
-}
-
-func (m *domainActor) snapshotKey() snapshotKey {
-	k := snapshotKey{spec: m.spec, state: m.state, reason: m.reason, proc: m.proc, queued: m.lane.Len(),
-		restarts: m.life.restarts, async: m.async, monBroken: m.monErr != nil, monErrAt: m.monErrAt, recovering: m.recovering}
-	if j, ok := m.lane.Active(); ok {
-		k.active, k.step, k.qmp = j, j.info.Step, j.info.QMP
-	} else if m.async != nil {
-		k.step, k.qmp = m.async.info.Step, m.async.info.QMP
-	}
-	return k
 }
 
 // saveStatus hands the status to the driver's writer when it changed.
