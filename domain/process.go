@@ -68,13 +68,26 @@ func (p *Process) markEnded() {
 }
 
 // openPidfd returns a non-blocking pidfd on pid, registered with Go's
-// network poller.
+// network poller. (O_NONBLOCK is set with fcntl rather than
+// PIDFD_NONBLOCK, which needs Linux 5.10; pidfd_open needs 5.3.)
 func openPidfd(pid int) (*os.File, error) {
-	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	fd, err := unix.PidfdOpen(pid, 0)
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_open(%d): %w", pid, err)
 	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("pidfd of %d: %w", pid, err)
+	}
 	return os.NewFile(uintptr(fd), fmt.Sprintf("pidfd:%d", pid)), nil
+}
+
+// pidfdReadable polls a pidfd for up to timeoutMs milliseconds (0: just
+// look); it turns readable when the process has exited.
+func pidfdReadable(fd uintptr, timeoutMs int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(fds, timeoutMs)
+	return err == nil && n > 0
 }
 
 // waitPidfd returns when the process behind f has ended (its pidfd turns
@@ -85,17 +98,12 @@ func waitPidfd(f *os.File) error {
 	if err != nil {
 		return err
 	}
-	ready := func(fd uintptr, timeout int) bool {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, timeout)
-		return err == nil && n > 0
-	}
-	err = rc.Read(func(fd uintptr) bool { return ready(fd, 0) })
+	err = rc.Read(func(fd uintptr) bool { return pidfdReadable(fd, 0) })
 	if err != nil && !errors.Is(err, os.ErrClosed) {
 		// Not pollable here: wait in poll(2), holding a thread.
 		var blockErr error
 		if cerr := rc.Control(func(fd uintptr) {
-			for !ready(fd, 1000) {
+			for !pidfdReadable(fd, 1000) {
 				if _, statErr := f.Stat(); statErr != nil {
 					blockErr = statErr
 					return
@@ -232,11 +240,7 @@ func (p *Process) gone() bool {
 		return false
 	}
 	readable := false
-	_ = rc.Control(func(fd uintptr) {
-		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		n, err := unix.Poll(fds, 0)
-		readable = err == nil && n > 0
-	})
+	_ = rc.Control(func(fd uintptr) { readable = pidfdReadable(fd, 0) })
 	return readable
 }
 
