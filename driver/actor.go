@@ -405,8 +405,9 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		status.Close()
 		return fmt.Errorf("spawn domain actor: %w", err)
 	}
-	d.domains[spec.Name] = &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap, status: status}
-	d.cfg.registry.put(spec.Name, &published{pid: pid, snap: snap})
+	e := &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap, status: status}
+	d.domains[spec.Name] = e
+	d.cfg.registry.put(e)
 	d.uuids[spec.UUID] = spec.Name
 	return nil
 }

@@ -209,8 +209,8 @@ func askDomain[T any](ctx context.Context, h *Domain, msg any) (T, error) {
 		var zero T
 		return zero, err
 	}
-	if p, ok := h.d.domains.get(h.name); ok {
-		v, err := actors.AskAs[T](ctx, h.d.root, p.pid, msg)
+	if e, ok := h.d.domains.get(h.name); ok {
+		v, err := actors.AskAs[T](ctx, h.d.root, e.pid, msg)
 		if !errors.Is(err, actors.ErrNoActor) {
 			return v, h.wrap(err)
 		}

@@ -2,54 +2,46 @@ package driver
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
-
-	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vmsup/vmsup/domain"
 )
 
 // registry is the driver's published name → domain index. The driver
 // actor is its only writer (at define, undefine and restart; Close empties
-// it once the actors have stopped); API calls
-// read it without a message, the way libvirt's API calls find a domain
-// under the domain list's read lock. It lets Info be answered from the
-// domain's last published snapshot with no actor hop, and keeps the
-// driver's mailbox off the hot path of queries.
+// it once the actors have stopped); API calls read it without a message,
+// the way libvirt's API calls find a domain under the domain list's read
+// lock. It lets Info be answered from the domain's last published snapshot
+// with no actor hop, and keeps the driver's mailbox off the hot path of
+// queries. It holds the driver actor's own entries; readers use only
+// their pid and snap, which never change once an entry is made.
 type registry struct {
-	m sync.Map // name → *published
+	m sync.Map // name → *entry
 }
 
-// published is what the registry holds for one domain.
-type published struct {
-	pid  *actor.PID
-	snap *atomic.Pointer[domain.Info]
-}
-
-func (r *registry) put(name string, p *published) { r.m.Store(name, p) }
+func (r *registry) put(e *entry) { r.m.Store(e.name, e) }
 
 func (r *registry) remove(name string) { r.m.Delete(name) }
 
 func (r *registry) clear() { r.m.Clear() }
 
-func (r *registry) get(name string) (*published, bool) {
+func (r *registry) get(name string) (*entry, bool) {
 	v, ok := r.m.Load(name)
 	if !ok {
 		return nil, false
 	}
-	return v.(*published), true
+	return v.(*entry), true
 }
 
 // info returns a copy of the domain's last published Info with its
 // control age recomputed now, or false when the domain is not in the
 // registry or has published nothing yet.
 func (r *registry) info(name string) (*domain.Info, bool) {
-	p, ok := r.get(name)
+	e, ok := r.get(name)
 	if !ok {
 		return nil, false
 	}
-	in := p.snap.Load()
+	in := e.snap.Load()
 	if in == nil {
 		return nil, false
 	}
