@@ -67,6 +67,36 @@ func (r *WorkloadResult) Throughput() float64 {
 	return float64(r.Done) / r.Window.Seconds()
 }
 
+// record counts one call: its error, or its latency and, when it ended
+// inside the window, its completion.
+func (r *WorkloadResult) record(isJob bool, took time.Duration, err error, inWindow bool) {
+	if err != nil {
+		r.Errors++
+		if r.First == nil {
+			r.First = err
+		}
+		return
+	}
+	if isJob {
+		r.Job.Add(took)
+	} else {
+		r.Info.Add(took)
+	}
+	if inWindow {
+		r.Done++
+	}
+}
+
+// endWindow stores what the meters saw since start: this process's
+// cores, the other processes' cores and the scheduling waits.
+func (r *WorkloadResult) endWindow(start time.Time, cpu CPUMeter, others OthersMeter, sched SchedMeter) {
+	r.cpu = time.Duration(cpu.Cores() * float64(time.Since(start)))
+	r.Cores = cpu.Cores()
+	r.Others = others.Cores()
+	r.others = time.Duration(r.Others * float64(time.Since(start)))
+	r.schedN, r.schedWait = sched.Wait()
+}
+
 func (r *WorkloadResult) merge(o *WorkloadResult) {
 	r.Info.Merge(&o.Info)
 	r.Job.Merge(&o.Job)
@@ -126,21 +156,7 @@ func runMixed(ctx context.Context, sys System, doms []string, clients, jobPct in
 						err = sys.Info(ctx, name)
 					}
 					now := time.Now()
-					if err != nil {
-						local.Errors++
-						if local.First == nil {
-							local.First = err
-						}
-						continue
-					}
-					if isJob {
-						local.Job.Add(now.Sub(t))
-					} else {
-						local.Info.Add(now.Sub(t))
-					}
-					if now.Before(end) {
-						local.Done++
-					}
+					local.record(isJob, now.Sub(t), err, now.Before(end))
 				}
 				mu.Lock()
 				res.Info.Merge(&local.Info)
@@ -157,11 +173,7 @@ func runMixed(ctx context.Context, sys System, doms []string, clients, jobPct in
 	// The CPU of the window only: callers still in a call after it are
 	// waited for below.
 	time.Sleep(time.Until(end))
-	res.cpu = time.Duration(cpu.Cores() * float64(time.Since(start)))
-	res.Cores = cpu.Cores()
-	res.Others = others.Cores()
-	res.others = time.Duration(res.Others * float64(time.Since(start)))
-	res.schedN, res.schedWait = sched.Wait()
+	res.endWindow(start, cpu, others, sched)
 	wg.Wait()
 	return res
 }
@@ -205,29 +217,11 @@ func runPaced(ctx context.Context, sys System, doms []string, rate float64, jobP
 				now := time.Now()
 				mu.Lock()
 				defer mu.Unlock()
-				if err != nil {
-					res.Errors++
-					if res.First == nil {
-						res.First = err
-					}
-					return
-				}
-				if isJob {
-					res.Job.Add(now.Sub(at))
-				} else {
-					res.Info.Add(now.Sub(at))
-				}
-				if now.Before(end) {
-					res.Done++
-				}
+				res.record(isJob, now.Sub(at), err, now.Before(end))
 			}()
 		}
 	}
-	res.cpu = time.Duration(cpu.Cores() * float64(time.Since(start)))
-	res.Cores = cpu.Cores()
-	res.Others = others.Cores()
-	res.others = time.Duration(res.Others * float64(time.Since(start)))
-	res.schedN, res.schedWait = sched.Wait()
+	res.endWindow(start, cpu, others, sched)
 	wg.Wait()
 	return res
 }

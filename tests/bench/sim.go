@@ -121,6 +121,12 @@ var simPIDs atomic.Int64
 
 func init() { simPIDs.Store(1 << 23) }
 
+// launchSimulated is a driver Launcher of simulated processes.
+func launchSimulated(string, []string, domain.RunPaths) (*domain.Process, error) {
+	p, _ := domain.NewSimulatedProcess(int(simPIDs.Add(1)))
+	return p, nil
+}
+
 // System is what the workloads drive: vmsup or the lock baseline.
 type System interface {
 	Name() string
@@ -156,11 +162,8 @@ func OpenVmsup(mons *Monitors) (*Vmsup, error) {
 	}
 	v := &Vmsup{dir: dir, doms: map[string]*driver.Domain{}}
 	cfg := driver.Config{
-		StateDir: dir,
-		Launcher: func(string, []string, domain.RunPaths) (*domain.Process, error) {
-			p, _ := domain.NewSimulatedProcess(int(simPIDs.Add(1)))
-			return p, nil
-		},
+		StateDir:    dir,
+		Launcher:    launchSimulated,
 		DialMonitor: func(string) monitor.Conn { return mons.New(&v.replies) },
 	}
 	if v.D, err = driver.Open(context.Background(), cfg); err != nil {

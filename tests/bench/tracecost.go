@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/actors/trace"
-	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -40,10 +39,7 @@ func TraceCost(ctx context.Context, o Options) (*Section, error) {
 			Trace:        rec,
 		}
 		if !real {
-			cfg.Launcher = func(string, []string, domain.RunPaths) (*domain.Process, error) {
-				p, _ := domain.NewSimulatedProcess(int(simPIDs.Add(1)))
-				return p, nil
-			}
+			cfg.Launcher = launchSimulated
 			cfg.DialMonitor = func(string) monitor.Conn { return monitor.NewSimulated(0) }
 		}
 		d, err := driver.Open(ctx, cfg)
