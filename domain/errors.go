@@ -50,3 +50,11 @@ func (e *JobWaitError) Error() string {
 
 // Unwrap returns the context error.
 func (e *JobWaitError) Unwrap() error { return e.Cause }
+
+// WaitExplanation says whether a request's job ran, and who held the job.
+type WaitExplanation struct {
+	// Running is set when the request's own job is the active one.
+	Running bool
+	// Holder is the job that held the domain, or nil.
+	Holder *JobInfo
+}

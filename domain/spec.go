@@ -538,13 +538,13 @@ func (s *Spec) Validate() error {
 	}
 
 	if s.Kernel != "" {
-		add("kernel", pathProblem(s.Kernel))
+		add("kernel", PathProblem(s.Kernel))
 		if noneMachine {
 			add("kernel", `is not supported with machine "none"`)
 		}
 	}
 	if s.Initrd != "" {
-		add("initrd", pathProblem(s.Initrd))
+		add("initrd", PathProblem(s.Initrd))
 		if s.Kernel == "" {
 			add("initrd", "requires kernel")
 		}
@@ -564,7 +564,7 @@ func (s *Spec) Validate() error {
 	seen := map[string]int{}
 	for i, d := range s.Disks {
 		f := fmt.Sprintf("disks[%d]", i)
-		if p := pathProblem(d.Path); p != "" {
+		if p := PathProblem(d.Path); p != "" {
 			add(f+".path", p)
 		} else if j, dup := seen[d.Path]; dup {
 			add(f+".path", fmt.Sprintf("is the same image as disks[%d].path", j))
@@ -580,8 +580,8 @@ func (s *Spec) Validate() error {
 			switch {
 			case s.Serial.Type == SerialNone:
 				add("serial.path", `must be empty when type is "none"`)
-			case pathProblem(s.Serial.Path) != "":
-				add("serial.path", pathProblem(s.Serial.Path))
+			case PathProblem(s.Serial.Path) != "":
+				add("serial.path", PathProblem(s.Serial.Path))
 			case s.Serial.Type == SerialSocket && len(s.Serial.Path) > MaxSocketPath:
 				add("serial.path", fmt.Sprintf("is %d bytes; a unix socket path may have at most %d (sun_path)", len(s.Serial.Path), MaxSocketPath))
 			}
@@ -590,7 +590,7 @@ func (s *Spec) Validate() error {
 
 	if s.Emulator != "" {
 		if strings.Contains(s.Emulator, "/") {
-			add("emulator", pathProblem(s.Emulator))
+			add("emulator", PathProblem(s.Emulator))
 		} else if !emulatorNamePattern.MatchString(s.Emulator) {
 			add("emulator", "must be an absolute path or a command name (letters, digits, '.', '_', '+', '-'; not starting with '-' or '.')")
 		}
@@ -679,9 +679,9 @@ func enumProblem(v string, allowed ...string) string {
 	return fmt.Sprintf("must be one of %s, got %s", strings.Join(allowed, ", "), shortQuote(v))
 }
 
-// pathProblem checks that p is an absolute, clean path without control
-// characters.
-func pathProblem(p string) string {
+// PathProblem says what is wrong with p as a host path (not absolute, not
+// clean, too long, control characters), or returns "" when nothing is.
+func PathProblem(p string) string {
 	switch {
 	case p == "":
 		return "is required"
@@ -711,4 +711,14 @@ func (s *Spec) Clone() *Spec {
 		c.Restart = &restart
 	}
 	return &c
+}
+
+// EmulatorPath returns the QEMU binary to run: Spec.Emulator, or
+// DefaultEmulator when it is empty. A value without '/' is a command name
+// for the caller to look up in PATH (exec.LookPath) when the domain starts.
+func (s *Spec) EmulatorPath() string {
+	if s.Emulator == "" {
+		return DefaultEmulator
+	}
+	return s.Emulator
 }

@@ -532,45 +532,6 @@ func TestSpecJSONRoundTrip(t *testing.T) {
 	}
 }
 
-func FuzzParseSpec(f *testing.F) {
-	for _, name := range []string{"full.yaml", "full.json", "minimal.yaml", "machine-none.yaml", "bad-many.yaml", "unknown-field.yaml"} {
-		f.Add(specTestRead(f, name))
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := ParseSpec(data)
-		if err != nil {
-			if s != nil {
-				t.Fatal("spec returned with an error")
-			}
-			return
-		}
-		if err := s.Validate(); err != nil {
-			t.Fatalf("parsed spec does not validate: %v", err)
-		}
-		// A parsed spec survives a JSON round trip unchanged ...
-		js, err := json.Marshal(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		back, err := ParseSpec(js)
-		if err != nil {
-			t.Fatalf("re-parse of %s: %v", js, err)
-		}
-		if !reflect.DeepEqual(back, s) {
-			t.Fatalf("round trip changed the spec:\n%+v\n%+v", s, back)
-		}
-		// ... and builds a command line.
-		paths, err := NewRunPaths("/run/vmsup", s.Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		args := BuildArgs(s, paths, AccelTCG)
-		if len(args) == 0 || args[0] != "-name" {
-			t.Fatalf("args %q", args)
-		}
-	})
-}
-
 func TestParseSpecErrorsBounded(t *testing.T) {
 	var unknown strings.Builder
 	unknown.WriteString("name: a\n")

@@ -140,3 +140,56 @@ func (in *Info) Fresh(now time.Time) *Info {
 	}
 	return &box.info
 }
+
+// ReasonExitedUnsupervised is the shutoff reason of a domain whose QEMU was
+// running when vmsup stopped and was gone when vmsup came back.
+const ReasonExitedUnsupervised Reason = "exited_unsupervised"
+
+// ReasonCrashLoop is the crashed reason of a domain that crashed too often
+// under on_crash: restart; vmsup stopped restarting it.
+const ReasonCrashLoop Reason = "crash-loop"
+
+// Status is a domain's runtime status as saved under the state dir, so that
+// a restarted vmsup knows what was running.
+type Status struct {
+	Name    string    `json:"name"`
+	UUID    string    `json:"uuid"`
+	State   State     `json:"state"`
+	Reason  Reason    `json:"reason"`
+	PID     int       `json:"pid,omitempty"`
+	Updated time.Time `json:"updated"`
+}
+
+// Control is modelled on libvirt's domcontrol: can vmsup talk to the VM
+// right now?
+type Control struct {
+	// State is "ok", "job" (a job holds the domain), "occupied" (a QMP
+	// command is waiting for QEMU), "error" (the monitor is broken) or
+	// "recovering" (the actor restarted after a panic).
+	State string `json:"state"`
+	// Since is when the job started, when the QMP command was sent or when
+	// the monitor broke.
+	Since time.Time `json:"since,omitzero"`
+	// Millis is how long it has been so, at the time of the Info.
+	Millis int64 `json:"ms"`
+	// Reason says why the monitor is broken.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Control states.
+const (
+	ControlOK       = "ok"
+	ControlJob      = "job"
+	ControlOccupied = "occupied"
+	ControlError    = "error"
+	// ControlRecovering: the domain actor restarted after a panic and
+	// rebuilds its state; jobs wait.
+	ControlRecovering = "recovering"
+)
+
+// Refresh recomputes Millis at now; List uses it on snapshots.
+func (c *Control) Refresh(now time.Time) {
+	if c != nil && !c.Since.IsZero() {
+		c.Millis = now.Sub(c.Since).Milliseconds()
+	}
+}

@@ -14,16 +14,12 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/vm"
+	"github.com/vmsup/vmsup/driver/internal/protocol"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/supervision"
 )
-
-// InjectPanicIn is a fault-test hook: the driver forwards it to the named
-// domain, which panics (see supervision.InjectPanic).
-type InjectPanicIn struct {
-	Domain string
-	supervision.InjectPanic
-}
 
 // reloader reads a domain's definition and status back from disk, for a
 // domain actor that restarts after a panic.
@@ -55,52 +51,12 @@ var ErrClosed = errors.New("driver: closed")
 // that belongs to another domain, or a redefinition with another UUID.
 var ErrConflict = errors.New("conflict")
 
-// DefineRequest defines a domain or updates its definition (a driver job).
-type DefineRequest struct {
-	actors.Request
-	Spec *domain.Spec
-}
-
 // DefineResult is the reply to DefineRequest.
 type DefineResult struct {
 	Name    string `json:"name"`
 	UUID    string `json:"uuid"`
 	Created bool   `json:"created"`
 }
-
-// UndefineRequest removes a shut-off domain (a driver job).
-type UndefineRequest struct {
-	actors.Request
-	Name string
-}
-
-// Undefined is the reply to UndefineRequest.
-type Undefined struct{ Name string }
-
-// LookupRequest finds a domain's actor (a query, answered at once).
-type LookupRequest struct {
-	actors.Request
-	Name string
-}
-
-// DomainRef is the reply to LookupRequest.
-type DomainRef struct {
-	Name string
-	UUID string
-	PID  *actor.PID
-}
-
-// RouteRequest hands Msg, a domain request, to the named domain's actor
-// with the caller as its sender, so the domain replies to the caller
-// directly (a query, answered at once). An unknown name gets ErrNotFound.
-type RouteRequest struct {
-	actors.Request
-	Name string
-	Msg  any
-}
-
-// ListRequest lists every domain (a query, answered at once) as []domain.Info.
-type ListRequest struct{}
 
 type entry struct {
 	name   string
@@ -129,11 +85,11 @@ type actorConfig struct {
 	store        *store
 	runDir       string
 	broker       *domain.Broker
-	hooks        domain.JobHooks
+	hooks        vm.JobHooks
 	destroyGrace time.Duration
 	monitor      monitor.TransportOptions
 	reconnect    supervision.Backoff
-	launcher     domain.Launcher
+	launcher     process.Launcher
 	dialMonitor  func(string) monitor.Conn
 	trace        *trace.Recorder
 	logger       zerolog.Logger
@@ -145,7 +101,7 @@ type actorConfig struct {
 // recovered is a definition loaded at Open, with what was found of its QEMU.
 type recovered struct {
 	spec     *domain.Spec
-	recovery *domain.Recovery
+	recovery *process.Recovery
 }
 
 // driverActor owns the registry: name and UUID → domain actor. Its mailbox
@@ -211,7 +167,7 @@ func (d *driverActor) Receive(ctx actor.Context) {
 		}
 	case *supervision.InjectPanic:
 		panic("injected panic in driver: " + msg.Reason)
-	case *InjectPanicIn:
+	case *protocol.InjectPanicIn:
 		e, ok := d.domains[msg.Domain]
 		if !ok {
 			ctx.Respond(notFound(msg.Domain))
@@ -223,25 +179,25 @@ func (d *driverActor) Receive(ctx actor.Context) {
 		for _, e := range d.domains {
 			e.status.Close()
 		}
-	case *LookupRequest:
+	case *protocol.LookupRequest:
 		e, ok := d.domains[msg.Name]
 		if !ok {
 			ctx.Respond(notFound(msg.Name))
 			return
 		}
-		ctx.Respond(&DomainRef{Name: e.name, UUID: e.uuid, PID: e.pid})
-	case *RouteRequest:
+		ctx.Respond(&protocol.DomainRef{Name: e.name, UUID: e.uuid, PID: e.pid})
+	case *protocol.RouteRequest:
 		e, ok := d.domains[msg.Name]
 		if !ok {
 			ctx.Respond(notFound(msg.Name))
 			return
 		}
 		ctx.RequestWithCustomSender(e.pid, msg.Msg, ctx.Sender())
-	case *ListRequest:
+	case *protocol.ListRequest:
 		ctx.Respond(d.list())
-	case *DefineRequest:
+	case *protocol.DefineRequest:
 		d.enqueue(ctx, msg.Request, msg)
-	case *UndefineRequest:
+	case *protocol.UndefineRequest:
 		d.enqueue(ctx, msg.Request, msg)
 	case defineWritten:
 		d.onDefineWritten(ctx, msg)
@@ -285,9 +241,9 @@ func (d *driverActor) next(ctx actor.Context) {
 		}
 		var err error
 		switch msg := j.msg.(type) {
-		case *DefineRequest:
+		case *protocol.DefineRequest:
 			err = d.startDefine(ctx, msg)
-		case *UndefineRequest:
+		case *protocol.UndefineRequest:
 			err = d.startUndefine(ctx, msg)
 		}
 		if err != nil {
@@ -306,7 +262,7 @@ func (d *driverActor) end(ctx actor.Context, reply any) {
 	}
 }
 
-func (d *driverActor) startDefine(ctx actor.Context, msg *DefineRequest) error {
+func (d *driverActor) startDefine(ctx actor.Context, msg *protocol.DefineRequest) error {
 	if msg.Spec == nil {
 		return errors.New("define: no spec given")
 	}
@@ -344,7 +300,7 @@ func (d *driverActor) onDefineWritten(ctx actor.Context, w defineWritten) {
 	}
 	created := false
 	if e, ok := d.domains[w.spec.Name]; ok {
-		ctx.Send(e.pid, &domain.UpdateSpec{Spec: w.spec})
+		vm.UpdateSpec(ctx, e.pid, w.spec)
 	} else {
 		if err := d.spawn(ctx, w.spec, nil); err != nil {
 			d.end(ctx, fmt.Errorf("define %q: %w", w.spec.Name, err))
@@ -367,7 +323,7 @@ func (e *entry) state() (domain.State, domain.Reason) {
 	return domain.StateShutoff, domain.ReasonUnknown
 }
 
-func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Recovery) error {
+func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.Recovery) error {
 	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
 		return fmt.Errorf("uuid %s already belongs to domain %q: %w", spec.UUID, other, ErrConflict)
 	}
@@ -383,7 +339,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 		snap.Store(&domain.Info{Name: spec.Name, UUID: spec.UUID, State: state, Reason: reason, PID: rec.PID()})
 	}
 	d.life.gen++
-	pid, err := ctx.SpawnNamed(domain.Props(domain.ActorConfig{
+	pid, err := ctx.SpawnNamed(vm.Props(vm.Config{
 		Spec:             spec,
 		RunDir:           d.cfg.runDir,
 		Broker:           d.cfg.broker,
@@ -412,14 +368,14 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *domain.Re
 	return nil
 }
 
-func (d *driverActor) startUndefine(ctx actor.Context, msg *UndefineRequest) error {
+func (d *driverActor) startUndefine(ctx actor.Context, msg *protocol.UndefineRequest) error {
 	e, ok := d.domains[msg.Name]
 	if !ok {
 		return fmt.Errorf("undefine: %w", notFound(msg.Name))
 	}
 	// The driver never waits on a domain: it asks, and continues when the
 	// reply comes back as a continuation.
-	future := ctx.RequestFuture(e.pid, &domain.PrepareUndefine{}, 5*time.Second)
+	future := vm.PrepareUndefine(ctx, e.pid, 5*time.Second)
 	ctx.ReenterAfter(future, func(res any, err error) {
 		if err == nil {
 			if e2, ok := res.(error); ok {
@@ -443,7 +399,7 @@ func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
 	case !ok:
 		d.end(ctx, fmt.Errorf("undefine: %w", notFound(r.name)))
 	case r.err != nil:
-		ctx.Send(e.pid, &domain.CancelUndefine{})
+		vm.CancelUndefine(ctx, e.pid)
 		d.end(ctx, fmt.Errorf("undefine %q: %w", r.name, r.err))
 	default:
 		ctx.Stop(e.pid)
@@ -453,7 +409,7 @@ func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
 		d.cfg.registry.remove(r.name)
 		state, reason := e.state()
 		d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: r.name, UUID: e.uuid, State: state, Reason: reason})
-		d.end(ctx, &Undefined{Name: r.name})
+		d.end(ctx, &protocol.Undefined{Name: r.name})
 	}
 	d.next(ctx)
 }

@@ -10,9 +10,13 @@ import (
 	"net"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
+
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/vm"
+	"github.com/vmsup/vmsup/driver/internal/protocol"
 )
 
 // Domain is a handle on one domain. Its methods are safe for concurrent use.
@@ -39,39 +43,39 @@ func (h *Domain) Name() string { return h.name }
 
 // Start starts QEMU and, unless opts.Paused, the guest.
 func (h *Domain) Start(ctx context.Context, opts StartOptions) error {
-	_, err := h.job(ctx, "start", func(r actors.Request) any { return &domain.StartRequest{Request: r, Paused: opts.Paused} })
+	_, err := h.job(ctx, "start", func(r actors.Request) any { return vm.StartJob(r, opts.Paused) })
 	return err
 }
 
 // Shutdown asks the guest to power off and waits for it, up to opts.Timeout
 // and ctx.
 func (h *Domain) Shutdown(ctx context.Context, opts ShutdownOptions) error {
-	_, err := h.job(ctx, "shutdown", func(r actors.Request) any { return &domain.ShutdownRequest{Request: r, Timeout: opts.Timeout} })
+	_, err := h.job(ctx, "shutdown", func(r actors.Request) any { return vm.ShutdownJob(r, opts.Timeout) })
 	return err
 }
 
 // Destroy kills QEMU (SIGTERM, then SIGKILL after the grace period). It
 // preempts any job, even one stuck in QMP.
 func (h *Domain) Destroy(ctx context.Context) error {
-	_, err := h.job(ctx, "destroy", func(r actors.Request) any { return &domain.DestroyRequest{Request: r} })
+	_, err := h.job(ctx, "destroy", func(r actors.Request) any { return vm.DestroyJob(r) })
 	return err
 }
 
 // Pause pauses the guest's vCPUs.
 func (h *Domain) Pause(ctx context.Context) error {
-	_, err := h.job(ctx, "pause", func(r actors.Request) any { return &domain.PauseRequest{Request: r} })
+	_, err := h.job(ctx, "pause", func(r actors.Request) any { return vm.PauseJob(r) })
 	return err
 }
 
 // Resume resumes a paused guest.
 func (h *Domain) Resume(ctx context.Context) error {
-	_, err := h.job(ctx, "resume", func(r actors.Request) any { return &domain.ResumeRequest{Request: r} })
+	_, err := h.job(ctx, "resume", func(r actors.Request) any { return vm.ResumeJob(r) })
 	return err
 }
 
 // Reset resets the machine, like pressing its reset button.
 func (h *Domain) Reset(ctx context.Context) error {
-	_, err := h.job(ctx, "reset", func(r actors.Request) any { return &domain.ResetRequest{Request: r} })
+	_, err := h.job(ctx, "reset", func(r actors.Request) any { return vm.ResetJob(r) })
 	return err
 }
 
@@ -84,16 +88,16 @@ func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMess
 		return nil, fmt.Errorf("domain %q: %w", h.name, err)
 	}
 	v, err := h.job(ctx, "qmp", func(r actors.Request) any {
-		return &domain.QMPRequest{Request: r, Execute: execute, Arguments: args}
+		return vm.QMPJob(r, execute, args)
 	})
 	if err != nil {
 		return nil, err
 	}
-	reply, ok := v.(*domain.QMPReply)
+	ret, ok := vm.QMPReturn(v)
 	if !ok {
 		return nil, fmt.Errorf("domain %q: qmp: unexpected reply %T", h.name, v)
 	}
-	return reply.Return, nil
+	return ret, nil
 }
 
 // Info returns the domain's state, reason, pid and job, answered at once
@@ -107,23 +111,23 @@ func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
 	}
 	// Not published yet (a domain actor that has not run, or a driver
 	// rebuilding after a panic): ask the actors, which answer once ready.
-	return askDomain[*domain.Info](ctx, h, &domain.InfoRequest{})
+	return askDomain(ctx, h, vm.Info)
 }
 
 // Jobs returns the active job, the async job, the queue and recent jobs.
 func (h *Domain) Jobs(ctx context.Context) (*domain.Jobs, error) {
-	return askDomain[*domain.Jobs](ctx, h, &domain.JobsRequest{})
+	return askDomain(ctx, h, vm.Jobs)
 }
 
 // Console connects to the running guest's serial console socket. The
 // caller owns the connection and must close it.
 func (h *Domain) Console(ctx context.Context) (net.Conn, error) {
-	target, err := askDomain[*domain.ConsoleTarget](ctx, h, &domain.ConsoleRequest{})
+	path, err := askDomain(ctx, h, vm.ConsolePath)
 	if err != nil {
 		return nil, err
 	}
 	var dialer net.Dialer
-	conn, err := dialer.DialContext(ctx, "unix", target.Path)
+	conn, err := dialer.DialContext(ctx, "unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("domain %q: console: %w", h.name, err)
 	}
@@ -138,11 +142,11 @@ func (h *Domain) Subscribe(ctx context.Context, buffer int) *domain.Subscription
 
 // lookup finds the domain's actor; req carries the trace of the API call
 // (zero for untraced queries).
-func (h *Domain) lookup(ctx context.Context, req actors.Request) (*DomainRef, error) {
+func (h *Domain) lookup(ctx context.Context, req actors.Request) (*protocol.DomainRef, error) {
 	if err := domain.ValidateName(h.name); err != nil {
 		return nil, err
 	}
-	return actors.AskAs[*DomainRef](ctx, h.d.root, h.d.pid, &LookupRequest{Request: req, Name: h.name})
+	return actors.AskAs[*protocol.DomainRef](ctx, h.d.root, h.d.pid, &protocol.LookupRequest{Request: req, Name: h.name})
 }
 
 func (h *Domain) wrap(err error) error {
@@ -171,7 +175,7 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 		return nil, err
 	}
 	// The driver routes the request to the domain, which replies here.
-	v, err = actors.Ask(ctx, h.d.root, h.d.pid, &RouteRequest{Request: req, Name: h.name, Msg: build(req)})
+	v, err = actors.Ask(ctx, h.d.root, h.d.pid, &protocol.RouteRequest{Request: req, Name: h.name, Msg: build(req)})
 	// Ask returns the bare context error when the wait ended; errors from
 	// the job itself are always wrapped.
 	if err == context.DeadlineExceeded || err == context.Canceled {
@@ -197,20 +201,22 @@ func (h *Domain) explainWait(req actors.Request, name string, began time.Time, c
 
 // explain asks the domain actor who holds the job that req waits for.
 func (h *Domain) explain(ctx context.Context, req actors.Request) (*domain.WaitExplanation, error) {
-	return askDomain[*domain.WaitExplanation](ctx, h, &domain.ExplainWaitRequest{RequestID: req.RequestID})
+	return askDomain(ctx, h, func(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*domain.WaitExplanation, error) {
+		return vm.ExplainWait(ctx, sender, pid, req.RequestID)
+	})
 }
 
-// askDomain asks the domain actor a query. It finds the actor in the
-// driver's registry, or, when it is not there or has just stopped (a
-// driver rebuilding after a panic), through the driver actor, which
-// answers once it is ready.
-func askDomain[T any](ctx context.Context, h *Domain, msg any) (T, error) {
+// askDomain asks the domain actor a query with ask, one of the vm
+// package's query functions. It finds the actor in the driver's registry,
+// or, when it is not there or has just stopped (a driver rebuilding after a
+// panic), through the driver actor, which answers once it is ready.
+func askDomain[T any](ctx context.Context, h *Domain, ask func(context.Context, actor.SenderContext, *actor.PID) (T, error)) (T, error) {
 	if err := h.d.checkOpen(); err != nil {
 		var zero T
 		return zero, err
 	}
 	if e, ok := h.d.domains.get(h.name); ok {
-		v, err := actors.AskAs[T](ctx, h.d.root, e.pid, msg)
+		v, err := ask(ctx, h.d.root, e.pid)
 		if !errors.Is(err, actors.ErrNoActor) {
 			return v, h.wrap(err)
 		}
@@ -220,7 +226,7 @@ func askDomain[T any](ctx context.Context, h *Domain, msg any) (T, error) {
 		var zero T
 		return zero, h.wrap(err)
 	}
-	v, err := actors.AskAs[T](ctx, h.d.root, ref.PID, msg)
+	v, err := ask(ctx, h.d.root, ref.PID)
 	return v, h.wrap(err)
 }
 

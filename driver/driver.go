@@ -27,6 +27,9 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/vm"
+	"github.com/vmsup/vmsup/driver/internal/protocol"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/supervision"
 )
@@ -44,7 +47,7 @@ func recoverAll(st *store, runDir string, logger zerolog.Logger) []recovered {
 		if err != nil {
 			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
 		}
-		out = append(out, recovered{spec: spec, recovery: domain.Recover(spec, runDir, saved)})
+		out = append(out, recovered{spec: spec, recovery: process.Recover(spec, runDir, saved)})
 	}
 	return out
 }
@@ -58,13 +61,13 @@ func (d *Driver) InjectPanic(ctx context.Context, target, reason string) error {
 	case "driver":
 		msg = &supervision.InjectPanic{Reason: reason}
 	case "domain":
-		msg = &InjectPanicIn{Domain: name, InjectPanic: supervision.InjectPanic{Reason: reason}}
+		msg = &protocol.InjectPanicIn{Domain: name, InjectPanic: supervision.InjectPanic{Reason: reason}}
 	case "monitor":
 		ref, err := d.Domain(name).lookup(ctx, actors.Request{})
 		if err != nil {
 			return err
 		}
-		_, err = actors.Ask(ctx, d.root, ref.PID, &domain.InjectMonitorPanic{Reason: reason})
+		err = vm.InjectMonitorPanic(ctx, d.root, ref.PID, reason)
 		return err
 	default:
 		return fmt.Errorf("inject panic: unknown target %q (driver, domain/NAME or monitor/NAME)", target)
@@ -93,10 +96,10 @@ type Config struct {
 	// monitor (default 1s doubling to 30s).
 	MonitorReconnect supervision.Backoff
 	// JobHooks observe every job's start and release (tests, tracing).
-	JobHooks domain.JobHooks
+	JobHooks vm.JobHooks
 	// Launcher starts VM processes; nil runs QEMU. Benchmarks use
-	// domain.NewSimulatedProcess with DialMonitor set to a simulated QMP.
-	Launcher domain.Launcher
+	// process.NewSimulatedProcess with DialMonitor set to a simulated QMP.
+	Launcher process.Launcher
 	// DialMonitor makes QMP connections; nil uses monitor.NewTransport.
 	DialMonitor func(socketPath string) monitor.Conn
 	// Trace records every message, job and QMP command (see package
@@ -264,7 +267,7 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, err
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
-	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &DefineRequest{Request: req, Spec: spec})
+	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
 	d.apiRecord(req, began, err)
 	return res, err
 }
@@ -278,7 +281,7 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 		return err
 	}
 	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
-	_, err := actors.AskAs[*Undefined](ctx, d.root, d.pid, &UndefineRequest{Request: req, Name: name})
+	_, err := actors.AskAs[*protocol.Undefined](ctx, d.root, d.pid, &protocol.UndefineRequest{Request: req, Name: name})
 	d.apiRecord(req, began, err)
 	return err
 }
@@ -290,7 +293,7 @@ func (d *Driver) List(ctx context.Context) ([]domain.Info, error) {
 	if err := d.checkOpen(); err != nil {
 		return nil, err
 	}
-	return actors.AskAs[[]domain.Info](ctx, d.root, d.pid, &ListRequest{})
+	return actors.AskAs[[]domain.Info](ctx, d.root, d.pid, &protocol.ListRequest{})
 }
 
 // Domain returns a handle on the named domain. The name is checked when the

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -30,7 +32,7 @@ func startWithGarbled(t *testing.T, garbled int32) (*domain.Info, []int, error) 
 	var mu sync.Mutex
 	var pids []int
 	launch := cfg.Launcher
-	cfg.Launcher = func(emulator string, args []string, paths domain.RunPaths) (*domain.Process, error) {
+	cfg.Launcher = func(emulator string, args []string, paths qemuargs.RunPaths) (*process.Process, error) {
 		p, err := launch(emulator, args, paths)
 		mu.Lock()
 		pids = append(pids, len(pids)+1)

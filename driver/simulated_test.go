@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -27,8 +29,8 @@ func simulatedConfig(t testing.TB, latency time.Duration) driver.Config {
 	nextPID.Store(1 << 23)
 	return driver.Config{
 		StateDir: dir,
-		Launcher: func(string, []string, domain.RunPaths) (*domain.Process, error) {
-			p, _ := domain.NewSimulatedProcess(int(nextPID.Add(1)))
+		Launcher: func(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+			p, _ := process.NewSimulatedProcess(int(nextPID.Add(1)))
 			return p, nil
 		},
 		DialMonitor: func(string) monitor.Conn { return monitor.NewSimulated(latency) },

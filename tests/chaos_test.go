@@ -25,6 +25,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/supervision"
 )
@@ -427,8 +428,8 @@ func (c *chaos) closeDriver() {
 
 // --- invariant: one job at a time per domain -----------------------------
 
-func (c *chaos) hooks(gen int) domain.JobHooks {
-	return domain.JobHooks{
+func (c *chaos) hooks(gen int) vm.JobHooks {
+	return vm.JobHooks{
 		Started: func(name string, j domain.JobInfo) {
 			s := c.slots[name]
 			if s == nil {

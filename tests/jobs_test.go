@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver"
 )
 
@@ -26,8 +27,8 @@ type jobLog struct {
 	started    []uint64
 }
 
-func (l *jobLog) hooks() domain.JobHooks {
-	return domain.JobHooks{
+func (l *jobLog) hooks() vm.JobHooks {
+	return vm.JobHooks{
 		Started: func(_ string, j domain.JobInfo) {
 			if l.active.Add(1) != 1 {
 				l.violations.Add(1)

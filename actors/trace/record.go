@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"path"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -126,13 +128,30 @@ type SpanContext struct {
 }
 
 // TypeName is the Go type name of msg without its package path and
-// pointer star, such as "domain.StartRequest".
+// pointer star, such as "domain.StartRequest". A message of an
+// internal/protocol package is named after the package that owns it:
+// domain/internal/protocol.StartRequest is "domain.StartRequest".
 func TypeName(msg any) string {
 	if msg == nil {
 		return "<nil>"
 	}
+	t := reflect.TypeOf(msg)
+	if t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if owner, ok := strings.CutSuffix(t.PkgPath(), "/internal/protocol"); ok {
+		if name, ok := protocolNames.Load(t); ok {
+			return name.(string)
+		}
+		name := path.Base(owner) + "." + t.Name()
+		protocolNames.Store(t, name)
+		return name
+	}
 	return strings.TrimPrefix(reflect.TypeOf(msg).String(), "*")
 }
+
+// protocolNames caches the names TypeName gives protocol messages.
+var protocolNames sync.Map // reflect.Type → string
 
 // Sort orders records by Started, then Enqueued, keeping the given order
 // of equal records.

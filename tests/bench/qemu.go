@@ -16,6 +16,8 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
 // RealSpec is the spec of every real QEMU in the benchmarks: machine none,
@@ -29,7 +31,7 @@ func RealSpec(name string) *domain.Spec {
 // RawQEMU is a QEMU started without vmsup, with the argv vmsup builds for
 // the same spec.
 type RawQEMU struct {
-	Paths domain.RunPaths
+	Paths qemuargs.RunPaths
 	cmd   *exec.Cmd
 	done  chan struct{}
 }
@@ -86,7 +88,7 @@ func isQEMU(pid int) bool {
 // StartRawQEMU starts QEMU for spec under runDir with vmsup's argv, in its
 // own session, as vmsup does. It returns once the process is started.
 func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
-	paths, err := domain.NewRunPaths(runDir, spec.Name)
+	paths, err := qemuargs.NewRunPaths(runDir, spec.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -101,12 +103,12 @@ func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
 		return nil, err
 	}
 	defer log.Close()
-	qmpListener, err := domain.ListenQMP(paths)
+	qmpListener, err := process.ListenQMP(paths)
 	if err != nil {
 		return nil, err
 	}
 	defer qmpListener.Close()
-	cmd := exec.Command(spec.EmulatorPath(), domain.BuildArgs(spec, paths, domain.ResolveAccel(spec.Accel))...)
+	cmd := exec.Command(spec.EmulatorPath(), qemuargs.BuildArgs(spec, paths, qemuargs.ResolveAccel(spec.Accel))...)
 	cmd.ExtraFiles = []*os.File{qmpListener}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -220,7 +222,7 @@ func (q *RawQEMU) connect(timeout time.Duration) (*qmp.SocketMonitor, error) {
 
 // dialFirst and dialMax pace the raw clients' dial retries, which happen
 // only when the socket is missing: StartRawQEMU binds it before QEMU runs
-// (domain.ListenQMP), as vmsup does, so the first dial connects. (With
+// (process.ListenQMP), as vmsup does, so the first dial connects. (With
 // QEMU binding the socket itself, QEMU 7.2 here mishandled a client that
 // connected within about a millisecond of the socket appearing: 0.3–0.7 %
 // of 600 starts with 1 ms polling got a second greeting, a "JSON parse
@@ -297,4 +299,4 @@ func withTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 }
 
 // realAccel is the accelerator the real QEMUs run with here.
-func realAccel() string { return domain.ResolveAccel(RealSpec("x").Accel) }
+func realAccel() string { return qemuargs.ResolveAccel(RealSpec("x").Accel) }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/tests/bench/lockbase"
@@ -122,8 +124,8 @@ var simPIDs atomic.Int64
 func init() { simPIDs.Store(1 << 23) }
 
 // launchSimulated is a driver Launcher of simulated processes.
-func launchSimulated(string, []string, domain.RunPaths) (*domain.Process, error) {
-	p, _ := domain.NewSimulatedProcess(int(simPIDs.Add(1)))
+func launchSimulated(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+	p, _ := process.NewSimulatedProcess(int(simPIDs.Add(1)))
 	return p, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
 // Goal is what a row must show. Check gets vmsup's figure and the
@@ -123,7 +124,7 @@ func DetectMachine() Machine {
 		}
 		f.Close()
 	}
-	if domain.DetectAccel() == domain.AccelKVM {
+	if qemuargs.DetectAccel() == domain.AccelKVM {
 		m.Accel = "KVM (/dev/kvm opens and the CPU flags list vmx/svm)"
 	} else {
 		why := "/dev/kvm does not open read-write"

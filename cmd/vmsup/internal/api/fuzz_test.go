@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -32,8 +34,8 @@ func fuzzServer(f *testing.F) *Server {
 	defer cancel()
 	drv, err := driver.Open(ctx, driver.Config{
 		StateDir: dir,
-		Launcher: func(string, []string, domain.RunPaths) (*domain.Process, error) {
-			p, _ := domain.NewSimulatedProcess(int(pids.Add(1)))
+		Launcher: func(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+			p, _ := process.NewSimulatedProcess(int(pids.Add(1)))
 			return p, nil
 		},
 		DialMonitor: func(string) monitor.Conn { return monitor.NewSimulated(0) },

@@ -1,4 +1,4 @@
-package domain
+package vm
 
 import (
 	"context"
@@ -11,6 +11,10 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/internal/protocol"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/monitor"
 )
 
@@ -18,7 +22,7 @@ import (
 // makes to the actor's state, applied in the actor when the job ends.
 type jobRunner struct {
 	run   func(e *jobEnv) (any, error)
-	apply func(m *domainActor, value any, err error)
+	apply func(dom *domainActor, value any, err error)
 	// direct, instead of run, makes a job of one QMP command that the
 	// actor sends itself (see direct.go).
 	direct *directQMP
@@ -32,12 +36,12 @@ type jobEnv struct {
 	root     *actor.RootContext
 	self     *actor.PID
 	monitor  *actor.PID
-	proc     *Process
-	spec     Spec
+	proc     *process.Process
+	spec     domain.Spec
 	runDir   string
-	launch   Launcher
+	launch   process.Launcher
 	grace    time.Duration
-	job      JobInfo
+	job      domain.JobInfo
 	req      actors.Request
 	hooks    JobHooks
 	domain   string
@@ -90,7 +94,7 @@ func (e *jobEnv) cause(err error) error {
 // qmp runs one QMP command through the monitor actor.
 func (e *jobEnv) qmp(execute string, args json.RawMessage) (*monitor.Result, error) {
 	if e.monitor == nil {
-		return nil, fmt.Errorf("domain %q: %w", e.domain, ErrNotRunning)
+		return nil, fmt.Errorf("domain %q: %w", e.domain, domain.ErrNotRunning)
 	}
 	e.step("qmp "+execute, execute)
 	defer e.step("", "")
@@ -125,44 +129,44 @@ func (e *jobEnv) settle(err error) {
 	defer timer.Stop()
 	select {
 	case <-e.ctx.Done():
-	case <-e.proc.done:
+	case <-e.proc.Done():
 	case <-timer.C:
 	}
 }
 
-func (m *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess func(m *domainActor)) jobRunner {
+func (dom *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess func(dom *domainActor)) jobRunner {
 	return jobRunner{
 		direct: &directQMP{execute: execute, args: args},
-		apply: func(m *domainActor, _ any, err error) {
-			if err == nil && onSuccess != nil && m.proc != nil {
-				onSuccess(m)
+		apply: func(dom *domainActor, _ any, err error) {
+			if err == nil && onSuccess != nil && dom.proc != nil {
+				onSuccess(dom)
 			}
 		},
 	}
 }
 
-func (m *domainActor) rawQMPJob(req *QMPRequest) jobRunner {
+func (dom *domainActor) rawQMPJob(req *protocol.QMPRequest) jobRunner {
 	if req.Execute == "" {
 		return jobRunner{run: func(e *jobEnv) (any, error) {
 			return nil, fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", e.domain)
 		}}
 	}
 	return jobRunner{direct: &directQMP{execute: req.Execute, args: req.Arguments, value: func(res *monitor.Result) any {
-		return &QMPReply{Return: res.Return}
+		return &protocol.QMPReply{Return: res.Return}
 	}}}
 }
 
-func (m *domainActor) startJob(paused bool) jobRunner {
+func (dom *domainActor) startJob(paused bool) jobRunner {
 	return jobRunner{
 		run: func(e *jobEnv) (any, error) { return nil, e.start(paused) },
-		apply: func(m *domainActor, _ any, err error) {
+		apply: func(dom *domainActor, _ any, err error) {
 			switch {
-			case err != nil && m.proc == nil:
-				m.setState(StateShutoff, ReasonFailed, "")
-			case err == nil && m.proc != nil && paused:
-				m.setState(StatePaused, ReasonUser, "")
-			case err == nil && m.proc != nil:
-				m.setState(StateRunning, ReasonBooted, "")
+			case err != nil && dom.proc == nil:
+				dom.setState(domain.StateShutoff, domain.ReasonFailed, "")
+			case err == nil && dom.proc != nil && paused:
+				dom.setState(domain.StatePaused, domain.ReasonUser, "")
+			case err == nil && dom.proc != nil:
+				dom.setState(domain.StateRunning, domain.ReasonBooted, "")
 			}
 		},
 	}
@@ -194,7 +198,7 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	fail := func(step string, err error) error {
 		return fmt.Errorf("domain %q: start: %s: %w", e.domain, step, err)
 	}
-	paths, err := NewRunPaths(e.runDir, e.domain)
+	paths, err := qemuargs.NewRunPaths(e.runDir, e.domain)
 	if err != nil {
 		return false, fail("run paths", err)
 	}
@@ -204,7 +208,7 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	}
 	// Never a second QEMU for a domain: one that vmsup does not supervise
 	// (it failed to adopt it) still owns the VM's disks and sockets.
-	if pid, err := readPIDFile(paths.PIDFile); err == nil && runsDomain(pid, e.spec.UUID) {
+	if pid, ok := process.StillRunning(paths.PIDFile, e.spec.UUID); ok {
 		return false, fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
 	}
 	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
@@ -212,12 +216,12 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 			return false, fail("remove stale "+stale, err)
 		}
 	}
-	accel := ResolveAccel(e.spec.Accel)
-	args := BuildArgs(&e.spec, paths, accel)
+	accel := qemuargs.ResolveAccel(e.spec.Accel)
+	args := qemuargs.BuildArgs(&e.spec, paths, accel)
 	e.step("spawn qemu", "")
 	launch := e.launch
 	if launch == nil {
-		launch = LaunchQEMU
+		launch = process.LaunchQEMU
 	}
 	proc, err := launch(e.spec.EmulatorPath(), args, paths)
 	if err != nil {
@@ -225,12 +229,12 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	}
 	// From here on the process must not outlive a failed start.
 	abort := func(step string, err error) error {
-		proc.kill()
+		proc.Kill()
 		err = fail(step, err)
-		if tail := proc.logTail(); tail != "" {
-			err = fmt.Errorf("%w; QEMU (%s) said: %s", err, proc.exitString(), tail)
+		if tail := proc.LogTail(); tail != "" {
+			err = fmt.Errorf("%w; QEMU (%s) said: %s", err, proc.ExitString(), tail)
 		} else {
-			err = fmt.Errorf("%w; QEMU: %s", err, proc.exitString())
+			err = fmt.Errorf("%w; QEMU: %s", err, proc.ExitString())
 		}
 		return err
 	}
@@ -243,7 +247,7 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	}
 	e.monitor = mon
 	if _, err := e.qmp("query-status", nil); err != nil {
-		running := !proc.exited()
+		running := !proc.Exited()
 		return running, abort("QMP", err)
 	}
 	if !paused {
@@ -254,7 +258,7 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	return false, nil
 }
 
-func (m *domainActor) shutdownJob(timeout time.Duration) jobRunner {
+func (dom *domainActor) shutdownJob(timeout time.Duration) jobRunner {
 	if timeout <= 0 {
 		timeout = DefaultShutdownTimeout
 	}
@@ -262,9 +266,9 @@ func (m *domainActor) shutdownJob(timeout time.Duration) jobRunner {
 		run: func(e *jobEnv) (any, error) {
 			return nil, e.shutdown(timeout)
 		},
-		apply: func(m *domainActor, _ any, err error) {
+		apply: func(dom *domainActor, _ any, err error) {
 			if err != nil {
-				m.shutdownRequested = false
+				dom.shutdownRequested = false
 			}
 		},
 	}
@@ -283,14 +287,14 @@ func (e *jobEnv) shutdown(timeout time.Duration) error {
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
-	case <-e.proc.done:
+	case <-e.proc.Done():
 		return nil
 	case <-timer.C:
 		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s): %w",
-			e.domain, timeout, sent.Format("15:04:05"), ErrShutdownTimeout)
+			e.domain, timeout, sent.Format("15:04:05"), domain.ErrShutdownTimeout)
 	case <-e.ctx.Done():
 		select {
-		case <-e.proc.done:
+		case <-e.proc.Done():
 			return nil // QEMU exited: that is what we waited for
 		default:
 		}
@@ -307,10 +311,10 @@ func runDestroy(e *jobEnv) (any, error) {
 	timer := time.NewTimer(e.grace + 10*time.Second)
 	defer timer.Stop()
 	select {
-	case <-e.proc.done:
+	case <-e.proc.Done():
 		return nil, nil
 	case <-timer.C:
-		return nil, fmt.Errorf("domain %q: destroy: QEMU (pid %d) still not reaped %s after SIGTERM", e.domain, e.proc.pid, e.grace+10*time.Second)
+		return nil, fmt.Errorf("domain %q: destroy: QEMU (pid %d) still not reaped %s after SIGTERM", e.domain, e.proc.PID(), e.grace+10*time.Second)
 	}
 }
 

@@ -1,4 +1,4 @@
-package domain
+package qemuargs_test
 
 import (
 	"bufio"
@@ -14,16 +14,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
-var updateArgsGolden = flag.Bool("update-args-golden", false, "rewrite domain/testdata/*.args.golden from BuildArgs")
+var updateArgsGolden = flag.Bool("update-args-golden", false, "rewrite domain/qemuargs/testdata/*.args.golden from BuildArgs")
 
 func TestNewRunPaths(t *testing.T) {
-	rp, err := NewRunPaths("/run/vmsup", "web1")
+	rp, err := qemuargs.NewRunPaths("/run/vmsup", "web1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := RunPaths{
+	want := qemuargs.RunPaths{
 		Dir:           "/run/vmsup/web1",
 		QMPSocket:     "/run/vmsup/web1/qmp.sock",
 		PIDFile:       "/run/vmsup/web1/qemu.pid",
@@ -34,17 +38,17 @@ func TestNewRunPaths(t *testing.T) {
 	if rp != want {
 		t.Fatalf("NewRunPaths = %+v\nwant %+v", rp, want)
 	}
-	if rp2, err := NewRunPaths("/run/vmsup/", "web1"); err != nil || rp2 != want {
+	if rp2, err := qemuargs.NewRunPaths("/run/vmsup/", "web1"); err != nil || rp2 != want {
 		t.Fatalf("trailing slash: %+v, %v", rp2, err)
 	}
 
 	for _, name := range []string{"", "..", "a/b", "-x", strings.Repeat("n", 64)} {
-		if _, err := NewRunPaths("/run/vmsup", name); err == nil {
+		if _, err := qemuargs.NewRunPaths("/run/vmsup", name); err == nil {
 			t.Errorf("name %q accepted", name)
 		}
 	}
 	for _, dir := range []string{"", "run/vmsup", "/run/vm\x00sup"} {
-		if _, err := NewRunPaths(dir, "web1"); err == nil {
+		if _, err := qemuargs.NewRunPaths(dir, "web1"); err == nil {
 			t.Errorf("run dir %q accepted", dir)
 		}
 	}
@@ -52,21 +56,21 @@ func TestNewRunPaths(t *testing.T) {
 	// "/<dir>/<name>/console.sock" is the longest socket path:
 	// 1 + len(dir) + 1 + len(name) + 13 bytes.
 	name := "n"
-	fits := "/" + strings.Repeat("d", MaxSocketPath-1-1-len(name)-len("/console.sock"))
-	if rp, err := NewRunPaths(fits, name); err != nil || len(rp.ConsoleSocket) != MaxSocketPath {
-		t.Fatalf("a %d-byte socket path must fit: %v", MaxSocketPath, err)
+	fits := "/" + strings.Repeat("d", domain.MaxSocketPath-1-1-len(name)-len("/console.sock"))
+	if rp, err := qemuargs.NewRunPaths(fits, name); err != nil || len(rp.ConsoleSocket) != domain.MaxSocketPath {
+		t.Fatalf("a %d-byte socket path must fit: %v", domain.MaxSocketPath, err)
 	}
-	_, err = NewRunPaths(fits+"d", name)
+	_, err = qemuargs.NewRunPaths(fits+"d", name)
 	if err == nil || !strings.Contains(err.Error(), "sun_path") || !strings.Contains(err.Error(), "108 bytes") {
 		t.Fatalf("a 108-byte socket path: err = %v", err)
 	}
 }
 
 func TestEmulatorPath(t *testing.T) {
-	if got := (&Spec{}).EmulatorPath(); got != "qemu-system-x86_64" {
+	if got := (&domain.Spec{}).EmulatorPath(); got != "qemu-system-x86_64" {
 		t.Fatalf("default EmulatorPath = %q", got)
 	}
-	if got := (&Spec{Emulator: "/opt/qemu/bin/qemu-system-x86_64"}).EmulatorPath(); got != "/opt/qemu/bin/qemu-system-x86_64" {
+	if got := (&domain.Spec{Emulator: "/opt/qemu/bin/qemu-system-x86_64"}).EmulatorPath(); got != "/opt/qemu/bin/qemu-system-x86_64" {
 		t.Fatalf("EmulatorPath = %q", got)
 	}
 }
@@ -91,27 +95,27 @@ func argsTestGolden(t *testing.T, name string, args []string) {
 }
 
 func TestBuildArgsGoldenFull(t *testing.T) {
-	spec, err := ParseSpec(specTestRead(t, "full.yaml"))
+	spec, err := domain.ParseSpec(specTestRead(t, "full.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	paths, err := NewRunPaths("/run/vmsup", spec.Name)
+	paths, err := qemuargs.NewRunPaths("/run/vmsup", spec.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	argsTestGolden(t, "full.args.golden", BuildArgs(spec, paths, AccelTCG))
+	argsTestGolden(t, "full.args.golden", qemuargs.BuildArgs(spec, paths, domain.AccelTCG))
 }
 
 func TestBuildArgsMinimal(t *testing.T) {
-	spec, err := ParseSpec([]byte("name: tiny\nuuid: 0f8fad5b-d9cb-469f-a165-70867728950e\n"))
+	spec, err := domain.ParseSpec([]byte("name: tiny\nuuid: 0f8fad5b-d9cb-469f-a165-70867728950e\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	paths, err := NewRunPaths("/run/vmsup", "tiny")
+	paths, err := qemuargs.NewRunPaths("/run/vmsup", "tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := BuildArgs(spec, paths, AccelKVM)
+	got := qemuargs.BuildArgs(spec, paths, domain.AccelKVM)
 	want := []string{
 		"-name", "guest=tiny,debug-threads=on",
 		"-uuid", "0f8fad5b-d9cb-469f-a165-70867728950e",
@@ -135,17 +139,17 @@ func TestBuildArgsMinimal(t *testing.T) {
 }
 
 func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
-	paths, err := NewRunPaths("/run/vm,sup", "a")
+	paths, err := qemuargs.NewRunPaths("/run/vm,sup", "a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := func() *Spec {
-		s := &Spec{Name: "a", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e"}
+	base := func() *domain.Spec {
+		s := &domain.Spec{Name: "a", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e"}
 		s.ApplyDefaults()
 		return s
 	}
-	tail := func(s *Spec) []string {
-		args := BuildArgs(s, paths, AccelTCG)
+	tail := func(s *domain.Spec) []string {
+		args := qemuargs.BuildArgs(s, paths, domain.AccelTCG)
 		i := slices.Index(args, paths.PIDFile)
 		rest := args[i+1:]
 		if len(rest) >= 2 && rest[0] == "-device" && rest[1] == "pvpanic" {
@@ -155,27 +159,30 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 	}
 	cases := []struct {
 		name   string
-		mutate func(*Spec)
+		mutate func(*domain.Spec)
 		want   []string
 	}{
-		{"nil serial is a console socket that also logs", func(*Spec) {},
+		{"nil serial is a console socket that also logs", func(*domain.Spec) {},
 			[]string{"-chardev", "socket,id=serial0,path=/run/vm,,sup/a/console.sock,server=on,wait=off,logfile=/run/vm,,sup/a/serial.log,logappend=on", "-serial", "chardev:serial0"}},
-		{"file serial without path", func(s *Spec) { s.Serial = &Serial{Type: SerialFile} },
+		{"file serial without path", func(s *domain.Spec) { s.Serial = &domain.Serial{Type: domain.SerialFile} },
 			[]string{"-chardev", "file,id=serial0,path=/run/vm,,sup/a/serial.log", "-serial", "chardev:serial0"}},
-		{"file serial with path", func(s *Spec) { s.Serial = &Serial{Type: SerialFile, Path: "/var/log/a,b.log"} },
+		{"file serial with path", func(s *domain.Spec) { s.Serial = &domain.Serial{Type: domain.SerialFile, Path: "/var/log/a,b.log"} },
 			[]string{"-chardev", "file,id=serial0,path=/var/log/a,,b.log", "-serial", "chardev:serial0"}},
-		{"socket serial without path", func(s *Spec) { s.Serial = &Serial{Type: SerialSocket} },
+		{"socket serial without path", func(s *domain.Spec) { s.Serial = &domain.Serial{Type: domain.SerialSocket} },
 			[]string{"-chardev", "socket,id=serial0,path=/run/vm,,sup/a/console.sock,server=on,wait=off,logfile=/run/vm,,sup/a/serial.log,logappend=on", "-serial", "chardev:serial0"}},
-		{"no serial", func(s *Spec) { s.Serial = &Serial{Type: SerialNone}; s.ExtraArgs = []string{"-serial", "pty"} },
+		{"no serial", func(s *domain.Spec) {
+			s.Serial = &domain.Serial{Type: domain.SerialNone}
+			s.ExtraArgs = []string{"-serial", "pty"}
+		},
 			[]string{"-serial", "pty"}},
-		{"disks", func(s *Spec) {
-			s.Serial = &Serial{Type: SerialNone}
-			s.Disks = []Disk{{Path: "/img/a,,b.img", Format: DiskFormatQCOW2}, {Path: "/img/c.iso", Format: DiskFormatRaw, ReadOnly: true}}
+		{"disks", func(s *domain.Spec) {
+			s.Serial = &domain.Serial{Type: domain.SerialNone}
+			s.Disks = []domain.Disk{{Path: "/img/a,,b.img", Format: domain.DiskFormatQCOW2}, {Path: "/img/c.iso", Format: domain.DiskFormatRaw, ReadOnly: true}}
 		}, []string{
 			"-drive", "file=/img/a,,,,b.img,format=qcow2,if=virtio,readonly=off",
 			"-drive", "file=/img/c.iso,format=raw,if=virtio,readonly=on",
 		}},
-		{"kernel only", func(s *Spec) { s.Serial = &Serial{Type: SerialNone}; s.Kernel = "/boot/k,1" },
+		{"kernel only", func(s *domain.Spec) { s.Serial = &domain.Serial{Type: domain.SerialNone}; s.Kernel = "/boot/k,1" },
 			[]string{"-kernel", "/boot/k,1"}},
 	}
 	for _, c := range cases {
@@ -192,21 +199,21 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 	}
 
 	s := base()
-	if got := BuildArgs(s, paths, AccelTCG); !slices.Contains(got, "/run/vm,sup/a/qemu.pid") {
+	if got := qemuargs.BuildArgs(s, paths, domain.AccelTCG); !slices.Contains(got, "/run/vm,sup/a/qemu.pid") {
 		t.Fatalf("pidfile: %q", got)
 	}
-	for mem, want := range map[Size]string{MiB: "1M", MiB + 1: "2M", 1536 * MiB: "1536M", TiB: "1048576M", 2*MiB - 1: "2M"} {
+	for mem, want := range map[domain.Size]string{domain.MiB: "1M", domain.MiB + 1: "2M", 1536 * domain.MiB: "1536M", domain.TiB: "1048576M", 2*domain.MiB - 1: "2M"} {
 		s.Memory = mem
-		args := BuildArgs(s, paths, AccelTCG)
+		args := qemuargs.BuildArgs(s, paths, domain.AccelTCG)
 		if got := args[slices.Index(args, "-m")+1]; got != want {
 			t.Errorf("memory %d: -m %s, want %s", mem, got, want)
 		}
 	}
 	// An unresolved accel is resolved from the spec.
-	s.Accel = AccelTCG
-	for _, accel := range []string{"", AccelAuto} {
-		args := BuildArgs(s, paths, accel)
-		if got := args[slices.Index(args, "-accel")+1]; got != AccelTCG {
+	s.Accel = domain.AccelTCG
+	for _, accel := range []string{"", domain.AccelAuto} {
+		args := qemuargs.BuildArgs(s, paths, accel)
+		if got := args[slices.Index(args, "-accel")+1]; got != domain.AccelTCG {
 			t.Errorf("BuildArgs(accel %q) with spec accel tcg: -accel %s", accel, got)
 		}
 	}
@@ -218,9 +225,9 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 // paused state, the pid file and the UUID on the command line, then kills
 // and reaps QEMU.
 func TestBuildArgsRealQEMU(t *testing.T) {
-	bin, err := exec.LookPath(DefaultEmulator)
+	bin, err := exec.LookPath(domain.DefaultEmulator)
 	if err != nil {
-		t.Skipf("%s not installed: %v", DefaultEmulator, err)
+		t.Skipf("%s not installed: %v", domain.DefaultEmulator, err)
 	}
 	runDir, err := os.MkdirTemp("", "vmsup,args-")
 	if err != nil {
@@ -229,11 +236,11 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 	t.Cleanup(func() { os.RemoveAll(runDir) })
 
 	t.Run("machine-none", func(t *testing.T) {
-		spec, err := ParseSpec(specTestRead(t, "machine-none.yaml"))
+		spec, err := domain.ParseSpec(specTestRead(t, "machine-none.yaml"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		argsTestStartQEMU(t, bin, runDir, spec, func(paths RunPaths) {
+		argsTestStartQEMU(t, bin, runDir, spec, func(paths qemuargs.RunPaths) {
 			if _, err := os.Stat(paths.SerialLog); err != nil {
 				t.Errorf("serial log: %v", err)
 			}
@@ -250,14 +257,14 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 		if err := os.WriteFile(seed, make([]byte, 64<<10), 0o400); err != nil {
 			t.Fatal(err)
 		}
-		spec := &Spec{
+		spec := &domain.Spec{
 			Name:      "q35vm",
-			Memory:    64 * MiB,
+			Memory:    64 * domain.MiB,
 			CPUs:      2,
 			Machine:   "q35",
-			Accel:     AccelTCG,
-			Disks:     []Disk{{Path: raw}, {Path: seed, ReadOnly: true}},
-			Serial:    &Serial{Type: SerialSocket},
+			Accel:     domain.AccelTCG,
+			Disks:     []domain.Disk{{Path: raw}, {Path: seed, ReadOnly: true}},
+			Serial:    &domain.Serial{Type: domain.SerialSocket},
 			ExtraArgs: []string{"-device", "virtio-rng-pci"},
 		}
 		if img, err := exec.LookPath("qemu-img"); err == nil {
@@ -265,13 +272,13 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 			if out, err := exec.Command(img, "create", "-q", "-f", "qcow2", q, "1M").CombinedOutput(); err != nil {
 				t.Fatalf("qemu-img: %v: %s", err, out)
 			}
-			spec.Disks = append(spec.Disks, Disk{Path: q, Format: DiskFormatQCOW2})
+			spec.Disks = append(spec.Disks, domain.Disk{Path: q, Format: domain.DiskFormatQCOW2})
 		}
 		spec.ApplyDefaults()
 		if err := spec.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		argsTestStartQEMU(t, bin, runDir, spec, func(paths RunPaths) {
+		argsTestStartQEMU(t, bin, runDir, spec, func(paths qemuargs.RunPaths) {
 			c, err := net.Dial("unix", paths.ConsoleSocket)
 			if err != nil {
 				t.Fatalf("serial console socket: %v", err)
@@ -284,9 +291,9 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 // argsTestStartQEMU runs QEMU for spec, waits (at most 10 s) for its QMP
 // socket, checks it, runs check while QEMU is up, then kills and reaps it.
 // QEMU is reaped before the test ends, whatever happens.
-func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *Spec, check func(RunPaths)) {
+func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *domain.Spec, check func(qemuargs.RunPaths)) {
 	t.Helper()
-	paths, err := NewRunPaths(runDir, spec.Name)
+	paths, err := qemuargs.NewRunPaths(runDir, spec.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,8 +307,8 @@ func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *Spec, check func(
 	defer logf.Close()
 	qemuLog := func() string { b, _ := os.ReadFile(paths.QEMULog); return string(b) }
 
-	args := BuildArgs(spec, paths, AccelTCG)
-	qmpListener, err := ListenQMP(paths)
+	args := qemuargs.BuildArgs(spec, paths, domain.AccelTCG)
+	qmpListener, err := process.ListenQMP(paths)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +414,7 @@ func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *Spec, check func(
 // panic is reported; on_crash preserve makes QEMU pause on panic instead
 // of exiting.
 func TestBuildArgsPanicDevice(t *testing.T) {
-	paths, err := NewRunPaths("/run/vmsup", "p")
+	paths, err := qemuargs.NewRunPaths("/run/vmsup", "p")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -415,14 +422,14 @@ func TestBuildArgsPanicDevice(t *testing.T) {
 		machine, onCrash string
 		pvpanic, pause   bool
 	}{
-		{"q35", OnCrashDestroy, true, false},
-		{"pc-i440fx-7.2", OnCrashRestart, true, false},
-		{"q35", OnCrashPreserve, true, true},
-		{"none", OnCrashDestroy, false, false},
+		{"q35", domain.OnCrashDestroy, true, false},
+		{"pc-i440fx-7.2", domain.OnCrashRestart, true, false},
+		{"q35", domain.OnCrashPreserve, true, true},
+		{"none", domain.OnCrashDestroy, false, false},
 	} {
-		s := &Spec{Name: "p", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e", Machine: c.machine, OnCrash: c.onCrash}
+		s := &domain.Spec{Name: "p", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e", Machine: c.machine, OnCrash: c.onCrash}
 		s.ApplyDefaults()
-		args := strings.Join(BuildArgs(s, paths, AccelTCG), " ")
+		args := strings.Join(qemuargs.BuildArgs(s, paths, domain.AccelTCG), " ")
 		if got := strings.Contains(args, "-device pvpanic"); got != c.pvpanic {
 			t.Errorf("%s/%s: pvpanic %v, want %v: %s", c.machine, c.onCrash, got, c.pvpanic, args)
 		}
@@ -430,4 +437,14 @@ func TestBuildArgsPanicDevice(t *testing.T) {
 			t.Errorf("%s/%s: panic=pause %v, want %v: %s", c.machine, c.onCrash, got, c.pause, args)
 		}
 	}
+}
+
+// specTestRead reads a spec file from the domain package's testdata.
+func specTestRead(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

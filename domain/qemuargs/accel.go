@@ -1,9 +1,11 @@
-package domain
+package qemuargs
 
 import (
 	"bufio"
 	"os"
 	"strings"
+
+	"github.com/vmsup/vmsup/domain"
 )
 
 // Paths DetectAccel reads.
@@ -26,13 +28,13 @@ func DetectAccel() string {
 func detectAccel(kvmPath, cpuinfo string) string {
 	f, err := os.OpenFile(kvmPath, os.O_RDWR, 0)
 	if err != nil {
-		return AccelTCG
+		return domain.AccelTCG
 	}
 	_ = f.Close()
 	if !cpuHasVirtFlag(cpuinfo) {
-		return AccelTCG
+		return domain.AccelTCG
 	}
-	return AccelKVM
+	return domain.AccelKVM
 }
 
 // cpuHasVirtFlag reports whether a "flags" line of the cpuinfo file lists
@@ -62,7 +64,7 @@ func cpuHasVirtFlag(path string) bool {
 // ResolveAccel turns a spec's accel into the one QEMU gets: "auto" (or
 // empty) becomes DetectAccel(), anything else is returned unchanged.
 func ResolveAccel(spec string) string {
-	if spec == "" || spec == AccelAuto {
+	if spec == "" || spec == domain.AccelAuto {
 		return DetectAccel()
 	}
 	return spec

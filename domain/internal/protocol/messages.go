@@ -1,10 +1,14 @@
-package domain
+// Package protocol holds the messages of the domain actor. They are plain
+// data with exported fields, so that they can cross a process boundary
+// later; only domain/vm builds and answers them.
+package protocol
 
 import (
 	"encoding/json"
 	"time"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
 )
 
 // StartRequest starts QEMU (a modify job). With Paused the VM stays paused
@@ -53,7 +57,7 @@ type QMPReply struct {
 
 // JobDone is the reply to a lifecycle job that succeeded.
 type JobDone struct {
-	Job JobInfo
+	Job domain.JobInfo
 }
 
 // InfoRequest asks for the domain's Info; answered at once.
@@ -69,18 +73,10 @@ type ExplainWaitRequest struct {
 	RequestID string
 }
 
-// WaitExplanation says whether a request's job ran, and who held the job.
-type WaitExplanation struct {
-	// Running is set when the request's own job is the active one.
-	Running bool
-	// Holder is the job that held the domain, or nil.
-	Holder *JobInfo
-}
-
 // UpdateSpec replaces the definition; it takes effect at the next start.
 // The driver tells it after a define of an existing domain.
 type UpdateSpec struct {
-	Spec *Spec
+	Spec *domain.Spec
 }
 
 // PrepareUndefine asks the domain to refuse new jobs because it is about to

@@ -1,4 +1,7 @@
-package domain
+// Package process runs and watches QEMU processes: LaunchQEMU starts one in
+// its own session, a pidfd tells when it ends, and Recover adopts a QEMU that
+// a previous vmsup started, after checking its pidfile and command line.
+package process
 
 import (
 	"bytes"
@@ -13,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
 // Process is one VM process: a QEMU child vmsup started, a QEMU a previous
@@ -120,11 +125,11 @@ func waitPidfd(f *os.File) error {
 // Launcher starts a domain's VM process from the emulator and the argv
 // that BuildArgs made. The default, LaunchQEMU, runs QEMU; benchmarks of
 // the actors use simulated processes.
-type Launcher func(emulator string, args []string, paths RunPaths) (*Process, error)
+type Launcher func(emulator string, args []string, paths qemuargs.RunPaths) (*Process, error)
 
 // LaunchQEMU starts QEMU as a child in its own session, logging to
 // paths.QEMULog, with the QMP socket listening on fd QMPListenFD.
-func LaunchQEMU(emulator string, args []string, paths RunPaths) (*Process, error) {
+func LaunchQEMU(emulator string, args []string, paths qemuargs.RunPaths) (*Process, error) {
 	qmp, err := ListenQMP(paths)
 	if err != nil {
 		return nil, err
@@ -133,15 +138,11 @@ func LaunchQEMU(emulator string, args []string, paths RunPaths) (*Process, error
 	return startProcess(emulator, args, paths.QEMULog, qmp)
 }
 
-// QMPListenFD is the file descriptor on which QEMU finds its listening QMP
-// socket: the first of exec.Cmd.ExtraFiles.
-const QMPListenFD = 3
-
 // ListenQMP binds paths.QMPSocket (replacing a stale socket file) and
 // returns the listening socket, to be passed to QEMU as fd QMPListenFD
 // (exec.Cmd.ExtraFiles[0]). The socket file stays when the returned file
 // is closed: QEMU owns the listener from then on.
-func ListenQMP(paths RunPaths) (*os.File, error) {
+func ListenQMP(paths qemuargs.RunPaths) (*os.File, error) {
 	if err := os.Remove(paths.QMPSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove stale QMP socket: %w", err)
 	}
@@ -226,10 +227,10 @@ func adoptProcess(pid int, logPath string) (*Process, error) {
 	return p, nil
 }
 
-// gone reports whether the process has ended, even if the watching
+// Gone reports whether the process has ended, even if the watching
 // goroutine has not noted it yet: its pidfd is readable.
-func (p *Process) gone() bool {
-	if p.exited() {
+func (p *Process) Gone() bool {
+	if p.Exited() {
 		return true
 	}
 	if p.pidfd == nil {
@@ -244,9 +245,9 @@ func (p *Process) gone() bool {
 	return readable
 }
 
-// exited reports whether the process has ended (and, for a child, been
+// Exited reports whether the process has ended (and, for a child, been
 // reaped).
-func (p *Process) exited() bool {
+func (p *Process) Exited() bool {
 	select {
 	case <-p.done:
 		return true
@@ -258,7 +259,7 @@ func (p *Process) exited() bool {
 // signal sends sig unless the process has already ended. An adopted process
 // is signalled through its pidfd, so a reused pid is never hit.
 func (p *Process) signal(sig syscall.Signal) error {
-	if p.exited() {
+	if p.Exited() {
 		return nil
 	}
 	if p.simulate != nil {
@@ -285,9 +286,9 @@ func (p *Process) signal(sig syscall.Signal) error {
 	return err
 }
 
-// terminate sends SIGTERM, then SIGKILL when the process has not exited
+// Terminate sends SIGTERM, then SIGKILL when the process has not exited
 // after grace. It returns once the process has ended.
-func (p *Process) terminate(grace time.Duration) {
+func (p *Process) Terminate(grace time.Duration) {
 	_ = p.signal(syscall.SIGTERM)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
@@ -300,15 +301,15 @@ func (p *Process) terminate(grace time.Duration) {
 	<-p.done // SIGKILL cannot be ignored, even by a stopped process
 }
 
-// kill sends SIGKILL and waits for the process to end.
-func (p *Process) kill() {
+// Kill sends SIGKILL and waits for the process to end.
+func (p *Process) Kill() {
 	_ = p.signal(syscall.SIGKILL)
 	<-p.done
 }
 
-// exitString says how the process ended: "exit status 1" or "signal 9".
-func (p *Process) exitString() string {
-	if !p.exited() {
+// ExitString says how the process ended: "exit status 1" or "signal 9".
+func (p *Process) ExitString() string {
+	if !p.Exited() {
 		return "still running"
 	}
 	if p.simulate != nil {
@@ -323,8 +324,8 @@ func (p *Process) exitString() string {
 	return fmt.Sprintf("exit status %d", p.state.ExitCode())
 }
 
-// logTail returns the last lines QEMU wrote, for error messages.
-func (p *Process) logTail() string {
+// LogTail returns the last lines QEMU wrote, for error messages.
+func (p *Process) LogTail() string {
 	b, err := os.ReadFile(p.logPath)
 	if err != nil || len(b) == 0 {
 		return ""
@@ -338,3 +339,9 @@ func (p *Process) logTail() string {
 	}
 	return strings.Join(lines, " | ")
 }
+
+// PID is the process id.
+func (p *Process) PID() int { return p.pid }
+
+// Done is closed once the process has ended.
+func (p *Process) Done() <-chan struct{} { return p.done }

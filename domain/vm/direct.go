@@ -1,4 +1,4 @@
-package domain
+package vm
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/monitor"
 )
 
@@ -69,14 +70,14 @@ const directBackstop = 10 * time.Second
 
 // launchDirect starts a direct job: the command goes to the monitor from
 // this handler, with the job's reply address as its sender.
-func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
+func (dom *domainActor) launchDirect(ctx actor.Context, j *job) {
 	d := j.direct
 	j.info.Started = time.Now()
-	if h := m.cfg.Hooks.Started; h != nil {
-		h(m.name(), j.info)
+	if h := dom.cfg.Hooks.Started; h != nil {
+		h(dom.name(), j.info)
 	}
 	root, self, id := ctx.ActorSystem().Root, ctx.Self(), j.info.ID
-	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: m, id: id}
+	tag := directDone{jobTrace: jobTrace{req: actors.Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.req.Owner}}, from: dom, id: id}
 	j.run = nil
 	// The monitor's reply, and every other end of the job, comes into the
 	// mailbox tagged with the job, so that one for a job that already
@@ -89,7 +90,7 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 	j.directRun = &directRun{send: send} // from here on, finish releases the job
 	replyTo, err := actors.ReplyAddress(ctx.ActorSystem(), "qmp", send)
 	if err != nil {
-		m.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: %w", m.name(), id, j.info.Name, err))
+		dom.endDirect(ctx, j, nil, fmt.Errorf("domain %q: job %d %q: %w", dom.name(), id, j.info.Name, err))
 		return
 	}
 	j.directRun.replyTo = replyTo
@@ -104,13 +105,13 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 		send(directEnded{fmt.Errorf("%w (job %d %q: %w)", cause, id, j.info.Name, why)})
 	}
 	j.directRun.backstop = time.AfterFunc(monitor.CommandTimeout(d.execute)+directBackstop, func() {
-		send(directEnded{fmt.Errorf("domain %q: job %d %q: no reply from the monitor for QMP %q", m.name(), id, j.info.Name, d.execute)})
+		send(directEnded{fmt.Errorf("domain %q: job %d %q: no reply from the monitor for QMP %q", dom.name(), id, j.info.Name, d.execute)})
 	})
 	j.info.Step = "qmp " + d.execute
-	j.info.QMP = &QMPInFlight{Command: d.execute, Since: j.info.Started}
-	m.cfg.Logger.Debug().Str("domain", m.name()).Uint64("job", id).Str("name", j.info.Name).
+	j.info.QMP = &domain.QMPInFlight{Command: d.execute, Since: j.info.Started}
+	dom.cfg.Logger.Debug().Str("domain", dom.name()).Uint64("job", id).Str("name", j.info.Name).
 		Str("request", j.req.RequestID).Dur("waited", j.info.Started.Sub(j.info.Enqueued)).Msg("job started")
-	ctx.RequestWithCustomSender(m.mon, &monitor.Command{
+	ctx.RequestWithCustomSender(dom.mon, &monitor.Command{
 		Request:   j.req.Child(jctx, j.span),
 		JobID:     id,
 		Execute:   d.execute,
@@ -121,8 +122,8 @@ func (m *domainActor) launchDirect(ctx actor.Context, j *job) {
 // onDirectDone ends the active direct job with the monitor's reply. A
 // reply for a job that is no longer active (destroyed, abandoned) is
 // dropped.
-func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
-	j, ok := m.lane.Active()
+func (dom *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
+	j, ok := dom.lane.Active()
 	if !ok || j.info.ID != msg.id || j.directRun == nil {
 		return
 	}
@@ -147,7 +148,7 @@ func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
 		switch cause := j.directRun.cause; {
 		case cause != nil:
 			err = fmt.Errorf("%w (job %d %q: %v)", cause, j.info.ID, j.info.Name, r)
-		case !errors.As(r, &qerr) && m.proc != nil && !m.proc.gone() && j.directRun.held == nil:
+		case !errors.As(r, &qerr) && dom.proc != nil && !dom.proc.Gone() && j.directRun.held == nil:
 			// The connection failed while QEMU seems alive: give its
 			// exit a moment to arrive and cancel the job with a cause.
 			j.directRun.held = r
@@ -161,22 +162,22 @@ func (m *domainActor) onDirectDone(ctx actor.Context, msg directDone) {
 	default:
 		err = fmt.Errorf("job %d %q: unexpected reply %T from the monitor", j.info.ID, j.info.Name, r)
 	}
-	if err != nil && m.proc != nil && m.proc.gone() {
+	if err != nil && dom.proc != nil && dom.proc.Gone() {
 		// The connection broke because QEMU died; its exit message is
 		// on its way. Say so rather than only "connection reset".
-		err = fmt.Errorf("%w; QEMU (pid %d) has exited", err, m.proc.pid)
+		err = fmt.Errorf("%w; QEMU (pid %d) has exited", err, dom.proc.PID())
 	}
-	m.endDirect(ctx, j, value, err)
+	dom.endDirect(ctx, j, value, err)
 }
 
 // endDirect ends the active direct job as onJobDone ends a goroutine job.
-func (m *domainActor) endDirect(ctx actor.Context, j *job, value any, err error) {
-	m.onJobDone(ctx, jobDone{from: m, id: j.info.ID, value: value, err: err})
+func (dom *domainActor) endDirect(ctx actor.Context, j *job, value any, err error) {
+	dom.onJobDone(ctx, jobDone{from: dom, id: j.info.ID, value: value, err: err})
 }
 
 // releaseDirect frees what a launched direct job holds; finish calls it
 // for every ending job.
-func (m *domainActor) releaseDirect(ctx actor.Context, j *job) {
+func (dom *domainActor) releaseDirect(ctx actor.Context, j *job) {
 	r := j.directRun
 	if r == nil || r.released {
 		return
@@ -188,7 +189,7 @@ func (m *domainActor) releaseDirect(ctx actor.Context, j *job) {
 	if r.replyTo != nil {
 		ctx.ActorSystem().ProcessRegistry.Remove(r.replyTo)
 	}
-	if h := m.cfg.Hooks.Released; h != nil {
-		h(m.name(), j.info)
+	if h := dom.cfg.Hooks.Released; h != nil {
+		h(dom.name(), j.info)
 	}
 }

@@ -1,10 +1,15 @@
-package domain
+// Package qemuargs builds the QEMU command line of a domain: the runtime
+// paths under the run directory, the accelerator, and the argv. It is pure:
+// it reads a Spec and starts nothing.
+package qemuargs
 
 import (
 	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/vmsup/vmsup/domain"
 )
 
 // RunPaths are the per-domain runtime files under <run>/<name>/.
@@ -30,10 +35,10 @@ type RunPaths struct {
 // or when a unix socket path would be longer than MaxSocketPath bytes, the
 // kernel's sun_path limit. It creates nothing.
 func NewRunPaths(runDir, name string) (RunPaths, error) {
-	if err := ValidateName(name); err != nil {
+	if err := domain.ValidateName(name); err != nil {
 		return RunPaths{}, err
 	}
-	if p := pathProblem(filepath.Clean(runDir)); p != "" {
+	if p := domain.PathProblem(filepath.Clean(runDir)); p != "" {
 		return RunPaths{}, fmt.Errorf("run directory %q: %s", runDir, p)
 	}
 	dir := filepath.Join(runDir, name)
@@ -46,23 +51,17 @@ func NewRunPaths(runDir, name string) (RunPaths, error) {
 		QEMULog:       filepath.Join(dir, "qemu.log"),
 	}
 	for _, sock := range []string{rp.QMPSocket, rp.ConsoleSocket} {
-		if len(sock) > MaxSocketPath {
+		if len(sock) > domain.MaxSocketPath {
 			return RunPaths{}, fmt.Errorf("domain %q: unix socket path %q is %d bytes, longer than the %d-byte limit of a unix socket address (sun_path); use a shorter run directory or domain name",
-				name, sock, len(sock), MaxSocketPath)
+				name, sock, len(sock), domain.MaxSocketPath)
 		}
 	}
 	return rp, nil
 }
 
-// EmulatorPath returns the QEMU binary to run: Spec.Emulator, or
-// DefaultEmulator when it is empty. A value without '/' is a command name
-// for the caller to look up in PATH (exec.LookPath) when the domain starts.
-func (s *Spec) EmulatorPath() string {
-	if s.Emulator == "" {
-		return DefaultEmulator
-	}
-	return s.Emulator
-}
+// QMPListenFD is the file descriptor on which QEMU finds its listening QMP
+// socket: the first of exec.Cmd.ExtraFiles.
+const QMPListenFD = 3
 
 // qemuOptValue escapes a value for QEMU's "key=value,..." option syntax,
 // where a literal comma is written as two.
@@ -81,8 +80,8 @@ func qemuOptValue(v string) string {
 // the serial port, and finally spec.ExtraArgs. QEMU starts paused (-S);
 // the domain continues it over QMP. Commas in paths are doubled where QEMU
 // parses the value as an option list.
-func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
-	if accel == "" || accel == AccelAuto {
+func BuildArgs(spec *domain.Spec, paths RunPaths, accel string) []string {
+	if accel == "" || accel == domain.AccelAuto {
 		accel = ResolveAccel(spec.Accel)
 	}
 	args := []string{
@@ -109,7 +108,7 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 		// pvpanic exists on the PC machines).
 		args = append(args, "-device", "pvpanic")
 	}
-	if spec.OnCrash == OnCrashPreserve {
+	if spec.OnCrash == domain.OnCrashPreserve {
 		// Keep a panicked guest paused for inspection instead of exiting.
 		args = append(args, "-action", "panic=pause")
 	}
@@ -125,7 +124,7 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 	for _, d := range spec.Disks {
 		format := d.Format
 		if format == "" {
-			format = DiskFormatRaw
+			format = domain.DiskFormatRaw
 		}
 		ro := "off"
 		if d.ReadOnly {
@@ -138,16 +137,16 @@ func BuildArgs(spec *Spec, paths RunPaths, accel string) []string {
 	if serial == nil {
 		// The default serves both users: a console socket to attach to,
 		// and a log of everything the guest printed.
-		serial = &Serial{Type: SerialSocket}
+		serial = &domain.Serial{Type: domain.SerialSocket}
 	}
 	switch serial.Type {
-	case SerialFile:
+	case domain.SerialFile:
 		p := serial.Path
 		if p == "" {
 			p = paths.SerialLog
 		}
 		args = append(args, "-chardev", "file,id=serial0,path="+qemuOptValue(p), "-serial", "chardev:serial0")
-	case SerialSocket:
+	case domain.SerialSocket:
 		p := serial.Path
 		if p == "" {
 			p = paths.ConsoleSocket

@@ -1,4 +1,4 @@
-package domain
+package process
 
 import (
 	"bytes"
@@ -7,29 +7,16 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 )
-
-// ReasonExitedUnsupervised is the shutoff reason of a domain whose QEMU was
-// running when vmsup stopped and was gone when vmsup came back.
-const ReasonExitedUnsupervised Reason = "exited_unsupervised"
-
-// Status is a domain's runtime status as saved under the state dir, so that
-// a restarted vmsup knows what was running.
-type Status struct {
-	Name    string    `json:"name"`
-	UUID    string    `json:"uuid"`
-	State   State     `json:"state"`
-	Reason  Reason    `json:"reason"`
-	PID     int       `json:"pid,omitempty"`
-	Updated time.Time `json:"updated"`
-}
 
 // Recovery is what vmsup found of a domain when it started: the status it
 // had saved, and the QEMU still running for it, if any.
 type Recovery struct {
 	// Saved is the last saved status, or nil.
-	Saved *Status
+	Saved *domain.Status
 	// Found says what was found, for the log: "adopted QEMU pid 123",
 	// "QEMU pid 123 is gone", ...
 	Found string
@@ -51,16 +38,16 @@ func (r *Recovery) PID() int {
 // shutoff/exited_unsupervised when it ran and its QEMU is gone; paused when
 // a QEMU was adopted without a saved state saying so (the reconnect job's
 // query-status then tells).
-func (r *Recovery) Initial(uuid string) (State, Reason) {
-	state, reason := StateShutoff, ReasonUnknown
+func (r *Recovery) Initial(uuid string) (domain.State, domain.Reason) {
+	state, reason := domain.StateShutoff, domain.ReasonUnknown
 	if s := r.Saved; s != nil && s.UUID == uuid {
 		state, reason = s.State, s.Reason
 	}
 	switch {
-	case r.Adopted() && state == StateShutoff:
-		return StatePaused, ReasonUnknown
-	case !r.Adopted() && state != StateShutoff && !(state == StateCrashed && reason == ReasonCrashLoop):
-		return StateShutoff, ReasonExitedUnsupervised
+	case r.Adopted() && state == domain.StateShutoff:
+		return domain.StatePaused, domain.ReasonUnknown
+	case !r.Adopted() && state != domain.StateShutoff && !(state == domain.StateCrashed && reason == domain.ReasonCrashLoop):
+		return domain.StateShutoff, domain.ReasonExitedUnsupervised
 	}
 	return state, reason
 }
@@ -78,9 +65,9 @@ func (r *Recovery) Release() {
 // alive and its /proc/<pid>/cmdline must carry the domain's UUID, so that a
 // reused pid is never taken for the VM. Such a QEMU is adopted and watched
 // through a pidfd.
-func Recover(spec *Spec, runDir string, saved *Status) *Recovery {
+func Recover(spec *domain.Spec, runDir string, saved *domain.Status) *Recovery {
 	rec := &Recovery{Saved: saved}
-	paths, err := NewRunPaths(runDir, spec.Name)
+	paths, err := qemuargs.NewRunPaths(runDir, spec.Name)
 	if err != nil {
 		rec.Found = err.Error()
 		return rec
@@ -118,7 +105,7 @@ func adoptIfOurs(pid int, uuid, logPath string) (*Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("QEMU pid %d is gone", pid)
 	}
-	if !runsDomain(pid, uuid) || p.exited() {
+	if !runsDomain(pid, uuid) || p.Exited() {
 		p.release()
 		return nil, fmt.Errorf("pid %d is not this domain's QEMU (no -uuid %s in its command line)", pid, uuid)
 	}
@@ -165,4 +152,22 @@ func (p *Process) release() {
 		p.pidfd.Close()
 		<-p.done
 	}
+}
+
+// Process is the adopted QEMU, or nil.
+func (r *Recovery) Process() *Process {
+	if !r.Adopted() {
+		return nil
+	}
+	return r.proc
+}
+
+// StillRunning reads the pid in pidFile and reports it when that process is
+// alive and its command line carries uuid: a QEMU that still runs the domain.
+func StillRunning(pidFile, uuid string) (int, bool) {
+	pid, err := readPIDFile(pidFile)
+	if err != nil || !runsDomain(pid, uuid) {
+		return 0, false
+	}
+	return pid, true
 }

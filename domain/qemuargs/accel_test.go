@@ -1,9 +1,11 @@
-package domain
+package qemuargs
 
 import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/vmsup/vmsup/domain"
 )
 
 func TestDetectAccel(t *testing.T) {
@@ -28,17 +30,17 @@ func TestDetectAccel(t *testing.T) {
 	cases := []struct {
 		name, kvm, cpuinfo, want string
 	}{
-		{"intel", kvm, intel, AccelKVM},
-		{"amd", kvm, amd, AccelKVM},
-		{"no virt flag (software /dev/kvm)", kvm, none, AccelTCG},
-		{"flag look-alikes", kvm, lookalike, AccelTCG},
-		{"empty cpuinfo", kvm, empty, AccelTCG},
-		{"no cpuinfo", kvm, missing, AccelTCG},
-		{"no /dev/kvm", missing, intel, AccelTCG},
-		{"/dev/kvm is a directory", dir, intel, AccelTCG},
+		{"intel", kvm, intel, domain.AccelKVM},
+		{"amd", kvm, amd, domain.AccelKVM},
+		{"no virt flag (software /dev/kvm)", kvm, none, domain.AccelTCG},
+		{"flag look-alikes", kvm, lookalike, domain.AccelTCG},
+		{"empty cpuinfo", kvm, empty, domain.AccelTCG},
+		{"no cpuinfo", kvm, missing, domain.AccelTCG},
+		{"no /dev/kvm", missing, intel, domain.AccelTCG},
+		{"/dev/kvm is a directory", dir, intel, domain.AccelTCG},
 	}
 	if os.Geteuid() != 0 { // root opens any file read-write
-		cases = append(cases, struct{ name, kvm, cpuinfo, want string }{"read-only /dev/kvm", write("kvm-ro", "", 0o400), intel, AccelTCG})
+		cases = append(cases, struct{ name, kvm, cpuinfo, want string }{"read-only /dev/kvm", write("kvm-ro", "", 0o400), intel, domain.AccelTCG})
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -51,7 +53,7 @@ func TestDetectAccel(t *testing.T) {
 
 func TestDetectAccelHost(t *testing.T) {
 	got := DetectAccel()
-	if got != AccelKVM && got != AccelTCG {
+	if got != domain.AccelKVM && got != domain.AccelTCG {
 		t.Fatalf("DetectAccel() = %q", got)
 	}
 	t.Logf("this host: %s", got)

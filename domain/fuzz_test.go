@@ -1,0 +1,60 @@
+package domain_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/qemuargs"
+)
+
+func readSpecFile(tb testing.TB, name string) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return data
+}
+
+func FuzzParseSpec(f *testing.F) {
+	for _, name := range []string{"full.yaml", "full.json", "minimal.yaml", "machine-none.yaml", "bad-many.yaml", "unknown-field.yaml"} {
+		f.Add(readSpecFile(f, name))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := domain.ParseSpec(data)
+		if err != nil {
+			if s != nil {
+				t.Fatal("spec returned with an error")
+			}
+			return
+		}
+		if err := s.Validate(); err != nil {
+			t.Fatalf("parsed spec does not validate: %v", err)
+		}
+		// A parsed spec survives a JSON round trip unchanged ...
+		js, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := domain.ParseSpec(js)
+		if err != nil {
+			t.Fatalf("re-parse of %s: %v", js, err)
+		}
+		if !reflect.DeepEqual(back, s) {
+			t.Fatalf("round trip changed the spec:\n%+v\n%+v", s, back)
+		}
+		// ... and builds a command line.
+		paths, err := qemuargs.NewRunPaths("/run/vmsup", s.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		args := qemuargs.BuildArgs(s, paths, domain.AccelTCG)
+		if len(args) == 0 || args[0] != "-name" {
+			t.Fatalf("args %q", args)
+		}
+	})
+}

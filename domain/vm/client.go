@@ -1,0 +1,105 @@
+package vm
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/internal/protocol"
+)
+
+// This file is the domain actor's client: the only way code outside
+// domain/ builds the messages of domain/internal/protocol.
+
+// StartJob is the message of a start job; with paused the guest stays
+// paused after QEMU starts.
+func StartJob(r actors.Request, paused bool) any {
+	return &protocol.StartRequest{Request: r, Paused: paused}
+}
+
+// ShutdownJob is the message of a shutdown job that waits up to timeout
+// (DefaultShutdownTimeout when zero) for the guest to power off.
+func ShutdownJob(r actors.Request, timeout time.Duration) any {
+	return &protocol.ShutdownRequest{Request: r, Timeout: timeout}
+}
+
+// DestroyJob is the message of a destroy, which preempts every job.
+func DestroyJob(r actors.Request) any { return &protocol.DestroyRequest{Request: r} }
+
+// PauseJob is the message of a pause job (QMP "stop").
+func PauseJob(r actors.Request) any { return &protocol.PauseRequest{Request: r} }
+
+// ResumeJob is the message of a resume job (QMP "cont").
+func ResumeJob(r actors.Request) any { return &protocol.ResumeRequest{Request: r} }
+
+// ResetJob is the message of a reset job (QMP "system_reset").
+func ResetJob(r actors.Request) any { return &protocol.ResetRequest{Request: r} }
+
+// QMPJob is the message of a job that runs one raw QMP command.
+func QMPJob(r actors.Request, execute string, args json.RawMessage) any {
+	return &protocol.QMPRequest{Request: r, Execute: execute, Arguments: args}
+}
+
+// QMPReturn returns the "return" value from the reply to a QMPJob; ok is
+// false when reply is something else.
+func QMPReturn(reply any) (ret json.RawMessage, ok bool) {
+	r, ok := reply.(*protocol.QMPReply)
+	if !ok {
+		return nil, false
+	}
+	return r.Return, true
+}
+
+// Info asks the domain actor pid for its Info, answered at once.
+func Info(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*domain.Info, error) {
+	return actors.AskAs[*domain.Info](ctx, sender, pid, &protocol.InfoRequest{})
+}
+
+// Jobs asks the domain actor pid for its job lane, answered at once.
+func Jobs(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*domain.Jobs, error) {
+	return actors.AskAs[*domain.Jobs](ctx, sender, pid, &protocol.JobsRequest{})
+}
+
+// ConsolePath asks the domain actor pid where the serial console socket of
+// its running guest is.
+func ConsolePath(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (string, error) {
+	t, err := actors.AskAs[*protocol.ConsoleTarget](ctx, sender, pid, &protocol.ConsoleRequest{})
+	if err != nil {
+		return "", err
+	}
+	return t.Path, nil
+}
+
+// ExplainWait asks the domain actor pid what the request with requestID
+// waits for, after the wait for its job ended.
+func ExplainWait(ctx context.Context, sender actor.SenderContext, pid *actor.PID, requestID string) (*domain.WaitExplanation, error) {
+	return actors.AskAs[*domain.WaitExplanation](ctx, sender, pid, &protocol.ExplainWaitRequest{RequestID: requestID})
+}
+
+// InjectMonitorPanic makes the monitor actor of domain pid panic: a
+// fault-test hook.
+func InjectMonitorPanic(ctx context.Context, sender actor.SenderContext, pid *actor.PID, reason string) error {
+	_, err := actors.Ask(ctx, sender, pid, &protocol.InjectMonitorPanic{Reason: reason})
+	return err
+}
+
+// UpdateSpec tells the domain actor pid to use spec from its next start.
+func UpdateSpec(ctx actor.SenderContext, pid *actor.PID, spec *domain.Spec) {
+	ctx.Send(pid, &protocol.UpdateSpec{Spec: spec})
+}
+
+// PrepareUndefine asks the domain actor pid to refuse new jobs because it
+// is about to be undefined. The future's result is an error when the domain
+// is not shut off and idle.
+func PrepareUndefine(ctx actor.SenderContext, pid *actor.PID, timeout time.Duration) *actor.Future {
+	return ctx.RequestFuture(pid, &protocol.PrepareUndefine{}, timeout)
+}
+
+// CancelUndefine reverts PrepareUndefine after an undefine failed.
+func CancelUndefine(ctx actor.SenderContext, pid *actor.PID) {
+	ctx.Send(pid, &protocol.CancelUndefine{})
+}

@@ -1,0 +1,114 @@
+package vm
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/qemuargs"
+	"github.com/vmsup/vmsup/monitor"
+)
+
+// recover rebuilds the domain's state when its actor starts: from the
+// saved status, and from the QEMU that is still running for it, which is
+// adopted (never started twice) and resynced over QMP by a reconnect job.
+func (dom *domainActor) recover(ctx actor.Context) {
+	rec := dom.cfg.Recovery
+	dom.cfg.Recovery = nil // a restarted actor must not adopt the same process twice
+	if rec == nil {
+		return
+	}
+	if saved := rec.Saved; saved != nil && saved.UUID == dom.spec.UUID {
+		dom.state, dom.reason = saved.State, saved.Reason
+	}
+	state, reason := rec.Initial(dom.spec.UUID)
+	if !rec.Adopted() && dom.life.destroying {
+		// The destroy that was under way when the old instance died has
+		// killed QEMU: that is a destroy, not a crash.
+		dom.life.destroying = false
+		dom.setState(domain.StateShutoff, domain.ReasonDestroyed, "")
+		return
+	}
+	if !rec.Adopted() {
+		if state != dom.state || reason != dom.reason {
+			dom.cfg.Logger.Warn().Str("domain", dom.name()).Str("was", string(dom.state)).Str("found", rec.Found).
+				Msg("QEMU exited while vmsup was not running")
+			dom.setState(state, reason, "")
+		}
+		switch dom.reason {
+		case domain.ReasonCrashed, domain.ReasonPanicked, domain.ReasonExitedUnsupervised:
+			// A crash that vmsup did not get to handle (it was down, or
+			// restarting): the on_crash policy still applies.
+			dom.applyCrashPolicy(ctx)
+		}
+		return
+	}
+	paths, err := qemuargs.NewRunPaths(dom.cfg.RunDir, dom.name())
+	if err != nil {
+		rec.Release()
+		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("cannot adopt QEMU")
+		return
+	}
+	proc := rec.Process()
+	dom.proc, dom.paths, dom.runningSerial, dom.monConnected = proc, paths, dom.spec.Serial, false
+	dom.state, dom.reason = state, reason // query-status will confirm it
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
+	pid, err := ctx.SpawnNamed(monitor.Props(dom.monitorConfig(paths)), fmt.Sprintf("monitor-%d", proc.PID()))
+	if err != nil {
+		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("cannot spawn monitor for adopted QEMU")
+		return
+	}
+	dom.mon = pid
+	dom.cfg.Logger.Info().Str("domain", dom.name()).Int("pid", proc.PID()).Msg(rec.Found)
+	dom.enqueueReconnect(ctx)
+}
+
+// enqueueReconnect queues a job that resyncs the state from query-status.
+func (dom *domainActor) enqueueReconnect(ctx actor.Context) {
+	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}
+	dom.enqueue(ctx, req, "reconnect", domain.JobModify, dom.reconnectJob())
+}
+
+// reconnectJob asks QEMU for its run state and sets the domain's state from it.
+func (dom *domainActor) reconnectJob() jobRunner {
+	return jobRunner{
+		run: func(e *jobEnv) (any, error) {
+			res, err := e.qmp("query-status", nil)
+			if err != nil {
+				return nil, err
+			}
+			var st struct {
+				Status string `json:"status"`
+			}
+			if err := json.Unmarshal(res.Return, &st); err != nil {
+				return nil, fmt.Errorf("domain %q: query-status: malformed reply: %w", e.domain, err)
+			}
+			return st.Status, nil
+		},
+		apply: func(dom *domainActor, v any, err error) {
+			status, _ := v.(string)
+			if err != nil || dom.proc == nil {
+				return
+			}
+			switch status {
+			case "running":
+				if dom.state != domain.StateRunning {
+					dom.setState(domain.StateRunning, domain.ReasonUnpaused, "")
+				}
+			case "shutdown":
+				dom.setState(domain.StateShutdown, domain.ReasonUser, "")
+			case "guest-panicked":
+				dom.panicked = true
+				dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
+			default: // paused, prelaunch, suspended, io-error, ...
+				if dom.state != domain.StatePaused {
+					dom.setState(domain.StatePaused, domain.ReasonUser, "")
+				}
+			}
+		},
+	}
+}

@@ -1,0 +1,59 @@
+// Package protocol holds the messages of the driver actor. They are plain
+// data, so that they can cross a process boundary later; the driver package
+// builds and answers them.
+package protocol
+
+import (
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/supervision"
+)
+
+// InjectPanicIn is a fault-test hook: the driver forwards it to the named
+// domain, which panics (see supervision.InjectPanic).
+type InjectPanicIn struct {
+	Domain string
+	supervision.InjectPanic
+}
+
+// DefineRequest defines a domain or updates its definition (a driver job).
+type DefineRequest struct {
+	actors.Request
+	Spec *domain.Spec
+}
+
+// UndefineRequest removes a shut-off domain (a driver job).
+type UndefineRequest struct {
+	actors.Request
+	Name string
+}
+
+// Undefined is the reply to UndefineRequest.
+type Undefined struct{ Name string }
+
+// LookupRequest finds a domain's actor (a query, answered at once).
+type LookupRequest struct {
+	actors.Request
+	Name string
+}
+
+// DomainRef is the reply to LookupRequest.
+type DomainRef struct {
+	Name string
+	UUID string
+	PID  *actor.PID
+}
+
+// RouteRequest hands Msg, a domain request, to the named domain's actor
+// with the caller as its sender, so the domain replies to the caller
+// directly (a query, answered at once). An unknown name gets ErrNotFound.
+type RouteRequest struct {
+	actors.Request
+	Name string
+	Msg  any
+}
+
+// ListRequest lists every domain (a query, answered at once) as []domain.Info.
+type ListRequest struct{}
