@@ -3,8 +3,8 @@ package trace
 import (
 	"context"
 	"errors"
-	"reflect"
 	"path"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
