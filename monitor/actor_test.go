@@ -17,6 +17,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/supervision"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // The monitor actor tests drive the actor through a scripted Conn (fakeConn)
@@ -1043,15 +1044,15 @@ func TestMonitorActorRestartReconnects(t *testing.T) {
 
 func TestMonitorActorOverTransport(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		c.send(`{"timestamp": {"seconds": 1700000000, "microseconds": 5}, "event": "RESUME"}`)
-		c.reply(c.expect("query-status"), `{"status": "running", "singlestep": false, "running": true}`)
-		cmd := c.expect("cont")
-		c.send(fmt.Sprintf(`{"error": {"class": "GenericError", "desc": "no"}, "id": %q}`, cmd.ID))
-		c.closeConn()
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		c.Send(`{"timestamp": {"seconds": 1700000000, "microseconds": 5}, "event": "RESUME"}`)
+		c.Reply(c.Expect("query-status"), `{"status": "running", "singlestep": false, "running": true}`)
+		cmd := c.Expect("cont")
+		c.Send(fmt.Sprintf(`{"error": {"class": "GenericError", "desc": "no"}, "id": %q}`, cmd.ID))
+		c.Close()
 	})
-	h := startMonitor(t, Config{Domain: "vm1", SocketPath: f.path, Transport: TransportOptions{ConnectTimeout: fakeWait}}, 16)
+	h := startMonitor(t, Config{Domain: "vm1", SocketPath: f.Path(), Transport: TransportOptions{ConnectTimeout: fakeWait}}, 16)
 	if c := waitMsg[*Connected](h); c.Version != "7.2.1" {
 		t.Errorf("Connected.Version = %q, want 7.2.1", c.Version)
 	}
@@ -1084,7 +1085,7 @@ func TestMonitorActorOverTransport(t *testing.T) {
 	if !errors.Is(err, io.EOF) {
 		t.Errorf("command after EOF: %v, want io.EOF in the chain", err)
 	}
-	f.wait()
+	f.Wait()
 
 	// No QEMU behind the socket: the connect deadline names the socket.
 	path := shortSocketPath(t)

@@ -16,34 +16,18 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/digitalocean/go-qemu/qmp/raw"
-)
 
-// qemuBinary is the QEMU the real-QEMU tests start.
-const qemuBinary = "qemu-system-x86_64"
+	"github.com/vmsup/vmsup/tests/testkit"
+)
 
 // qemuWait bounds every wait on a real QEMU.
 const qemuWait = 10 * time.Second
-
-// requireQEMU returns the path of qemu-system-x86_64. A missing binary fails
-// the test, so that CI cannot pass without running these tests, unless
-// VMSUP_SKIP_QEMU=1 asks to skip them.
-func requireQEMU(t *testing.T) string {
-	t.Helper()
-	path, err := exec.LookPath(qemuBinary)
-	if err != nil {
-		if os.Getenv("VMSUP_SKIP_QEMU") == "1" {
-			t.Skipf("%s not found; skipped because VMSUP_SKIP_QEMU=1", qemuBinary)
-		}
-		t.Fatalf("%s not found (%v): install QEMU, or set VMSUP_SKIP_QEMU=1 to skip the real-QEMU tests", qemuBinary, err)
-	}
-	return path
-}
 
 // testQEMU is a QEMU child process with a QMP socket.
 type testQEMU struct {
 	cmd    *exec.Cmd
 	sock   string
-	stderr *syncBuffer
+	stderr *testkit.SyncBuffer
 }
 
 // startQEMUForTransport starts a paused QEMU with no machine and a QMP
@@ -51,13 +35,13 @@ type testQEMU struct {
 // waits for it, all bounded.
 func startQEMUForTransport(t *testing.T) *testQEMU {
 	t.Helper()
-	bin := requireQEMU(t)
+	bin := testkit.RequireQEMU(t)
 	sock := shortSocketPath(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin,
 		"-machine", "none", "-S", "-nodefaults", "-no-user-config", "-display", "none",
 		"-qmp", "unix:"+sock+",server=on,wait=off")
-	q := &testQEMU{cmd: cmd, sock: sock, stderr: &syncBuffer{}}
+	q := &testQEMU{cmd: cmd, sock: sock, stderr: &testkit.SyncBuffer{}}
 	cmd.Stderr = q.stderr
 	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {

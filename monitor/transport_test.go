@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -21,232 +20,35 @@ import (
 	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/digitalocean/go-qemu/qmp/raw"
 	"github.com/rs/zerolog"
+
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // fakeWait bounds every wait in the scripted-server tests.
-const fakeWait = 5 * time.Second
+const fakeWait = testkit.QMPWait
 
-// shortSocketPath returns a unix socket path short enough for sun_path
-// (108 bytes), in a directory removed when the test ends.
-func shortSocketPath(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	if len(dir) > 80 {
-		var err error
-		dir, err = os.MkdirTemp("", "qmp")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	}
-	return filepath.Join(dir, "qmp.sock")
+// shortSocketPath returns a unix socket path short enough for sun_path.
+func shortSocketPath(t *testing.T) string { return testkit.ShortSocketPath(t) }
+
+// newFakeQMP is a scripted QMP server on a fresh socket that checks the
+// transport's command ids.
+func newFakeQMP(t *testing.T) *testkit.QMPServer {
+	return testkit.NewQMPServer(t, shortSocketPath(t), idPrefix)
 }
 
-// errFakeAbort stops a server script after it reported an error.
-var errFakeAbort = errors.New("fake QMP script aborted")
-
-// fakeQMP is a scripted QMP server on a real unix socket. Each serve call
-// accepts one connection and runs a script on it in a goroutine.
-type fakeQMP struct {
-	t    *testing.T
-	path string
-	ln   *net.UnixListener
-
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-	stop  chan struct{}
-	done  chan struct{} // closed when the last served script returned
-}
-
-// newFakeQMP listens on a fresh socket. Cleanup closes every connection and
-// waits (bounded) for the scripts.
-func newFakeQMP(t *testing.T) *fakeQMP {
-	t.Helper()
-	path := shortSocketPath(t)
-	return newFakeQMPAt(t, path)
-}
-
-func newFakeQMPAt(t *testing.T, path string) *fakeQMP {
-	t.Helper()
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		t.Fatalf("listen %s: %v", path, err)
-	}
-	f := &fakeQMP{t: t, path: path, ln: ln, stop: make(chan struct{}), done: make(chan struct{})}
-	t.Cleanup(f.close)
-	return f
-}
-
-func (f *fakeQMP) close() {
-	select {
-	case <-f.stop:
-		return
-	default:
-	}
-	close(f.stop)
-	_ = f.ln.Close()
-	f.mu.Lock()
-	for _, c := range f.conns {
-		_ = c.Close()
-	}
-	f.mu.Unlock()
-	waited := make(chan struct{})
-	go func() { f.wg.Wait(); close(waited) }()
-	select {
-	case <-waited:
-	case <-time.After(fakeWait):
-		f.t.Errorf("fake QMP scripts did not end within %s", fakeWait)
-	}
-}
-
-// serve accepts one connection and runs script on it. After the script
-// returns, the connection stays open until the test ends (or the script
-// closed it). wait reports when the script is over.
-func (f *fakeQMP) serve(script func(c *fakeQMPConn)) {
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		defer close(f.done)
-		_ = f.ln.SetDeadline(time.Now().Add(2 * fakeWait))
-		nc, err := f.ln.Accept()
-		if err != nil {
-			select {
-			case <-f.stop:
-			default:
-				f.t.Errorf("fake QMP accept: %v", err)
-			}
-			return
-		}
-		f.mu.Lock()
-		f.conns = append(f.conns, nc)
-		f.mu.Unlock()
-		c := &fakeQMPConn{t: f.t, c: nc, r: bufio.NewReader(nc), stop: f.stop}
-		defer func() {
-			if r := recover(); r != nil && r != errFakeAbort {
-				panic(r)
-			}
-		}()
-		script(c)
-	}()
-}
-
-// wait waits (bounded) for the script started by serve to return.
-func (f *fakeQMP) wait() {
-	f.t.Helper()
-	select {
-	case <-f.done:
-	case <-time.After(2 * fakeWait):
-		f.t.Fatalf("fake QMP script did not finish within %s", 2*fakeWait)
-	}
-}
-
-// fakeQMPConn is the server side of one connection. Its methods report
-// failures with t.Errorf and abort the script.
-type fakeQMPConn struct {
-	t    *testing.T
-	c    net.Conn
-	r    *bufio.Reader
-	stop chan struct{}
-}
-
-// fakeCmd is a command as the fake server received it.
-type fakeCmd struct {
-	Execute   string          `json:"execute"`
-	ID        string          `json:"id"`
-	Arguments json.RawMessage `json:"arguments"`
-	Line      string          `json:"-"`
-}
-
-func (c *fakeQMPConn) abort(format string, args ...any) {
-	select {
-	case <-c.stop: // the test is over; errors are expected
-	default:
-		c.t.Errorf("fake QMP: "+format, args...)
-	}
-	panic(errFakeAbort)
-}
-
-// send writes one line, adding CRLF as QEMU does.
-func (c *fakeQMPConn) send(line string) {
-	c.sendRaw([]byte(line + "\r\n"))
-}
-
-func (c *fakeQMPConn) sendRaw(b []byte) {
-	_ = c.c.SetWriteDeadline(time.Now().Add(fakeWait))
-	if _, err := c.c.Write(b); err != nil {
-		c.abort("write: %v", err)
-	}
-}
-
-// readCommand reads the next command line.
-func (c *fakeQMPConn) readCommand() fakeCmd {
-	cmd, err := c.readCommandErr()
-	if err != nil {
-		c.abort("%v", err)
-	}
-	return cmd
-}
-
-// readCommandErr reads the next command line; it is safe in any goroutine.
-func (c *fakeQMPConn) readCommandErr() (fakeCmd, error) {
-	_ = c.c.SetReadDeadline(time.Now().Add(fakeWait))
-	line, err := c.r.ReadString('\n')
-	if err != nil {
-		return fakeCmd{}, fmt.Errorf("read command: %w", err)
-	}
-	var cmd fakeCmd
-	if err := json.Unmarshal([]byte(line), &cmd); err != nil {
-		return fakeCmd{}, fmt.Errorf("command %q is not JSON: %w", line, err)
-	}
-	cmd.Line = strings.TrimSpace(line)
-	if !strings.HasPrefix(cmd.ID, idPrefix) {
-		return fakeCmd{}, fmt.Errorf("command %q has no transport id", line)
-	}
-	return cmd, nil
-}
-
-// expect reads the next command and checks its name.
-func (c *fakeQMPConn) expect(name string) fakeCmd {
-	cmd := c.readCommand()
-	if cmd.Execute != name {
-		c.abort("got command %q, want %q", cmd.Execute, name)
-	}
-	return cmd
-}
-
-// reply answers cmd with a return value.
-func (c *fakeQMPConn) reply(cmd fakeCmd, ret string) {
-	c.send(fmt.Sprintf(`{"return": %s, "id": %q}`, ret, cmd.ID))
-}
-
-func (c *fakeQMPConn) greet() {
-	c.send(`{"QMP": {"version": {"qemu": {"micro": 1, "minor": 2, "major": 7}, "package": "fake"}, "capabilities": ["oob"]}}`)
-}
-
-// handshake plays QEMU's side of Connect.
-func (c *fakeQMPConn) handshake() {
-	c.greet()
-	c.reply(c.expect("qmp_capabilities"), "{}")
-}
-
-// waitStop blocks until the test ends.
-func (c *fakeQMPConn) waitStop() {
-	<-c.stop
-}
-
-func (c *fakeQMPConn) closeConn() {
-	_ = c.c.Close()
+// newFakeQMPAt is newFakeQMP on path.
+func newFakeQMPAt(t *testing.T, path string) *testkit.QMPServer {
+	return testkit.NewQMPServer(t, path, idPrefix)
 }
 
 // connectFake connects a transport to f, whose script must start with
 // handshake. The transport is disconnected when the test ends.
-func connectFake(t *testing.T, f *fakeQMP, opts TransportOptions) *Transport {
+func connectFake(t *testing.T, f *testkit.QMPServer, opts TransportOptions) *Transport {
 	t.Helper()
 	if opts.ConnectTimeout == 0 {
 		opts.ConnectTimeout = fakeWait
 	}
-	tr := NewTransport(f.path, opts)
+	tr := NewTransport(f.Path(), opts)
 	t.Cleanup(func() { _ = tr.Disconnect() })
 	if err := tr.Connect(); err != nil {
 		t.Fatalf("Connect: %v", err)
@@ -328,13 +130,13 @@ func returnOf(t *testing.T, reply []byte, v any) {
 func TestTransportHandshakeAndRawQueryStatus(t *testing.T) {
 	f := newFakeQMP(t)
 	capID := make(chan string, 1)
-	f.serve(func(c *fakeQMPConn) {
-		c.greet()
-		cmd := c.expect("qmp_capabilities")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Greet()
+		cmd := c.Expect("qmp_capabilities")
 		capID <- cmd.ID
-		c.reply(cmd, "{}")
-		q := c.expect("query-status")
-		c.reply(q, `{"status": "prelaunch", "singlestep": false, "running": false}`)
+		c.Reply(cmd, "{}")
+		q := c.Expect("query-status")
+		c.Reply(q, `{"status": "prelaunch", "singlestep": false, "running": false}`)
 	})
 	tr := connectFake(t, f, TransportOptions{})
 
@@ -354,20 +156,20 @@ func TestTransportHandshakeAndRawQueryStatus(t *testing.T) {
 	if st.Status != raw.RunStatePrelaunch || st.Running {
 		t.Errorf("QueryStatus = %+v, want prelaunch, not running", st)
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportEventBeforeCapabilitiesReply(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.greet()
-		cmd := c.expect("qmp_capabilities")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Greet()
+		cmd := c.Expect("qmp_capabilities")
 		// An event with no id lands before the reply: it must not be
 		// taken for the reply.
-		c.send(`{"timestamp": {"seconds": 1700000000, "microseconds": 42}, "event": "STOP"}`)
-		c.send(`{"event": "RESUME", "data": {"reason": "x"}, "timestamp": {"seconds": 1700000001, "microseconds": 0}}`)
-		c.reply(cmd, "{}")
-		c.reply(c.expect("query-status"), `{"status": "running", "singlestep": false, "running": true}`)
+		c.Send(`{"timestamp": {"seconds": 1700000000, "microseconds": 42}, "event": "STOP"}`)
+		c.Send(`{"event": "RESUME", "data": {"reason": "x"}, "timestamp": {"seconds": 1700000001, "microseconds": 0}}`)
+		c.Reply(cmd, "{}")
+		c.Reply(c.Expect("query-status"), `{"status": "running", "singlestep": false, "running": true}`)
 	})
 	tr := connectFake(t, f, TransportOptions{})
 	ch, err := tr.Events(context.Background())
@@ -389,25 +191,25 @@ func TestTransportEventBeforeCapabilitiesReply(t *testing.T) {
 	if err != nil || !st.Running {
 		t.Fatalf("QueryStatus = %+v, %v", st, err)
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportOutOfOrderRepliesMatchedByID(t *testing.T) {
 	const n = 4
 	f := newFakeQMP(t)
-	seen := make(chan fakeCmd, n)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		var cmds []fakeCmd
+	seen := make(chan testkit.QMPCommand, n)
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		var cmds []testkit.QMPCommand
 		for range n {
-			cmd := c.expect("echo")
+			cmd := c.Expect("echo")
 			seen <- cmd
 			cmds = append(cmds, cmd)
 		}
 		// Reply in reverse order, with an event in between.
 		for i := len(cmds) - 1; i >= 0; i-- {
-			c.send(`{"event": "TICK", "timestamp": {"seconds": 1, "microseconds": 2}}`)
-			c.reply(cmds[i], string(cmds[i].Arguments))
+			c.Send(`{"event": "TICK", "timestamp": {"seconds": 1, "microseconds": 2}}`)
+			c.Reply(cmds[i], string(cmds[i].Arguments))
 		}
 	})
 	tr := connectFake(t, f, TransportOptions{})
@@ -445,7 +247,7 @@ func TestTransportOutOfOrderRepliesMatchedByID(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	f.wait()
+	f.Wait()
 	close(seen)
 	ids := map[string]bool{}
 	for cmd := range seen {
@@ -468,9 +270,9 @@ func TestTransportOutOfOrderRepliesMatchedByID(t *testing.T) {
 func TestTransportOneMiBReply(t *testing.T) {
 	big := strings.Repeat("a", 1<<20)
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		c.reply(c.expect("query-big"), fmt.Sprintf(`{"blob": %q}`, big))
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		c.Reply(c.Expect("query-big"), fmt.Sprintf(`{"blob": %q}`, big))
 	})
 	tr := connectFake(t, f, TransportOptions{})
 	reply, err := runCtx(tr, `{"execute":"query-big"}`)
@@ -482,19 +284,19 @@ func TestTransportOneMiBReply(t *testing.T) {
 	if ret.Blob != big {
 		t.Errorf("blob of %d bytes, want %d", len(ret.Blob), len(big))
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportLineTooLongFailsConnection(t *testing.T) {
 	const limit = 64 << 10
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		cmd := c.expect("query-huge")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		cmd := c.Expect("query-huge")
 		// Write without waiting for the client to read it all: it stops
 		// reading at the limit.
-		_ = c.c.SetWriteDeadline(time.Now().Add(fakeWait))
-		_, _ = c.c.Write([]byte(fmt.Sprintf(`{"return": %q, "id": %q}`+"\r\n", strings.Repeat("b", 100<<10), cmd.ID)))
+		_ = c.Conn().SetWriteDeadline(time.Now().Add(fakeWait))
+		_, _ = c.Conn().Write([]byte(fmt.Sprintf(`{"return": %q, "id": %q}`+"\r\n", strings.Repeat("b", 100<<10), cmd.ID)))
 	})
 	tr := connectFake(t, f, TransportOptions{MaxLineBytes: limit})
 	_, err := runCtx(tr, `{"execute":"query-huge"}`)
@@ -512,7 +314,7 @@ func TestTransportLineTooLongFailsConnection(t *testing.T) {
 	if _, err := runCtx(tr, `{"execute":"query-status"}`); !errors.Is(err, ErrLineTooLong) {
 		t.Errorf("command after failure: %v, want an error wrapping ErrLineTooLong", err)
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestReadQMPLineLimit(t *testing.T) {
@@ -541,13 +343,13 @@ func TestReadQMPLineLimit(t *testing.T) {
 
 func TestTransportUnknownIDReplyIgnored(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		cmd := c.expect("query-x")
-		c.send(`{"return": {"who": "stranger"}, "id": "vmsup-999999"}`)
-		c.send(`{"return": {"who": "number"}, "id": 7}`)
-		c.send(`{"error": {"class": "GenericError", "desc": "not yours"}, "id": "someone-else"}`)
-		c.reply(cmd, `{"who": "me"}`)
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		cmd := c.Expect("query-x")
+		c.Send(`{"return": {"who": "stranger"}, "id": "vmsup-999999"}`)
+		c.Send(`{"return": {"who": "number"}, "id": 7}`)
+		c.Send(`{"error": {"class": "GenericError", "desc": "not yours"}, "id": "someone-else"}`)
+		c.Reply(cmd, `{"who": "me"}`)
 	})
 	tr := connectFake(t, f, TransportOptions{})
 	reply, err := runCtx(tr, `{"execute":"query-x"}`)
@@ -559,16 +361,16 @@ func TestTransportUnknownIDReplyIgnored(t *testing.T) {
 	if ret.Who != "me" {
 		t.Errorf("got reply %s, want the one with our id", reply)
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportEOFFailsPendingCommands(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		c.readCommand()
-		c.readCommand()
-		c.closeConn()
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		c.ReadCommand()
+		c.ReadCommand()
+		c.Close()
 	})
 	tr := connectFake(t, f, TransportOptions{})
 
@@ -596,21 +398,21 @@ func TestTransportEOFFailsPendingCommands(t *testing.T) {
 		t.Errorf("Err = %v, want io.EOF", tr.Err())
 	}
 	waitEventsClosed(t, tr)
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportFullEventsChannelDoesNotBlockReply(t *testing.T) {
 	const events = 5000
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		cmd := c.expect("query-status")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		cmd := c.Expect("query-status")
 		var b bytes.Buffer
 		for i := range events {
 			fmt.Fprintf(&b, `{"timestamp": {"seconds": %d, "microseconds": 0}, "event": "SPAM", "data": {"i": %d}}`+"\r\n", i, i)
 		}
-		c.sendRaw(b.Bytes())
-		c.reply(cmd, `{"status": "running", "singlestep": false, "running": true}`)
+		c.SendRaw(b.Bytes())
+		c.Reply(cmd, `{"status": "running", "singlestep": false, "running": true}`)
 	})
 	tr := connectFake(t, f, TransportOptions{})
 	// Nobody reads the events.
@@ -628,15 +430,15 @@ func TestTransportFullEventsChannelDoesNotBlockReply(t *testing.T) {
 	if ev := nextEvent(t, ch); ev.Data["i"] != float64(0) {
 		t.Errorf("first buffered event = %+v, want i=0", ev)
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportConnectTimesOutWithoutGreeting(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.waitStop() // accept, then say nothing
+	f.Serve(func(c *testkit.QMPConn) {
+		c.WaitStop() // accept, then say nothing
 	})
-	tr := NewTransport(f.path, TransportOptions{ConnectTimeout: 300 * time.Millisecond})
+	tr := NewTransport(f.Path(), TransportOptions{ConnectTimeout: 300 * time.Millisecond})
 	t.Cleanup(func() { _ = tr.Disconnect() })
 	start := time.Now()
 	err := tr.Connect()
@@ -659,12 +461,12 @@ func TestTransportConnectTimesOutWithoutGreeting(t *testing.T) {
 
 func TestTransportConnectTimesOutWithoutCapabilitiesReply(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.greet()
-		c.expect("qmp_capabilities")
-		c.waitStop() // never answers
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Greet()
+		c.Expect("qmp_capabilities")
+		c.WaitStop() // never answers
 	})
-	tr := NewTransport(f.path, TransportOptions{ConnectTimeout: 300 * time.Millisecond})
+	tr := NewTransport(f.Path(), TransportOptions{ConnectTimeout: 300 * time.Millisecond})
 	t.Cleanup(func() { _ = tr.Disconnect() })
 	start := time.Now()
 	err := tr.Connect()
@@ -679,11 +481,11 @@ func TestTransportConnectTimesOutWithoutCapabilitiesReply(t *testing.T) {
 
 func TestTransportBadGreetingFailsConnect(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.send(`{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}`)
-		c.waitStop()
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Send(`{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}`)
+		c.WaitStop()
 	})
-	tr := NewTransport(f.path, TransportOptions{ConnectTimeout: fakeWait})
+	tr := NewTransport(f.Path(), TransportOptions{ConnectTimeout: fakeWait})
 	t.Cleanup(func() { _ = tr.Disconnect() })
 	start := time.Now()
 	err := tr.Connect()
@@ -697,13 +499,13 @@ func TestTransportBadGreetingFailsConnect(t *testing.T) {
 
 func TestTransportCapabilitiesErrorFailsConnect(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.greet()
-		cmd := c.expect("qmp_capabilities")
-		c.send(fmt.Sprintf(`{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": %q}`, cmd.ID))
-		c.waitStop()
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Greet()
+		cmd := c.Expect("qmp_capabilities")
+		c.Send(fmt.Sprintf(`{"error": {"class": "CommandNotFound", "desc": "nope"}, "id": %q}`, cmd.ID))
+		c.WaitStop()
 	})
-	tr := NewTransport(f.path, TransportOptions{ConnectTimeout: fakeWait})
+	tr := NewTransport(f.Path(), TransportOptions{ConnectTimeout: fakeWait})
 	t.Cleanup(func() { _ = tr.Disconnect() })
 	err := tr.Connect()
 	var qerr *QMPError
@@ -714,12 +516,12 @@ func TestTransportCapabilitiesErrorFailsConnect(t *testing.T) {
 
 func TestTransportQMPErrorReply(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		cmd := c.expect("cont")
-		c.send(fmt.Sprintf(`{"error": {"class": "GenericError", "desc": "Resetting the Virtual Machine is required"}, "id": %q}`, cmd.ID))
-		cmd = c.expect("stop")
-		c.send(fmt.Sprintf(`{"error": "not an object", "id": %q}`, cmd.ID))
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		cmd := c.Expect("cont")
+		c.Send(fmt.Sprintf(`{"error": {"class": "GenericError", "desc": "Resetting the Virtual Machine is required"}, "id": %q}`, cmd.ID))
+		cmd = c.Expect("stop")
+		c.Send(fmt.Sprintf(`{"error": "not an object", "id": %q}`, cmd.ID))
 	})
 	tr := connectFake(t, f, TransportOptions{})
 	_, err := runCtx(tr, `{"execute":"cont"}`)
@@ -741,22 +543,22 @@ func TestTransportQMPErrorReply(t *testing.T) {
 	if tr.Err() != nil {
 		t.Errorf("QMP error replies must not end the connection: Err = %v", tr.Err())
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportCommandTimeoutDiscardsLateReply(t *testing.T) {
 	f := newFakeQMP(t)
 	release := make(chan struct{})
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		slow := c.expect("query-slow")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		slow := c.Expect("query-slow")
 		select {
 		case <-release:
 		case <-time.After(fakeWait):
-			c.abort("not released")
+			c.Abort("not released")
 		}
-		c.reply(slow, `{"from": "slow"}`) // late: its command timed out
-		c.reply(c.expect("query-fast"), `{"from": "fast"}`)
+		c.Reply(slow, `{"from": "slow"}`) // late: its command timed out
+		c.Reply(c.Expect("query-fast"), `{"from": "fast"}`)
 	})
 	tr := connectFake(t, f, TransportOptions{})
 
@@ -784,23 +586,23 @@ func TestTransportCommandTimeoutDiscardsLateReply(t *testing.T) {
 	if tr.Err() != nil {
 		t.Errorf("a timeout must not end the connection: Err = %v", tr.Err())
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportReplyWithoutID(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
 		// One pending command: an id-less reply (as QEMU sends for JSON
 		// parse errors) goes to it.
-		c.expect("query-one")
-		c.send(`{"error": {"class": "GenericError", "desc": "JSON parse error, invalid keyword"}}`)
+		c.Expect("query-one")
+		c.Send(`{"error": {"class": "GenericError", "desc": "JSON parse error, invalid keyword"}}`)
 		// Two pending commands: an id-less reply is ambiguous and dropped.
-		a := c.expect("query-two")
-		b := c.expect("query-two")
-		c.send(`{"return": {"who": "nobody"}}`)
-		c.reply(b, `{"who": "b"}`)
-		c.reply(a, `{"who": "a"}`)
+		a := c.Expect("query-two")
+		b := c.Expect("query-two")
+		c.Send(`{"return": {"who": "nobody"}}`)
+		c.Reply(b, `{"who": "b"}`)
+		c.Reply(a, `{"who": "a"}`)
 	})
 	tr := connectFake(t, f, TransportOptions{})
 	_, err := runCtx(tr, `{"execute":"query-one"}`)
@@ -825,31 +627,13 @@ func TestTransportReplyWithoutID(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	f.wait()
+	f.Wait()
 }
 
 // timeoutMessage matches a command timeout error of about 200ms or 500ms
 // (the budget is measured when the command starts, a moment after the test
 // made its context).
 var timeoutMessage = regexp.MustCompile(`^QMP command "[a-z-]+" timed out after (1\d\d|200|4\d\d|500)ms: context deadline exceeded$`)
-
-// syncBuffer is a bytes.Buffer safe for concurrent use (the reader logs).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 func TestTransportHostileInput(t *testing.T) {
 	hostile := []string{
@@ -878,16 +662,16 @@ func TestTransportHostileInput(t *testing.T) {
 		"",
 	}
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		cmd := c.expect("query-x")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		cmd := c.Expect("query-x")
 		for _, line := range hostile {
-			c.send(line)
+			c.Send(line)
 		}
-		c.reply(cmd, `{"ok": true}`)
-		c.reply(c.expect("query-y"), `{"ok": true}`)
+		c.Reply(cmd, `{"ok": true}`)
+		c.Reply(c.Expect("query-y"), `{"ok": true}`)
 	})
-	var logs syncBuffer
+	var logs testkit.SyncBuffer
 	logger := zerolog.New(&logs)
 	tr := connectFake(t, f, TransportOptions{Logger: &logger})
 	for _, name := range []string{"query-x", "query-y"} {
@@ -926,17 +710,17 @@ func TestTransportHostileInput(t *testing.T) {
 	if !strings.Contains(logs.String(), "not a JSON object") {
 		t.Errorf("hostile lines were not logged; log:\n%s", logs.String())
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportDisconnect(t *testing.T) {
 	f := newFakeQMP(t)
 	got := make(chan struct{})
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
-		c.expect("query-never")
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		c.Expect("query-never")
 		close(got)
-		c.waitStop() // never answers
+		c.WaitStop() // never answers
 	})
 	tr := connectFake(t, f, TransportOptions{})
 
@@ -1042,7 +826,7 @@ func TestTransportDialRetriesUntilSocketIsReady(t *testing.T) {
 	}
 	time.Sleep(150 * time.Millisecond)
 	f := newFakeQMPAt(t, path)
-	f.serve(func(c *fakeQMPConn) { c.handshake() })
+	f.Serve(func(c *testkit.QMPConn) { c.Handshake() })
 
 	select {
 	case err := <-errc:
@@ -1052,7 +836,7 @@ func TestTransportDialRetriesUntilSocketIsReady(t *testing.T) {
 	case <-time.After(2 * fakeWait):
 		t.Fatal("Connect did not return")
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportDialTimesOutWithoutSocket(t *testing.T) {
@@ -1070,7 +854,7 @@ func TestTransportDialTimesOutWithoutSocket(t *testing.T) {
 
 func TestTransportRejectsBadCommands(t *testing.T) {
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) { c.handshake() })
+	f.Serve(func(c *testkit.QMPConn) { c.Handshake() })
 	tr := connectFake(t, f, TransportOptions{})
 	for _, cmd := range []string{
 		``,
@@ -1088,7 +872,7 @@ func TestTransportRejectsBadCommands(t *testing.T) {
 			t.Errorf("Run(%q) = %v, want ErrBadCommand", cmd, err)
 		}
 	}
-	f.wait()
+	f.Wait()
 }
 
 func TestTransportPrepareAddsOnlyID(t *testing.T) {
@@ -1108,21 +892,21 @@ func TestTransportPrepareAddsOnlyID(t *testing.T) {
 func TestTransportConcurrentCommandsAndEvents(t *testing.T) {
 	const workers, perWorker = 8, 50
 	f := newFakeQMP(t)
-	f.serve(func(c *fakeQMPConn) {
-		c.handshake()
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
 		// A reader goroutine feeds commands; the script answers them in
 		// small batches, newest first, with an event before each reply.
-		cmds := make(chan fakeCmd)
+		cmds := make(chan testkit.QMPCommand)
 		go func() {
 			defer close(cmds)
 			for range workers * perWorker {
-				cmd, err := c.readCommandErr()
+				cmd, err := c.ReadCommandErr()
 				if err != nil {
 					return
 				}
 				select {
 				case cmds <- cmd:
-				case <-c.stop:
+				case <-c.Stopped():
 					return
 				}
 			}
@@ -1132,7 +916,7 @@ func TestTransportConcurrentCommandsAndEvents(t *testing.T) {
 			if !ok {
 				break
 			}
-			batch := []fakeCmd{cmd}
+			batch := []testkit.QMPCommand{cmd}
 			timeout := time.After(5 * time.Millisecond)
 		collect:
 			for len(batch) < 3 {
@@ -1147,8 +931,8 @@ func TestTransportConcurrentCommandsAndEvents(t *testing.T) {
 				}
 			}
 			for j := len(batch) - 1; j >= 0; j-- {
-				c.send(fmt.Sprintf(`{"event": "TICK", "data": {"i": %d}, "timestamp": {"seconds": 0, "microseconds": 0}}`, i))
-				c.reply(batch[j], string(batch[j].Arguments))
+				c.Send(fmt.Sprintf(`{"event": "TICK", "data": {"i": %d}, "timestamp": {"seconds": 0, "microseconds": 0}}`, i))
+				c.Reply(batch[j], string(batch[j].Arguments))
 				i++
 			}
 		}
@@ -1192,7 +976,7 @@ func TestTransportConcurrentCommandsAndEvents(t *testing.T) {
 	wg.Wait()
 	close(stopEvents)
 	<-eventsDone
-	f.wait()
+	f.Wait()
 }
 
 func TestCommandTimeoutTable(t *testing.T) {

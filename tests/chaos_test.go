@@ -28,6 +28,7 @@ import (
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/supervision"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // Flags of TestChaos. CI runs the defaults (about 30 s of faults); run it
@@ -194,7 +195,7 @@ var errChaosDriverClosed = errors.New("chaos: driver closed (restart in progress
 // job and process invariants during the run and the agreement of states
 // with reality, the definitions and the absence of leaks at the end.
 func TestChaos(t *testing.T) {
-	requireQEMU(t)
+	testkit.RequireQEMU(t)
 	seed := *chaosSeed
 	if seed == 0 {
 		seed = time.Now().UnixNano()
@@ -265,7 +266,7 @@ func TestChaos(t *testing.T) {
 }
 
 func newChaos(t *testing.T) *chaos {
-	dir := shortTempDir(t)
+	dir := testkit.ShortDir(t)
 	logFile, err := os.CreateTemp("", "vmsup-chaos-*.log")
 	if err != nil {
 		t.Fatal(err)

@@ -1,137 +1,31 @@
 package tests
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
-// guestReadyMarker is the line the test guest's /init prints on the serial
-// console once it handles the ACPI power button (tests/guest/init).
-const guestReadyMarker = "guest ready"
-
-// guestImage is the test guest built by tests/guest/build-guest.sh.
-type guestImage struct {
-	Kernel string // vmlinuz
-	Initrd string // initrd.img
-}
-
-var (
-	guestOnce sync.Once
-	guestImg  guestImage
-	guestErr  error
-)
-
-// requireGuest returns the test guest (tests/guest/README.md). It uses the
-// one in ${VMSUP_CACHE:-<repo>/.cache}/guest when it was built from the
-// current build-guest.sh and init; otherwise it runs build-guest.sh (at most
-// 5 minutes, once per test binary) and fails the test with the script's
-// output when that fails.
-func requireGuest(t testing.TB) guestImage {
-	t.Helper()
-	requireQEMU(t)
-	guestOnce.Do(func() { guestImg, guestErr = locateGuest() })
-	if guestErr != nil {
-		t.Fatal(guestErr)
-	}
-	return guestImg
-}
-
-func locateGuest() (guestImage, error) {
-	repo, err := filepath.Abs("..") // go test runs in the package dir, tests/
-	if err != nil {
-		return guestImage{}, err
-	}
-	cache := os.Getenv("VMSUP_CACHE")
-	if cache == "" {
-		cache = filepath.Join(repo, ".cache")
-	}
-	if cache, err = filepath.Abs(cache); err != nil {
-		return guestImage{}, err
-	}
-	dir := filepath.Join(cache, "guest")
-	img := guestImage{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img")}
-	script := filepath.Join(repo, "tests", "guest", "build-guest.sh")
-	recipe, err := guestRecipe(script, filepath.Join(repo, "tests", "guest", "init"))
-	if err != nil {
-		return guestImage{}, fmt.Errorf("test guest: %w", err)
-	}
-	if guestBuilt(img, filepath.Join(dir, "stamp"), recipe) {
-		return img, nil
-	}
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "bash", script)
-	cmd.Env = append(os.Environ(), "VMSUP_CACHE="+cache)
-	cmd.WaitDelay = 10 * time.Second
-	began := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return guestImage{}, fmt.Errorf("test guest: %s failed after %s: %v\n%s", script, time.Since(began).Round(time.Second), err, out)
-	}
-	if !guestBuilt(img, filepath.Join(dir, "stamp"), recipe) {
-		return guestImage{}, fmt.Errorf("test guest: %s succeeded but %s has no guest built from the current recipe %s\n%s", script, dir, recipe, out)
-	}
-	return img, nil
-}
-
-// guestRecipe is the hash that build-guest.sh writes as "recipe=" in its
-// stamp: SHA-256 of the script followed by the init script.
-func guestRecipe(files ...string) (string, error) {
-	h := sha256.New()
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return "", err
-		}
-		h.Write(data)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// guestBuilt reports whether the kernel, the initrd and a stamp with this
-// recipe exist.
-func guestBuilt(img guestImage, stamp, recipe string) bool {
-	for _, f := range []string{img.Kernel, img.Initrd} {
-		if st, err := os.Stat(f); err != nil || st.Size() == 0 {
-			return false
-		}
-	}
-	data, err := os.ReadFile(stamp)
-	if err != nil {
-		return false
-	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	for sc.Scan() {
-		if sc.Text() == "recipe="+recipe {
-			return true
-		}
-	}
-	return false
-}
+// guestReadyMarker is the line the test guest prints once it handles the
+// ACPI power button.
+const guestReadyMarker = testkit.GuestReady
 
 // defineGuest defines a domain that boots the test guest with its serial
 // console logged to serialLog.
 func (d *testDriver) defineGuest(t testing.TB, name, serialLog string) *driver.Domain {
 	t.Helper()
-	img := requireGuest(t)
+	img := testkit.RequireGuest(t)
 	spec := &domain.Spec{
 		Name:    name,
 		Machine: "q35",

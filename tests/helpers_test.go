@@ -3,7 +3,6 @@ package tests
 import (
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,32 +15,8 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
-
-// requireQEMU fails the test when QEMU is missing: the tests are about real
-// QEMU, and CI installs it. VMSUP_SKIP_QEMU=1 skips instead, for machines
-// that cannot run it.
-func requireQEMU(t testing.TB) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		if os.Getenv("VMSUP_SKIP_QEMU") == "1" {
-			t.Skip("qemu-system-x86_64 not installed and VMSUP_SKIP_QEMU=1")
-		}
-		t.Fatalf("qemu-system-x86_64 not found (install qemu-system-x86): %v", err)
-	}
-}
-
-// shortTempDir is a temp dir with a short path, so that unix socket paths
-// stay under the 107-byte limit.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "vmsup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
 
 type testDriver struct {
 	*driver.Driver
@@ -70,8 +45,8 @@ func (d *testDriver) reopen(t testing.TB) *testDriver {
 // running domain and closes the driver, so no QEMU outlives the test.
 func openDriver(t testing.TB, mutate func(*driver.Config)) *testDriver {
 	t.Helper()
-	requireQEMU(t)
-	dir := shortTempDir(t)
+	testkit.RequireQEMU(t)
+	dir := testkit.ShortDir(t)
 	logger := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.InfoLevel)
 	if testing.Verbose() {
 		logger = logger.Level(zerolog.DebugLevel)

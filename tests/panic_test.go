@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // definePanicGuest defines the tiny guest with vmsup.panic=1: its /init
@@ -15,7 +16,7 @@ import (
 // by vmsup on PC machines) turns that into GUEST_PANICKED.
 func (d *testDriver) definePanicGuest(t *testing.T, name, onCrash string, restart *domain.RestartPolicy) *driver.Domain {
 	t.Helper()
-	img := requireGuest(t)
+	img := testkit.RequireGuest(t)
 	spec := &domain.Spec{
 		Name: name, Machine: "q35", Accel: domain.AccelTCG, Memory: 256 * domain.MiB,
 		Kernel: img.Kernel, Initrd: img.Initrd,

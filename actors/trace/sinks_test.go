@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,29 +13,12 @@ import (
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestLogSink(t *testing.T) {
 	rec := trace.New(trace.Options{})
-	var out syncBuffer
+	var out testkit.SyncBuffer
 	sink := trace.NewLogSink(rec, zerolog.New(&out).With().Timestamp().Logger())
 	want := startRequest()
 	for _, r := range want {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // TestCLILifecycle drives one VM through every command of the CLI binary,
@@ -305,8 +307,8 @@ func TestCLIEvents(t *testing.T) {
 	d := startDaemon(t)
 	d.ok(t, "define", writeSpec(t, d.dir, "ev"))
 
-	stream := func(args ...string) (*syncBuffer, *syncBuffer, *exec.Cmd) {
-		out, errb := &syncBuffer{}, &syncBuffer{}
+	stream := func(args ...string) (*testkit.SyncBuffer, *testkit.SyncBuffer, *exec.Cmd) {
+		out, errb := &testkit.SyncBuffer{}, &testkit.SyncBuffer{}
 		cmd := exec.Command(vmsupBin, append([]string{"-v"}, args...)...)
 		cmd.Env = append(cliEnv(), "VMSUP_SOCKET="+d.socket)
 		cmd.Stdout, cmd.Stderr = out, errb
@@ -315,7 +317,7 @@ func TestCLIEvents(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		// -v prints the request line once the daemon has subscribed.
-		errb.waitContains(t, "GET /v1/events", 10*time.Second)
+		errb.WaitContains(t, "GET /v1/events", 10*time.Second)
 		return out, errb, cmd
 	}
 	jsonOut, _, jsonCmd := stream("events", "ev", "--json")
@@ -323,8 +325,8 @@ func TestCLIEvents(t *testing.T) {
 
 	d.ok(t, "start", "ev")
 	d.ok(t, "destroy", "ev")
-	jsonOut.waitContains(t, `"type":"stopped"`, 10*time.Second)
-	textOut.waitContains(t, " ev stopped shutoff/destroyed", 10*time.Second)
+	jsonOut.WaitContains(t, `"type":"stopped"`, 10*time.Second)
+	textOut.WaitContains(t, " ev stopped shutoff/destroyed", 10*time.Second)
 
 	var types []string
 	sc := bufio.NewScanner(strings.NewReader(jsonOut.String()))
@@ -377,7 +379,7 @@ func TestDaemonSecondRefuses(t *testing.T) {
 	r := runVmsup(t, nil, nil, "daemon", "--state-dir", d.state, "--socket", filepath.Join(d.dir, "other.sock"))
 	checkFailure(t, r, 1, []string{"in use by another vmsup daemon", "pid " + pid, d.state}, []string{"daemon"})
 
-	other := shortDir(t)
+	other := testkit.ShortDir(t)
 	r = runVmsup(t, nil, nil, "daemon", "--state-dir", other, "--socket", d.socket)
 	checkFailure(t, r, 1, []string{"another vmsup daemon", "pid " + pid, "serving on " + d.socket}, []string{"daemon"})
 	if err := d.ping(); err != nil {

@@ -1,7 +1,6 @@
 package main_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,11 +10,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // guestReady is what the tiny guest prints once it handles the ACPI power
-// button (tests/guest/init).
-const guestReady = "guest ready"
+// button.
+const guestReady = testkit.GuestReady
 
 var (
 	guestOnce sync.Once
@@ -25,64 +26,41 @@ var (
 
 // requireGuest returns the path of a spec for the tiny guest: the README's
 // examples/tiny.yaml when the guest is in the default cache, else a spec
-// with absolute paths into $VMSUP_CACHE. It runs tests/guest/build-guest.sh
-// once per test binary (a no-op when the guest is up to date; the script
-// locks its cache) and fails the test when that fails.
+// with absolute paths into $VMSUP_CACHE.
 func requireGuest(t *testing.T) string {
 	t.Helper()
-	requireQEMU(t)
-	guestOnce.Do(func() { guestSpec, guestErr = locateGuest() })
+	g := testkit.RequireGuest(t)
+	guestOnce.Do(func() { guestSpec, guestErr = tinySpec(g) })
 	if guestErr != nil {
 		t.Fatal(guestErr)
 	}
 	return guestSpec
 }
 
-func locateGuest() (string, error) {
-	repo, err := filepath.Abs("../..") // go test runs in cmd/vmsup
-	if err != nil {
-		return "", err
-	}
-	cache := os.Getenv("VMSUP_CACHE")
-	if cache == "" {
-		cache = filepath.Join(repo, ".cache")
-	}
-	if cache, err = filepath.Abs(cache); err != nil {
-		return "", err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	script := filepath.Join(repo, "tests", "guest", "build-guest.sh")
-	cmd := exec.CommandContext(ctx, "bash", script)
-	cmd.Env = append(os.Environ(), "VMSUP_CACHE="+cache)
-	cmd.WaitDelay = 10 * time.Second
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("tiny guest: %s failed: %v\n%s", script, err, out)
-	}
-	if cache == filepath.Join(repo, ".cache") {
-		return filepath.Join(repo, "examples", "tiny.yaml"), nil
+func tinySpec(g testkit.Guest) (string, error) {
+	if g.Cache == filepath.Join(g.Repo, ".cache") {
+		return filepath.Join(g.Repo, "examples", "tiny.yaml"), nil
 	}
 	dir, err := os.MkdirTemp("", "vsguest")
 	if err != nil {
 		return "", err
 	}
 	spec := filepath.Join(dir, "tiny.yaml")
-	content := fmt.Sprintf("name: tiny\nmachine: q35\naccel: auto\nmemory: 256M\nkernel: %s\ninitrd: %s\nappend: console=ttyS0 panic=-1\n",
-		filepath.Join(cache, "guest", "vmlinuz"), filepath.Join(cache, "guest", "initrd.img"))
+	content := fmt.Sprintf("name: tiny\nmachine: q35\naccel: auto\nmemory: 256M\nkernel: %s\ninitrd: %s\nappend: console=ttyS0 panic=-1\n", g.Kernel, g.Initrd)
 	return spec, os.WriteFile(spec, []byte(content), 0o644)
 }
 
 // background is a vmsup command running in the background.
 type background struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *testkit.SyncBuffer
 	done           chan struct{}
 	err            error
 }
 
 func (d *daemon) background(t *testing.T, args ...string) *background {
 	t.Helper()
-	b := &background{stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	b := &background{stdout: &testkit.SyncBuffer{}, stderr: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	b.cmd = exec.Command(vmsupBin, args...)
 	b.cmd.Env = append(cliEnv(), "VMSUP_SOCKET="+d.socket)
 	b.cmd.Stdout, b.cmd.Stderr = b.stdout, b.stderr
@@ -122,7 +100,7 @@ func TestCLIUpTinyGuest(t *testing.T) {
 	spec := requireGuest(t)
 	d := startDaemon(t)
 	up := d.background(t, "up", spec)
-	up.stdout.waitContains(t, guestReady, 120*time.Second)
+	up.stdout.WaitContains(t, guestReady, 120*time.Second)
 	in := d.info(t, "tiny")
 	expectInfo(t, in, "running", "booted")
 	if !strings.Contains(up.stderr.String(), "tiny is running") {
@@ -156,7 +134,7 @@ func TestCLIConsoleAndShutdownTinyGuest(t *testing.T) {
 	d.ok(t, "define", spec)
 	d.ok(t, "start", "tiny")
 	con := d.background(t, "console", "tiny")
-	con.stdout.waitContains(t, guestReady, 120*time.Second)
+	con.stdout.WaitContains(t, guestReady, 120*time.Second)
 
 	var in info
 	d.okJSON(t, &in, "shutdown", "tiny", "--timeout", "30s")

@@ -14,12 +14,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // vmsupBin is the vmsup binary built once by TestMain.
@@ -54,65 +55,12 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
-// requireQEMU fails the test when QEMU is missing (VMSUP_SKIP_QEMU=1 skips).
-func requireQEMU(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		if os.Getenv("VMSUP_SKIP_QEMU") == "1" {
-			t.Skip("qemu-system-x86_64 not installed and VMSUP_SKIP_QEMU=1")
-		}
-		t.Fatalf("qemu-system-x86_64 not found (install qemu-system-x86): %v", err)
-	}
-}
-
-// shortDir is a temp dir with a short path (unix socket paths are limited
-// to 107 bytes).
-func shortDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "vs")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and concurrent readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// waitContains waits until the buffer holds s.
-func (b *syncBuffer) waitContains(t *testing.T, s string, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !strings.Contains(b.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %q within %s; got:\n%s", s, within, b.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // daemon is a `vmsup daemon` process on its own state dir and socket.
 type daemon struct {
 	dir, state, socket string
 	args               []string // extra daemon flags
 	cmd                *exec.Cmd
-	stderr             *syncBuffer
+	stderr             *testkit.SyncBuffer
 	exited             chan struct{}
 	waitErr            error
 }
@@ -121,8 +69,8 @@ type daemon struct {
 // directory that the daemon creates.
 func newDaemon(t *testing.T) *daemon {
 	t.Helper()
-	requireQEMU(t)
-	dir := shortDir(t)
+	testkit.RequireQEMU(t)
+	dir := testkit.ShortDir(t)
 	return &daemon{dir: dir, state: filepath.Join(dir, "state"), socket: filepath.Join(dir, "sock", "vmsup.sock")}
 }
 
@@ -137,7 +85,7 @@ func startDaemon(t *testing.T) *daemon {
 
 func (d *daemon) start(t *testing.T) {
 	t.Helper()
-	d.stderr = &syncBuffer{}
+	d.stderr = &testkit.SyncBuffer{}
 	d.exited = make(chan struct{})
 	d.cmd = exec.Command(vmsupBin, append([]string{"daemon", "--state-dir", d.state, "--socket", d.socket, "--log-format", "json", "--log-level", "debug"}, d.args...)...)
 	d.cmd.Env = cliEnv()

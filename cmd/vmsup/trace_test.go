@@ -290,14 +290,14 @@ func TestCLITraceFollow(t *testing.T) {
 
 	jsonF := d.background(t, "-v", "trace", "--follow", "--domain", "fol", "--json")
 	textF := d.background(t, "-v", "trace", "--follow")
-	jsonF.stderr.waitContains(t, "GET /v1/trace/follow?domain=fol → 200", 10*time.Second)
-	textF.stderr.waitContains(t, "GET /v1/trace/follow → 200", 10*time.Second)
+	jsonF.stderr.WaitContains(t, "GET /v1/trace/follow?domain=fol → 200", 10*time.Second)
+	textF.stderr.WaitContains(t, "GET /v1/trace/follow → 200", 10*time.Second)
 
 	startID, _ := d.requestID(t, "POST /v1/domains/fol/start", "start", "fol")
 	d.ok(t, "info", "other")
-	textF.stdout.waitContains(t, "monitor/fol qmp cont → ok job=1 trace="+startID, 10*time.Second)
-	textF.stdout.waitContains(t, "api start → ok trace="+startID, 10*time.Second)
-	jsonF.stdout.waitContains(t, `"kind":"api"`, 10*time.Second)
+	textF.stdout.WaitContains(t, "monitor/fol qmp cont → ok job=1 trace="+startID, 10*time.Second)
+	textF.stdout.WaitContains(t, "api start → ok trace="+startID, 10*time.Second)
+	jsonF.stdout.WaitContains(t, `"kind":"api"`, 10*time.Second)
 
 	records, err := trace.DecodeJSONLines(strings.NewReader(jsonF.stdout.String()))
 	if err != nil {

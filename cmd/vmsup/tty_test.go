@@ -11,13 +11,15 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // pty is a pseudo-terminal: the test writes keys to the master and reads
 // what the command prints.
 type pty struct {
 	master, slave *os.File
-	out           *syncBuffer
+	out           *testkit.SyncBuffer
 	done          chan struct{}
 }
 
@@ -41,7 +43,7 @@ func openPTY(t *testing.T) *pty {
 		m.Close()
 		t.Skipf("open pts %d: %v", n, err)
 	}
-	p := &pty{master: m, slave: s, out: &syncBuffer{}, done: make(chan struct{})}
+	p := &pty{master: m, slave: s, out: &testkit.SyncBuffer{}, done: make(chan struct{})}
 	go func() {
 		defer close(p.done)
 		buf := make([]byte, 4096)
@@ -114,7 +116,7 @@ func TestCLIConsoleTTY(t *testing.T) {
 	before := p.termios(t)
 
 	_, done := p.run(t, d, "console", "tty")
-	p.out.waitContains(t, "detach with Ctrl-]", 10*time.Second)
+	p.out.WaitContains(t, "detach with Ctrl-]", 10*time.Second)
 	// Raw mode is on once the console is attached.
 	deadline := time.Now().Add(10 * time.Second)
 	for p.termios(t).Lflag&unix.ICANON != 0 {
@@ -129,7 +131,7 @@ func TestCLIConsoleTTY(t *testing.T) {
 	if code := exitCode(t, done, 10*time.Second, p); code != 0 {
 		t.Fatalf("console exit %d:\n%q", code, p.out.String())
 	}
-	p.out.waitContains(t, "detached from tty", 5*time.Second)
+	p.out.WaitContains(t, "detached from tty", 5*time.Second)
 	if after := p.termios(t); !sameTermios(before, after) {
 		t.Errorf("terminal not restored: before %+v, after %+v", before, after)
 	}
@@ -155,14 +157,14 @@ func TestCLIUpTTY(t *testing.T) {
 	p := openPTY(t)
 	before := p.termios(t)
 	_, done := p.run(t, d, "up", spec)
-	p.out.waitContains(t, guestReady, 120*time.Second)
+	p.out.WaitContains(t, guestReady, 120*time.Second)
 	if _, err := p.master.Write([]byte{0x03}); err != nil {
 		t.Fatal(err)
 	}
 	if code := exitCode(t, done, 60*time.Second, p); code != 0 {
 		t.Fatalf("up exit %d:\n%q", code, p.out.String())
 	}
-	p.out.waitContains(t, "tiny stopped: shutoff (shutdown)", 5*time.Second)
+	p.out.WaitContains(t, "tiny stopped: shutoff (shutdown)", 5*time.Second)
 	if after := p.termios(t); !sameTermios(before, after) {
 		t.Errorf("terminal not restored: before %+v, after %+v", before, after)
 	}

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // testServer is the API served in-process on a unix socket, over a real
@@ -32,21 +32,11 @@ type testServer struct {
 	http   *http.Client
 }
 
-func requireQEMU(t *testing.T) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		if os.Getenv("VMSUP_SKIP_QEMU") == "1" {
-			t.Skip("qemu-system-x86_64 not installed and VMSUP_SKIP_QEMU=1")
-		}
-		t.Fatalf("qemu-system-x86_64 not found (install qemu-system-x86): %v", err)
-	}
-}
-
 // newTestServer serves the API of a fresh driver. Cleanup ends streams and
 // consoles, stops serving, destroys every running VM and closes the driver.
 func newTestServer(t *testing.T, configure ...func(*driver.Config)) *testServer {
 	t.Helper()
-	requireQEMU(t)
+	testkit.RequireQEMU(t)
 	dir, err := os.MkdirTemp("", "vs")
 	if err != nil {
 		t.Fatal(err)
