@@ -18,8 +18,7 @@ type Backoff struct {
 	Factor  float64
 }
 
-// Default restart backoff and crash-loop limit, as the issue and libvirt
-// users expect: 1s, doubling up to 30s; at most 5 restarts in 60s.
+// Default restart backoff and crash-loop limit, as libvirt users expect: 1s, doubling up to 30s; at most 5 restarts in 60s.
 const (
 	DefaultInitial = time.Second
 	DefaultMax     = 30 * time.Second

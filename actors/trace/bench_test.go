@@ -190,9 +190,9 @@ func BenchmarkMiddlewareRoundTripSyncOn(b *testing.B) {
 	benchRoundTrip(b, trace.New(trace.Options{}), true, true)
 }
 
-// The issue asks for actor throughput with and without a stalled reader:
-// round trips between two traced actors, with a subscriber that never
-// reads, stay within a generous factor of those without one.
+// TestStalledSubscriberDoesNotSlowActors: round trips between two traced
+// actors, with a subscriber that never reads, stay within a generous factor
+// of those without one.
 func TestStalledSubscriberDoesNotSlowActors(t *testing.T) {
 	const n = 5000
 	measure := func(rec *trace.Recorder) float64 {

@@ -67,7 +67,7 @@ func TestCLILifecycle(t *testing.T) {
 		t.Fatalf("list --json: %+v", list)
 	}
 
-	// The info object has exactly the fields of issue 3.
+	// The info object has exactly the documented fields.
 	raw := d.ok(t, "--json", "info", "vm1")
 	var fields map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(raw), &fields); err != nil {

@@ -37,7 +37,7 @@ func Below(limit float64, text string) Goal {
 
 // Row is one line of the table.
 type Row struct {
-	// Section is the item: "1 floor", "2 info", ...
+	// Section is the group the row belongs to: "1 floor", "2 info", ...
 	Section string
 	// Measure names the figure.
 	Measure string

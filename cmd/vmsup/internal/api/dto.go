@@ -62,8 +62,7 @@ const (
 )
 
 // Info is the info object of one VM:
-// {"name","uuid","state","reason","pid","job","queued","restarts"} (issue 3)
-// and "control" (issue 4).
+// {"name","uuid","state","reason","pid","job","queued","restarts","control"}.
 type Info struct {
 	Name     string   `json:"name"`
 	UUID     string   `json:"uuid"`

@@ -29,11 +29,11 @@ func keys(t *testing.T, data []byte) []string {
 	return out
 }
 
-// TestInfoObjectFields pins the info object of issue 3:
+// TestInfoObjectFields pins the info object:
 // {"name","uuid","state","reason","pid","job","queued","restarts"}, with
-// "control" {"state","since","ms","reason"} (issue 4), and the job
+// "control" {"state","since","ms","reason"}, and the job
 // {"id","kind","owner","started","qmp":{"command","since"}|null} with its
-// "trace" (issue 5).
+// "trace".
 func TestInfoObjectFields(t *testing.T) {
 	now := time.Now()
 	in := &domain.Info{
