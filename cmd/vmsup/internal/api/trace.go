@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/render"
 	"github.com/vmsup/vmsup/domain"
 )
 
@@ -167,7 +168,7 @@ func (s *Server) traceChrome(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusOK)
-	_ = trace.WriteChrome(w, records)
+	_ = render.WriteChrome(w, records)
 }
 
 // noRecords is the 404 of a request whose records are not in the ring.
@@ -224,11 +225,11 @@ func (s *Server) traceRequest(w http.ResponseWriter, r *http.Request) {
 	case FormatMermaid:
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
-		_ = trace.WriteMermaid(w, records)
+		_ = render.WriteMermaid(w, records)
 	case FormatSVG:
 		w.Header().Set("Content-Type", "image/svg+xml")
 		w.WriteHeader(http.StatusOK)
-		_ = trace.WriteSVG(w, records)
+		_ = render.WriteSVG(w, records)
 	}
 }
 

@@ -1,4 +1,9 @@
-package trace
+// Package otelexport exports vmsup's actor trace (package actors/trace) to
+// OpenTelemetry: Export turns recorded spans into OpenTelemetry spans at
+// once, and an Exporter does it live from a Recorder. It is a package of
+// its own so that a program that records traces without OpenTelemetry
+// does not build this code and the OpenTelemetry trace API.
+package otelexport
 
 import (
 	"context"
@@ -11,9 +16,12 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	oteltrace "go.opentelemetry.io/otel/trace"
+
+	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/record"
 )
 
-// ExportOTel turns records into OpenTelemetry spans on tracer, with their
+// Export turns records into OpenTelemetry spans on tracer, with their
 // recorded start and end times, and returns how many spans it made. Each
 // trace (request id) becomes one OpenTelemetry trace: a record's span is
 // the child of the span of its ParentSpanID; a record whose parent is not
@@ -22,8 +30,8 @@ import (
 // Records without a trace id are not exported. OpenTelemetry gives the
 // spans their own ids; vmsup's ids are in the attributes vmsup.trace_id,
 // vmsup.span_id and vmsup.parent_span_id.
-func ExportOTel(ctx context.Context, tracer oteltrace.Tracer, records []Record) int {
-	byTrace := map[string][]Record{}
+func Export(ctx context.Context, tracer oteltrace.Tracer, records []record.Record) int {
+	byTrace := map[string][]record.Record{}
 	var order []string
 	for _, r := range records {
 		if r.TraceID == "" {
@@ -44,18 +52,18 @@ func ExportOTel(ctx context.Context, tracer oteltrace.Tracer, records []Record) 
 // exportTrace exports the records of one trace, parents before children.
 // known maps vmsup span ids to the span contexts already exported for this
 // trace, and receives the new ones; the trace's root is under its trace id.
-func exportTrace(ctx context.Context, tracer oteltrace.Tracer, recs []Record, known map[string]oteltrace.SpanContext) int {
+func exportTrace(ctx context.Context, tracer oteltrace.Tracer, recs []record.Record, known map[string]oteltrace.SpanContext) int {
 	if len(recs) == 0 {
 		return 0
 	}
 	recs = slices.Clone(recs)
-	Sort(recs)
+	record.Sort(recs)
 	traceID := recs[0].TraceID
 	n := 0
 
 	// The root: the API record, else one made up when the trace has none.
 	if _, ok := known[traceID]; !ok {
-		if i := slices.IndexFunc(recs, func(r Record) bool { return r.SpanID == traceID }); i >= 0 {
+		if i := slices.IndexFunc(recs, func(r record.Record) bool { return r.SpanID == traceID }); i >= 0 {
 			known[traceID] = exportSpan(ctx, tracer, &recs[i], oteltrace.SpanContext{})
 			recs = slices.Delete(recs, i, i+1)
 		} else {
@@ -68,7 +76,7 @@ func exportTrace(ctx context.Context, tracer oteltrace.Tracer, recs []Record, kn
 					end = r.Ended
 				}
 			}
-			root := Record{TraceID: traceID, SpanID: traceID, Kind: KindAPI, Actor: "api", Started: start, Ended: end, Note: "no API record"}
+			root := record.Record{TraceID: traceID, SpanID: traceID, Kind: record.KindAPI, Actor: "api", Started: start, Ended: end, Note: "no API record"}
 			known[traceID] = exportSpan(ctx, tracer, &root, oteltrace.SpanContext{})
 		}
 		n++
@@ -112,7 +120,7 @@ func exportTrace(ctx context.Context, tracer oteltrace.Tracer, recs []Record, kn
 	return n
 }
 
-func exportSpan(ctx context.Context, tracer oteltrace.Tracer, r *Record, parent oteltrace.SpanContext) oteltrace.SpanContext {
+func exportSpan(ctx context.Context, tracer oteltrace.Tracer, r *record.Record, parent oteltrace.SpanContext) oteltrace.SpanContext {
 	start := r.Started
 	if start.IsZero() {
 		start = r.Enqueued
@@ -123,9 +131,9 @@ func exportSpan(ctx context.Context, tracer oteltrace.Tracer, r *Record, parent 
 	}
 	kind := oteltrace.SpanKindInternal
 	switch r.Kind {
-	case KindAPI:
+	case record.KindAPI:
 		kind = oteltrace.SpanKindServer
-	case KindQMP:
+	case record.KindQMP:
 		kind = oteltrace.SpanKindClient
 	}
 	opts := []oteltrace.SpanStartOption{
@@ -138,8 +146,8 @@ func exportSpan(ctx context.Context, tracer oteltrace.Tracer, r *Record, parent 
 	} else {
 		opts = append(opts, oteltrace.WithNewRoot())
 	}
-	name := chromeName(r)
-	if r.Kind == KindAPI {
+	name := r.Name()
+	if r.Kind == record.KindAPI {
 		name = "request"
 		if r.Note != "" && !strings.HasPrefix(r.Note, "error") && r.Note != "ok" {
 			name = r.Note
@@ -147,7 +155,7 @@ func exportSpan(ctx context.Context, tracer oteltrace.Tracer, r *Record, parent 
 	}
 	_, span := tracer.Start(ctx, name, opts...)
 	switch {
-	case r.QMP != nil && r.QMP.Outcome != OutcomeOK:
+	case r.QMP != nil && r.QMP.Outcome != record.OutcomeOK:
 		span.SetStatus(codes.Error, r.QMP.Outcome)
 	case r.Note == "panicked" || strings.HasPrefix(r.Note, "error"):
 		span.SetStatus(codes.Error, r.Note)
@@ -156,7 +164,7 @@ func exportSpan(ctx context.Context, tracer oteltrace.Tracer, r *Record, parent 
 	return span.SpanContext()
 }
 
-func otelAttributes(r *Record) []attribute.KeyValue {
+func otelAttributes(r *record.Record) []attribute.KeyValue {
 	a := []attribute.KeyValue{
 		attribute.String("vmsup.trace_id", r.TraceID),
 		attribute.String("vmsup.span_id", r.SpanID),
@@ -190,12 +198,12 @@ func otelAttributes(r *Record) []attribute.KeyValue {
 	return a
 }
 
-// OTelOptions tune an OTelExporter.
-type OTelOptions struct {
+// Options tune an Exporter.
+type Options struct {
 	// FlushAfter is how long a trace without its KindAPI record waits for
 	// more records before it is exported; 10s when zero.
 	FlushAfter time.Duration
-	// Buffer is the subscription buffer; DefaultLogSinkBuffer when zero.
+	// Buffer is the subscription buffer; trace.DefaultLogSinkBuffer when zero.
 	Buffer int
 	// MaxPending bounds the records held back until their trace is
 	// complete; 65536 when zero. Records beyond it are dropped.
@@ -206,15 +214,15 @@ type OTelOptions struct {
 	KeepTraces int
 }
 
-// OTelExporter exports the records of a Recorder to an OpenTelemetry
+// Exporter exports the records of a Recorder to an OpenTelemetry
 // tracer as they come, in its own goroutine. It holds a trace's records
 // back until its KindAPI record arrives (the API call ended) or FlushAfter
-// passes without a new record, then exports them as ExportOTel does, so
+// passes without a new record, then exports them as Export does, so
 // that parents are exported before their children.
-type OTelExporter struct {
-	sub     *Subscription
+type Exporter struct {
+	sub     *trace.Subscription
 	tracer  oteltrace.Tracer
-	opts    OTelOptions
+	opts    Options
 	done    chan struct{}
 	once    sync.Once
 	dropped atomic.Uint64
@@ -227,18 +235,18 @@ type OTelExporter struct {
 }
 
 type pendingTrace struct {
-	recs []Record
+	recs []record.Record
 	last time.Time
 }
 
-// NewOTelExporter starts exporting the records of rec to tracer. Close
+// New starts exporting the records of rec to tracer. Close
 // stops it.
-func NewOTelExporter(rec *Recorder, tracer oteltrace.Tracer, opts OTelOptions) *OTelExporter {
+func New(rec *trace.Recorder, tracer oteltrace.Tracer, opts Options) *Exporter {
 	if opts.FlushAfter <= 0 {
 		opts.FlushAfter = 10 * time.Second
 	}
 	if opts.Buffer <= 0 {
-		opts.Buffer = DefaultLogSinkBuffer
+		opts.Buffer = trace.DefaultLogSinkBuffer
 	}
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 65536
@@ -246,8 +254,8 @@ func NewOTelExporter(rec *Recorder, tracer oteltrace.Tracer, opts OTelOptions) *
 	if opts.KeepTraces <= 0 {
 		opts.KeepTraces = 1024
 	}
-	e := &OTelExporter{
-		sub:      rec.Subscribe(opts.Buffer, func(r Record) bool { return r.TraceID != "" }),
+	e := &Exporter{
+		sub:      rec.Subscribe(opts.Buffer, func(r record.Record) bool { return r.TraceID != "" }),
 		tracer:   tracer,
 		opts:     opts,
 		done:     make(chan struct{}),
@@ -258,7 +266,7 @@ func NewOTelExporter(rec *Recorder, tracer oteltrace.Tracer, opts OTelOptions) *
 	return e
 }
 
-func (e *OTelExporter) run() {
+func (e *Exporter) run() {
 	defer close(e.done)
 	tick := time.NewTicker(max(e.opts.FlushAfter/4, 10*time.Millisecond))
 	defer tick.Stop()
@@ -282,7 +290,7 @@ func (e *OTelExporter) run() {
 	}
 }
 
-func (e *OTelExporter) pendingOrder() []string {
+func (e *Exporter) pendingOrder() []string {
 	ids := make([]string, 0, len(e.pending))
 	for id := range e.pending {
 		ids = append(ids, id)
@@ -291,9 +299,9 @@ func (e *OTelExporter) pendingOrder() []string {
 	return ids
 }
 
-func (e *OTelExporter) add(r Record) {
+func (e *Exporter) add(r record.Record) {
 	if known, ok := e.exported[r.TraceID]; ok { // a late record
-		e.spans.Add(uint64(exportTrace(context.Background(), e.tracer, []Record{r}, known)))
+		e.spans.Add(uint64(exportTrace(context.Background(), e.tracer, []record.Record{r}, known)))
 		return
 	}
 	if e.held >= e.opts.MaxPending {
@@ -308,12 +316,12 @@ func (e *OTelExporter) add(r Record) {
 	p.recs = append(p.recs, r)
 	p.last = time.Now()
 	e.held++
-	if r.Kind == KindAPI && r.SpanID == r.TraceID {
+	if r.Kind == record.KindAPI && r.SpanID == r.TraceID {
 		e.flush(r.TraceID)
 	}
 }
 
-func (e *OTelExporter) flush(traceID string) {
+func (e *Exporter) flush(traceID string) {
 	p := e.pending[traceID]
 	if p == nil {
 		return
@@ -331,19 +339,19 @@ func (e *OTelExporter) flush(traceID string) {
 }
 
 // Spans is the number of spans exported so far.
-func (e *OTelExporter) Spans() uint64 {
+func (e *Exporter) Spans() uint64 {
 	return e.spans.Load()
 }
 
 // Dropped is the number of records the exporter lost: it fell behind, or
 // too many records waited for their trace to end.
-func (e *OTelExporter) Dropped() uint64 {
+func (e *Exporter) Dropped() uint64 {
 	return e.dropped.Load() + e.sub.Dropped()
 }
 
 // Close stops the exporter after exporting every record it holds, and
 // waits for its goroutine to end.
-func (e *OTelExporter) Close() {
+func (e *Exporter) Close() {
 	e.once.Do(e.sub.Close)
 	<-e.done
 }

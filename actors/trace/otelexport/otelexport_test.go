@@ -1,83 +1,19 @@
-package trace_test
+package otelexport_test
 
 import (
-	"bytes"
 	"context"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/internal/fixture"
+	"github.com/vmsup/vmsup/actors/trace/otelexport"
+	"github.com/vmsup/vmsup/actors/trace/record"
 )
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func TestLogSink(t *testing.T) {
-	rec := trace.New(trace.Options{})
-	var out syncBuffer
-	sink := trace.NewLogSink(rec, zerolog.New(&out).With().Timestamp().Logger())
-	want := startRequest()
-	for _, r := range want {
-		rec.Record(r)
-	}
-	sink.Close() // writes what it received, then stops
-	sink.Close()
-	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-	if len(lines) != len(want) {
-		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), out.String())
-	}
-	if !strings.Contains(lines[3], `"qmp":{"command":"query-status","duration_ns":1200000,"outcome":"ok"}`) {
-		t.Errorf("QMP line: %s", lines[3])
-	}
-	got, err := trace.DecodeJSONLines(strings.NewReader(out.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sameRecords(t, got, want)
-	if sink.Dropped() != 0 {
-		t.Errorf("Dropped = %d", sink.Dropped())
-	}
-	rec.Record(want[0]) // after Close: not written, no panic
-}
-
-func TestWriteTo(t *testing.T) {
-	rec := trace.New(trace.Options{})
-	for _, r := range startRequest() {
-		rec.Record(r)
-	}
-	var buf bytes.Buffer
-	n, err := rec.WriteTo(&buf)
-	if err != nil || n != int64(buf.Len()) {
-		t.Fatalf("WriteTo = %d, %v; wrote %d bytes", n, err, buf.Len())
-	}
-	got, err := trace.DecodeJSONLines(&buf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sameRecords(t, got, rec.Snapshot())
-}
 
 // spansByVmsupID indexes ended spans by their vmsup.span_id attribute.
 func spansByVmsupID(spans []sdktrace.ReadOnlySpan) map[string]sdktrace.ReadOnlySpan {
@@ -94,7 +30,7 @@ func spansByVmsupID(spans []sdktrace.ReadOnlySpan) map[string]sdktrace.ReadOnlyS
 
 // checkOTel checks that the spans mirror the records: one per record, one
 // trace, parents linked as ParentSpanID says, times as recorded.
-func checkOTel(t *testing.T, spans []sdktrace.ReadOnlySpan, recs []trace.Record, rootID string) {
+func checkOTel(t *testing.T, spans []sdktrace.ReadOnlySpan, recs []record.Record, rootID string) {
 	t.Helper()
 	byID := spansByVmsupID(spans)
 	if len(spans) != len(recs) || len(byID) != len(recs) {
@@ -125,17 +61,17 @@ func checkOTel(t *testing.T, spans []sdktrace.ReadOnlySpan, recs []trace.Record,
 	}
 }
 
-func TestExportOTel(t *testing.T) {
+func TestExport(t *testing.T) {
 	sr := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
 	defer tp.Shutdown(context.Background())
-	recs := startRequest()
+	recs := fixture.StartRequest()
 	recs[3].QMP.Outcome = "error: no"
-	untraced := trace.Record{SpanID: "x", Kind: trace.KindMessage, Started: t0, Ended: t0}
-	if n := trace.ExportOTel(context.Background(), tp.Tracer("vmsup"), append(recs, untraced)); n != len(recs) {
-		t.Fatalf("ExportOTel made %d spans, want %d", n, len(recs))
+	untraced := record.Record{SpanID: "x", Kind: record.KindMessage, Started: fixture.T0, Ended: fixture.T0}
+	if n := otelexport.Export(context.Background(), tp.Tracer("vmsup"), append(recs, untraced)); n != len(recs) {
+		t.Fatalf("Export made %d spans, want %d", n, len(recs))
 	}
-	checkOTel(t, sr.Ended(), recs, fixtureTrace)
+	checkOTel(t, sr.Ended(), recs, fixture.TraceID)
 	for _, s := range sr.Ended() {
 		if s.Name() == "query-status" && s.Status().Code.String() != "Error" {
 			t.Errorf("failed QMP command has status %v", s.Status())
@@ -149,22 +85,22 @@ func TestExportOTel(t *testing.T) {
 	sr2 := tracetest.NewSpanRecorder()
 	tp2 := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr2))
 	defer tp2.Shutdown(context.Background())
-	noAPI := startRequest()[:7]
-	if n := trace.ExportOTel(context.Background(), tp2.Tracer("vmsup"), noAPI); n != len(noAPI)+1 {
-		t.Fatalf("ExportOTel made %d spans, want %d", n, len(noAPI)+1)
+	noAPI := fixture.StartRequest()[:7]
+	if n := otelexport.Export(context.Background(), tp2.Tracer("vmsup"), noAPI); n != len(noAPI)+1 {
+		t.Fatalf("Export made %d spans, want %d", n, len(noAPI)+1)
 	}
-	madeUp := trace.Record{TraceID: fixtureTrace, SpanID: fixtureTrace, Started: noAPI[0].Enqueued, Ended: noAPI[6].Ended}
-	checkOTel(t, sr2.Ended(), append(noAPI, madeUp), fixtureTrace)
+	madeUp := record.Record{TraceID: fixture.TraceID, SpanID: fixture.TraceID, Started: noAPI[0].Enqueued, Ended: noAPI[6].Ended}
+	checkOTel(t, sr2.Ended(), append(noAPI, madeUp), fixture.TraceID)
 }
 
-func TestOTelExporterLive(t *testing.T) {
+func TestExporterLive(t *testing.T) {
 	sr := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
 	defer tp.Shutdown(context.Background())
 	rec := trace.New(trace.Options{})
-	exp := trace.NewOTelExporter(rec, tp.Tracer("vmsup"), trace.OTelOptions{FlushAfter: 50 * time.Millisecond})
+	exp := otelexport.New(rec, tp.Tracer("vmsup"), otelexport.Options{FlushAfter: 50 * time.Millisecond})
 
-	recs := startRequest() // the API record comes last and completes the trace
+	recs := fixture.StartRequest() // the API record comes last and completes the trace
 	for _, r := range recs {
 		rec.Record(r)
 	}
@@ -179,17 +115,17 @@ func TestOTelExporterLive(t *testing.T) {
 		}
 	}
 	waitSpans(len(recs))
-	checkOTel(t, sr.Ended(), recs, fixtureTrace)
+	checkOTel(t, sr.Ended(), recs, fixture.TraceID)
 
 	// A record that comes after its trace was exported finds its parent.
-	late := trace.Record{TraceID: fixtureTrace, SpanID: "late", ParentSpanID: "job-1", Kind: trace.KindMessage,
-		Actor: "domain/web1", MessageType: "domain.jobDone", Started: at(90e6), Ended: at(91e6)}
+	late := record.Record{TraceID: fixture.TraceID, SpanID: "late", ParentSpanID: "job-1", Kind: record.KindMessage,
+		Actor: "domain/web1", MessageType: "domain.jobDone", Started: fixture.At(90e6), Ended: fixture.At(91e6)}
 	rec.Record(late)
 	waitSpans(len(recs) + 1)
-	checkOTel(t, sr.Ended(), append(recs, late), fixtureTrace)
+	checkOTel(t, sr.Ended(), append(recs, late), fixture.TraceID)
 
 	// A trace without an API record is exported after FlushAfter.
-	orphan := trace.Record{TraceID: "orphan", SpanID: "o1", ParentSpanID: "orphan", Kind: trace.KindMessage, Actor: "driver", Started: t0, Ended: t0}
+	orphan := record.Record{TraceID: "orphan", SpanID: "o1", ParentSpanID: "orphan", Kind: record.KindMessage, Actor: "driver", Started: fixture.T0, Ended: fixture.T0}
 	rec.Record(orphan)
 	waitSpans(len(recs) + 3) // the record and a made-up root
 	exp.Close()

@@ -1,4 +1,4 @@
-package trace
+package render
 
 import (
 	"bufio"
@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/vmsup/vmsup/actors/trace/record"
 )
 
 // Layout of the SVG sequence diagram, in pixels.
@@ -25,7 +27,7 @@ const (
 // participant, arrows with labels for messages, QMP commands and replies,
 // activation bars and notes for jobs. The output depends only on the
 // records.
-func WriteSVG(w io.Writer, records []Record) error {
+func WriteSVG(w io.Writer, records []record.Record) error {
 	seq := buildSequence(records)
 	col := make(map[string]int, len(seq.participants))
 	for i, p := range seq.participants {

@@ -1,4 +1,4 @@
-package trace
+package render
 
 import (
 	"encoding/json"
@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/vmsup/vmsup/actors/trace/record"
 )
 
 // ChromeEvent is one event of the Chrome trace-event format (the JSON
@@ -70,15 +72,15 @@ const chromePID = 1
 //
 // Times are microseconds since the earliest record; otherData.start_time
 // holds that instant.
-func WriteChrome(w io.Writer, records []Record) error {
+func WriteChrome(w io.Writer, records []record.Record) error {
 	return json.NewEncoder(w).Encode(ChromeExport(records))
 }
 
 // ChromeExport builds the Chrome trace of the records; WriteChrome writes
 // it.
-func ChromeExport(records []Record) ChromeTrace {
+func ChromeExport(records []record.Record) ChromeTrace {
 	recs := slices.Clone(records)
-	Sort(recs)
+	record.Sort(recs)
 	idx := indexRecords(recs)
 	out := ChromeTrace{DisplayTimeUnit: "ms", TraceEvents: []ChromeEvent{}}
 	if len(recs) == 0 {
@@ -146,14 +148,14 @@ func ChromeExport(records []Record) ChromeTrace {
 		}
 		chosen.end = end
 		tidOf[i] = chosen.tid
-		if r.Kind == KindMessage {
+		if r.Kind == record.KindMessage {
 			if _, ok := messageTrack[r.Actor]; !ok {
 				messageTrack[r.Actor] = chosen.tid
 			}
 		}
 	}
 
-	pos := map[*Record]int{}
+	pos := map[*record.Record]int{}
 	for i := range recs {
 		pos[&recs[i]] = i
 	}
@@ -161,13 +163,13 @@ func ChromeExport(records []Record) ChromeTrace {
 	for i := range recs {
 		r := &recs[i]
 		out.TraceEvents = append(out.TraceEvents, ChromeEvent{
-			Name: chromeName(r), Cat: string(r.Kind), Ph: "X",
+			Name: r.Name(), Cat: string(r.Kind), Ph: "X",
 			Ts: us(r.Started), Dur: ptr(max(us(r.Ended)-us(r.Started), 0)),
 			Pid: chromePID, Tid: tidOf[i], Args: chromeArgs(r),
 		})
 		// The flow from cause to effect.
 		srcTid, sendAt := 0, r.Enqueued
-		if sendAt.IsZero() || r.Kind != KindMessage {
+		if sendAt.IsZero() || r.Kind != record.KindMessage {
 			sendAt = r.Started
 		}
 		if p := idx.parent(r); p != nil {
@@ -180,7 +182,7 @@ func ChromeExport(records []Record) ChromeTrace {
 			if !p.Ended.IsZero() && sendAt.After(p.Ended) {
 				sendAt = p.Ended
 			}
-		} else if tid, ok := messageTrack[r.Sender]; ok && r.Kind == KindMessage && !r.Enqueued.IsZero() {
+		} else if tid, ok := messageTrack[r.Sender]; ok && r.Kind == record.KindMessage && !r.Enqueued.IsZero() {
 			srcTid = tid
 		}
 		if srcTid == 0 || srcTid == tidOf[i] && !sendAt.Before(r.Started) {
@@ -195,42 +197,21 @@ func ChromeExport(records []Record) ChromeTrace {
 	return out
 }
 
-func trackName(r *Record) string {
+func trackName(r *record.Record) string {
 	name := r.Actor
 	if name == "" {
 		name = string(r.Kind)
 	}
 	switch r.Kind {
-	case KindJob:
+	case record.KindJob:
 		return name + " jobs"
-	case KindQMP:
+	case record.KindQMP:
 		return name + " qmp"
 	}
 	return name
 }
 
-func chromeName(r *Record) string {
-	switch r.Kind {
-	case KindMessage:
-		return r.MessageType
-	case KindJob:
-		s := "job " + strconv.FormatUint(r.JobID, 10)
-		if r.Note != "" {
-			s += " " + r.Note
-		}
-		return s
-	case KindQMP:
-		if r.QMP != nil {
-			return r.QMP.Command
-		}
-		return "qmp"
-	case KindAPI:
-		return "api " + r.TraceID
-	}
-	return string(r.Kind)
-}
-
-func chromeArgs(r *Record) map[string]any {
+func chromeArgs(r *record.Record) map[string]any {
 	a := map[string]any{"span_id": r.SpanID}
 	if r.TraceID != "" {
 		a["trace_id"] = r.TraceID

@@ -1,10 +1,12 @@
-package trace
+package render
 
 import (
 	"bufio"
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/vmsup/vmsup/actors/trace/record"
 )
 
 // maxLabel bounds the length of a label in a diagram.
@@ -17,7 +19,7 @@ const maxLabel = 96
 // QMP command and its reply with outcome and duration, an activation with a
 // note per job, and the API call's reply. The output depends only on the
 // records.
-func WriteMermaid(w io.Writer, records []Record) error {
+func WriteMermaid(w io.Writer, records []record.Record) error {
 	seq := buildSequence(records)
 	ids := participantIDs(seq.participants)
 	bw := bufio.NewWriter(w)

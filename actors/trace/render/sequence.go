@@ -1,4 +1,4 @@
-package trace
+package render
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmsup/vmsup/actors/trace/record"
 )
 
 // QEMU is the participant that QMP commands go to in sequence diagrams.
@@ -45,9 +47,9 @@ type timedStep struct {
 type spanKey struct{ trace, span string }
 
 // recordIndex finds records by span.
-type recordIndex map[spanKey]*Record
+type recordIndex map[spanKey]*record.Record
 
-func indexRecords(records []Record) recordIndex {
+func indexRecords(records []record.Record) recordIndex {
 	idx := make(recordIndex, len(records))
 	for i := range records {
 		k := spanKey{records[i].TraceID, records[i].SpanID}
@@ -58,7 +60,7 @@ func indexRecords(records []Record) recordIndex {
 	return idx
 }
 
-func (idx recordIndex) parent(r *Record) *Record {
+func (idx recordIndex) parent(r *record.Record) *record.Record {
 	if r.ParentSpanID == "" {
 		return nil
 	}
@@ -68,7 +70,7 @@ func (idx recordIndex) parent(r *Record) *Record {
 // source is who sent a message: its Sender, else the actor of the span
 // that caused it (a job sends from its goroutine, the API from a root
 // context), else the API for a traced message.
-func (idx recordIndex) source(r *Record) string {
+func (idx recordIndex) source(r *record.Record) string {
 	if r.Sender != "" {
 		return r.Sender
 	}
@@ -81,9 +83,9 @@ func (idx recordIndex) source(r *Record) string {
 	return "external"
 }
 
-func buildSequence(records []Record) sequence {
+func buildSequence(records []record.Record) sequence {
 	recs := slices.Clone(records)
-	Sort(recs)
+	record.Sort(recs)
 	idx := indexRecords(recs)
 	var seq sequence
 	var events []timedStep
@@ -93,7 +95,7 @@ func buildSequence(records []Record) sequence {
 	// The first actor that each API call (trace, caller) asked.
 	firstAsked := map[spanKey]string{}
 	for i := range recs {
-		if r := &recs[i]; r.Kind == KindMessage {
+		if r := &recs[i]; r.Kind == record.KindMessage {
 			k := spanKey{r.TraceID, idx.source(r)}
 			if _, ok := firstAsked[k]; !ok {
 				firstAsked[k] = r.Actor
@@ -108,7 +110,7 @@ func buildSequence(records []Record) sequence {
 			seq.traces = append(seq.traces, r.TraceID)
 		}
 		switch r.Kind {
-		case KindMessage:
+		case record.KindMessage:
 			at := r.Enqueued
 			if at.IsZero() {
 				at = r.Started
@@ -121,7 +123,7 @@ func buildSequence(records []Record) sequence {
 			if r.Note != "" {
 				add(r.Started, seqStep{kind: stepNote, from: r.Actor, text: r.Note})
 			}
-		case KindJob:
+		case record.KindJob:
 			text := "job " + strconv.FormatUint(r.JobID, 10)
 			if r.Note != "" {
 				text += " " + r.Note
@@ -141,7 +143,7 @@ func buildSequence(records []Record) sequence {
 			if !r.Ended.IsZero() {
 				add(r.Ended, seqStep{kind: stepDeactivate, from: r.Actor})
 			}
-		case KindQMP:
+		case record.KindQMP:
 			cmd, outcome, took := "qmp", "", r.Duration()
 			if r.QMP != nil {
 				cmd, outcome = r.QMP.Command, r.QMP.Outcome
@@ -156,7 +158,7 @@ func buildSequence(records []Record) sequence {
 				}
 				add(r.Ended, seqStep{kind: stepReply, from: QEMU, to: r.Actor, text: outcome + " (" + formatDuration(took) + ")"})
 			}
-		case KindAPI:
+		case record.KindAPI:
 			actorName := r.Actor
 			if actorName == "" {
 				actorName = "api"

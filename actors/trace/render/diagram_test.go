@@ -1,4 +1,4 @@
-package trace_test
+package render_test
 
 import (
 	"bytes"
@@ -10,21 +10,22 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/internal/fixture"
+	"github.com/vmsup/vmsup/actors/trace/render"
 )
 
 func TestMermaidGolden(t *testing.T) {
 	var buf bytes.Buffer
-	if err := trace.WriteMermaid(&buf, startRequest()); err != nil {
+	if err := render.WriteMermaid(&buf, fixture.StartRequest()); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "start.mmd", buf.Bytes())
 
 	// The order of the input does not matter.
-	shuffled := startRequest()
+	shuffled := fixture.StartRequest()
 	rand.New(rand.NewPCG(3, 4)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 	var again bytes.Buffer
-	if err := trace.WriteMermaid(&again, shuffled); err != nil {
+	if err := render.WriteMermaid(&again, shuffled); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(buf.Bytes(), again.Bytes()) {
@@ -33,10 +34,10 @@ func TestMermaidGolden(t *testing.T) {
 }
 
 func TestMermaidParticipantsAndEscaping(t *testing.T) {
-	recs := startRequest()
+	recs := fixture.StartRequest()
 	recs[5].QMP.Outcome = "error: #1; <bad>\nthing"
 	var buf bytes.Buffer
-	if err := trace.WriteMermaid(&buf, recs); err != nil {
+	if err := render.WriteMermaid(&buf, recs); err != nil {
 		t.Fatal(err)
 	}
 	out := buf.String()
@@ -59,7 +60,7 @@ func TestMermaidParticipantsAndEscaping(t *testing.T) {
 
 func TestSVG(t *testing.T) {
 	var buf bytes.Buffer
-	if err := trace.WriteSVG(&buf, startRequest()); err != nil {
+	if err := render.WriteSVG(&buf, fixture.StartRequest()); err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "start.svg", buf.Bytes())
@@ -109,10 +110,10 @@ func TestSVG(t *testing.T) {
 	}
 
 	// Text that needs escaping stays well-formed.
-	recs := startRequest()
+	recs := fixture.StartRequest()
 	recs[5].QMP.Outcome = `error: <"&'>`
 	buf.Reset()
-	if err := trace.WriteSVG(&buf, recs); err != nil {
+	if err := render.WriteSVG(&buf, recs); err != nil {
 		t.Fatal(err)
 	}
 	if err := xml.Unmarshal(buf.Bytes(), new(struct{})); err != nil {
