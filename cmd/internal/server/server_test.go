@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bufio"
@@ -20,6 +20,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/driver"
 )
 
@@ -155,7 +156,7 @@ func (ts *testServer) ok(t *testing.T, method, path string, body []byte, want in
 }
 
 // expectError checks a JSON error answer.
-func expectError(t *testing.T, r response, status int, contains string) Error {
+func expectError(t *testing.T, r response, status int, contains string) api.Error {
 	t.Helper()
 	if r.status != status {
 		t.Fatalf("status %d, want %d: %s", r.status, status, r.body)
@@ -163,10 +164,10 @@ func expectError(t *testing.T, r response, status int, contains string) Error {
 	if ct := r.header.Get("Content-Type"); ct != "application/json" {
 		t.Errorf("error Content-Type %q", ct)
 	}
-	if r.header.Get(HeaderRequestID) == "" {
-		t.Errorf("no %s header", HeaderRequestID)
+	if r.header.Get(api.HeaderRequestID) == "" {
+		t.Errorf("no %s header", api.HeaderRequestID)
 	}
-	var e Error
+	var e api.Error
 	if err := json.Unmarshal(r.body, &e); err != nil || e.Error == "" {
 		t.Fatalf("error body %q is not {\"error\": ...}: %v", r.body, err)
 	}
@@ -181,7 +182,7 @@ func expectError(t *testing.T, r response, status int, contains string) Error {
 
 func (ts *testServer) alive(t *testing.T) {
 	t.Helper()
-	var infos []Info
+	var infos []api.Info
 	ts.ok(t, http.MethodGet, "/v1/domains", nil, http.StatusOK, &infos)
 }
 
@@ -192,7 +193,7 @@ const noneSpec = "name: %s\nmachine: none\naccel: tcg\nmemory: 64M\n"
 func TestBadRequests(t *testing.T) {
 	ts := newTestServer(t)
 	ts.ok(t, http.MethodPost, "/v1/domains", fmt.Appendf(nil, noneSpec, "vm1"), http.StatusCreated, nil)
-	big := bytes.Repeat([]byte("a"), MaxBodyBytes+1)
+	big := bytes.Repeat([]byte("a"), api.MaxBodyBytes+1)
 	cases := []struct {
 		name, method, path string
 		body               []byte
@@ -231,7 +232,7 @@ func TestBadRequests(t *testing.T) {
 		{"bad paused", "POST", "/v1/domains/vm1/start?paused=maybe", nil, nil, 400, "paused"},
 		{"unknown query", "POST", "/v1/domains/vm1/start?pasued=1", nil, nil, 400, "pasued"},
 		{"bad events domain", "GET", "/v1/events?domain=..%2Fx", nil, nil, 400, "invalid domain name"},
-		{"bad timeout header", "GET", "/v1/domains", nil, []string{HeaderTimeout, "soon"}, 400, HeaderTimeout},
+		{"bad timeout header", "GET", "/v1/domains", nil, []string{api.HeaderTimeout, "soon"}, 400, api.HeaderTimeout},
 		{"console without upgrade", "GET", "/v1/domains/vm1/console", nil, nil, 426, "Upgrade"},
 		{"wrong method", "PUT", "/v1/domains", nil, nil, 405, "not allowed"},
 		{"no route", "GET", "/v1/nope", nil, nil, 404, "no API route"},
@@ -270,24 +271,24 @@ func TestLifecycle(t *testing.T) {
 	ts := newTestServer(t)
 	events := ts.openEvents(t, "vm1")
 
-	var def DefineResult
+	var def api.DefineResult
 	ts.ok(t, "POST", "/v1/domains", fmt.Appendf(nil, noneSpec, "vm1"), http.StatusCreated, &def)
 	if def.Name != "vm1" || def.UUID == "" || !def.Created {
 		t.Fatalf("define: %+v", def)
 	}
-	var again DefineResult
+	var again api.DefineResult
 	ts.ok(t, "POST", "/v1/domains", fmt.Appendf(nil, noneSpec, "vm1"), http.StatusOK, &again)
 	if again.UUID != def.UUID || again.Created {
 		t.Fatalf("redefine: %+v, want uuid %s kept", again, def.UUID)
 	}
 
-	var in Info
+	var in api.Info
 	r := ts.ok(t, "POST", "/v1/domains/vm1/start", nil, http.StatusOK, &in)
 	if in.State != "running" || in.Reason != "booted" || in.PID == 0 || in.UUID != def.UUID {
 		t.Fatalf("after start: %+v", in)
 	}
 	// The X-Request-Id is the id of the driver call: the start job has it.
-	reqID := r.header.Get(HeaderRequestID)
+	reqID := r.header.Get(api.HeaderRequestID)
 	lane, err := ts.drv.Domain("vm1").Jobs(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -304,7 +305,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("started event %+v", ev)
 	}
 
-	var infos []Info
+	var infos []api.Info
 	ts.ok(t, "GET", "/v1/domains", nil, http.StatusOK, &infos)
 	if len(infos) != 1 || infos[0].Name != "vm1" || infos[0].PID != in.PID {
 		t.Fatalf("list: %+v", infos)
@@ -322,12 +323,12 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("QMP error %+v: want class CommandNotFound and a desc", e)
 	}
 
-	var jobs Jobs
+	var jobs api.Jobs
 	ts.ok(t, "GET", "/v1/domains/vm1/jobs", nil, http.StatusOK, &jobs)
 	if jobs.Domain != "vm1" || jobs.Active != nil || jobs.Queued == nil {
 		t.Errorf("jobs: %+v", jobs)
 	}
-	var all []Jobs
+	var all []api.Jobs
 	ts.ok(t, "GET", "/v1/jobs", nil, http.StatusOK, &all)
 	if len(all) != 1 || all[0].Domain != "vm1" {
 		t.Errorf("all jobs: %+v", all)
@@ -353,7 +354,7 @@ func TestLifecycle(t *testing.T) {
 	events.waitFor(t, "stopped")
 	expectError(t, ts.do(t, "POST", "/v1/domains/vm1/destroy", nil), http.StatusConflict, "not running")
 
-	var undef Undefined
+	var undef api.Undefined
 	ts.ok(t, "DELETE", "/v1/domains/vm1", nil, http.StatusOK, &undef)
 	expectError(t, ts.do(t, "GET", "/v1/domains/vm1", nil), http.StatusNotFound, "not found")
 	events.waitFor(t, "undefined")
@@ -384,9 +385,9 @@ func TestClientTimeoutHeader(t *testing.T) {
 	go func() { done <- ts.do(t, "POST", "/v1/domains/busy/shutdown?timeout=5s", nil) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var in Info
+		var in api.Info
 		ts.ok(t, "GET", "/v1/domains/busy", nil, http.StatusOK, &in)
-		var jobs Jobs
+		var jobs api.Jobs
 		ts.ok(t, "GET", "/v1/domains/busy/jobs", nil, http.StatusOK, &jobs)
 		if jobs.Async != nil || jobs.Active != nil {
 			break
@@ -397,7 +398,7 @@ func TestClientTimeoutHeader(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	began := time.Now()
-	r := ts.do(t, "POST", "/v1/domains/busy/pause", nil, HeaderTimeout, "300ms")
+	r := ts.do(t, "POST", "/v1/domains/busy/pause", nil, api.HeaderTimeout, "300ms")
 	expectError(t, r, http.StatusGatewayTimeout, "shutdown")
 	if took := time.Since(began); took > 3*time.Second {
 		t.Errorf("pause with a 300ms timeout answered after %s", took)
@@ -412,7 +413,7 @@ func TestClientTimeoutHeader(t *testing.T) {
 func TestConsoleUpgradeAndClose(t *testing.T) {
 	ts := newTestServer(t)
 	ts.ok(t, "POST", "/v1/domains", fmt.Appendf(nil, noneSpec, "con"), http.StatusCreated, nil)
-	upgrade := []string{"Connection", "Upgrade", "Upgrade", ConsoleProtocol}
+	upgrade := []string{"Connection", "Upgrade", "Upgrade", api.ConsoleProtocol}
 	expectError(t, ts.do(t, "GET", "/v1/domains/con/console", nil, upgrade...), http.StatusConflict, "not running")
 	expectError(t, ts.do(t, "GET", "/v1/domains/nosuch/console", nil, upgrade...), http.StatusNotFound, "not found")
 	ts.ok(t, "POST", "/v1/domains/con/start", nil, http.StatusOK, nil)
@@ -422,13 +423,13 @@ func TestConsoleUpgradeAndClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	fmt.Fprintf(conn, "GET /v1/domains/con/console HTTP/1.1\r\nHost: vmsup\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", ConsoleProtocol)
+	fmt.Fprintf(conn, "GET /v1/domains/con/console HTTP/1.1\r\nHost: vmsup\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n", api.ConsoleProtocol)
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Upgrade") != ConsoleProtocol || resp.Header.Get(HeaderRequestID) == "" {
+	if resp.StatusCode != http.StatusSwitchingProtocols || resp.Header.Get("Upgrade") != api.ConsoleProtocol || resp.Header.Get(api.HeaderRequestID) == "" {
 		t.Fatalf("console answer %s %v", resp.Status, resp.Header)
 	}
 	if _, err := conn.Write([]byte("hello\r\n")); err != nil {
@@ -457,9 +458,9 @@ func TestConsoleUpgradeAndClose(t *testing.T) {
 
 // eventStream reads an NDJSON event stream in the background.
 type eventStream struct {
-	lines chan Event
+	lines chan api.Event
 	ended chan error
-	seen  []Event
+	seen  []api.Event
 }
 
 func (ts *testServer) openEvents(t *testing.T, name string) *eventStream {
@@ -475,16 +476,16 @@ func (ts *testServer) openEvents(t *testing.T, name string) *eventStream {
 		cancel()
 		t.Fatal(err)
 	}
-	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != ContentTypeNDJSON {
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != api.ContentTypeNDJSON {
 		cancel()
 		t.Fatalf("events: %s %s", resp.Status, resp.Header.Get("Content-Type"))
 	}
-	s := &eventStream{lines: make(chan Event, 100), ended: make(chan error, 1)}
+	s := &eventStream{lines: make(chan api.Event, 100), ended: make(chan error, 1)}
 	go func() {
 		defer resp.Body.Close()
 		sc := bufio.NewScanner(resp.Body)
 		for sc.Scan() {
-			var ev Event
+			var ev api.Event
 			if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
 				s.ended <- fmt.Errorf("bad NDJSON line %q: %v", sc.Text(), err)
 				return
@@ -497,7 +498,7 @@ func (ts *testServer) openEvents(t *testing.T, name string) *eventStream {
 	return s
 }
 
-func (s *eventStream) waitFor(t *testing.T, typ string) Event {
+func (s *eventStream) waitFor(t *testing.T, typ string) api.Event {
 	t.Helper()
 	timeout := time.After(10 * time.Second)
 	for {

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"encoding/json"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/actors/trace/render"
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
 )
 
@@ -180,13 +181,6 @@ func noRecords(rec *trace.Recorder, id string) error {
 	return withStatus(http.StatusNotFound, fmt.Errorf("no trace records for request %q: %s", id, why))
 }
 
-// Formats of GET /v1/trace/request/{id}.
-const (
-	FormatJSON    = "json"
-	FormatMermaid = "mermaid"
-	FormatSVG     = "svg"
-)
-
 // traceRequest answers GET /v1/trace/request/{id}: the records of one
 // request as JSON (default), or its sequence diagram as Mermaid text or
 // SVG.
@@ -203,9 +197,9 @@ func (s *Server) traceRequest(w http.ResponseWriter, r *http.Request) {
 	}
 	format := q.Get("format")
 	if format == "" {
-		format = FormatJSON
+		format = api.FormatJSON
 	}
-	if format != FormatJSON && format != FormatMermaid && format != FormatSVG {
+	if format != api.FormatJSON && format != api.FormatMermaid && format != api.FormatSVG {
 		writeError(w, badRequest(fmt.Errorf("query parameter format=%q: want json, mermaid or svg", format)))
 		return
 	}
@@ -220,13 +214,13 @@ func (s *Server) traceRequest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch format {
-	case FormatJSON:
+	case api.FormatJSON:
 		writeJSON(w, http.StatusOK, records)
-	case FormatMermaid:
+	case api.FormatMermaid:
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusOK)
 		_ = render.WriteMermaid(w, records)
-	case FormatSVG:
+	case api.FormatSVG:
 		w.Header().Set("Content-Type", "image/svg+xml")
 		w.WriteHeader(http.StatusOK)
 		_ = render.WriteSVG(w, records)
@@ -270,7 +264,7 @@ func (s *Server) traceFollow(w http.ResponseWriter, r *http.Request) {
 
 	ctx := r.Context()
 	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", ContentTypeNDJSON)
+	w.Header().Set("Content-Type", api.ContentTypeNDJSON)
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
@@ -287,10 +281,10 @@ func (s *Server) traceFollow(w http.ResponseWriter, r *http.Request) {
 	var reported uint64
 	notice := func(kind, reason string) bool {
 		total := sub.Dropped()
-		if kind == NoticeDropped && total == reported {
+		if kind == api.NoticeDropped && total == reported {
 			return true
 		}
-		n := TraceNotice{Kind: kind, Dropped: total - reported, TotalDropped: total, Time: time.Now(), Reason: reason}
+		n := api.TraceNotice{Kind: kind, Dropped: total - reported, TotalDropped: total, Time: time.Now(), Reason: reason}
 		reported = total
 		deadline()
 		return enc.Encode(n) == nil && rc.Flush() == nil
@@ -338,11 +332,11 @@ func (s *Server) traceFollow(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		case <-tick.C:
-			if !notice(NoticeDropped, "the reader fell behind") {
+			if !notice(api.NoticeDropped, "the reader fell behind") {
 				return
 			}
 		case <-s.done:
-			notice(NoticeEnd, "the daemon is stopping")
+			notice(api.NoticeEnd, "the daemon is stopping")
 			return
 		case <-ctx.Done():
 			return

@@ -1,5 +1,7 @@
-// Package api is the HTTP/JSON API that the vmsup daemon serves on its unix
-// socket, and the objects (DTOs) it exchanges with the CLI.
+// Package api describes the HTTP/JSON API that the vmsup daemon serves on
+// its unix socket: its routes, headers and the objects (DTOs) it exchanges
+// with the CLI. Package server serves it and package client calls it; this
+// package imports nothing of the daemon, so that the CLI does not link it.
 //
 // Routes (version 1; every body is JSON unless noted, every error is
 // {"error": "..."} with a 4xx or 5xx status):
@@ -20,16 +22,16 @@
 //	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
 //	GET    /v1/jobs                       → [Jobs]
 //	GET    /v1/events                     ?domain=NAME → NDJSON stream of Event
-//	GET    /v1/trace                      ?domain=NAME&request=ID&limit=N → [trace.Record]
-//	GET    /v1/trace/follow               ?domain=NAME → NDJSON stream of trace.Record and TraceNotice
+//	GET    /v1/trace                      ?domain=NAME&request=ID&limit=N → [record.Record]
+//	GET    /v1/trace/follow               ?domain=NAME → NDJSON stream of record.Record and TraceNotice
 //	GET    /v1/trace/chrome               ?domain=NAME&request=ID → Chrome trace-event JSON (Perfetto)
 //	GET    /v1/trace/request/{id}         ?format=json|mermaid|svg → one request's records or its picture
 //
-// The trace routes read the daemon's trace recorder (see package
-// actors/trace); they answer 409 when the daemon runs with --trace=false.
-// A record belongs to ?domain=NAME when its actor or sender is domain/NAME
-// or monitor/NAME, or when it is the API record of a call that reached
-// them.
+// The trace routes read the daemon's trace recorder (package actors/trace;
+// its records are defined in package actors/trace/record); they answer 409
+// when the daemon runs with --trace=false. A record belongs to
+// ?domain=NAME when its actor or sender is domain/NAME or monitor/NAME, or
+// when it is the API record of a call that reached them.
 //
 // Every response carries an X-Request-Id header. A client may bound any call
 // with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
@@ -37,11 +39,7 @@
 // timeout plus 30 s.
 package api
 
-import (
-	"time"
-
-	"github.com/vmsup/vmsup/domain"
-)
+import "time"
 
 // Protocol constants shared by the server and its clients.
 const (
@@ -186,6 +184,13 @@ type TraceNotice struct {
 	Reason       string    `json:"reason,omitempty"`
 }
 
+// Formats of GET /v1/trace/request/{id}.
+const (
+	FormatJSON    = "json"
+	FormatMermaid = "mermaid"
+	FormatSVG     = "svg"
+)
+
 // Kinds of TraceNotice.
 const (
 	NoticeDropped = "dropped"
@@ -196,65 +201,4 @@ const (
 type FieldError struct {
 	Field   string `json:"field"`
 	Problem string `json:"problem"`
-}
-
-// FromInfo maps a domain snapshot to the API's info object.
-func FromInfo(in *domain.Info) Info {
-	return Info{
-		Name:     in.Name,
-		UUID:     in.UUID,
-		State:    string(in.State),
-		Reason:   string(in.Reason),
-		PID:      in.PID,
-		Job:      fromJob(in.Job),
-		Queued:   in.Queued,
-		Restarts: in.Restarts,
-		Control:  fromControl(in.Control),
-	}
-}
-
-func fromControl(c *domain.Control) *Control {
-	if c == nil {
-		return nil
-	}
-	out := &Control{State: c.State, Millis: c.Millis, Reason: c.Reason}
-	if !c.Since.IsZero() {
-		since := c.Since
-		out.Since = &since
-	}
-	return out
-}
-
-func fromJob(j *domain.JobInfo) *JobInfo {
-	if j == nil {
-		return nil
-	}
-	out := &JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID}
-	if j.QMP != nil {
-		out.QMP = &QMPInFlight{Command: j.QMP.Command, Since: j.QMP.Since}
-	}
-	return out
-}
-
-// FromJobs maps a domain's job lane to the API's jobs object.
-func FromJobs(j *domain.Jobs) Jobs {
-	out := Jobs{Domain: j.Domain, Active: fromJob(j.Active), Async: fromJob(j.Async), Queued: []QueuedJob{}}
-	for _, q := range j.Queued {
-		out.Queued = append(out.Queued, QueuedJob{ID: q.ID, Kind: string(q.Kind), Owner: q.Owner, Enqueued: q.Enqueued, Trace: q.RequestID})
-	}
-	return out
-}
-
-// FromEvent maps a lifecycle event to the API's event object.
-func FromEvent(ev domain.Event) Event {
-	return Event{
-		Seq:    ev.Seq,
-		Type:   string(ev.Type),
-		Domain: ev.Domain,
-		UUID:   ev.UUID,
-		State:  string(ev.State),
-		Reason: string(ev.Reason),
-		Time:   ev.Time,
-		Cause:  ev.Cause,
-	}
 }

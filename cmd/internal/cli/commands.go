@@ -14,8 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/api"
+	"github.com/vmsup/vmsup/cmd/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/cmdline"
 )
 
 func (a *app) defineCommand() *cobra.Command {
@@ -29,7 +30,7 @@ Prints the VM's name.
 Relative paths in the spec (kernel, initrd, disks[].path, serial.path) are
 resolved against the spec file's directory before the spec is sent.`,
 		Example: `  vmsup define examples/tiny.yaml`,
-		Args:    exactArgs(1, "one spec FILE"),
+		Args:    cmdline.ExactArgs(1, "one spec FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
 			if err != nil {
@@ -69,7 +70,7 @@ func (a *app) undefineCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:               "undefine NAME",
 		Short:             "Remove a VM that is shut off",
-		Args:              exactArgs(1, "one VM NAME"),
+		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -92,7 +93,7 @@ func (a *app) startCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:               "start NAME",
 		Short:             "Start a VM",
-		Args:              exactArgs(1, "one VM NAME"),
+		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -122,7 +123,7 @@ func (a *app) simpleCommand(name, short string, do func(*client.Client, context.
 	return &cobra.Command{
 		Use:               name + " NAME",
 		Short:             short,
-		Args:              exactArgs(1, "one VM NAME"),
+		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -147,11 +148,11 @@ func (a *app) shutdownCommand() *cobra.Command {
 		Long: `Press the VM's ACPI power button and wait for the guest to power off. On a
 terminal a spinner shows the elapsed time. When --timeout passes, the command
 fails, or destroys the VM when --force is given.`,
-		Args:              exactArgs(1, "one VM NAME"),
+		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if timeout <= 0 {
-				return usagef("--timeout must be positive, such as 60s")
+				return cmdline.Usagef("--timeout must be positive, such as 60s")
 			}
 			c, err := a.client()
 			if err != nil {
@@ -184,7 +185,7 @@ fails, or destroys the VM when --force is given.`,
 // spinner shows "| msg 1.2s" on a terminal stdout until the returned
 // function is called; elsewhere it does nothing.
 func (a *app) spinner(msg string) func() {
-	if !isTerminal(a.stdout) {
+	if !cmdline.IsTerminal(a.stdout) {
 		return func() {}
 	}
 	done := make(chan struct{})
@@ -213,7 +214,7 @@ func (a *app) listCommand() *cobra.Command {
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List VMs: NAME, STATE, REASON, PID, JOB",
-		Args:    exactArgs(0, "no arguments"),
+		Args:    cmdline.ExactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := a.client()
 			if err != nil {
@@ -319,7 +320,7 @@ func (a *app) infoCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:               "info NAME",
 		Short:             "Show a VM's state, reason, pid, control state and job (who holds it, for how long, its trace id)",
-		Args:              exactArgs(1, "one VM NAME"),
+		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -352,7 +353,7 @@ func (a *app) jobsCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:               "jobs [NAME]",
 		Short:             "Show who holds each VM: the active, async and queued jobs, their owners, QMP commands in flight and trace ids",
-		Args:              maxArgs(1, "one VM NAME"),
+		Args:              cmdline.MaxArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -410,11 +411,11 @@ func (a *app) qmpCommand() *cobra.Command {
 VM as a job, and print the reply's "return" value as JSON. A QMP error exits
 with status 1 and prints its class and description.`,
 		Example:           `  vmsup qmp web1 '{"execute":"query-status"}'`,
-		Args:              exactArgs(2, "a VM NAME and a JSON command"),
+		Args:              cmdline.ExactArgs(2, "a VM NAME and a JSON command"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !json.Valid([]byte(args[1])) {
-				return usagef(`qmp: %q is not JSON; give a command such as '{"execute":"query-status"}'`, args[1])
+				return cmdline.Usagef(`qmp: %q is not JSON; give a command such as '{"execute":"query-status"}'`, args[1])
 			}
 			c, err := a.client()
 			if err != nil {
@@ -443,7 +444,7 @@ func (a *app) eventsCommand() *cobra.Command {
 		Use:               "events [NAME]",
 		Short:             "Stream lifecycle events until interrupted",
 		Long:              "Stream the lifecycle events of one VM, or of all VMs, until interrupted: one line each, or NDJSON with --json.",
-		Args:              maxArgs(1, "one VM NAME"),
+		Args:              cmdline.MaxArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bufio"
@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/driver"
 )
 
@@ -90,18 +91,18 @@ func TestTraceRoutes(t *testing.T) {
 	ts.ok(t, "POST", "/v1/domains/tr/start", nil, http.StatusOK, nil)
 	follow := ts.openFollow(t, "tr")
 	r := ts.ok(t, "POST", "/v1/domains/tr/qmp", []byte(`{"execute":"query-status"}`), http.StatusOK, nil)
-	id := r.header.Get(HeaderRequestID)
+	id := r.header.Get(api.HeaderRequestID)
 
 	records := ts.settledTrace(t, id)
-	var api, qmp bool
+	var sawAPI, qmp bool
 	for _, r := range records {
 		if r.TraceID != id {
 			t.Fatalf("record of another trace: %+v", r)
 		}
-		api = api || r.Kind == trace.KindAPI
+		sawAPI = sawAPI || r.Kind == trace.KindAPI
 		qmp = qmp || r.Kind == trace.KindQMP && r.QMP.Command == "query-status" && r.Actor == "monitor/tr"
 	}
-	if !api || !qmp {
+	if !sawAPI || !qmp {
 		t.Fatalf("records of %s lack the API call or the QMP command: %+v", id, records)
 	}
 	var byRoute []trace.Record
@@ -157,7 +158,7 @@ func TestTraceRoutes(t *testing.T) {
 	}
 	// Close ends the stream with an "end" notice.
 	ts.api.Close()
-	if n := follow.waitEnd(t); n == nil || n.Kind != NoticeEnd {
+	if n := follow.waitEnd(t); n == nil || n.Kind != api.NoticeEnd {
 		t.Errorf("the stream ended with %+v, want an end notice", n)
 	}
 }
@@ -211,7 +212,7 @@ func (ts *testServer) openFollow(t *testing.T, domain string) *followStream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != ContentTypeNDJSON {
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != api.ContentTypeNDJSON {
 		t.Fatalf("follow: %s %s", resp.Status, resp.Header.Get("Content-Type"))
 	}
 	s := &followStream{lines: make(chan json.RawMessage, 1024), ended: make(chan error, 1)}
@@ -251,23 +252,23 @@ func (s *followStream) waitFor(t *testing.T, match func(trace.Record) bool) []tr
 }
 
 // waitEnd reads to the end of the stream and returns its last notice.
-func (s *followStream) waitEnd(t *testing.T) *TraceNotice {
+func (s *followStream) waitEnd(t *testing.T) *api.TraceNotice {
 	t.Helper()
-	var last *TraceNotice
+	var last *api.TraceNotice
 	timeout := time.After(10 * time.Second)
 	for {
 		select {
 		case line := <-s.lines:
-			var n TraceNotice
-			if json.Unmarshal(line, &n) == nil && (n.Kind == NoticeEnd || n.Kind == NoticeDropped) {
+			var n api.TraceNotice
+			if json.Unmarshal(line, &n) == nil && (n.Kind == api.NoticeEnd || n.Kind == api.NoticeDropped) {
 				last = &n
 			}
 		case <-s.ended:
 			for {
 				select {
 				case line := <-s.lines:
-					var n TraceNotice
-					if json.Unmarshal(line, &n) == nil && (n.Kind == NoticeEnd || n.Kind == NoticeDropped) {
+					var n api.TraceNotice
+					if json.Unmarshal(line, &n) == nil && (n.Kind == api.NoticeEnd || n.Kind == api.NoticeDropped) {
 						last = &n
 					}
 				default:

@@ -13,9 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/vmsup/vmsup/actors/trace"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/client"
+	"github.com/vmsup/vmsup/actors/trace/record"
+	"github.com/vmsup/vmsup/cmd/internal/api"
+	"github.com/vmsup/vmsup/cmd/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/cmdline"
 )
 
 // traceFlags are the flags of `vmsup trace`.
@@ -53,7 +54,7 @@ Request ids: "vmsup -v COMMAND" prints the request id of each call it makes,
 		Example: `  vmsup -v qmp web1 '{"execute":"query-status"}'   # prints: vmsup: request 1a2b3c-42: ...
   vmsup trace --request 1a2b3c-42 --format mermaid
   vmsup trace --follow --domain web1`,
-		Args: exactArgs(0, "no arguments (use --request ID or --domain NAME)"),
+		Args: cmdline.ExactArgs(0, "no arguments (use --request ID or --domain NAME)"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(a.json); err != nil {
 				return err
@@ -95,16 +96,16 @@ Request ids: "vmsup -v COMMAND" prints the request id of each call it makes,
 // check rejects combinations of flags that mean nothing.
 func (f *traceFlags) check(jsonOut bool) error {
 	if f.limit < 0 {
-		return usagef("--limit %d: want a count (0: all)", f.limit)
+		return cmdline.Usagef("--limit %d: want a count (0: all)", f.limit)
 	}
 	if f.follow && (f.request != "" || f.chrome != "" || f.output != "" || f.format != "") {
-		return usagef("--follow streams records; it takes only --domain and --json")
+		return cmdline.Usagef("--follow streams records; it takes only --domain and --json")
 	}
 	if f.chrome != "" && (f.format != "" || f.output != "") {
-		return usagef("--chrome FILE writes Chrome JSON; --format and --output go with --request")
+		return cmdline.Usagef("--chrome FILE writes Chrome JSON; --format and --output go with --request")
 	}
 	if f.request == "" && (f.format != "" || f.output != "") {
-		return usagef("--format and --output go with --request ID")
+		return cmdline.Usagef("--format and --output go with --request ID")
 	}
 	if f.request == "" || f.chrome != "" {
 		return nil
@@ -117,10 +118,10 @@ func (f *traceFlags) check(jsonOut bool) error {
 		}
 	case api.FormatMermaid, api.FormatSVG, api.FormatJSON, "text":
 	default:
-		return usagef("--format %q: want mermaid, svg, json or text", f.format)
+		return cmdline.Usagef("--format %q: want mermaid, svg, json or text", f.format)
 	}
 	if f.domain != "" && (f.format == api.FormatMermaid || f.format == api.FormatSVG) {
-		return usagef("--domain does not go with a --request picture; it shows the whole request")
+		return cmdline.Usagef("--domain does not go with a --request picture; it shows the whole request")
 	}
 	return nil
 }
@@ -134,7 +135,7 @@ func (a *app) traceRequest(cmd *cobra.Command, c *client.Client, f traceFlags) e
 			return c.TraceRequest(ctx, f.request, f.format, w)
 		})
 	}
-	var records []trace.Record
+	var records []record.Record
 	if f.domain == "" {
 		var buf bytes.Buffer
 		if err := c.TraceRequest(ctx, f.request, api.FormatJSON, &buf); err != nil {
@@ -160,17 +161,17 @@ func (a *app) traceRequest(cmd *cobra.Command, c *client.Client, f traceFlags) e
 }
 
 // printRecords prints records as lines, or as a JSON array with --json.
-func (a *app) printRecords(records []trace.Record) error {
+func (a *app) printRecords(records []record.Record) error {
 	if a.json {
 		if records == nil {
-			records = []trace.Record{}
+			records = []record.Record{}
 		}
 		return a.printJSON(records)
 	}
 	return writeRecordLines(a.stdout, records)
 }
 
-func writeRecordLines(w io.Writer, records []trace.Record) error {
+func writeRecordLines(w io.Writer, records []record.Record) error {
 	for i := range records {
 		if _, err := fmt.Fprintln(w, recordLine(&records[i])); err != nil {
 			return err
@@ -183,7 +184,7 @@ func writeRecordLines(w io.Writer, records []trace.Record) error {
 func (a *app) traceFollow(cmd *cobra.Command, c *client.Client, domain string) error {
 	enc := json.NewEncoder(a.stdout)
 	var ended *api.TraceNotice
-	err := c.FollowTrace(cmd.Context(), domain, nil, func(r trace.Record) error {
+	err := c.FollowTrace(cmd.Context(), domain, nil, func(r record.Record) error {
 		if a.json {
 			return enc.Encode(r)
 		}
@@ -248,7 +249,7 @@ func writeOutput(path string, stdout io.Writer, write func(io.Writer) error) err
 //	15:04:05.000200 domain/web1 job 3 qmp → ok trace=1a2b3c-7 span=job-3<5 wait=10µs took=1.3ms
 //	15:04:05.000300 monitor/web1 qmp query-status → ok trace=1a2b3c-7 span=9<8 took=1.1ms
 //	15:04:05.000100 api api qmp → ok trace=1a2b3c-7 span=1a2b3c-7 took=1.6ms
-func recordLine(r *trace.Record) string {
+func recordLine(r *record.Record) string {
 	var b strings.Builder
 	at := r.Started
 	if at.IsZero() {
@@ -264,28 +265,28 @@ func recordLine(r *trace.Record) string {
 	}
 	b.WriteString(" " + orDash(r.Actor) + " ")
 	switch r.Kind {
-	case trace.KindMessage:
+	case record.KindMessage:
 		b.WriteString(orDash(r.MessageType))
 		if r.Sender != "" {
 			b.WriteString(" from " + r.Sender)
 		}
-	case trace.KindJob:
+	case record.KindJob:
 		fmt.Fprintf(&b, "job %d %s", r.JobID, orDash(r.MessageType))
-	case trace.KindQMP:
+	case record.KindQMP:
 		if r.QMP != nil {
 			b.WriteString("qmp " + r.QMP.Command + " → " + r.QMP.Outcome)
 		} else {
 			b.WriteString("qmp")
 		}
-	case trace.KindAPI:
+	case record.KindAPI:
 		b.WriteString(orDash(r.MessageType))
 	default:
 		b.WriteString(string(r.Kind) + " " + r.MessageType)
 	}
-	if r.Note != "" && r.Kind != trace.KindQMP {
-		b.WriteString(" → " + oneLine(r.Note))
+	if r.Note != "" && r.Kind != record.KindQMP {
+		b.WriteString(" → " + cmdline.OneLine(r.Note))
 	}
-	if r.JobID != 0 && r.Kind != trace.KindJob {
+	if r.JobID != 0 && r.Kind != record.KindJob {
 		fmt.Fprintf(&b, " job=%d", r.JobID)
 	}
 	b.WriteString(" trace=" + orDash(r.TraceID) + " span=" + orDash(r.SpanID))

@@ -18,8 +18,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmsup/vmsup/actors/trace"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
+	"github.com/vmsup/vmsup/actors/trace/record"
+	"github.com/vmsup/vmsup/cmd/internal/api"
 )
 
 // Client talks to one daemon socket. It is safe for concurrent use.
@@ -415,12 +415,12 @@ func (b *bufConn) CloseWrite() error {
 // TraceRecords returns the records in the daemon's trace ring, ordered by
 // start time: those of one request and/or one domain when given, the
 // newest limit of them when limit > 0.
-func (c *Client) TraceRecords(ctx context.Context, domain, request string, limit int) ([]trace.Record, error) {
+func (c *Client) TraceRecords(ctx context.Context, domain, request string, limit int) ([]record.Record, error) {
 	q := traceQuery(domain, request)
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	out := []trace.Record{}
+	out := []record.Record{}
 	return out, c.call(ctx, http.MethodGet, api.Prefix+"/trace", q, nil, "", &out)
 }
 
@@ -472,9 +472,9 @@ func (c *Client) copyBody(ctx context.Context, path string, q url.Values, w io.W
 // gets the stream's notices (records dropped because the reader fell
 // behind, the end of the stream). started, when not nil, is called once
 // the daemon has subscribed.
-func (c *Client) FollowTrace(ctx context.Context, domain string, started func(), fn func(trace.Record) error, notice func(api.TraceNotice) error) error {
+func (c *Client) FollowTrace(ctx context.Context, domain string, started func(), fn func(record.Record) error, notice func(api.TraceNotice) error) error {
 	return c.streamLines(ctx, "trace", api.Prefix+"/trace/follow", traceQuery(domain, ""), 16<<20, started, func(line []byte) error {
-		var rec trace.Record
+		var rec record.Record
 		if err := json.Unmarshal(line, &rec); err != nil {
 			return fmt.Errorf("trace: bad line from the daemon: %w", err)
 		}

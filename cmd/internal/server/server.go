@@ -1,4 +1,6 @@
-package api
+// Package server serves vmsup's HTTP/JSON API (routes and objects in
+// package api) for one driver.
+package server
 
 import (
 	"bufio"
@@ -19,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
@@ -109,7 +112,7 @@ func (s *Server) Close() {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	began := time.Now()
 	id := actors.NewID()
-	w.Header().Set(HeaderRequestID, id)
+	w.Header().Set(api.HeaderRequestID, id)
 	rec := &recorder{ResponseWriter: w}
 	defer func() {
 		p := recover()
@@ -137,10 +140,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.noRoute(rec, r)
 		return
 	}
-	if h := r.Header.Get(HeaderTimeout); h != "" {
+	if h := r.Header.Get(api.HeaderTimeout); h != "" {
 		d, err := time.ParseDuration(h)
 		if err != nil || d <= 0 {
-			writeError(rec, badRequest(fmt.Errorf("header %s: %q is not a positive duration such as \"30s\"", HeaderTimeout, h)))
+			writeError(rec, badRequest(fmt.Errorf("header %s: %q is not a positive duration such as \"30s\"", api.HeaderTimeout, h)))
 			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), d)
@@ -242,7 +245,7 @@ func (s *Server) ping(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, Ping{PID: os.Getpid(), StateDir: s.stateDir})
+	writeJSON(w, http.StatusOK, api.Ping{PID: os.Getpid(), StateDir: s.stateDir})
 }
 
 // recorder remembers the status written, and passes Flush and Hijack

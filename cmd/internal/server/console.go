@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+
+	"github.com/vmsup/vmsup/cmd/internal/api"
 )
 
 // console bridges the client's connection to the VM's serial console. The
@@ -19,9 +21,9 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), ConsoleProtocol) {
+	if !headerHas(r.Header, "Connection", "upgrade") || !strings.EqualFold(r.Header.Get("Upgrade"), api.ConsoleProtocol) {
 		writeError(w, withStatus(http.StatusUpgradeRequired,
-			fmt.Errorf("the console route needs the headers \"Connection: Upgrade\" and \"Upgrade: %s\"", ConsoleProtocol)))
+			fmt.Errorf("the console route needs the headers \"Connection: Upgrade\" and \"Upgrade: %s\"", api.ConsoleProtocol)))
 		return
 	}
 	select {
@@ -47,8 +49,8 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request, name string) {
 		return
 	}
 	defer s.untrack(vm, client)
-	resp := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + ConsoleProtocol + "\r\n" +
-		HeaderRequestID + ": " + w.Header().Get(HeaderRequestID) + "\r\n\r\n"
+	resp := "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + api.ConsoleProtocol + "\r\n" +
+		api.HeaderRequestID + ": " + w.Header().Get(api.HeaderRequestID) + "\r\n\r\n"
 	if _, err := brw.WriteString(resp); err != nil {
 		return
 	}

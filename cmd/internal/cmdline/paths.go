@@ -1,4 +1,4 @@
-package cli
+package cmdline
 
 import (
 	"errors"
@@ -6,20 +6,32 @@ import (
 	"path/filepath"
 )
 
-// Default paths.
+// Default paths, and the environment variable that names the socket.
 const (
 	rootSocket   = "/run/vmsup/vmsup.sock"
 	rootStateDir = "/var/lib/vmsup"
-	socketEnv    = "VMSUP_SOCKET"
+	SocketEnv    = "VMSUP_SOCKET"
 )
 
 // geteuid is os.Geteuid; tests replace it.
 var geteuid = os.Geteuid
 
-// defaultSocket is the daemon's socket when neither --socket nor
+// Socket resolves the daemon's socket: flag (the --socket flag) when it is
+// set, else $VMSUP_SOCKET, else DefaultSocket.
+func Socket(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if s := os.Getenv(SocketEnv); s != "" {
+		return s, nil
+	}
+	return DefaultSocket()
+}
+
+// DefaultSocket is the daemon's socket when neither --socket nor
 // VMSUP_SOCKET is given: /run/vmsup/vmsup.sock for root,
 // $XDG_RUNTIME_DIR/vmsup.sock otherwise.
-func defaultSocket() (string, error) {
+func DefaultSocket() (string, error) {
 	if geteuid() == 0 {
 		return rootSocket, nil
 	}
@@ -30,10 +42,10 @@ func defaultSocket() (string, error) {
 	return filepath.Join(dir, "vmsup.sock"), nil
 }
 
-// defaultStateDir is the daemon's state dir when --state-dir is not given:
+// DefaultStateDir is the daemon's state dir when --state-dir is not given:
 // /var/lib/vmsup for root, $XDG_STATE_HOME/vmsup (or
 // ~/.local/state/vmsup) otherwise.
-func defaultStateDir() (string, error) {
+func DefaultStateDir() (string, error) {
 	if geteuid() == 0 {
 		return rootStateDir, nil
 	}

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
@@ -42,7 +43,7 @@ func TestInfoObjectFields(t *testing.T) {
 			Enqueued: now, Started: now, Step: "wait", QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: now}},
 		Control: &domain.Control{State: domain.ControlOccupied, Since: now, Millis: 1500},
 	}
-	data, err := json.Marshal(FromInfo(in))
+	data, err := json.Marshal(fromInfo(in))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +63,7 @@ func TestInfoObjectFields(t *testing.T) {
 	if got, want := keys(t, job["qmp"]), []string{"command", "since"}; !slices.Equal(got, want) {
 		t.Errorf("qmp keys %v, want %v", got, want)
 	}
-	var back Info
+	var back api.Info
 	_ = json.Unmarshal(data, &back)
 	if back.State != "running" || back.Reason != "booted" || back.PID != 42 || back.Job.ID != 17 || back.Job.Kind != "async" ||
 		back.Job.Owner != "api shutdown" || back.Job.QMP.Command != "system_powerdown" || back.Queued != 2 || back.Restarts != 1 ||
@@ -75,7 +76,7 @@ func TestInfoObjectFields(t *testing.T) {
 
 	// An idle VM: control "ok" with "since": null.
 	in.Control = &domain.Control{State: domain.ControlOK}
-	data, _ = json.Marshal(FromInfo(in))
+	data, _ = json.Marshal(fromInfo(in))
 	_ = json.Unmarshal(data, &top)
 	if string(top["control"]) != `{"state":"ok","since":null,"ms":0,"reason":""}` {
 		t.Errorf("idle control: %s", top["control"])
@@ -83,13 +84,13 @@ func TestInfoObjectFields(t *testing.T) {
 
 	// No job: "job": null, and a job without QMP: "qmp": null.
 	in.Job = nil
-	data, _ = json.Marshal(FromInfo(in))
+	data, _ = json.Marshal(fromInfo(in))
 	_ = json.Unmarshal(data, &top)
 	if string(top["job"]) != "null" {
 		t.Errorf("job without a job: %s", top["job"])
 	}
 	in.Job = &domain.JobInfo{ID: 1, Kind: domain.JobModify, Owner: "api start", Started: now}
-	data, _ = json.Marshal(FromInfo(in))
+	data, _ = json.Marshal(fromInfo(in))
 	_ = json.Unmarshal(data, &top)
 	_ = json.Unmarshal(top["job"], &job)
 	if string(job["qmp"]) != "null" {
@@ -113,7 +114,7 @@ func TestStatusOf(t *testing.T) {
 		{fmt.Errorf("define: %w", &domain.FieldError{Field: "memory", Problem: "bad"}), http.StatusBadRequest},
 		{errors.Join(&domain.FieldError{Field: "a", Problem: "b"}, &domain.FieldError{Field: "c", Problem: "d"}), http.StatusBadRequest},
 		{fmt.Errorf("run: %w", monitor.ErrBadCommand), http.StatusBadRequest},
-		{&http.MaxBytesError{Limit: MaxBodyBytes}, http.StatusRequestEntityTooLarge},
+		{&http.MaxBytesError{Limit: api.MaxBodyBytes}, http.StatusRequestEntityTooLarge},
 		{badRequest(errors.New("x")), http.StatusBadRequest},
 		{driver.ErrClosed, http.StatusServiceUnavailable},
 		{errors.New("something broke"), http.StatusInternalServerError},

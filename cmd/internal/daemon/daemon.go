@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/vmsup/vmsup/actors/trace"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/server"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
@@ -115,7 +115,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 
-	apiSrv := api.New(drv, api.Options{Logger: &log, StateDir: stateDir})
+	apiSrv := server.New(drv, server.Options{Logger: &log, StateDir: stateDir})
 	srv := &http.Server{
 		Handler:           apiSrv,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
@@ -71,8 +72,8 @@ func StatusOf(err error) int {
 }
 
 // ErrorBody builds the JSON error object for err, on one line.
-func ErrorBody(err error) Error {
-	body := Error{Error: oneLine(err.Error())}
+func ErrorBody(err error) api.Error {
+	body := api.Error{Error: oneLine(err.Error())}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
 		body.Error = "request body is larger than 1 MiB"
@@ -82,7 +83,7 @@ func ErrorBody(err error) Error {
 		body.Class, body.Desc = qe.Class, qe.Desc
 	}
 	for _, fe := range domain.FieldErrors(err) {
-		body.Fields = append(body.Fields, FieldError{Field: fe.Field, Problem: fe.Problem})
+		body.Fields = append(body.Fields, api.FieldError{Field: fe.Field, Problem: fe.Problem})
 	}
 	return body
 }

@@ -1,4 +1,4 @@
-package api
+package server
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
@@ -35,16 +36,16 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	out := make([]Info, 0, len(infos))
+	out := make([]api.Info, 0, len(infos))
 	for i := range infos {
-		out = append(out, FromInfo(&infos[i]))
+		out = append(out, fromInfo(&infos[i]))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
 // readBody reads a request body of at most MaxBodyBytes.
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -85,7 +86,7 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 	if res.Created {
 		status = http.StatusCreated
 	}
-	writeJSON(w, status, DefineResult{Name: res.Name, UUID: res.UUID, Created: res.Created})
+	writeJSON(w, status, api.DefineResult{Name: res.Name, UUID: res.UUID, Created: res.Created})
 }
 
 // hasKey reports whether the top-level object of a (valid) YAML or JSON
@@ -117,7 +118,7 @@ func (s *Server) writeInfo(w http.ResponseWriter, ctx context.Context, name stri
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, FromInfo(in))
+	writeJSON(w, http.StatusOK, fromInfo(in))
 }
 
 func (s *Server) undefine(w http.ResponseWriter, r *http.Request, name string) {
@@ -129,7 +130,7 @@ func (s *Server) undefine(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, Undefined{Name: name})
+	writeJSON(w, http.StatusOK, api.Undefined{Name: name})
 }
 
 func (s *Server) start(w http.ResponseWriter, r *http.Request, name string) {
@@ -231,7 +232,7 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 	if len(ret) == 0 {
 		ret = json.RawMessage("{}")
 	}
-	writeJSON(w, http.StatusOK, QMPReply{Return: ret})
+	writeJSON(w, http.StatusOK, api.QMPReply{Return: ret})
 }
 
 // checkQMPCommand accepts exactly one JSON object with a string "execute"
@@ -254,7 +255,7 @@ func (s *Server) jobs(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, FromJobs(j))
+	writeJSON(w, http.StatusOK, fromJobs(j))
 }
 
 func (s *Server) allJobs(w http.ResponseWriter, r *http.Request) {
@@ -267,7 +268,7 @@ func (s *Server) allJobs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	out := make([]Jobs, 0, len(infos))
+	out := make([]api.Jobs, 0, len(infos))
 	for _, in := range infos {
 		j, err := s.drv.Domain(in.Name).Jobs(r.Context())
 		if errors.Is(err, driver.ErrNotFound) {
@@ -277,7 +278,7 @@ func (s *Server) allJobs(w http.ResponseWriter, r *http.Request) {
 			writeError(w, err)
 			return
 		}
-		out = append(out, FromJobs(j))
+		out = append(out, fromJobs(j))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -306,7 +307,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer sub.Close()
 	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", ContentTypeNDJSON)
+	w.Header().Set("Content-Type", api.ContentTypeNDJSON)
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
@@ -319,7 +320,7 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			if !ok {
 				return
 			}
-			if err := enc.Encode(FromEvent(ev)); err != nil {
+			if err := enc.Encode(fromEvent(ev)); err != nil {
 				return
 			}
 			if err := rc.Flush(); err != nil {

@@ -6,51 +6,6 @@ import (
 	"testing"
 )
 
-func TestDefaultPaths(t *testing.T) {
-	orig := geteuid
-	t.Cleanup(func() { geteuid = orig })
-
-	geteuid = func() int { return 0 }
-	if s, err := defaultSocket(); err != nil || s != "/run/vmsup/vmsup.sock" {
-		t.Errorf("root socket %q %v", s, err)
-	}
-	if s, err := defaultStateDir(); err != nil || s != "/var/lib/vmsup" {
-		t.Errorf("root state dir %q %v", s, err)
-	}
-
-	geteuid = func() int { return 1000 }
-	t.Setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-	if s, err := defaultSocket(); err != nil || s != "/run/user/1000/vmsup.sock" {
-		t.Errorf("user socket %q %v", s, err)
-	}
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	if _, err := defaultSocket(); err == nil || !strings.Contains(err.Error(), "XDG_RUNTIME_DIR is not set") || !strings.Contains(err.Error(), "--socket") {
-		t.Errorf("no XDG_RUNTIME_DIR: %v", err)
-	}
-	t.Setenv("XDG_STATE_HOME", "/home/u/.state")
-	if s, err := defaultStateDir(); err != nil || s != "/home/u/.state/vmsup" {
-		t.Errorf("user state dir %q %v", s, err)
-	}
-	t.Setenv("XDG_STATE_HOME", "")
-	t.Setenv("HOME", "/home/u")
-	if s, err := defaultStateDir(); err != nil || s != "/home/u/.local/state/vmsup" {
-		t.Errorf("user state dir without XDG_STATE_HOME %q %v", s, err)
-	}
-}
-
-// TestNoSocketWithoutXDG: a user without XDG_RUNTIME_DIR gets a clear error
-// (exit 1) naming the way out.
-func TestNoSocketWithoutXDG(t *testing.T) {
-	orig := geteuid
-	t.Cleanup(func() { geteuid = orig })
-	geteuid = func() int { return 1000 }
-	t.Setenv("XDG_RUNTIME_DIR", "")
-	t.Setenv(socketEnv, "")
-	if code := Main([]string{"list"}); code != ExitError {
-		t.Errorf("exit %d, want %d", code, ExitError)
-	}
-}
-
 func TestResolveSpecPaths(t *testing.T) {
 	base := "/srv/specs"
 	in := "# a comment\nname: web1\nkernel: ../img/vmlinuz\ninitrd: /abs/initrd.img\nmemory: 256M\ncpus: 2\n" +

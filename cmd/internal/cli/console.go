@@ -16,8 +16,9 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/api"
+	"github.com/vmsup/vmsup/cmd/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/cmdline"
 )
 
 // Control bytes read from a raw terminal.
@@ -147,7 +148,7 @@ func (a *app) consoleCommand() *cobra.Command {
 is raw (Ctrl-C goes to the guest) and Ctrl-] detaches. Without a terminal,
 stdin is sent to the console and its output is copied to stdout until the VM
 stops or vmsup is interrupted.`,
-		Args:              exactArgs(1, "one VM NAME"),
+		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client()
@@ -155,7 +156,7 @@ stops or vmsup is interrupted.`,
 				return err
 			}
 			ctx, name := cmd.Context(), args[0]
-			if isTerminal(a.stdin) {
+			if cmdline.IsTerminal(a.stdin) {
 				fmt.Fprintf(a.stderr, "vmsup: connected to %s's console; detach with Ctrl-]\n", name)
 			}
 			at, err := a.attach(ctx, c, name, true, false)
@@ -212,10 +213,10 @@ once. Ctrl-] detaches and leaves the VM running. Without a terminal, the
 console's output is copied to stdout until the VM stops or vmsup gets
 SIGINT or SIGTERM, which shut it down in the same way.`,
 		Example: `  vmsup up examples/tiny.yaml`,
-		Args:    exactArgs(1, "one spec FILE"),
+		Args:    cmdline.ExactArgs(1, "one spec FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if timeout <= 0 {
-				return usagef("--timeout must be positive, such as 60s")
+				return cmdline.Usagef("--timeout must be positive, such as 60s")
 			}
 			// Catch signals ourselves: the first asks for a graceful
 			// shutdown, the next for destroy. API calls use a context
@@ -249,7 +250,7 @@ SIGINT or SIGTERM, which shut it down in the same way.`,
 					return err
 				}
 			}
-			tty := isTerminal(a.stdin)
+			tty := cmdline.IsTerminal(a.stdin)
 			at, err := a.attach(ctx, c, name, tty, true)
 			if err != nil {
 				return err

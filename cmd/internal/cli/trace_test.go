@@ -9,30 +9,31 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vmsup/vmsup/actors/trace"
-	"github.com/vmsup/vmsup/cmd/vmsup/internal/api"
+	"github.com/vmsup/vmsup/actors/trace/record"
+	"github.com/vmsup/vmsup/cmd/internal/api"
+	"github.com/vmsup/vmsup/cmd/internal/cmdline"
 )
 
 // TestRecordLine pins the text form of each kind of record.
 func TestRecordLine(t *testing.T) {
 	at := time.Date(2025, 1, 2, 3, 4, 5, 123456000, time.Local)
 	cases := []struct {
-		rec  trace.Record
+		rec  record.Record
 		want string
 	}{
-		{trace.Record{TraceID: "r-1", SpanID: "s2", ParentSpanID: "r-1", Kind: trace.KindMessage, Actor: "domain/web1",
+		{record.Record{TraceID: "r-1", SpanID: "s2", ParentSpanID: "r-1", Kind: record.KindMessage, Actor: "domain/web1",
 			MessageType: "domain.QMPRequest", Sender: "driver", Enqueued: at.Add(-21 * time.Microsecond), Started: at, Ended: at.Add(35 * time.Microsecond)},
 			`03:04:05.123456 domain/web1 domain.QMPRequest from driver trace=r-1 span=s2<r-1 wait=21µs took=35µs`},
-		{trace.Record{TraceID: "r-1", SpanID: "job-3", ParentSpanID: "s2", Kind: trace.KindJob, Actor: "domain/web1",
+		{record.Record{TraceID: "r-1", SpanID: "job-3", ParentSpanID: "s2", Kind: record.KindJob, Actor: "domain/web1",
 			MessageType: "qmp", JobID: 3, Note: "ok", Enqueued: at, Started: at.Add(10 * time.Microsecond), Ended: at.Add(1310 * time.Microsecond)},
 			`03:04:05.123466 domain/web1 job 3 qmp → ok trace=r-1 span=job-3<s2 wait=10µs took=1.3ms`},
-		{trace.Record{TraceID: "r-1", SpanID: "s9", ParentSpanID: "s8", Kind: trace.KindQMP, Actor: "monitor/web1", JobID: 3,
-			Started: at, Ended: at.Add(2 * time.Millisecond), QMP: &trace.QMPRecord{Command: "query-status", Duration: 1100 * time.Microsecond, Outcome: "ok"}},
+		{record.Record{TraceID: "r-1", SpanID: "s9", ParentSpanID: "s8", Kind: record.KindQMP, Actor: "monitor/web1", JobID: 3,
+			Started: at, Ended: at.Add(2 * time.Millisecond), QMP: &record.QMPRecord{Command: "query-status", Duration: 1100 * time.Microsecond, Outcome: "ok"}},
 			`03:04:05.123456 monitor/web1 qmp query-status → ok job=3 trace=r-1 span=s9<s8 took=1.1ms`},
-		{trace.Record{TraceID: "r-1", SpanID: "r-1", Kind: trace.KindAPI, Actor: "api", MessageType: "api qmp",
+		{record.Record{TraceID: "r-1", SpanID: "r-1", Kind: record.KindAPI, Actor: "api", MessageType: "api qmp",
 			Note: "error: domain \"web1\": boom\nagain", Started: at, Ended: at.Add(2500 * time.Millisecond)},
 			`03:04:05.123456 api api qmp → error: domain "web1": boom; again trace=r-1 span=r-1 took=2.5s`},
-		{trace.Record{SpanID: "s1", Kind: trace.KindMessage, Actor: "domain/web1", MessageType: "domain.jobStep"},
+		{record.Record{SpanID: "s1", Kind: record.KindMessage, Actor: "domain/web1", MessageType: "domain.jobStep"},
 			`--:--:--.------ domain/web1 domain.jobStep trace=- span=s1`},
 	}
 	for _, c := range cases {
@@ -70,8 +71,7 @@ func TestTraceFlags(t *testing.T) {
 	for _, c := range cases {
 		f := c.f
 		err := f.check(c.json)
-		var ue *usageError
-		if got := errors.As(err, &ue); got != c.usage || err != nil && !c.usage {
+		if got := err != nil && cmdline.IsUsage(err); got != c.usage || err != nil && !c.usage {
 			t.Errorf("%+v: %v, want usage error %v", c.f, err, c.usage)
 		}
 		if !c.usage && f.format != c.format {
