@@ -46,5 +46,5 @@
 // actors/trace/record, which needs only the standard library; the names
 // here are aliases of them. The renderers and the OpenTelemetry exporter
 // live in their own packages, so that a program that records traces does
-// not build them (nor the OpenTelemetry trace API) unless it imports them.
+// not build them unless it imports them.
 package trace

@@ -1,8 +1,8 @@
 // Package otelexport exports vmsup's actor trace (package actors/trace) to
 // OpenTelemetry: Export turns recorded spans into OpenTelemetry spans at
 // once, and an Exporter does it live from a Recorder. It is a package of
-// its own so that a program that records traces without OpenTelemetry
-// does not build this code and the OpenTelemetry trace API.
+// its own so that a program that records traces without exporting them
+// does not build it.
 package otelexport
 
 import (
