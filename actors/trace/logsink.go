@@ -68,7 +68,8 @@ type LogSink struct {
 const DefaultLogSinkBuffer = 8192
 
 // NewLogSink starts writing the records of rec to logger, one event per
-// record with the fields of the record's JSON encoding and no level. Close stops it.
+// record with the fields of the record's JSON encoding and no level.
+// Close stops it.
 func NewLogSink(rec *Recorder, logger zerolog.Logger) *LogSink {
 	s := &LogSink{
 		sub:    rec.Subscribe(DefaultLogSinkBuffer, nil),
