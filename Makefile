@@ -14,7 +14,7 @@ test: vet
 # run under make test). CI runs it briefly after make test.
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./domain:FuzzParseSpec ./monitor:FuzzTransportLines ./monitor:FuzzEncodeCommand \
-	./cmd/vmsup/internal/api:FuzzRequest ./cmd/vmsup/internal/api:FuzzCheckQMPCommand
+	./cmd/internal/server:FuzzRequest ./cmd/internal/server:FuzzCheckQMPCommand
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
@@ -32,9 +32,11 @@ vet:
 guest:
 	VMSUP_CACHE=$(CACHE) bash tests/guest/build-guest.sh
 
-# Builds the vmsup binary into $(BIN) (ignored by git).
+# Builds the vmsup CLI and the daemon it runs for `vmsup daemon`, vmsupd,
+# into $(BIN) (ignored by git). They are two binaries so that the CLI does
+# not link (and initialise) the daemon's packages.
 vmsup:
-	$(GO) build -o $(BIN)/vmsup ./cmd/vmsup
+	$(GO) build -o $(BIN)/ ./cmd/vmsup ./cmd/vmsupd
 
 # QEMU must be installed: as root it is installed with apt-get; otherwise the
 # exact command is printed and make fails.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/render"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
@@ -34,7 +35,7 @@ func TestTraceChain(t *testing.T) {
 	checkChain(t, records, "domain.QMPRequest", []string{"query-status"})
 
 	var chrome bytes.Buffer
-	if err := trace.WriteChrome(&chrome, records); err != nil {
+	if err := render.WriteChrome(&chrome, records); err != nil {
 		t.Fatal(err)
 	}
 	var parsed struct {
@@ -61,7 +62,7 @@ func TestTraceChain(t *testing.T) {
 	}
 
 	var mermaid bytes.Buffer
-	if err := trace.WriteMermaid(&mermaid, records); err != nil || !bytes.Contains(mermaid.Bytes(), []byte("query-status")) {
+	if err := render.WriteMermaid(&mermaid, records); err != nil || !bytes.Contains(mermaid.Bytes(), []byte("query-status")) {
 		t.Fatalf("mermaid: %v\n%s", err, mermaid.String())
 	}
 }

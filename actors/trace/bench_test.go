@@ -8,11 +8,12 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/internal/fixture"
 )
 
 func benchRecord() trace.Record {
 	return trace.Record{TraceID: "a1b2c3-1", SpanID: "a1b2c3-2", ParentSpanID: "a1b2c3-1", Kind: trace.KindMessage,
-		Actor: "domain/web1", MessageType: "domain.StartRequest", Started: t0, Ended: t0}
+		Actor: "domain/web1", MessageType: "domain.StartRequest", Started: fixture.T0, Ended: fixture.T0}
 }
 
 // warm fills the ring once, so that the benchmarks measure the steady state

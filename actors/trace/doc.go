@@ -36,7 +36,15 @@
 //   - zerolog JSON lines: NewLogSink, Recorder.LogTo, Recorder.WriteTo,
 //     and DecodeJSONLines to read them back;
 //   - a live stream: Recorder.Subscribe;
-//   - Chrome trace-event JSON for Perfetto and chrome://tracing: WriteChrome;
-//   - a picture of one request: WriteMermaid and WriteSVG;
-//   - OpenTelemetry: ExportOTel and NewOTelExporter.
+//   - Chrome trace-event JSON for Perfetto and chrome://tracing, and a
+//     picture of one request (Mermaid, SVG): package actors/trace/render;
+//   - OpenTelemetry: package actors/trace/otelexport.
+//
+// # Packages
+//
+// The records themselves (Record, Kind, QMPRecord) are defined in package
+// actors/trace/record, which needs only the standard library; the names
+// here are aliases of them. The renderers and the OpenTelemetry exporter
+// live in their own packages, so that a program that records traces does
+// not build them unless it imports them.
 package trace

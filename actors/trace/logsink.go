@@ -11,10 +11,13 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// logObject is a Record as zerolog writes it.
+type logObject Record
+
 // MarshalZerologObject writes the record's fields with the names of its
 // JSON encoding, times as RFC 3339 with nanoseconds, so that a log line
 // decodes back into a Record (DecodeJSONLines).
-func (r Record) MarshalZerologObject(e *zerolog.Event) {
+func (r logObject) MarshalZerologObject(e *zerolog.Event) {
 	if r.TraceID != "" {
 		e.Str("trace_id", r.TraceID)
 	}
@@ -65,8 +68,8 @@ type LogSink struct {
 const DefaultLogSinkBuffer = 8192
 
 // NewLogSink starts writing the records of rec to logger, one event per
-// record with the record's fields (see Record.MarshalZerologObject) and no
-// level. Close stops it.
+// record with the fields of the record's JSON encoding and no level.
+// Close stops it.
 func NewLogSink(rec *Recorder, logger zerolog.Logger) *LogSink {
 	s := &LogSink{
 		sub:    rec.Subscribe(DefaultLogSinkBuffer, nil),
@@ -85,7 +88,7 @@ func (r *Recorder) LogTo(w io.Writer) *LogSink {
 func (s *LogSink) run() {
 	defer close(s.done)
 	for rec := range s.sub.C {
-		s.logger.Log().EmbedObject(rec).Send()
+		s.logger.Log().EmbedObject(logObject(rec)).Send()
 	}
 }
 
@@ -107,7 +110,7 @@ func (r *Recorder) WriteTo(w io.Writer) (int64, error) {
 	cw := &countingWriter{w: w}
 	logger := zerolog.New(cw)
 	for _, rec := range r.Snapshot() {
-		logger.Log().EmbedObject(rec).Send()
+		logger.Log().EmbedObject(logObject(rec)).Send()
 		if cw.err != nil {
 			return cw.n, cw.err
 		}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/internal/fixture"
+	"github.com/vmsup/vmsup/actors/trace/render"
 )
 
 // The chain under test: the API asks A with a call (it carries an
@@ -204,10 +206,10 @@ func TestMiddlewareAskChain(t *testing.T) {
 
 	// The records of a real chain export to a valid Chrome trace.
 	var buf bytes.Buffer
-	if err := trace.WriteChrome(&buf, recs); err != nil {
+	if err := render.WriteChrome(&buf, recs); err != nil {
 		t.Fatal(err)
 	}
-	validateChrome(t, buf.Bytes())
+	fixture.ValidChrome(t, buf.Bytes())
 }
 
 func TestMiddlewareMailboxWait(t *testing.T) {

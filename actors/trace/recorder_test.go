@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/internal/fixture"
 )
 
 func TestRingBoundedUnderFlood(t *testing.T) {
@@ -127,14 +128,14 @@ func TestDisabledAndNil(t *testing.T) {
 
 func TestByTraceOrder(t *testing.T) {
 	rec := trace.New(trace.Options{})
-	want := startRequest()
+	want := fixture.StartRequest()
 	shuffled := slices.Clone(want)
 	rand.New(rand.NewPCG(1, 2)).Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
 	for _, r := range shuffled {
 		rec.Record(r)
 	}
-	rec.Record(trace.Record{TraceID: "other", Kind: trace.KindMessage, Started: t0})
-	got := rec.ByTrace(fixtureTrace)
+	rec.Record(trace.Record{TraceID: "other", Kind: trace.KindMessage, Started: fixture.T0})
+	got := rec.ByTrace(fixture.TraceID)
 	if len(got) != len(want) {
 		t.Fatalf("ByTrace returned %d records, want %d", len(got), len(want))
 	}
@@ -153,7 +154,7 @@ func TestSubscribe(t *testing.T) {
 	rec := trace.New(trace.Options{})
 	jobs := rec.Subscribe(8, func(r trace.Record) bool { return r.Kind == trace.KindJob })
 	all := rec.Subscribe(0, nil)
-	for _, r := range startRequest() {
+	for _, r := range fixture.StartRequest() {
 		rec.Record(r)
 	}
 	got := <-jobs.C
@@ -165,8 +166,8 @@ func TestSubscribe(t *testing.T) {
 		t.Fatalf("filtered subscription got a second record %+v", r)
 	default:
 	}
-	if n := len(all.C); n != len(startRequest()) {
-		t.Fatalf("unfiltered subscription has %d records, want %d", n, len(startRequest()))
+	if n := len(all.C); n != len(fixture.StartRequest()) {
+		t.Fatalf("unfiltered subscription has %d records, want %d", n, len(fixture.StartRequest()))
 	}
 	jobs.Close()
 	jobs.Close() // twice is fine
@@ -185,7 +186,7 @@ const rounds = 3
 
 // recordNsPerOp measures Record: the best of several rounds, in ns per call.
 func recordNsPerOp(rec *trace.Recorder, n int) float64 {
-	r := trace.Record{TraceID: "t", SpanID: "s", Kind: trace.KindMessage, Actor: "domain/web1", MessageType: "domain.StartRequest", Started: t0, Ended: t0}
+	r := trace.Record{TraceID: "t", SpanID: "s", Kind: trace.KindMessage, Actor: "domain/web1", MessageType: "domain.StartRequest", Started: fixture.T0, Ended: fixture.T0}
 	best := time.Duration(1<<63 - 1)
 	for range rounds {
 		start := time.Now()

@@ -23,7 +23,8 @@ import (
 	"github.com/vmsup/vmsup/tests/testkit"
 )
 
-// vmsupBin is the vmsup binary built once by TestMain.
+// vmsupBin is the vmsup binary built once by TestMain, with vmsupd next
+// to it.
 var vmsupBin string
 
 func TestMain(m *testing.M) {
@@ -37,14 +38,15 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// vmsup and, next to it, the daemon's binary that `vmsup daemon` runs.
 	vmsupBin = filepath.Join(dir, "vmsup")
-	args := []string{"build", "-o", vmsupBin}
+	args := []string{"build", "-o", dir + "/"}
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	build := exec.Command("go", append(args, ".")...)
+	build := exec.Command("go", append(args, ".", "../vmsupd")...)
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build vmsup: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "go build vmsup vmsupd: %v\n%s", err, out)
 		return 1
 	}
 	// QEMU processes whose daemon exits (SIGTERM test) are re-parented to

@@ -78,21 +78,21 @@ type daemonInfo struct {
 	} `json:"job"`
 }
 
-// buildVmsup builds cmd/vmsup into dir.
+// buildVmsup builds cmd/vmsup and cmd/vmsupd (which `vmsup daemon` runs)
+// into dir and returns the path of vmsup.
 func buildVmsup(o Options, dir string) (string, error) {
 	if o.VmsupBinary != "" {
 		return o.VmsupBinary, nil
 	}
-	if _, err := os.Stat(filepath.Join(o.ModuleDir, "cmd", "vmsup")); err != nil {
-		return "", fmt.Errorf("cmd/vmsup is not there yet")
+	if _, err := os.Stat(filepath.Join(o.ModuleDir, "cmd", "vmsupd")); err != nil {
+		return "", fmt.Errorf("cmd/vmsupd is not there yet")
 	}
-	bin := filepath.Join(dir, "vmsup")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/vmsup")
+	cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/vmsup", "./cmd/vmsupd")
 	cmd.Dir = o.ModuleDir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("cmd/vmsup does not build: %v: %s", err, oneLine(string(out)))
+		return "", fmt.Errorf("cmd/vmsup and cmd/vmsupd do not build: %v: %s", err, oneLine(string(out)))
 	}
-	return bin, nil
+	return filepath.Join(dir, "vmsup"), nil
 }
 
 // InfoDaemon measures Info over the daemon's unix socket (the real

@@ -23,10 +23,10 @@ type Options struct {
 	// Repro is the command prefix that reproduces a row; the row's key is
 	// appended (" -only floor").
 	Repro string
-	// VmsupBinary is a built cmd/vmsup for the daemon rows; empty means
-	// build it.
+	// VmsupBinary is a built cmd/vmsup, with cmd/vmsupd next to it, for the
+	// daemon rows; empty means build both.
 	VmsupBinary string
-	// ModuleDir is the module root (for building cmd/vmsup).
+	// ModuleDir is the module root (for building cmd/vmsup and cmd/vmsupd).
 	ModuleDir string
 	// HeapProfile, when set, receives a heap profile taken while vmsup
 	// runs the 100 real QEMUs (real100).

@@ -1,0 +1,203 @@
+// Package api describes the HTTP/JSON API that the vmsup daemon serves on
+// its unix socket: its routes, headers and the objects (DTOs) it exchanges
+// with the CLI. Package server serves it and package client calls it; this
+// package imports nothing of the daemon, so that the CLI does not link it.
+//
+// Routes (version 1; every body is JSON unless noted, every error is
+// {"error": "..."} with a 4xx or 5xx status):
+//
+//	GET    /v1/ping                       → Ping
+//	GET    /v1/domains                    → [Info]
+//	POST   /v1/domains                    body: spec (YAML or JSON) → DefineResult (201 created, 200 updated)
+//	GET    /v1/domains/{name}             → Info
+//	DELETE /v1/domains/{name}             → Undefined
+//	POST   /v1/domains/{name}/start       ?paused=1 → Info
+//	POST   /v1/domains/{name}/shutdown    ?timeout=60s → Info
+//	POST   /v1/domains/{name}/destroy     → Info
+//	POST   /v1/domains/{name}/pause       → Info
+//	POST   /v1/domains/{name}/resume      → Info
+//	POST   /v1/domains/{name}/reset       → Info
+//	POST   /v1/domains/{name}/qmp         body: {"execute": ..., "arguments": {...}} → QMPReply
+//	GET    /v1/domains/{name}/jobs        → Jobs
+//	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
+//	GET    /v1/jobs                       → [Jobs]
+//	GET    /v1/events                     ?domain=NAME → NDJSON stream of Event
+//	GET    /v1/trace                      ?domain=NAME&request=ID&limit=N → [record.Record]
+//	GET    /v1/trace/follow               ?domain=NAME → NDJSON stream of record.Record and TraceNotice
+//	GET    /v1/trace/chrome               ?domain=NAME&request=ID → Chrome trace-event JSON (Perfetto)
+//	GET    /v1/trace/request/{id}         ?format=json|mermaid|svg → one request's records or its picture
+//
+// The trace routes read the daemon's trace recorder (package actors/trace;
+// its records are defined in package actors/trace/record); they answer 409
+// when the daemon runs with --trace=false. A record belongs to
+// ?domain=NAME when its actor or sender is domain/NAME or monitor/NAME, or
+// when it is the API record of a call that reached them.
+//
+// Every response carries an X-Request-Id header. A client may bound any call
+// with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
+// jobs wait up to 30 s for the VM's job lane, and shutdown waits its own
+// timeout plus 30 s.
+package api
+
+import "time"
+
+// Protocol constants shared by the server and its clients.
+const (
+	// Prefix is the path prefix of every route of this API version.
+	Prefix = "/v1"
+	// HeaderRequestID names the response header that carries the id the
+	// daemon gave to the request (also in the daemon's log lines).
+	HeaderRequestID = "X-Request-Id"
+	// HeaderTimeout names the request header that bounds a call, as a Go
+	// duration ("45s").
+	HeaderTimeout = "X-Vmsup-Timeout"
+	// ConsoleProtocol is the Upgrade token of the console route.
+	ConsoleProtocol = "vmsup-console"
+	// MaxBodyBytes is the largest request body the API reads (1 MiB).
+	MaxBodyBytes = 1 << 20
+	// ContentTypeNDJSON is the content type of event streams.
+	ContentTypeNDJSON = "application/x-ndjson"
+)
+
+// Info is the info object of one VM:
+// {"name","uuid","state","reason","pid","job","queued","restarts","control"}.
+type Info struct {
+	Name     string   `json:"name"`
+	UUID     string   `json:"uuid"`
+	State    string   `json:"state"`
+	Reason   string   `json:"reason"`
+	PID      int      `json:"pid"`
+	Job      *JobInfo `json:"job"`
+	Queued   int      `json:"queued"`
+	Restarts int      `json:"restarts"`
+	Control  *Control `json:"control"`
+}
+
+// Control says whether vmsup can talk to the VM right now, as libvirt's
+// domcontrol does: {"state","since","ms","reason"}. State is "ok", "job"
+// (a job holds the VM since Since), "occupied" (a QMP command waits for
+// QEMU since Since) or "error" (the QMP monitor is broken since Since,
+// because of Reason). Since is null when the state is "ok"; Millis is how
+// long the state has lasted when the daemon answered.
+type Control struct {
+	State  string     `json:"state"`
+	Since  *time.Time `json:"since"`
+	Millis int64      `json:"ms"`
+	Reason string     `json:"reason"`
+}
+
+// JobInfo is the active job of a VM: {"id","kind","owner","started","qmp"}
+// and "trace", the trace id of the API call that owns it (the X-Request-Id
+// of that call; `vmsup trace --request ID` shows its path).
+type JobInfo struct {
+	ID      uint64       `json:"id"`
+	Kind    string       `json:"kind"`
+	Owner   string       `json:"owner"`
+	Started time.Time    `json:"started"`
+	QMP     *QMPInFlight `json:"qmp"`
+	Trace   string       `json:"trace"`
+}
+
+// QMPInFlight is the QMP command a job waits on: {"command","since"}.
+type QMPInFlight struct {
+	Command string    `json:"command"`
+	Since   time.Time `json:"since"`
+}
+
+// QueuedJob is a job waiting in a VM's job lane; Trace is the trace id of
+// the call that queued it.
+type QueuedJob struct {
+	ID       uint64    `json:"id"`
+	Kind     string    `json:"kind"`
+	Owner    string    `json:"owner"`
+	Enqueued time.Time `json:"enqueued"`
+	Trace    string    `json:"trace"`
+}
+
+// Jobs is the job lane of one VM: the active job, a long (async) job in
+// its waiting phase, and the queued jobs in the order they will start.
+type Jobs struct {
+	Domain string      `json:"domain"`
+	Active *JobInfo    `json:"active"`
+	Async  *JobInfo    `json:"async"`
+	Queued []QueuedJob `json:"queued"`
+}
+
+// Event is one lifecycle event, one line of the /v1/events stream.
+type Event struct {
+	Seq    uint64    `json:"seq"`
+	Type   string    `json:"type"`
+	Domain string    `json:"domain"`
+	UUID   string    `json:"uuid,omitempty"`
+	State  string    `json:"state"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
+	Cause  string    `json:"cause,omitempty"`
+}
+
+// DefineResult answers POST /v1/domains.
+type DefineResult struct {
+	Name    string `json:"name"`
+	UUID    string `json:"uuid"`
+	Created bool   `json:"created"`
+}
+
+// Undefined answers DELETE /v1/domains/{name}.
+type Undefined struct {
+	Name string `json:"name"`
+}
+
+// QMPReply answers POST /v1/domains/{name}/qmp with the reply's "return"
+// value.
+type QMPReply struct {
+	Return any `json:"return"`
+}
+
+// Ping answers GET /v1/ping: who is serving.
+type Ping struct {
+	PID      int    `json:"pid"`
+	StateDir string `json:"state_dir"`
+}
+
+// Error is the body of every error response. Class and Desc are set for
+// QMP errors (status 502); Fields lists the bad fields of a spec.
+type Error struct {
+	Error  string       `json:"error"`
+	Class  string       `json:"class,omitempty"`
+	Desc   string       `json:"desc,omitempty"`
+	Fields []FieldError `json:"fields,omitempty"`
+}
+
+// TraceNotice is a line of the /v1/trace/follow stream that is not a
+// record; its Kind tells it from a record (whose kind is message, job,
+// qmp or api):
+//
+//   - "dropped": the stream lost records because its reader fell behind
+//     (Dropped since the last notice, TotalDropped since the start);
+//   - "end": the daemon ends the stream (it is stopping), with the total.
+type TraceNotice struct {
+	Kind         string    `json:"kind"`
+	Dropped      uint64    `json:"dropped"`
+	TotalDropped uint64    `json:"total_dropped"`
+	Time         time.Time `json:"time"`
+	Reason       string    `json:"reason,omitempty"`
+}
+
+// Formats of GET /v1/trace/request/{id}.
+const (
+	FormatJSON    = "json"
+	FormatMermaid = "mermaid"
+	FormatSVG     = "svg"
+)
+
+// Kinds of TraceNotice.
+const (
+	NoticeDropped = "dropped"
+	NoticeEnd     = "end"
+)
+
+// FieldError is one problem with one spec field.
+type FieldError struct {
+	Field   string `json:"field"`
+	Problem string `json:"problem"`
+}

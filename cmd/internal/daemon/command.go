@@ -1,0 +1,102 @@
+package daemon
+
+import (
+	"io"
+	"time"
+
+	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
+
+	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/cmd/internal/cmdline"
+)
+
+// maxTraceCapacity bounds --trace-capacity: a record takes a few hundred
+// bytes of the ring, which is allocated at once.
+const maxTraceCapacity = 1 << 22
+
+// Command is the daemon's command line, vmsupd, shown to the user as name
+// ("vmsupd", or "vmsup daemon" when the CLI runs it): its flags make a
+// Config for Run. Logs go to stderr.
+func Command(name string, stdout, stderr io.Writer) *cobra.Command {
+	var socketFlag, stateDir, logFormat, logLevel, traceLog string
+	var traceOn bool
+	var traceCapacity int
+	cmd := &cobra.Command{
+		Use:         "vmsupd",
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
+		Short:       "Serve the vmsup API on the unix socket",
+		Long: `Serve the vmsup API (HTTP/JSON, NDJSON streams) on the unix socket given by
+--socket. The state dir holds the VM definitions, their runtime files and a
+lock file; a second daemon on the same state dir refuses to start.
+
+The daemon records a trace of every message, job and QMP command in a ring
+buffer of --trace-capacity records ("vmsup trace" reads it); --trace-log
+also appends every record to a file as JSON lines. --trace=false switches
+recording off.
+
+SIGTERM or SIGINT stops the daemon and leaves the VMs running.
+
+Exit codes: 0 stopped, 1 error, 2 usage.`,
+		Args: cmdline.ExactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if traceCapacity <= 0 || traceCapacity > maxTraceCapacity {
+				return cmdline.Usagef("--trace-capacity %d: want a number of records from 1 to %d", traceCapacity, maxTraceCapacity)
+			}
+			if !traceOn && traceLog != "" {
+				return cmdline.Usagef("--trace-log needs tracing on; drop --trace=false")
+			}
+			if stateDir == "" {
+				if stateDir, err = cmdline.DefaultStateDir(); err != nil {
+					return err
+				}
+			}
+			sock, err := cmdline.Socket(socketFlag)
+			if err != nil {
+				return err
+			}
+			level, err := zerolog.ParseLevel(logLevel)
+			if err != nil || logLevel == "" {
+				return cmdline.Usagef("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			var logger zerolog.Logger
+			switch logFormat {
+			case "json":
+				logger = zerolog.New(stderr)
+			case "console":
+				logger = zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000", NoColor: !cmdline.IsTerminal(stderr)})
+			case "auto":
+				if cmdline.IsTerminal(stderr) {
+					logger = zerolog.New(zerolog.ConsoleWriter{Out: stderr, TimeFormat: "15:04:05.000"})
+				} else {
+					logger = zerolog.New(stderr)
+				}
+			default:
+				return cmdline.Usagef("--log-format %q: want json or console", logFormat)
+			}
+			zerolog.TimeFieldFormat = time.RFC3339Nano
+			logger = logger.Level(level).With().Timestamp().Logger()
+			return Run(cmd.Context(), Config{
+				StateDir:  stateDir,
+				Socket:    sock,
+				Logger:    logger,
+				StopGrace: 5 * time.Second,
+
+				TraceOff:      !traceOn,
+				TraceCapacity: traceCapacity,
+				TraceLog:      traceLog,
+			})
+		},
+	}
+	cmdline.Prepare(cmd, stdout, stderr)
+	f := cmd.Flags()
+	f.StringVar(&socketFlag, "socket", "", "the unix socket to serve on (env "+cmdline.SocketEnv+"; default /run/vmsup/vmsup.sock for root, $XDG_RUNTIME_DIR/vmsup.sock otherwise)")
+	f.StringVar(&stateDir, "state-dir", "", "state dir (default /var/lib/vmsup for root, $XDG_STATE_HOME/vmsup otherwise)")
+	f.StringVar(&logFormat, "log-format", "auto", "log format: json or console (auto: console on a terminal, else json)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.BoolVar(&traceOn, "trace", true, "record the actor trace (--trace=false: off; the actors then pay one atomic load per message)")
+	f.IntVar(&traceCapacity, "trace-capacity", trace.DefaultCapacity, "how many of the newest trace records the daemon keeps")
+	f.StringVar(&traceLog, "trace-log", "", "append every trace record to `FILE` as JSON lines (zerolog)")
+	return cmd
+}

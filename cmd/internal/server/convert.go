@@ -1,0 +1,67 @@
+package server
+
+import (
+	"github.com/vmsup/vmsup/cmd/internal/api"
+	"github.com/vmsup/vmsup/domain"
+)
+
+// fromInfo maps a domain snapshot to the API's info object.
+func fromInfo(in *domain.Info) api.Info {
+	return api.Info{
+		Name:     in.Name,
+		UUID:     in.UUID,
+		State:    string(in.State),
+		Reason:   string(in.Reason),
+		PID:      in.PID,
+		Job:      fromJob(in.Job),
+		Queued:   in.Queued,
+		Restarts: in.Restarts,
+		Control:  fromControl(in.Control),
+	}
+}
+
+func fromControl(c *domain.Control) *api.Control {
+	if c == nil {
+		return nil
+	}
+	out := &api.Control{State: c.State, Millis: c.Millis, Reason: c.Reason}
+	if !c.Since.IsZero() {
+		since := c.Since
+		out.Since = &since
+	}
+	return out
+}
+
+func fromJob(j *domain.JobInfo) *api.JobInfo {
+	if j == nil {
+		return nil
+	}
+	out := &api.JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID}
+	if j.QMP != nil {
+		out.QMP = &api.QMPInFlight{Command: j.QMP.Command, Since: j.QMP.Since}
+	}
+	return out
+}
+
+// fromJobs maps a domain's job lane to the API's jobs object.
+func fromJobs(j *domain.Jobs) api.Jobs {
+	out := api.Jobs{Domain: j.Domain, Active: fromJob(j.Active), Async: fromJob(j.Async), Queued: []api.QueuedJob{}}
+	for _, q := range j.Queued {
+		out.Queued = append(out.Queued, api.QueuedJob{ID: q.ID, Kind: string(q.Kind), Owner: q.Owner, Enqueued: q.Enqueued, Trace: q.RequestID})
+	}
+	return out
+}
+
+// fromEvent maps a lifecycle event to the API's event object.
+func fromEvent(ev domain.Event) api.Event {
+	return api.Event{
+		Seq:    ev.Seq,
+		Type:   string(ev.Type),
+		Domain: ev.Domain,
+		UUID:   ev.UUID,
+		State:  string(ev.State),
+		Reason: string(ev.Reason),
+		Time:   ev.Time,
+		Cause:  ev.Cause,
+	}
+}
