@@ -513,7 +513,9 @@ func TestJobLaneStartHookRefuses(t *testing.T) {
 			t.Error("a refused job ran")
 			return nil
 		}})
-		p.Start = func(c actor.Context, j *Job[*tdata]) error { return fmt.Errorf("picky: %s is not welcome", j.Data.name) }
+		p.Start = func(c actor.Context, j *Job[*tdata]) error {
+			return fmt.Errorf("picky: %s is not welcome", j.Data.name)
+		}
 		p.End = func(actor.Context, *Job[*tdata], any, error) (any, error) { ended.Add(1); return nil, nil }
 		f.plans["picky"] = p
 	})
