@@ -247,12 +247,13 @@ type Plan[T any] struct {
 	End func(c actor.Context, j *Job[T], value any, err error) (any, error)
 
 	names []string
+	owner string // "api NAME", the owner of a job whose request names none
 }
 
 // NewPlan returns a plan of the given steps. Set Mask, Via, Start and End
 // on it before the first job uses it.
 func NewPlan[T any](name string, kind JobKind, steps ...Step[T]) *Plan[T] {
-	p := &Plan[T]{Name: name, Kind: kind, Steps: steps}
+	p := &Plan[T]{Name: name, Kind: kind, Steps: steps, owner: "api " + name}
 	p.names = make([]string, len(steps))
 	for i, s := range steps {
 		if (s.Do == nil) == (s.InActor == nil) {

@@ -59,6 +59,9 @@ type JobLane[T any] struct {
 	async  *Job[T]
 	paused string
 	closed error
+	// now is the instant of the Enqueue under way: the jobs it starts
+	// start then (one clock read fewer per job).
+	now time.Time
 
 	recent     []JobInfo // a ring of cfg.Recent
 	recentNext int
@@ -100,7 +103,9 @@ func (l *JobLane[T]) Enqueue(c actor.Context, plan *Plan[T], req Request, data T
 		return j
 	}
 	l.push(j)
+	l.now = j.info.Enqueued
 	l.pump(c)
+	l.now = time.Time{}
 	if j.state == jobQueued {
 		l.watch(j)
 	}
@@ -149,7 +154,10 @@ func (l *JobLane[T]) newJob(plan *Plan[T], req Request, data T, w Waiter) *Job[T
 	l.seq++
 	owner := req.Owner
 	if owner == "" {
-		owner = "api " + plan.Name
+		owner = plan.owner
+	}
+	if owner == "" {
+		owner = "api " + plan.Name // a plan not made by NewPlan
 	}
 	names := plan.names
 	if names == nil && len(plan.Steps) > 0 {
@@ -159,7 +167,7 @@ func (l *JobLane[T]) newJob(plan *Plan[T], req Request, data T, w Waiter) *Job[T
 		}
 	}
 	return &Job[T]{
-		Data: data, lane: l, plan: plan, req: req, waiter: w,
+		Data: data, lane: l, plan: plan, reqCtx: req.Ctx, parent: req.ParentID, waiter: w,
 		info: JobInfo{ID: l.seq, Name: plan.Name, Kind: plan.Kind, Owner: owner, RequestID: req.RequestID,
 			Enqueued: time.Now(), Steps: names},
 	}
@@ -168,12 +176,11 @@ func (l *JobLane[T]) newJob(plan *Plan[T], req Request, data T, w Waiter) *Job[T
 // watch makes a queued job leave the queue when its caller's context
 // ends. A context that can never end (context.Background) costs nothing.
 func (l *JobLane[T]) watch(j *Job[T]) {
-	ctx := j.req.Ctx
+	ctx := j.reqCtx
 	if ctx == nil || ctx.Done() == nil || j.preempt {
 		return
 	}
-	j.left = jobEvent[T]{job: j, what: evLeft, req: j.eventHeader()}
-	root, self, e := l.root, l.self, &j.left
+	root, self, e := l.root, l.self, &jobEvent[T]{job: j, what: evLeft}
 	j.watch = context.AfterFunc(ctx, func() { root.Send(self, e) })
 }
 
@@ -229,7 +236,7 @@ func (l *JobLane[T]) pump(c actor.Context) {
 			j.watch()
 			j.watch = nil
 		}
-		if ctx := j.req.Ctx; ctx != nil && !j.preempt && ctx.Err() != nil {
+		if ctx := j.reqCtx; ctx != nil && !j.preempt && ctx.Err() != nil {
 			l.finish(c, j, nil, l.leftErr(j), false) // a dead job at the head
 			continue
 		}
@@ -238,14 +245,17 @@ func (l *JobLane[T]) pump(c actor.Context) {
 }
 
 func (l *JobLane[T]) leftErr(j *Job[T]) error {
-	return fmt.Errorf("%s: job %d %q left the queue: %w", l.cfg.Name, j.info.ID, j.info.Name, j.req.Ctx.Err())
+	return fmt.Errorf("%s: job %d %q left the queue: %w", l.cfg.Name, j.info.ID, j.info.Name, j.reqCtx.Err())
 }
 
 // start makes j the active job and runs it.
 func (l *JobLane[T]) start(c actor.Context, j *Job[T]) {
 	j.state = jobActive
 	l.active = j
-	j.info.Started = time.Now()
+	j.info.Started = l.now
+	if j.info.Started.IsZero() {
+		j.info.Started = time.Now()
+	}
 	j.ctx, j.cancel = context.WithCancelCause(context.Background())
 	if len(j.plan.Steps) > 0 {
 		l.showStep(j, 0, j.info.Started)
@@ -257,6 +267,7 @@ func (l *JobLane[T]) start(c actor.Context, j *Job[T]) {
 			return
 		}
 	}
+	j.holding = true
 	if l.cfg.Started != nil {
 		l.cfg.Started(j)
 	}
@@ -290,8 +301,16 @@ func (l *JobLane[T]) goAsync(j *Job[T]) {
 		return
 	}
 	l.active, l.async, j.state = nil, j, jobAsync
-	if l.cfg.Released != nil {
-		l.cfg.Released(j)
+	l.release(j)
+}
+
+// release calls the Released hook once for a job that took the lane.
+func (l *JobLane[T]) release(j *Job[T]) {
+	if j.holding {
+		j.holding = false
+		if l.cfg.Released != nil {
+			l.cfg.Released(j)
+		}
 	}
 }
 
@@ -357,7 +376,6 @@ func (l *JobLane[T]) finish(c actor.Context, j *Job[T], value any, err error, st
 	if j.state == jobEnded {
 		return
 	}
-	held := l.active == j
 	switch j {
 	case l.active:
 		l.active = nil
@@ -372,9 +390,7 @@ func (l *JobLane[T]) finish(c actor.Context, j *Job[T], value any, err error, st
 	if j.cancel != nil {
 		j.cancel(err)
 	}
-	if held && l.cfg.Released != nil {
-		l.cfg.Released(j)
-	}
+	l.release(j)
 	if started && j.plan.End != nil {
 		value, err = j.plan.End(c, j, value, err)
 	}
@@ -557,9 +573,10 @@ func (l *JobLane[T]) FailQueued(c actor.Context, err error) {
 }
 
 // Close ends the lane: the running jobs are cancelled with err and, like
-// the queued ones, end at once with err (their goroutines finish their
-// cleanups on their own; Wait waits for them). Later jobs end with err at
-// Enqueue.
+// the queued ones, end at once with err, without their plans' End (their
+// goroutines finish their cleanups on their own; Wait waits for them).
+// Later jobs end with err at Enqueue. Call it when the actor stops or
+// restarts.
 func (l *JobLane[T]) Close(c actor.Context, err error) {
 	if l.closed != nil {
 		return

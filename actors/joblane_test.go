@@ -529,6 +529,9 @@ func TestJobLaneStartHookRefuses(t *testing.T) {
 	if ended.Load() != 0 {
 		t.Fatal("End ran for a job that never started")
 	}
+	if h, m := f.holders.Load(), f.maxHolders.Load(); h != 0 || m != 1 {
+		t.Fatalf("holders %d (max %d): Started and Released must pair, and a refused job takes no lane", h, m)
+	}
 	s := f.snapshot()
 	if s.Recent[0].Step != "" || s.Recent[0].Error != "picky: x is not welcome" {
 		t.Fatalf("refused job's record %+v", s.Recent[0])

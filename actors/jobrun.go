@@ -27,15 +27,18 @@ type Job[T any] struct {
 	// must leave it alone.
 	Data T
 
-	lane    *JobLane[T]
-	plan    *Plan[T]
-	info    JobInfo
-	req     Request
+	lane *JobLane[T]
+	plan *Plan[T]
+	info JobInfo // holds the request's id and owner
+	// reqCtx and parent are the rest of the request that queued the job.
+	reqCtx  context.Context
+	parent  string
 	span    string
 	waiter  Waiter
 	more    []Waiter
 	state   jobState
 	preempt bool // placed by Preempt: it ignores its caller's context
+	holding bool // between the Started and the Released hook
 	watch   func() bool
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
@@ -44,14 +47,12 @@ type Job[T any] struct {
 	// between segments (the mailbox orders the two).
 	next     int
 	cleanups []cleanup
-	cbuf     [2]cleanup
 	value    any
 	err      error
 
-	// Messages the job posts about itself that need no allocation: the
-	// end of a goroutine segment, and leaving the queue.
-	seg  jobEvent[T]
-	left jobEvent[T]
+	// seg is the message that ends each goroutine segment: posted without
+	// an allocation.
+	seg jobEvent[T]
 }
 
 type cleanup struct {
@@ -75,7 +76,9 @@ func (j *Job[T]) Plan() *Plan[T] { return j.plan }
 func (j *Job[T]) Info() JobInfo { return j.info }
 
 // Request is the request that queued the job.
-func (j *Job[T]) Request() Request { return j.req }
+func (j *Job[T]) Request() Request {
+	return Request{Ctx: j.reqCtx, RequestID: j.info.RequestID, ParentID: j.parent, Owner: j.info.Owner}
+}
 
 // Context is the job's own context, from its start: it ends when the job
 // is cancelled or ends. It is nil for a job that has not started.
@@ -122,7 +125,7 @@ func (r Run[T]) Context() context.Context { return r.j.ctx }
 // Header is the request header for messages the step sends on the job's
 // behalf: the caller's trace, the job's span as parent, the job's context.
 func (r Run[T]) Header() Request {
-	return Request{Ctx: r.j.ctx, RequestID: r.j.req.RequestID, ParentID: r.j.span, Owner: r.j.info.Owner}
+	return Request{Ctx: r.j.ctx, RequestID: r.j.info.RequestID, ParentID: r.j.span, Owner: r.j.info.Owner}
 }
 
 // Self is the owning actor.
@@ -139,11 +142,7 @@ func (r Run[T]) Tell(msg any) { r.j.lane.root.Send(r.j.lane.self, msg) }
 // reverse order, in a goroutine the lane owns, each with the job's error
 // so far (nil on success). A cleanup's error is joined to the job's.
 func (r Run[T]) Defer(name string, fn func(jobErr error) error) {
-	j := r.j
-	if j.cleanups == nil {
-		j.cleanups = j.cbuf[:0]
-	}
-	j.cleanups = append(j.cleanups, cleanup{name: name, fn: fn})
+	r.j.cleanups = append(r.j.cleanups, cleanup{name: name, fn: fn})
 }
 
 // SetValue sets the job's value, the reply its waiters get on success
@@ -155,7 +154,7 @@ func (r Run[T]) SetValue(v any) { r.j.value = v }
 // wait errors show it.
 func (r Run[T]) Calling(cmd string) {
 	j := r.j
-	e := &jobEvent[T]{job: j, what: evCall, call: cmd, at: time.Now(), req: j.eventHeader()}
+	e := &jobEvent[T]{job: j, what: evCall, call: cmd, at: time.Now()}
 	j.lane.root.Send(j.lane.self, e)
 }
 
@@ -172,23 +171,23 @@ const (
 // jobEvent is what a job tells its lane, through the owning actor's
 // mailbox; JobLane.Handle takes it.
 type jobEvent[T any] struct {
-	job  *Job[T]
-	what eventKind
-	step int
-	call string
-	at   time.Time
-	req  Request // the job's trace, for the trace middleware
+	job   *Job[T]
+	what  eventKind
+	step  int
+	call  string
+	at    time.Time
+	stamp string // the trace middleware's stamp of this send
 }
 
-// Header puts the event in the job's trace, under the job's span.
-func (e *jobEvent[T]) Header() Request { return e.req }
+// Header puts the event in the job's trace, under the job's span. It
+// reads only what does not change once the job has started.
+func (e *jobEvent[T]) Header() Request {
+	j := e.job
+	return Request{RequestID: j.info.RequestID, ParentID: j.span, Owner: j.info.Owner}
+}
 
 // TraceStamp lets the trace middleware stamp the event itself.
-func (e *jobEvent[T]) TraceStamp() *string { return e.req.TraceStamp() }
-
-func (j *Job[T]) eventHeader() Request {
-	return Request{RequestID: j.req.RequestID, ParentID: j.span, Owner: j.info.Owner}
-}
+func (e *jobEvent[T]) TraceStamp() *string { return &e.stamp }
 
 // runSegment runs the job's goroutine steps from j.next until an InActor
 // step or the end; at the end it runs the cleanups. Then it tells the
@@ -205,7 +204,7 @@ func (j *Job[T]) runSegment() {
 			return
 		}
 		if !first {
-			l.root.Send(l.self, &jobEvent[T]{job: j, what: evStep, step: j.next, at: time.Now(), req: j.eventHeader()})
+			l.root.Send(l.self, &jobEvent[T]{job: j, what: evStep, step: j.next, at: time.Now()})
 		}
 		first = false
 		if err := j.ctx.Err(); err != nil {
@@ -224,7 +223,7 @@ func (j *Job[T]) runSegment() {
 }
 
 func (j *Job[T]) post(what eventKind) {
-	j.seg = jobEvent[T]{job: j, what: what, step: j.next, req: j.eventHeader()}
+	j.seg = jobEvent[T]{job: j, what: what, step: j.next}
 	j.lane.root.Send(j.lane.self, &j.seg)
 }
 

@@ -32,7 +32,7 @@ type Explanation struct {
 func (l *JobLane[T]) Explain(c actor.Context, requestID string) *Explanation {
 	for {
 		j := l.Find(func(j *Job[T]) bool {
-			return j.state == jobQueued && !j.preempt && j.req.RequestID == requestID && j.req.Ctx != nil && j.req.Ctx.Err() != nil
+			return j.state == jobQueued && !j.preempt && j.info.RequestID == requestID && j.reqCtx != nil && j.reqCtx.Err() != nil
 		})
 		if j == nil {
 			break
