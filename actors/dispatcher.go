@@ -21,8 +21,14 @@ import (
 // scheduled after it run on goroutines of their own.
 type Dispatcher struct {
 	pool       *ants.Pool
+	tasks      *ants.PoolWithFunc // job goroutines: a pointer argument, no closure
 	throughput int
 }
+
+// task is work that the dispatcher runs without a closure: a job segment.
+type task interface{ runSegment() }
+
+func runTask(arg any) { arg.(task).runSegment() }
 
 // IdleWorker is how long a pooled worker waits for a turn before ending.
 const IdleWorker = 10 * time.Second
@@ -39,13 +45,26 @@ func NewDispatcher() (*Dispatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("actors: dispatcher pool: %w", err)
 	}
-	return &Dispatcher{pool: pool, throughput: DefaultThroughput}, nil
+	tasks, err := ants.NewPoolWithFunc(-1, runTask, ants.WithExpiryDuration(IdleWorker), ants.WithNonblocking(true))
+	if err != nil {
+		pool.Release()
+		return nil, fmt.Errorf("actors: dispatcher task pool: %w", err)
+	}
+	return &Dispatcher{pool: pool, tasks: tasks, throughput: DefaultThroughput}, nil
 }
 
 // Schedule runs fn, a mailbox turn, on an idle worker or a new one.
 func (d *Dispatcher) Schedule(fn func()) {
 	if err := d.pool.Submit(fn); err != nil {
 		go fn() // the pool is closed: the actors still drain
+	}
+}
+
+// goTask runs t on a pooled worker, or on a goroutine of its own once
+// the pool is closed.
+func (d *Dispatcher) goTask(t task) {
+	if err := d.tasks.Invoke(t); err != nil {
+		go t.runSegment()
 	}
 }
 
@@ -63,8 +82,13 @@ func PropsOption(d actor.Dispatcher) []actor.PropsOption {
 
 // Close ends the idle workers and waits up to timeout for busy ones.
 func (d *Dispatcher) Close(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
 	if err := d.pool.ReleaseTimeout(timeout); err != nil {
+		d.tasks.Release()
 		return fmt.Errorf("actors: dispatcher: %d workers still busy after %s: %w", d.pool.Running(), timeout, err)
+	}
+	if err := d.tasks.ReleaseTimeout(max(time.Until(deadline), time.Millisecond)); err != nil {
+		return fmt.Errorf("actors: dispatcher: %d job goroutines still busy after %s: %w", d.tasks.Running(), timeout, err)
 	}
 	return nil
 }
