@@ -80,7 +80,9 @@ type Info struct {
 // Create creates the persistent tap cfg.Name, owned by this process's
 // effective uid and gid (so QEMU started by this process may open it by
 // name), tags it, sets its address, enslaves it to cfg.Bridge and brings it
-// up. On any error it removes the tap again.
+// up. On any error it removes the tap again. It refuses a name that is
+// taken (ErrExist), even by a tap of the same tag: call DeleteStale first to
+// clear taps that a crash left behind.
 func Create(cfg Config) (*Info, error) {
 	if err := checkName(cfg.Name); err != nil {
 		return nil, err
