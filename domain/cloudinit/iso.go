@@ -144,13 +144,13 @@ func ReadISO(path string) (*Seed, error) {
 		return b, nil
 	}
 	s := &Seed{}
-	if s.MetaData, err = read(MetaDataFile, 2<<20); err != nil {
+	if s.MetaData, err = read(MetaDataName, 2<<20); err != nil {
 		return nil, err
 	}
-	if s.UserData, err = read(UserDataFile, MaxUserData); err != nil {
+	if s.UserData, err = read(UserDataName, MaxUserData); err != nil {
 		return nil, err
 	}
-	if s.NetworkConfig, err = read(NetworkConfigFile, MaxNetworkConfig); err != nil {
+	if s.NetworkConfig, err = read(NetworkConfigName, MaxNetworkConfig); err != nil {
 		if !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
 		}

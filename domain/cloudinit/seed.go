@@ -12,9 +12,9 @@ import (
 
 // Names of the files in a seed.
 const (
-	MetaDataFile      = "meta-data"
-	UserDataFile      = "user-data"
-	NetworkConfigFile = "network-config"
+	MetaDataName      = "meta-data"
+	UserDataName      = "user-data"
+	NetworkConfigName = "network-config"
 )
 
 // DefaultUserData is the user data of a seed whose Config has none.
@@ -89,11 +89,11 @@ type seedFile struct {
 // files returns the seed's files in name order, without an absent
 // network-config.
 func (s *Seed) files() []seedFile {
-	out := []seedFile{{MetaDataFile, s.MetaData}}
+	out := []seedFile{{MetaDataName, s.MetaData}}
 	if s.NetworkConfig != nil {
-		out = append(out, seedFile{NetworkConfigFile, s.NetworkConfig})
+		out = append(out, seedFile{NetworkConfigName, s.NetworkConfig})
 	}
-	return append(out, seedFile{UserDataFile, s.UserData})
+	return append(out, seedFile{UserDataName, s.UserData})
 }
 
 // Hash returns a hex SHA-256 of the seed's file names and contents; two
