@@ -394,7 +394,7 @@ func TestCreateDeadline(t *testing.T) {
 	}
 	bin := fakeQemuImg(t, fmt.Sprintf(`case "$1" in
 info) exec %s "$@" ;;
-create) for a; do case "$a" in *.tmp-*) tmp=$a ;; esac; done; : > "$tmp.probe"; echo x > "$tmp"; sleep 60 ;;
+create) for a; do case "$a" in *.tmp-*) tmp=$a ;; esac; done; [ -n "$tmp" ] || exit 3; : > "$tmp.probe"; echo x > "$tmp"; sleep 60 ;;
 esac
 `, real))
 	q := QemuImg{Path: bin, Timeout: time.Second}
