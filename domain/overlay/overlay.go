@@ -1,0 +1,240 @@
+package overlay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Base image formats.
+const (
+	FormatQCOW2 = "qcow2"
+	FormatRaw   = "raw"
+)
+
+// Errors that CheckBase and Create wrap, for errors.Is.
+var (
+	// ErrBackingChain: the base has a backing file (or an external data
+	// file) of its own.
+	ErrBackingChain = errors.New("has a backing file; a base must be a standalone image")
+	// ErrFormatMismatch: the base's format is not the declared one.
+	ErrFormatMismatch = errors.New("format does not match")
+	// ErrTooSmall: the overlay's size is smaller than the base.
+	ErrTooSmall = errors.New("size is smaller than the base image")
+	// ErrUnusable: the base is encrypted, corrupt or marked dirty.
+	ErrUnusable = errors.New("image cannot serve as a base")
+)
+
+// CheckBase inspects the base image path and checks that it can back an
+// overlay: its format as qemu-img detects it is format (qcow2 or raw), and
+// it has no backing file, no external data file, no encryption, and no
+// corrupt or dirty flag. It returns the base's Info.
+func (q QemuImg) CheckBase(ctx context.Context, path, format string) (*Info, error) {
+	if format != FormatQCOW2 && format != FormatRaw {
+		return nil, fmt.Errorf("base image %s: format %q is not supported; use %q or %q", path, format, FormatQCOW2, FormatRaw)
+	}
+	if err := checkPath("base image", path); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("base image %s does not exist: %w", path, fs.ErrNotExist)
+		}
+		return nil, fmt.Errorf("base image: %w", err)
+	}
+	if !st.Mode().IsRegular() && st.Mode().Type() != fs.ModeDevice {
+		return nil, fmt.Errorf("base image %s is not a file or a block device (mode %s)", path, st.Mode())
+	}
+	// qemu-img probes the format: a raw image whose first bytes look like
+	// a qcow2 header is reported as qcow2, and refused here as a mismatch.
+	info, err := q.Info(ctx, path)
+	if err != nil {
+		return nil, fmt.Errorf("base image %s: %w", path, err)
+	}
+	switch {
+	case info.Format != format:
+		return nil, fmt.Errorf("base image %s: %w: declared %q, qemu-img detects %q", path, ErrFormatMismatch, format, info.Format)
+	case info.BackingFile != "" || info.FullBackingFile != "":
+		return nil, fmt.Errorf("base image %s %w (%s)", path, ErrBackingChain, quoteName(info.BackingFile, info.FullBackingFile))
+	case info.DataFile != "":
+		return nil, fmt.Errorf("base image %s: %w: it keeps its data in the external file %q", path, ErrBackingChain, info.DataFile)
+	case info.Encrypted:
+		return nil, fmt.Errorf("base image %s: %w: it is encrypted", path, ErrUnusable)
+	case info.Corrupt:
+		return nil, fmt.Errorf("base image %s: %w: it is marked corrupt (see qemu-img check)", path, ErrUnusable)
+	case info.Dirty:
+		return nil, fmt.Errorf("base image %s: %w: it is marked dirty (repair it with qemu-img check -r all)", path, ErrUnusable)
+	case info.VirtualSize == 0:
+		return nil, fmt.Errorf("base image %s: %w: its virtual size is 0", path, ErrUnusable)
+	}
+	return info, nil
+}
+
+func quoteName(recorded, full string) string {
+	if full != "" && full != recorded {
+		return strconv.Quote(recorded) + ", that is " + strconv.Quote(full)
+	}
+	return strconv.Quote(recorded)
+}
+
+// Create makes the qcow2 overlay at path on the base image base of format
+// baseFormat, with "qemu-img create -f qcow2 -F baseFormat -b base". The
+// overlay's virtual size is size bytes, or the base's when size is 0; a
+// size below the base's is refused, and it must be a multiple of 512.
+// Both paths must be absolute, and path must not exist.
+//
+// The overlay appears at path whole or not at all: qemu-img writes a
+// temporary file next to it, which is checked, synced and renamed to path
+// (never over an existing file), and removed on any failure, including a
+// deadline. The base is opened read-only. Create returns the overlay's
+// Info.
+func (q QemuImg) Create(ctx context.Context, base, baseFormat, path string, size uint64) (*Info, error) {
+	if err := checkPath("overlay", path); err != nil {
+		return nil, err
+	}
+	if size%512 != 0 {
+		return nil, fmt.Errorf("overlay %s: size %d is not a multiple of 512 bytes", path, size)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return nil, fmt.Errorf("overlay %s: %w", path, fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	dir := filepath.Dir(path)
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		return nil, fmt.Errorf("overlay %s: its directory %s does not exist", path, dir)
+	}
+	if path == base {
+		return nil, fmt.Errorf("overlay %s: it is the base image itself", path)
+	}
+	bi, err := q.CheckBase(ctx, base, baseFormat)
+	if err != nil {
+		return nil, err
+	}
+	if size == 0 {
+		size = bi.VirtualSize
+	}
+	if size < bi.VirtualSize {
+		return nil, fmt.Errorf("overlay %s: %w: %d bytes, base %s has %d", path, ErrTooSmall, size, base, bi.VirtualSize)
+	}
+
+	tmp, err := tempName(path)
+	if err != nil {
+		return nil, err
+	}
+	done := false
+	defer func() {
+		if !done {
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := q.run(ctx, "create", "-q", "-f", FormatQCOW2, "-F", baseFormat, "-b", base, tmp, strconv.FormatUint(size, 10)); err != nil {
+		return nil, fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	info, err := q.Info(ctx, tmp)
+	if err != nil {
+		return nil, fmt.Errorf("creating overlay %s: reading it back: %w", path, err)
+	}
+	if info.Format != FormatQCOW2 || info.FullBackingFile != base || info.BackingFormat != baseFormat || info.VirtualSize != size {
+		return nil, fmt.Errorf("creating overlay %s: qemu-img made a %s image of %d bytes on %q (%s), want qcow2 of %d bytes on %q (%s)",
+			path, info.Format, info.VirtualSize, info.FullBackingFile, info.BackingFormat, size, base, baseFormat)
+	}
+	if err := syncFile(tmp); err != nil {
+		return nil, fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("overlay %s: %w (created meanwhile)", path, fs.ErrExist)
+		}
+		return nil, fmt.Errorf("creating overlay %s: renaming %s: %w", path, tmp, err)
+	}
+	done = true
+	if err := syncFile(dir); err != nil {
+		return nil, fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	info.Filename = path
+	return info, nil
+}
+
+// tempName returns a fresh temporary name next to path.
+func tempName(path string) (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+hex.EncodeToString(b[:])), nil
+}
+
+// syncFile fsyncs the file or directory name.
+func syncFile(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", name, err)
+	}
+	return nil
+}
+
+// Remove deletes the overlay at path and any temporary file a Create of it
+// left behind. A missing overlay is not an error; anything but a regular
+// file (a directory, a symlink, a device) is refused. It never follows a
+// link, so a base cannot be reached through it.
+func Remove(path string) error {
+	if err := checkPath("overlay", path); err != nil {
+		return err
+	}
+	var errs []error
+	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp-"
+	ents, err := os.ReadDir(dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("removing overlay %s: %w", path, err))
+	}
+	for _, e := range ents {
+		if !e.Type().IsRegular() || !strings.HasPrefix(e.Name(), prefix) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing overlay %s: %w", path, err))
+		}
+	}
+	st, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		errs = append(errs, fmt.Errorf("removing overlay: %w", err))
+	case !st.Mode().IsRegular():
+		errs = append(errs, fmt.Errorf("removing overlay %s: not a regular file (mode %s); left alone", path, st.Mode()))
+	default:
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing overlay: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// checkPath requires an absolute, clean path.
+func checkPath(what, p string) error {
+	if p == "" {
+		return fmt.Errorf("%s: empty path", what)
+	}
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%s %q: the path must be absolute", what, p)
+	}
+	if filepath.Clean(p) != p {
+		return fmt.Errorf("%s %q: the path must be clean (no \"..\", \".\" or repeated \"/\")", what, p)
+	}
+	return nil
+}
