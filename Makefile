@@ -3,7 +3,7 @@ GO ?= go
 CACHE ?= $(CURDIR)/.cache
 BIN ?= $(CURDIR)/bin
 
-.PHONY: test vet unit guest demo bench fuzz vmsup qemu
+.PHONY: test vet unit guest image image-smoke guest-smoke demo bench fuzz vmsup qemu
 
 # The test command: vet, then every test with the race detector, real QEMU
 # included.
@@ -31,6 +31,22 @@ vet:
 # packages) into $(CACHE)/guest.
 guest:
 	VMSUP_CACHE=$(CACHE) bash tests/guest/build-guest.sh
+
+# Boots the tiny guest with plain QEMU and checks its console lines, its
+# network, HTTP server, seed reader, disk marker and console shell.
+guest-smoke:
+	VMSUP_CACHE=$(CACHE) bash tests/guest/smoke.sh
+
+# Builds the demo VM image (Debian 12 with cloud-init, SSH and the guest
+# agent, from Debian packages) into $(CACHE)/image; a no-op while the
+# package versions and the script are unchanged. FORCE=1 rebuilds.
+image:
+	VMSUP_CACHE=$(CACHE) bash tests/image/build-image.sh $(if $(FORCE),--force)
+
+# Boots the demo image with plain QEMU (no vmsup): SSH with a generated key,
+# the guest agent, an ACPI powerdown. Prints the boot-to-SSH time.
+image-smoke:
+	VMSUP_CACHE=$(CACHE) bash tests/image/smoke.sh
 
 # Builds the vmsup CLI and the daemon it runs for `vmsup daemon`, vmsupd,
 # into $(BIN) (ignored by git). They are two binaries so that the CLI does

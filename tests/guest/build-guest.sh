@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # build-guest.sh builds the vmsup test guest: a Debian cloud kernel and a
-# busybox initramfs whose /init powers off on the ACPI power button.
+# busybox initramfs whose /init powers off on the ACPI power button, gets a
+# DHCP address and serves HTTP, reads a cloud-init seed, writes a disk marker
+# and keeps a shell on the console (tests/guest/README.md).
 #
 #   tests/guest/build-guest.sh [--force]
 #
@@ -19,9 +21,11 @@ kernel_meta="linux-image-cloud-amd64"
 busybox_pkg="busybox-static"
 # Modules loaded by /init when the kernel does not build them in (with their
 # dependencies): the ACPI power button, evdev (acpid reads the button as an
-# input device) and pvpanic (GUEST_PANICKED with -device pvpanic or
-# pvpanic-pci).
-modules=(drivers/acpi/button drivers/input/evdev drivers/misc/pvpanic/pvpanic-mmio drivers/misc/pvpanic/pvpanic-pci)
+# input device), pvpanic (GUEST_PANICKED with -device pvpanic or
+# pvpanic-pci), virtio-pci with the net and block drivers, and ISO 9660 for
+# the cloud-init seed.
+modules=(drivers/acpi/button drivers/input/evdev drivers/misc/pvpanic/pvpanic-mmio drivers/misc/pvpanic/pvpanic-pci
+	drivers/virtio/virtio_pci drivers/net/virtio_net drivers/block/virtio_blk fs/isofs/isofs)
 
 force=0
 case "${1:-}" in
@@ -147,7 +151,7 @@ if [[ ${#cpio[@]} == 0 ]]; then
 fi
 
 root="$work/root"
-mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc/acpi/PWRF,lib/modules,var/run,var/log}
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc/acpi/PWRF,etc/udhcpc,lib/modules,mnt,root,var/run,var/log}
 cp "$busybox" "$root/bin/busybox"
 for applet in $("$busybox" --list); do
 	[[ $applet == busybox ]] || ln -sf busybox "$root/bin/$applet"
@@ -162,6 +166,41 @@ echo "vmsup-guest: power button (acpid), powering off" >/dev/console
 poweroff -f
 EOF
 chmod 0755 "$root/etc/acpi/PWRF/00000080"
+# udhcpc runs this at each DHCP event; on a new address it prints the line
+# tests wait for: "vmsup-guest: ip=10.0.2.15/24 dev=eth0 mac=... gw=10.0.2.2".
+cat >"$root/etc/udhcpc/default.script" <<'EOF'
+#!/bin/sh
+case $1 in
+deconfig)
+	ip -4 addr flush dev "$interface"
+	ip link set "$interface" up
+	;;
+bound | renew)
+	old=$(ip -4 addr show dev "$interface" | sed -n 's/.* inet \([^ ]*\).*/\1/p' | head -n1)
+	if [ "$old" != "$ip/$mask" ]; then
+		ip -4 addr flush dev "$interface"
+		ip addr add "$ip/$mask" ${broadcast:+broadcast "$broadcast"} dev "$interface"
+	fi
+	gw=${router%% *}
+	[ -n "$gw" ] && ip route replace default via "$gw" dev "$interface"
+	: >/etc/resolv.conf
+	for s in $dns; do echo "nameserver $s" >>/etc/resolv.conf; done
+	if [ "$1" = bound ] || [ "$old" != "$ip/$mask" ]; then
+		echo "vmsup-guest: ip=$ip/$mask dev=$interface mac=$(cat "/sys/class/net/$interface/address")${gw:+ gw=$gw}" >/dev/console
+	fi
+	;;
+nak)
+	echo "vmsup-guest: DHCP NAK on $interface: $message" >/dev/console
+	;;
+esac
+exit 0
+EOF
+chmod 0755 "$root/etc/udhcpc/default.script"
+# The console shell's login profile.
+cat >"$root/etc/profile" <<'EOF'
+export HOME=/root PATH=/bin:/sbin PS1='\h:\w# '
+cd "$HOME"
+EOF
 
 # Modules: skip the built-in ones; add the others after their dependencies
 # (read from the "depends=" field of each module's .modinfo section).
