@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -252,4 +253,36 @@ func BenchmarkFloor(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestGoals checks the goal helpers and the rendering of a skipped row
+// (cheap; runs in make test).
+func TestGoals(t *testing.T) {
+	at := AtMost(15, "≤ 15")
+	if !at.Check(15, 0) || at.Check(15.1, 0) {
+		t.Error("AtMost(15): 15 must pass, 15.1 must fail")
+	}
+	if !RatioAtLeast(0.9).Check(90, 100) || RatioAtLeast(0.9).Check(89, 100) || RatioAtLeast(0.9).Check(1, 0) {
+		t.Error("RatioAtLeast(0.9) is wrong at 0.90, 0.89 or a zero comparison")
+	}
+	if got := CountFmt(97.46); got != "97.5" {
+		t.Errorf("CountFmt = %q", got)
+	}
+	l := &listRun{skipped: "curl is not installed"}
+	rows := l.rows("repro")
+	if len(rows) != 1 || rows[0].Skipped == "" {
+		t.Fatalf("skipped list rows: %+v", rows)
+	}
+	if _, ok := rows[0].Met(); ok {
+		t.Error("a skipped row counts as a goal")
+	}
+	rep := &Report{Sections: []*Section{{Rows: rows}}}
+	if tab := rep.Table(); !strings.Contains(tab, "not measured | curl is not installed") {
+		t.Errorf("table of a skipped row:\n%s", tab)
+	}
+	for _, k := range keys() {
+		if _, err := Run(context.Background(), Options{}, []string{k + "-typo"}); err == nil {
+			t.Errorf("unknown group %q accepted", k+"-typo")
+		}
+	}
 }

@@ -202,6 +202,11 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 		return nil, err
 	}
 
+	list, err := measureList(ctx, o, bin, socket)
+	if err != nil {
+		return nil, err
+	}
+
 	// Job stuck in QMP: QEMU of b stopped, a query-status job waits for its
 	// 5 s deadline.
 	if err := syscall.Kill(pids[1], syscall.SIGSTOP); err != nil {
@@ -253,6 +258,7 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 		{Section: "2 info", Measure: "Info over the socket, job stuck in QMP, p50", V: Secs(stuck.s.P50()), C: Secs(idle.s.P50()), Fmt: DurFmt, Against: "idle VM", Goal: noChange, Repro: repro},
 		{Section: "2 info", Measure: "Info over the socket, job stuck in QMP, p99", V: Secs(stuck.s.P99()), C: Secs(idle.s.P99()), Fmt: DurFmt, Against: "idle VM", Goal: noChange, Repro: repro},
 	}
+	sec.Rows = append(sec.Rows, list.rows(repro)...)
 	sec.Notes = append(sec.Notes,
 		fmt.Sprintf("Method: the real `cmd/vmsup` binary (`vmsup daemon`), built by the run, with two `-machine none` QEMUs; one HTTP client over the unix socket with keep-alive. "+
 			"`GET /v1/ping` is the same server and socket without the driver: the HTTP floor. %d calls each, in turn. "+
@@ -266,6 +272,7 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 		fmt.Sprintf("Figures: ping p50 %s p99 %s; Info p50 %s p99 %s; idle p50 %s p99 %s; stuck p50 %s p99 %s.",
 			Dur(ping.s.P50()), Dur(ping.s.P99()), Dur(info.s.P50()), Dur(info.s.P99()), Dur(idle.s.P50()), Dur(idle.s.P99()), Dur(stuck.s.P50()), Dur(stuck.s.P99())),
 	)
+	sec.Notes = append(sec.Notes, list.note())
 	return sec, nil
 }
 
@@ -274,4 +281,95 @@ func stuckOutcome(err error) string {
 		return "completed"
 	}
 	return "returned: " + oneLine(err.Error())
+}
+
+// listRun is `vmsup list` against curl on the same socket, both run as
+// processes.
+type listRun struct {
+	skipped     string // why the rows were not measured
+	vmsup, curl Samples
+	curlArgs    []string
+}
+
+// measureList runs `vmsup --socket S list` and `curl --unix-socket S
+// http://vmsup/v1/domains` (the request vmsup list makes) as processes,
+// in turn, and times each from its start to its exit. Both write to
+// /dev/null; each run's output is checked once first.
+func measureList(ctx context.Context, o Options, bin, socket string) (*listRun, error) {
+	res := &listRun{}
+	curl, err := exec.LookPath("curl")
+	if err != nil {
+		res.skipped = "curl is not installed (apt-get install curl)"
+		o.logf("daemon: %s; the vmsup list rows are skipped", res.skipped)
+		return res, nil
+	}
+	res.curlArgs = []string{"--silent", "--show-error", "--fail", "--unix-socket", socket, "-H", "Accept: application/json", "http://vmsup/v1/domains"}
+	vmsupCmd := func() *exec.Cmd { return exec.CommandContext(ctx, bin, "--socket", socket, "list") }
+	curlCmd := func() *exec.Cmd { return exec.CommandContext(ctx, curl, res.curlArgs...) }
+
+	// Both must list the two domains.
+	out, err := vmsupCmd().CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("vmsup list: %v: %s", err, oneLine(string(out)))
+	}
+	if lines := strings.Split(strings.TrimSpace(string(out)), "\n"); len(lines) != 3 || !strings.HasPrefix(lines[1], "a ") || !strings.HasPrefix(lines[2], "b ") {
+		return nil, fmt.Errorf("vmsup list printed %q, want a header and the domains a and b", out)
+	}
+	out, err = curlCmd().Output()
+	if err != nil {
+		return nil, fmt.Errorf("curl %s: %v", strings.Join(res.curlArgs, " "), err)
+	}
+	var infos []daemonInfo
+	if err := json.Unmarshal(out, &infos); err != nil || len(infos) != 2 || infos[0].Name != "a" || infos[1].Name != "b" {
+		return nil, fmt.Errorf("curl got %q (%v), want the domains a and b", out, err)
+	}
+
+	const rounds, batch = 10, 20
+	o.logf("daemon: vmsup list and curl on the socket, as processes, %d rounds of %d each, in turn", rounds, batch)
+	sides := []struct {
+		cmd func() *exec.Cmd
+		s   *Samples
+	}{{vmsupCmd, &res.vmsup}, {curlCmd, &res.curl}}
+	for r := 0; r < rounds+1; r++ {
+		for k := range sides {
+			side := sides[(k+r)%2]
+			for n := 0; n < batch; n++ {
+				cmd := side.cmd() // stdout and stderr: /dev/null
+				t := time.Now()
+				if err := cmd.Run(); err != nil {
+					return nil, fmt.Errorf("%s: %w", strings.Join(cmd.Args, " "), err)
+				}
+				if r > 0 { // the first round warms the page cache and the daemon
+					side.s.Add(time.Since(t))
+				}
+			}
+		}
+	}
+	return res, nil
+}
+
+func (l *listRun) rows(repro string) []Row {
+	const measure = "`vmsup list` end to end (a process), "
+	const against = "curl --unix-socket (a process)"
+	if l.skipped != "" {
+		return []Row{
+			{Section: "2 info", Measure: measure + "p50", Skipped: l.skipped, Goal: RatioAtMost(1.50), Repro: repro},
+		}
+	}
+	return []Row{
+		{Section: "2 info", Measure: measure + "p50", V: Secs(l.vmsup.P50()), C: Secs(l.curl.P50()), Fmt: DurFmt, Against: against, Goal: RatioAtMost(1.50), Repro: repro},
+		{Section: "2 info", Measure: measure + "p99", V: Secs(l.vmsup.P99()), C: Secs(l.curl.P99()), Fmt: DurFmt, Against: against, Repro: repro},
+	}
+}
+
+func (l *listRun) note() string {
+	if l.skipped != "" {
+		return "`vmsup list` against curl: not measured, " + l.skipped + "."
+	}
+	const curlShown = "--silent --show-error --fail --unix-socket S -H 'Accept: application/json' http://vmsup/v1/domains"
+	return fmt.Sprintf("`vmsup list` against curl: the built `vmsup --socket S list` (the CLI binary, which links no daemon package) and `curl %s` "+
+		"(`GET /v1/domains`, the request `vmsup list` makes), each started as a process with stdout on /dev/null and timed from fork to exit; "+
+		"%d runs each, in batches taking turns, after a warm-up batch each; both outputs were checked to list the two domains first. "+
+		"vmsup p50 %s p99 %s; curl p50 %s p99 %s.",
+		curlShown, l.vmsup.N(), Dur(l.vmsup.P50()), Dur(l.vmsup.P99()), Dur(l.curl.P50()), Dur(l.curl.P99()))
 }

@@ -20,6 +20,7 @@ type Step struct {
 // Steps are every group of rows, in table order.
 func Steps() []Step {
 	return []Step{
+		{Key: "job", Title: "Job round trip on simulated QMP: the actors alone", Run: JobRoundTrip, Budget: 2 * time.Minute},
 		{Key: "floor", Title: "1. The floor: raw QMP against vmsup's API", Run: Floor, Budget: 2 * time.Minute},
 		{Key: "info", Title: "2. State queries in-process", Run: InfoInProcess, Budget: time.Minute},
 		{Key: "daemon", Title: "2. State queries over the daemon socket", Run: InfoDaemon, Budget: 2 * time.Minute},

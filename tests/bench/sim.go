@@ -256,13 +256,21 @@ func (l *Lock) Replies() *ReplyStats { return &l.replies }
 // OpenLock returns the lock baseline whose domains run on the monitors of
 // mons.
 func OpenLock(mons *Monitors) (*Lock, error) {
+	var l *Lock
+	l, err := openLockOn(func() monitor.Conn { return mons.New(&l.replies) })
+	return l, err
+}
+
+// openLockOn returns the lock baseline whose domains get their monitor
+// from newMonitor.
+func openLockOn(newMonitor func() monitor.Conn) (*Lock, error) {
 	dir, err := os.MkdirTemp("", "vb-lock")
 	if err != nil {
 		return nil, err
 	}
 	l := &Lock{dir: dir}
 	d, err := lockbase.New(lockbase.Config{StateDir: dir, Launch: func(*domain.Spec) (*lockbase.Process, error) {
-		mon := mons.New(&l.replies)
+		mon := newMonitor()
 		done := make(chan struct{})
 		var once sync.Once
 		return &lockbase.Process{

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +34,11 @@ func RatioAtLeast(x float64) Goal {
 // Below: vmsup's figure under an absolute limit.
 func Below(limit float64, text string) Goal {
 	return Goal{Text: text, Check: func(v, _ float64) bool { return v < limit }}
+}
+
+// AtMost: vmsup's figure at or under an absolute limit.
+func AtMost(limit float64, text string) Goal {
+	return Goal{Text: text, Check: func(v, _ float64) bool { return v <= limit }}
 }
 
 // Row is one line of the table.
@@ -67,6 +73,9 @@ func DurFmt(v float64) string { return Dur(time.Duration(v * float64(time.Second
 
 // RateFmt prints a rate.
 func RateFmt(v float64) string { return Rate(v) }
+
+// CountFmt prints a count per operation, such as allocations per job.
+func CountFmt(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 
 // BytesFmt prints a size.
 func BytesFmt(v float64) string { return Bytes(v) }
