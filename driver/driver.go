@@ -107,6 +107,9 @@ type Config struct {
 	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
 	// entirely; a disabled recorder costs one atomic load per message.
 	Trace *trace.Recorder
+
+	// beforeWrite is a test hook: see actorConfig.beforeWrite.
+	beforeWrite func(name string)
 }
 
 // Driver is an open vmsup driver. It is safe for concurrent use.
@@ -121,6 +124,12 @@ type Driver struct {
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
 	dispatcher *actors.Dispatcher
+	// life is what the driver actor keeps across its restarts; Close
+	// waits for its job goroutines.
+	life *driverLife
+	// done is closed by Close: what a handle started (event streams)
+	// ends then.
+	done chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -178,8 +187,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
-	life := &driverLife{}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, life: &driverLife{}, done: make(chan struct{})}
+	life := d.life
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
 			store:        st,
@@ -196,6 +205,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			registry:     d.domains,
 			dispatcher:   dispatcher,
 			initial:      initial,
+			beforeWrite:  cfg.beforeWrite,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
@@ -237,9 +247,16 @@ func (d *Driver) Close(ctx context.Context) error {
 
 func (d *Driver) close() error {
 	d.closed.Store(true)
+	close(d.done)
 	var errs []error
 	if err := d.root.StopFuture(d.pid).Wait(); err != nil && !errors.Is(err, actor.ErrTimeout) {
 		errs = append(errs, err)
+	}
+	// The driver's lane closed when it stopped; its jobs' goroutines (a
+	// definition being written, an undefine asking its domain) end on
+	// their own, within their steps' bounds.
+	if !waitGroup(&d.life.inflight, jobWait) {
+		errs = append(errs, fmt.Errorf("driver jobs still running %s after the driver stopped", jobWait))
 	}
 	// Handles still held find no published domain: their calls go to the
 	// stopped actors and fail.
@@ -254,6 +271,26 @@ func (d *Driver) close() error {
 		return fmt.Errorf("driver: close: %w", errors.Join(errs...))
 	}
 	return nil
+}
+
+// jobWait bounds how long Close waits for the driver's job goroutines.
+const jobWait = 10 * time.Second
+
+// waitGroup waits up to timeout for wg and reports whether it was done.
+func waitGroup(wg *sync.WaitGroup, timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // Define defines a domain from spec, or updates the definition of an existing
