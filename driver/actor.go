@@ -171,6 +171,11 @@ func (d *driverActor) Receive(ctx actor.Context) {
 			}
 		}
 	case *actor.Restarting:
+		// The domain actors are about to stop: from now on handles find
+		// no PID in the registry and ask this actor, whose next instance
+		// answers once it has spawned the new ones. (A job sent to a
+		// stopping domain actor might never be answered.)
+		d.cfg.registry.clear()
 		d.lane.Close(ctx, errors.New("driver: the driver actor restarted after a panic; retry the call"))
 		for _, e := range d.domains {
 			d.life.oldWriters = append(d.life.oldWriters, e.status)
