@@ -206,6 +206,8 @@ func (d *driverActor) Receive(ctx actor.Context) {
 		ctx.Respond(&protocol.DomainRef{Name: e.name, UUID: e.uuid, PID: e.pid})
 	case *protocol.ListRequest:
 		ctx.Respond(d.list())
+	case *protocol.ExplainRequest:
+		ctx.Respond(d.lane.Explain(ctx, msg.RequestID))
 	case *protocol.JobsRequest:
 		s := d.lane.Snapshot()
 		ctx.Respond(&s)

@@ -304,9 +304,29 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, err
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
+	waited := time.Now()
 	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
+	err = d.explainWait(req, "define", waited, err)
 	d.apiRecord(req, began, err)
 	return res, err
+}
+
+// explainWait turns err, when it is the bare context error of a wait for
+// a driver job that ended (Ask returns it so), into an error that names
+// who held the driver's lane: a *actors.JobWaitError. The question has a
+// budget of 250 ms.
+func (d *Driver) explainWait(req actors.Request, job string, began time.Time, err error) error {
+	if err != context.DeadlineExceeded && err != context.Canceled {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+	defer cancel()
+	x, xerr := actors.AskAs[*actors.Explanation](ctx, d.root, d.pid, &protocol.ExplainRequest{RequestID: req.RequestID})
+	waited := time.Since(began)
+	if xerr != nil {
+		return fmt.Errorf("driver: %s: gave up after %s: %w", job, waited.Round(100*time.Millisecond), err)
+	}
+	return x.Err(job, waited, time.Now(), err)
 }
 
 // Undefine removes a domain that is shut off.
@@ -318,7 +338,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 		return err
 	}
 	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
+	waited := time.Now()
 	_, err := actors.AskAs[*protocol.Undefined](ctx, d.root, d.pid, &protocol.UndefineRequest{Request: req, Name: name})
+	err = d.explainWait(req, "undefine", waited, err)
 	d.apiRecord(req, began, err)
 	return err
 }

@@ -29,8 +29,9 @@ func driverLane(t *testing.T, d *Driver) *actors.LaneSnapshot {
 
 // TestDriverDefineLeavesQueueOnCancel: while one define holds the
 // driver's lane (its write is held back), a second define whose caller
-// gives up leaves the queue at once, not when it reaches the head; it
-// never runs, so its domain is never defined. Lookup and list are
+// gives up gets an error naming the holder and leaves the queue at once,
+// not when it reaches the head; it never runs, so its domain is never
+// defined. Lookup and list are
 // answered while the lane is held.
 func TestDriverDefineLeavesQueueOnCancel(t *testing.T) {
 	dir := testkit.ShortDir(t)
@@ -76,8 +77,15 @@ func TestDriverDefineLeavesQueueOnCancel(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	giveUp()
-	if err := <-secondDone; !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled define: %v, want context.Canceled", err)
+	err = <-secondDone
+	var wait *actors.JobWaitError
+	if !errors.As(err, &wait) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled define: %v, want a *actors.JobWaitError for context.Canceled", err)
+	}
+	// The error names the holder: the first define, in its write step.
+	if wait.Holder == nil || wait.Holder.Name != "define" || wait.Holder.Step != "write" || wait.Job != "define" ||
+		!strings.HasPrefix(err.Error(), `driver: cancelled after `) || !strings.Contains(err.Error(), `waiting for job "define": held by job 1 "define" (api define`) {
+		t.Fatalf("cancelled define: %v (holder %+v)", err, wait.Holder)
 	}
 	// It leaves the queue while the first define still holds the lane.
 	var left *actors.JobInfo

@@ -53,3 +53,12 @@ type ListRequest struct{}
 // JobsRequest asks for the driver's job lane (a query, answered at once)
 // as an *actors.LaneSnapshot.
 type JobsRequest struct{}
+
+// ExplainRequest asks who holds the driver's lane that the jobs of the
+// request RequestID wait for (a query, answered at once) as an
+// *actors.Explanation. The API sends it when its wait for a driver job
+// ended; the request's queued jobs whose caller gave up leave the queue
+// first.
+type ExplainRequest struct {
+	RequestID string
+}

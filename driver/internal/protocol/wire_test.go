@@ -38,6 +38,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		&protocol.DomainRef{Name: "web1", UUID: spec.UUID, PID: actor.NewPID("host-a:8090", "driver/web1@1")},
 		&protocol.ListRequest{},
 		&protocol.JobsRequest{},
+		&protocol.ExplainRequest{RequestID: "5f3a1c-1"},
 	)
 	t0 := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
 	job := actors.JobInfo{ID: 3, Name: "define", Kind: actors.JobModify, Owner: "api define", RequestID: "5f3a1c-1",
@@ -45,6 +46,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		Steps: []string{"write", "register"}, Step: "write", Call: actors.Call{Command: "x", Since: t0}, Error: "x"}
 	for _, reply := range []any{
 		&driver.DefineResult{Name: "web1", UUID: spec.UUID, Created: true},
+		&actors.Explanation{Lane: "driver", Running: true, Holder: &job, Queued: 2, Paused: "x"},
 		&actors.LaneSnapshot{Active: &job, Async: &job, Queued: []actors.JobInfo{job}, Recent: []actors.JobInfo{job}, Paused: "x"},
 	} {
 		testkit.CheckWire(t, reply)
