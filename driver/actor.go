@@ -145,6 +145,7 @@ func newDriverActor(cfg actorConfig, life *driverLife) actor.Actor {
 
 func (d *driverActor) Receive(ctx actor.Context) {
 	defer supervision.RecoverAndReply(ctx, "driver")
+	defer d.clearOnPanic()
 	if d.lane.Handle(ctx, ctx.Message()) {
 		return
 	}
@@ -248,6 +249,18 @@ func (d *driverActor) recordJob(j *actors.Job[*driverJob], err error) {
 		r.Started = r.Enqueued.Add(info.Started.Sub(info.Enqueued))
 	}
 	d.cfg.trace.Record(r)
+}
+
+// clearOnPanic empties the registry when a handler panics, before the
+// caller hears of the panic and before the domain actors stop with this
+// instance: from then on handles ask the next instance for a domain's
+// PID, which answers once it has spawned the new domain actors, instead
+// of sending jobs to domain actors that are stopping.
+func (d *driverActor) clearOnPanic() {
+	if p := recover(); p != nil {
+		d.cfg.registry.clear()
+		panic(p)
+	}
 }
 
 func notFound(name string) error { return fmt.Errorf("domain %q %w", name, ErrNotFound) }
