@@ -39,15 +39,20 @@ const DefaultEventBuffer = 256
 
 // Broker fans lifecycle events out to subscribers. Publish never blocks:
 // a subscriber whose buffer is full loses the event, and the loss is counted.
+//
+// It also carries each domain's QMP events, as QEMU sent them, to
+// subscribers of SubscribeQMP (for embedders that drive go-qemu on a
+// supervised domain), with the same rules.
 type Broker struct {
-	mu   sync.Mutex
-	subs map[*Subscription]struct{}
-	seq  uint64
+	mu      sync.Mutex
+	subs    map[*Subscription]struct{}
+	qmpSubs map[*QMPSubscription]struct{}
+	seq     uint64
 }
 
 // NewBroker returns an empty broker.
 func NewBroker() *Broker {
-	return &Broker{subs: make(map[*Subscription]struct{})}
+	return &Broker{subs: make(map[*Subscription]struct{}), qmpSubs: make(map[*QMPSubscription]struct{})}
 }
 
 // Subscription receives the events of one domain, or of all domains.
@@ -104,6 +109,78 @@ func (s *Subscription) Close() {
 	s.once.Do(func() {
 		s.broker.mu.Lock()
 		delete(s.broker.subs, s)
+		close(s.ch)
+		s.broker.mu.Unlock()
+	})
+}
+
+// QMPEvent is a QMP event of one domain, as QEMU sent it.
+type QMPEvent struct {
+	// Domain is the domain whose QEMU sent it.
+	Domain string `json:"domain"`
+	// ID identifies the event in the trace; the lifecycle events it causes
+	// name it as their Cause.
+	ID string `json:"id"`
+	// Name is QEMU's event name, such as "STOP".
+	Name string `json:"event"`
+	// Data is the event's data member. It is shared by every subscriber:
+	// read it, never modify it.
+	Data map[string]any `json:"data,omitempty"`
+	// Time is QEMU's timestamp of the event.
+	Time time.Time `json:"timestamp"`
+}
+
+// QMPSubscription receives the QMP events of one domain, or of all.
+type QMPSubscription struct {
+	broker  *Broker
+	domain  string
+	ch      chan QMPEvent
+	dropped atomic.Uint64
+	once    sync.Once
+}
+
+// SubscribeQMP registers a subscriber to the QMP events of domain ("" for
+// every domain) with a buffer of the given size (DefaultEventBuffer when
+// <= 0).
+func (b *Broker) SubscribeQMP(domain string, buffer int) *QMPSubscription {
+	if buffer <= 0 {
+		buffer = DefaultEventBuffer
+	}
+	s := &QMPSubscription{broker: b, domain: domain, ch: make(chan QMPEvent, buffer)}
+	b.mu.Lock()
+	b.qmpSubs[s] = struct{}{}
+	b.mu.Unlock()
+	return s
+}
+
+// PublishQMP delivers a QMP event to every matching subscriber without
+// blocking.
+func (b *Broker) PublishQMP(ev QMPEvent) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for s := range b.qmpSubs {
+		if s.domain != "" && s.domain != ev.Domain {
+			continue
+		}
+		select {
+		case s.ch <- ev:
+		default:
+			s.dropped.Add(1)
+		}
+	}
+}
+
+// Events is the channel of QMP events; it is closed by Close.
+func (s *QMPSubscription) Events() <-chan QMPEvent { return s.ch }
+
+// Dropped counts the events lost because the buffer was full.
+func (s *QMPSubscription) Dropped() uint64 { return s.dropped.Load() }
+
+// Close unsubscribes and closes the channel. It is safe to call twice.
+func (s *QMPSubscription) Close() {
+	s.once.Do(func() {
+		s.broker.mu.Lock()
+		delete(s.broker.qmpSubs, s)
 		close(s.ch)
 		s.broker.mu.Unlock()
 	})

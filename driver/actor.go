@@ -1,9 +1,11 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -66,19 +68,19 @@ type entry struct {
 	status *statusWriter
 }
 
+// driverJob is the data of one driver job: define or undefine.
 type driverJob struct {
-	req    actors.Request
-	msg    any
-	sender *actor.PID
-}
-
-type defineWritten struct {
+	// spec is the definition a define writes, complete once its plan's
+	// Start has run.
 	spec *domain.Spec
-	err  error
-}
-type undefineRemoved struct {
-	name string
-	err  error
+	// name is the domain an undefine removes; entry is its registry
+	// entry, found at the job's start.
+	name  string
+	entry *entry
+	// span is the job's trace span, parent the span of the request that
+	// queued it, enqueued when (trace clock); empty when not tracing.
+	span, parent string
+	enqueued     time.Time
 }
 
 type actorConfig struct {
@@ -96,6 +98,9 @@ type actorConfig struct {
 	initial      []recovered
 	registry     *registry
 	dispatcher   actor.Dispatcher
+	// beforeWrite, when set, runs in a define job's goroutine before the
+	// definition is written (a test hook: it may block to hold the lane).
+	beforeWrite func(name string)
 }
 
 // recovered is a definition loaded at Open, with what was found of its QEMU.
@@ -105,14 +110,17 @@ type recovered struct {
 }
 
 // driverActor owns the registry: name and UUID → domain actor. Its mailbox
-// does the job of libvirt's driver lock. Define and undefine are jobs of its
-// lane; lookup and list are answered at once.
+// does the job of libvirt's driver lock. Define and undefine are jobs of
+// its lane; lookup and list are answered at once. Domain jobs never pass
+// through it: API calls reach the domain actors through the registry.
 type driverActor struct {
 	cfg     actorConfig
 	life    *driverLife
 	domains map[string]*entry
 	uuids   map[string]string
-	lane    actors.Lane[*driverJob]
+	lane    *actors.JobLane[*driverJob]
+	define  *actors.Plan[*driverJob]
+	remove  *actors.Plan[*driverJob]
 }
 
 // driverLife is what the driver keeps across restarts of its actor.
@@ -122,14 +130,25 @@ type driverLife struct {
 	// oldWriters are the status writers of the instance that panicked;
 	// the next instance closes them once the old domain actors stopped.
 	oldWriters []*statusWriter
+	// inflight counts the job goroutines of every instance, so that a
+	// stopping driver waits for those of an instance that panicked.
+	inflight sync.WaitGroup
 }
 
 func newDriverActor(cfg actorConfig, life *driverLife) actor.Actor {
-	return &driverActor{cfg: cfg, life: life, domains: map[string]*entry{}, uuids: map[string]string{}}
+	d := &driverActor{cfg: cfg, life: life, domains: map[string]*entry{}, uuids: map[string]string{}}
+	d.lane = actors.NewLane(actors.LaneConfig[*driverJob]{Name: "driver", Dispatcher: cfg.dispatcher, Inflight: &life.inflight, Ended: d.recordJob})
+	d.define = d.definePlan()
+	d.remove = d.undefinePlan()
+	return d
 }
 
 func (d *driverActor) Receive(ctx actor.Context) {
 	defer supervision.RecoverAndReply(ctx, "driver")
+	defer d.clearOnPanic()
+	if d.lane.Handle(ctx, ctx.Message()) {
+		return
+	}
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
 		initial := d.cfg.initial
@@ -153,18 +172,17 @@ func (d *driverActor) Receive(ctx actor.Context) {
 			}
 		}
 	case *actor.Restarting:
-		err := errors.New("driver: the driver actor restarted after a panic; retry the call")
-		if j, ok := d.lane.End(); ok && j.sender != nil {
-			ctx.Send(j.sender, err)
-		}
-		for _, j := range d.lane.Drain() {
-			if j.sender != nil {
-				ctx.Send(j.sender, err)
-			}
-		}
+		// The domain actors are about to stop: from now on handles find
+		// no PID in the registry and ask this actor, whose next instance
+		// answers once it has spawned the new ones. (A job sent to a
+		// stopping domain actor might never be answered.)
+		d.cfg.registry.clear()
+		d.lane.Close(ctx, errors.New("driver: the driver actor restarted after a panic; retry the call"))
 		for _, e := range d.domains {
 			d.life.oldWriters = append(d.life.oldWriters, e.status)
 		}
+	case *actor.Stopping:
+		d.lane.Close(ctx, ErrClosed)
 	case *supervision.InjectPanic:
 		panic("injected panic in driver: " + msg.Reason)
 	case *protocol.InjectPanicIn:
@@ -176,6 +194,7 @@ func (d *driverActor) Receive(ctx actor.Context) {
 		ctx.RequestWithCustomSender(e.pid, &msg.InjectPanic, ctx.Sender())
 	case *actor.Stopped:
 		// The domain actors have stopped: flush their last status.
+		// (Driver.Close waits for the job goroutines, not this handler.)
 		for _, e := range d.domains {
 			e.status.Close()
 		}
@@ -186,23 +205,61 @@ func (d *driverActor) Receive(ctx actor.Context) {
 			return
 		}
 		ctx.Respond(&protocol.DomainRef{Name: e.name, UUID: e.uuid, PID: e.pid})
-	case *protocol.RouteRequest:
-		e, ok := d.domains[msg.Name]
-		if !ok {
-			ctx.Respond(notFound(msg.Name))
-			return
-		}
-		ctx.RequestWithCustomSender(e.pid, msg.Msg, ctx.Sender())
 	case *protocol.ListRequest:
 		ctx.Respond(d.list())
+	case *protocol.ExplainRequest:
+		ctx.Respond(d.lane.Explain(ctx, msg.RequestID))
+	case *protocol.JobsRequest:
+		s := d.lane.Snapshot()
+		ctx.Respond(&s)
 	case *protocol.DefineRequest:
-		d.enqueue(ctx, msg.Request, msg)
+		d.enqueue(ctx, d.define, msg.Request, &driverJob{spec: msg.Spec})
 	case *protocol.UndefineRequest:
-		d.enqueue(ctx, msg.Request, msg)
-	case defineWritten:
-		d.onDefineWritten(ctx, msg)
-	case undefineRemoved:
-		d.onUndefineRemoved(ctx, msg)
+		d.enqueue(ctx, d.remove, msg.Request, &driverJob{name: msg.Name})
+	}
+}
+
+// enqueue queues a driver job for the request ctx is handling; its sender
+// hears the job's end.
+func (d *driverActor) enqueue(ctx actor.Context, plan *actors.Plan[*driverJob], req actors.Request, data *driverJob) {
+	if d.cfg.trace.Enabled() {
+		data.span, data.parent, data.enqueued = trace.NewSpanID(), trace.Current(ctx).SpanID, trace.Now()
+	}
+	d.lane.Enqueue(ctx, plan, req, data, actors.ReplyTo(ctx.Sender()))
+}
+
+// startJob gives a starting job its trace span.
+func startJob(j *actors.Job[*driverJob]) {
+	if j.Data.span != "" {
+		j.SetSpan(j.Data.span)
+	}
+}
+
+// recordJob puts an ended driver job in the trace, under the request that
+// queued it.
+func (d *driverActor) recordJob(j *actors.Job[*driverJob], err error) {
+	if j.Data.span == "" || !d.cfg.trace.Enabled() {
+		return
+	}
+	info := j.Info()
+	r := trace.Record{TraceID: info.RequestID, SpanID: j.Data.span, ParentSpanID: j.Data.parent, Kind: trace.KindJob,
+		Actor: "driver", MessageType: info.Name, Enqueued: j.Data.enqueued, Ended: trace.Now(),
+		JobID: info.ID, Note: trace.Outcome(err)}
+	if !info.Started.IsZero() {
+		r.Started = r.Enqueued.Add(info.Started.Sub(info.Enqueued))
+	}
+	d.cfg.trace.Record(r)
+}
+
+// clearOnPanic empties the registry when a handler panics, before the
+// caller hears of the panic and before the domain actors stop with this
+// instance: from then on handles ask the next instance for a domain's
+// PID, which answers once it has spawned the new domain actors, instead
+// of sending jobs to domain actors that are stopping.
+func (d *driverActor) clearOnPanic() {
+	if p := recover(); p != nil {
+		d.cfg.registry.clear()
+		panic(p)
 	}
 }
 
@@ -222,51 +279,28 @@ func (d *driverActor) list() []domain.Info {
 	return out
 }
 
-func (d *driverActor) enqueue(ctx actor.Context, req actors.Request, msg any) {
-	d.lane.Enqueue(&driverJob{req: req, msg: msg, sender: ctx.Sender()})
-	d.next(ctx)
+// definePlan is the define job: check the spec against the registry (at
+// the job's start, in the actor), write it (in the job's goroutine), then
+// spawn or update the domain actor (in the actor). A step that prepares
+// host resources for the domain (an overlay, say) goes between check and
+// write, as a Do step that pushes its undo with Run.Defer.
+func (d *driverActor) definePlan() *actors.Plan[*driverJob] {
+	p := actors.NewPlan("define", actors.JobModify,
+		actors.Step[*driverJob]{Name: "write", Do: d.writeDefinition},
+		actors.Step[*driverJob]{Name: "register", InActor: d.registerDefinition},
+	)
+	p.Start = d.checkDefinition
+	return p
 }
 
-// next starts the next driver job. A job's I/O runs in a goroutine and
-// comes back as a message; the lane stays held until then.
-func (d *driverActor) next(ctx actor.Context) {
-	for {
-		j, ok := d.lane.Next(nil)
-		if !ok {
-			return
-		}
-		if err := j.req.Context().Err(); err != nil {
-			d.end(ctx, fmt.Errorf("driver job left the queue: %w", err))
-			continue
-		}
-		var err error
-		switch msg := j.msg.(type) {
-		case *protocol.DefineRequest:
-			err = d.startDefine(ctx, msg)
-		case *protocol.UndefineRequest:
-			err = d.startUndefine(ctx, msg)
-		}
-		if err != nil {
-			d.end(ctx, err)
-			continue
-		}
-		return
-	}
-}
-
-// end finishes the active driver job with reply.
-func (d *driverActor) end(ctx actor.Context, reply any) {
-	j, ok := d.lane.End()
-	if ok && j.sender != nil {
-		ctx.Send(j.sender, reply)
-	}
-}
-
-func (d *driverActor) startDefine(ctx actor.Context, msg *protocol.DefineRequest) error {
-	if msg.Spec == nil {
+// checkDefinition completes and validates the job's spec: a UUID of its
+// own (or the existing domain's), defaults, no clash with another domain.
+func (d *driverActor) checkDefinition(_ actor.Context, j *actors.Job[*driverJob]) error {
+	startJob(j)
+	if j.Data.spec == nil {
 		return errors.New("define: no spec given")
 	}
-	spec := *msg.Spec.Clone() // the caller keeps its copy
+	spec := j.Data.spec.Clone() // the caller keeps its copy
 	if spec.Name == "" {
 		return errors.New(`define: spec field "name": is required`)
 	}
@@ -285,34 +319,38 @@ func (d *driverActor) startDefine(ctx actor.Context, msg *protocol.DefineRequest
 	if other, ok := d.uuids[spec.UUID]; ok && other != spec.Name {
 		return fmt.Errorf("define %q: uuid %s already belongs to domain %q: %w", spec.Name, spec.UUID, other, ErrConflict)
 	}
-	self, root, st := ctx.Self(), ctx.ActorSystem().Root, d.cfg.store
-	go func() {
-		root.Send(self, defineWritten{spec: &spec, err: st.save(&spec)})
-	}()
+	j.Data.spec = spec
 	return nil
 }
 
-func (d *driverActor) onDefineWritten(ctx actor.Context, w defineWritten) {
-	if w.err != nil {
-		d.end(ctx, fmt.Errorf("define %q: %w", w.spec.Name, w.err))
-		d.next(ctx)
-		return
+func (d *driverActor) writeDefinition(_ context.Context, r actors.Run[*driverJob]) error {
+	spec := r.Data().spec
+	if hook := d.cfg.beforeWrite; hook != nil {
+		hook(spec.Name)
 	}
+	if err := d.cfg.store.save(spec); err != nil {
+		return fmt.Errorf("define %q: %w", spec.Name, err)
+	}
+	return nil
+}
+
+// registerDefinition makes the written definition live: a new domain
+// actor, or the existing one told to use it from its next start.
+func (d *driverActor) registerDefinition(ctx actor.Context, r actors.Run[*driverJob]) error {
+	spec := r.Data().spec
 	created := false
-	if e, ok := d.domains[w.spec.Name]; ok {
-		vm.UpdateSpec(ctx, e.pid, w.spec)
+	if e, ok := d.domains[spec.Name]; ok {
+		vm.UpdateSpec(ctx, e.pid, spec)
 	} else {
-		if err := d.spawn(ctx, w.spec, nil); err != nil {
-			d.end(ctx, fmt.Errorf("define %q: %w", w.spec.Name, err))
-			d.next(ctx)
-			return
+		if err := d.spawn(ctx, spec, nil); err != nil {
+			return fmt.Errorf("define %q: %w", spec.Name, err)
 		}
 		created = true
 	}
-	state, reason := d.domains[w.spec.Name].state()
-	d.cfg.broker.Publish(domain.Event{Type: domain.EventDefined, Domain: w.spec.Name, UUID: w.spec.UUID, State: state, Reason: reason})
-	d.end(ctx, &DefineResult{Name: w.spec.Name, UUID: w.spec.UUID, Created: created})
-	d.next(ctx)
+	state, reason := d.domains[spec.Name].state()
+	d.cfg.broker.Publish(domain.Event{Type: domain.EventDefined, Domain: spec.Name, UUID: spec.UUID, State: state, Reason: reason})
+	r.SetValue(&DefineResult{Name: spec.Name, UUID: spec.UUID, Created: created})
+	return nil
 }
 
 // state is the domain's last published state and reason.
@@ -368,48 +406,72 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 	return nil
 }
 
-func (d *driverActor) startUndefine(ctx actor.Context, msg *protocol.UndefineRequest) error {
-	e, ok := d.domains[msg.Name]
-	if !ok {
-		return fmt.Errorf("undefine: %w", notFound(msg.Name))
+// undefineAsk bounds the undefine job's ask to its domain.
+const undefineAsk = 5 * time.Second
+
+// undefinePlan is the undefine job: the domain agrees to end (it must be
+// shut off and idle, and refuses new jobs from then on; asked from the
+// job's goroutine), the definition is removed from disk, then the domain
+// actor is stopped and unregistered (in the actor). Should the removal
+// fail, the domain takes jobs again.
+func (d *driverActor) undefinePlan() *actors.Plan[*driverJob] {
+	p := actors.NewPlan("undefine", actors.JobModify,
+		actors.Step[*driverJob]{Name: "prepare", Do: d.prepareUndefine},
+		actors.Step[*driverJob]{Name: "remove", Do: d.removeDefinition},
+		actors.Step[*driverJob]{Name: "unregister", InActor: d.unregister},
+	)
+	p.Start = func(_ actor.Context, j *actors.Job[*driverJob]) error {
+		startJob(j)
+		e, ok := d.domains[j.Data.name]
+		if !ok {
+			return fmt.Errorf("undefine: %w", notFound(j.Data.name))
+		}
+		j.Data.entry = e
+		return nil
 	}
-	// The driver never waits on a domain: it asks, and continues when the
-	// reply comes back as a continuation.
-	future := vm.PrepareUndefine(ctx, e.pid, 5*time.Second)
-	ctx.ReenterAfter(future, func(res any, err error) {
-		if err == nil {
-			if e2, ok := res.(error); ok {
-				err = e2
-			}
+	return p
+}
+
+func (d *driverActor) prepareUndefine(ctx context.Context, r actors.Run[*driverJob]) error {
+	name, pid := r.Data().name, r.Data().entry.pid
+	res, err := vm.PrepareUndefine(r.Root(), pid, undefineAsk).Result()
+	if err == nil {
+		if e, ok := res.(error); ok {
+			err = e
 		}
-		if err != nil {
-			d.end(ctx, fmt.Errorf("undefine %q: %w", msg.Name, err))
-			d.next(ctx)
-			return
+	}
+	if err != nil {
+		return fmt.Errorf("undefine %q: %w", name, err)
+	}
+	r.Defer("cancel-undefine", func(jobErr error) error {
+		if jobErr != nil {
+			vm.CancelUndefine(r.Root(), pid)
 		}
-		self, root, st := ctx.Self(), ctx.ActorSystem().Root, d.cfg.store
-		go func() { root.Send(self, undefineRemoved{name: msg.Name, err: st.remove(msg.Name)}) }()
+		return nil
 	})
+	return ctx.Err()
+}
+
+func (d *driverActor) removeDefinition(_ context.Context, r actors.Run[*driverJob]) error {
+	name := r.Data().name
+	if err := d.cfg.store.remove(name); err != nil {
+		return fmt.Errorf("undefine %q: %w", name, err)
+	}
 	return nil
 }
 
-func (d *driverActor) onUndefineRemoved(ctx actor.Context, r undefineRemoved) {
-	e, ok := d.domains[r.name]
-	switch {
-	case !ok:
-		d.end(ctx, fmt.Errorf("undefine: %w", notFound(r.name)))
-	case r.err != nil:
-		vm.CancelUndefine(ctx, e.pid)
-		d.end(ctx, fmt.Errorf("undefine %q: %w", r.name, r.err))
-	default:
-		ctx.Stop(e.pid)
-		e.status.Close()
-		delete(d.domains, r.name)
-		delete(d.uuids, e.uuid)
-		d.cfg.registry.remove(r.name)
-		state, reason := e.state()
-		d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: r.name, UUID: e.uuid, State: state, Reason: reason})
-		d.end(ctx, &protocol.Undefined{Name: r.name})
+func (d *driverActor) unregister(ctx actor.Context, r actors.Run[*driverJob]) error {
+	name, e := r.Data().name, r.Data().entry
+	if d.domains[name] != e {
+		return fmt.Errorf("undefine: %w", notFound(name))
 	}
-	d.next(ctx)
+	ctx.Stop(e.pid)
+	e.status.Close()
+	delete(d.domains, name)
+	delete(d.uuids, e.uuid)
+	d.cfg.registry.remove(name)
+	state, reason := e.state()
+	d.cfg.broker.Publish(domain.Event{Type: domain.EventUndefined, Domain: name, UUID: e.uuid, State: state, Reason: reason})
+	r.SetValue(&protocol.Undefined{Name: name})
+	return nil
 }

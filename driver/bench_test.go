@@ -12,9 +12,9 @@ import (
 )
 
 // BenchmarkJobRoundTrip measures one raw QMP job through the whole API
-// (driver route, job lane, monitor actor, simulated QMP with no latency) with
-// tracing left out, with a disabled recorder, and with tracing on. The
-// goal is under 5% extra when on.
+// (registry, domain actor and its lane, monitor actor, simulated QMP with
+// no latency) with tracing left out, with a disabled recorder, and with
+// tracing on. The goal is under 5% extra when on.
 //
 //	go test -run xxx -bench JobRoundTrip -count 6 ./driver/ | benchstat -
 func BenchmarkJobRoundTrip(b *testing.B) {

@@ -156,9 +156,11 @@ func (h *Domain) wrap(err error) error {
 	return err
 }
 
-// job sends a job request to the domain actor and waits for its end. When
-// the caller's context ends first, it asks the domain who held the job, so
-// the error names the holder.
+// job sends a job request straight to the domain actor, found in the
+// registry the driver publishes (the driver is not on a job's path, as
+// libvirt's BeginJob releases the driver lock), and waits for the job's
+// end. When the caller's context ends first, it asks the domain who held
+// the job, so the error names the holder.
 func (h *Domain) job(ctx context.Context, name string, build func(actors.Request) any) (v any, err error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -174,14 +176,16 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 	if err := h.d.checkOpen(); err != nil {
 		return nil, err
 	}
-	// The driver routes the request to the domain, which replies here.
-	v, err = actors.Ask(ctx, h.d.root, h.d.pid, &protocol.RouteRequest{Request: req, Name: h.name, Msg: build(req)})
+	msg := build(req)
+	v, err = askDomain(ctx, h, func(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (any, error) {
+		return actors.Ask(ctx, sender, pid, msg)
+	})
 	// Ask returns the bare context error when the wait ended; errors from
 	// the job itself are always wrapped.
 	if err == context.DeadlineExceeded || err == context.Canceled {
 		return nil, h.explainWait(req, name, began, err)
 	}
-	return v, h.wrap(err)
+	return v, err
 }
 
 func (h *Domain) explainWait(req actors.Request, name string, began time.Time, cause error) error {
@@ -206,10 +210,13 @@ func (h *Domain) explain(ctx context.Context, req actors.Request) (*domain.WaitE
 	})
 }
 
-// askDomain asks the domain actor a query with ask, one of the vm
-// package's query functions. It finds the actor in the driver's registry,
-// or, when it is not there or has just stopped (a driver rebuilding after a
-// panic), through the driver actor, which answers once it is ready.
+// askDomain asks the domain actor with ask (one of the vm package's
+// client functions, or a job request). It finds the actor in the driver's
+// registry, or, when it is not there or has just stopped (a driver
+// rebuilding after a panic), through the driver actor, which answers once
+// it is ready. A message to a stopped actor never reached it, so asking
+// the actor found next is safe even for a job. An unknown domain gives
+// `domain "NAME" not found` (ErrNotFound).
 func askDomain[T any](ctx context.Context, h *Domain, ask func(context.Context, actor.SenderContext, *actor.PID) (T, error)) (T, error) {
 	if err := h.d.checkOpen(); err != nil {
 		var zero T

@@ -107,6 +107,9 @@ type Config struct {
 	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
 	// entirely; a disabled recorder costs one atomic load per message.
 	Trace *trace.Recorder
+
+	// beforeWrite is a test hook: see actorConfig.beforeWrite.
+	beforeWrite func(name string)
 }
 
 // Driver is an open vmsup driver. It is safe for concurrent use.
@@ -121,6 +124,12 @@ type Driver struct {
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
 	dispatcher *actors.Dispatcher
+	// life is what the driver actor keeps across its restarts; Close
+	// waits for its job goroutines.
+	life *driverLife
+	// done is closed by Close: what a handle started (event streams)
+	// ends then.
+	done chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -178,8 +187,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
-	life := &driverLife{}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, life: &driverLife{}, done: make(chan struct{})}
+	life := d.life
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
 			store:        st,
@@ -196,6 +205,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			registry:     d.domains,
 			dispatcher:   dispatcher,
 			initial:      initial,
+			beforeWrite:  cfg.beforeWrite,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
@@ -237,9 +247,16 @@ func (d *Driver) Close(ctx context.Context) error {
 
 func (d *Driver) close() error {
 	d.closed.Store(true)
+	close(d.done)
 	var errs []error
 	if err := d.root.StopFuture(d.pid).Wait(); err != nil && !errors.Is(err, actor.ErrTimeout) {
 		errs = append(errs, err)
+	}
+	// The driver's lane closed when it stopped; its jobs' goroutines (a
+	// definition being written, an undefine asking its domain) end on
+	// their own, within their steps' bounds.
+	if !waitGroup(&d.life.inflight, jobWait) {
+		errs = append(errs, fmt.Errorf("driver jobs still running %s after the driver stopped", jobWait))
 	}
 	// Handles still held find no published domain: their calls go to the
 	// stopped actors and fail.
@@ -256,6 +273,26 @@ func (d *Driver) close() error {
 	return nil
 }
 
+// jobWait bounds how long Close waits for the driver's job goroutines.
+const jobWait = 10 * time.Second
+
+// waitGroup waits up to timeout for wg and reports whether it was done.
+func waitGroup(wg *sync.WaitGroup, timeout time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
 // Define defines a domain from spec, or updates the definition of an existing
 // one (the change takes effect at its next start). The definition is
 // written atomically under the state dir before Define returns.
@@ -267,9 +304,29 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, err
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
+	waited := time.Now()
 	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
+	err = d.explainWait(req, "define", waited, err)
 	d.apiRecord(req, began, err)
 	return res, err
+}
+
+// explainWait turns err, when it is the bare context error of a wait for
+// a driver job that ended (Ask returns it so), into an error that names
+// who held the driver's lane: a *actors.JobWaitError. The question has a
+// budget of 250 ms.
+func (d *Driver) explainWait(req actors.Request, job string, began time.Time, err error) error {
+	if err != context.DeadlineExceeded && err != context.Canceled {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
+	defer cancel()
+	x, xerr := actors.AskAs[*actors.Explanation](ctx, d.root, d.pid, &protocol.ExplainRequest{RequestID: req.RequestID})
+	waited := time.Since(began)
+	if xerr != nil {
+		return fmt.Errorf("driver: %s: gave up after %s: %w", job, waited.Round(100*time.Millisecond), err)
+	}
+	return x.Err(job, waited, time.Now(), err)
 }
 
 // Undefine removes a domain that is shut off.
@@ -281,7 +338,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 		return err
 	}
 	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
+	waited := time.Now()
 	_, err := actors.AskAs[*protocol.Undefined](ctx, d.root, d.pid, &protocol.UndefineRequest{Request: req, Name: name})
+	err = d.explainWait(req, "undefine", waited, err)
 	d.apiRecord(req, began, err)
 	return err
 }

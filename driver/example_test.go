@@ -8,6 +8,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qemu"
+	"github.com/digitalocean/go-qemu/qmp/raw"
+
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
@@ -106,4 +109,40 @@ func ExampleDriver_Subscribe() {
 	// started watched running booted
 	// paused watched paused user
 	// stopped watched shutoff destroyed
+}
+
+// ExampleDomain_Monitor drives a supervised domain with go-qemu's typed
+// commands and its qemu.Domain. Each command is a QMP job on the domain.
+func ExampleDomain_Monitor() {
+	ctx := context.Background()
+	d, err := driver.Open(ctx, driver.Config{StateDir: "/var/lib/myapp/vms"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer d.Close(ctx)
+
+	mon := d.Domain("web1").Monitor()
+	if err := mon.Connect(); err != nil {
+		log.Fatal(err) // domain "web1" not found
+	}
+	defer mon.Disconnect()
+	st, err := raw.NewMonitor(mon).QueryStatus()
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("status:", st.Status)
+
+	dom, err := qemu.NewDomain(mon, "web1")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer dom.Close() // disconnects: the event streams end
+	events, done, err := dom.Events()
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer close(done)
+	for ev := range events {
+		fmt.Println("QMP event:", ev.Event)
+	}
 }

@@ -14,14 +14,23 @@ import (
 )
 
 // TestTraceChain: one start and one qmp call each leave a complete chain
-// in the trace, API → driver → domain → job → monitor → QMP, with one
-// trace id and consistent span and parent ids, in time order.
+// in the trace, API → domain → job → monitor → QMP, with one trace id and
+// consistent span and parent ids, in time order; the driver is on no
+// job's path. A define shows the driver where it acts: API → driver →
+// define job.
 func TestTraceChain(t *testing.T) {
 	rec := trace.New(trace.Options{})
 	d := openDriver(t, func(c *driver.Config) { c.Trace = rec })
 	vm := d.define(t, "traced", "none")
 
-	ctx := actors.WithRequestID(ctxT(t, 30*time.Second), "trace-start")
+	ctx := actors.WithRequestID(ctxT(t, 30*time.Second), "trace-define")
+	spec := &domain.Spec{Name: "traced-define", Machine: "none", Accel: "tcg", Memory: 64 << 20}
+	if _, err := d.Define(ctx, spec); err != nil {
+		t.Fatal(err)
+	}
+	checkDefineChain(t, rec.ByTrace("trace-define"))
+
+	ctx = actors.WithRequestID(ctxT(t, 30*time.Second), "trace-start")
 	if err := vm.Start(ctx, driver.StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -67,9 +76,10 @@ func TestTraceChain(t *testing.T) {
 	}
 }
 
-// checkChain checks one request's records: the API root, the route in
-// the driver, the request in the domain, its job, the monitor commands and
-// their QMP records, linked by parent span ids and ordered in time.
+// checkChain checks one request's records: the API root, the request in
+// the domain (sent by the API itself), its job, the monitor commands and
+// their QMP records, linked by parent span ids and ordered in time. No
+// record is the driver's.
 func checkChain(t *testing.T, records []trace.Record, request string, commands []string) {
 	t.Helper()
 	if len(records) == 0 {
@@ -100,13 +110,17 @@ func checkChain(t *testing.T, records []trace.Record, request string, commands [
 	if api.SpanID != traceID || api.Note != "ok" {
 		t.Fatalf("api record %+v", api)
 	}
-	route := find("driver route", func(r trace.Record) bool { return r.Actor == "driver" && r.MessageType == "driver.RouteRequest" })
+	for _, r := range records {
+		if r.Actor == "driver" || r.Sender == "driver" {
+			t.Errorf("the driver is on the job's path: %+v", r)
+		}
+	}
 	msg := find(request, func(r trace.Record) bool { return r.MessageType == request && r.Actor == "domain/traced" })
 	job := find("job", func(r trace.Record) bool { return r.Kind == trace.KindJob })
 	for _, c := range []struct {
 		name          string
 		child, parent trace.Record
-	}{{"route", route, api}, {"request", msg, route}, {"job", job, msg}} {
+	}{{"request", msg, api}, {"job", job, msg}} {
 		if c.child.ParentSpanID != c.parent.SpanID {
 			t.Errorf("%s: parent %q, want %q (%s)", c.name, c.child.ParentSpanID, c.parent.SpanID, dump(records))
 		}
@@ -114,7 +128,7 @@ func checkChain(t *testing.T, records []trace.Record, request string, commands [
 	if msg.Enqueued.IsZero() || msg.Started.Before(msg.Enqueued) {
 		t.Errorf("request message has no mailbox wait: %+v", msg)
 	}
-	order := []time.Time{api.Started, route.Started, msg.Started, job.Started}
+	order := []time.Time{api.Started, msg.Started, job.Started}
 	for _, name := range commands {
 		qmp := find("QMP "+name, func(r trace.Record) bool { return r.Kind == trace.KindQMP && r.QMP.Command == name })
 		cmd, ok := bySpan[qmp.ParentSpanID]
@@ -131,6 +145,35 @@ func checkChain(t *testing.T, records []trace.Record, request string, commands [
 		if order[i].Before(order[i-1]) {
 			t.Errorf("chain out of time order at step %d: %v", i, order)
 		}
+	}
+}
+
+// checkDefineChain checks a define's records: the API root, the request
+// in the driver, and the driver's define job with its outcome, in order.
+func checkDefineChain(t *testing.T, records []trace.Record) {
+	t.Helper()
+	var api, msg, job *trace.Record
+	for i, r := range records {
+		switch {
+		case r.Kind == trace.KindAPI:
+			api = &records[i]
+		case r.Kind == trace.KindMessage && r.Actor == "driver" && r.MessageType == "driver.DefineRequest":
+			msg = &records[i]
+		case r.Kind == trace.KindJob && r.Actor == "driver":
+			job = &records[i]
+		}
+	}
+	if api == nil || msg == nil || job == nil {
+		t.Fatalf("define: want the API record, driver.DefineRequest in the driver and the driver's job: %s", dump(records))
+	}
+	if msg.ParentSpanID != api.SpanID || job.ParentSpanID != msg.SpanID {
+		t.Errorf("define chain: request parent %q (want %q), job parent %q (want %q)", msg.ParentSpanID, api.SpanID, job.ParentSpanID, msg.SpanID)
+	}
+	if job.MessageType != "define" || job.Note != "ok" || job.JobID == 0 {
+		t.Errorf("define job record %+v", job)
+	}
+	if job.Started.Before(job.Enqueued) || job.Ended.Before(job.Started) || api.Ended.Before(job.Ended) {
+		t.Errorf("define chain out of time order: %s", dump(records))
 	}
 }
 

@@ -26,8 +26,8 @@ func TestLogSink(t *testing.T) {
 	if len(lines) != len(want) {
 		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), out.String())
 	}
-	if !strings.Contains(lines[3], `"qmp":{"command":"query-status","duration_ns":1200000,"outcome":"ok"}`) {
-		t.Errorf("QMP line: %s", lines[3])
+	if !strings.Contains(lines[2], `"qmp":{"command":"query-status","duration_ns":1200000,"outcome":"ok"}`) {
+		t.Errorf("QMP line: %s", lines[2])
 	}
 	got, err := trace.DecodeJSONLines(strings.NewReader(out.String()))
 	if err != nil {

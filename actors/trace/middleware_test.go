@@ -335,7 +335,14 @@ func TestTypeNameAndOutcome(t *testing.T) {
 	if got := trace.TypeName(inner{}); got != "trace_test.inner" {
 		t.Errorf("TypeName(inner) = %q", got)
 	}
+	if got := trace.TypeName(named{}); got != "trace.named" {
+		t.Errorf("TypeName(named) = %q, want its TraceName", got)
+	}
 	if trace.Outcome(nil) != "ok" || trace.Outcome(context.DeadlineExceeded) != "timeout" || trace.Outcome(context.Canceled) != "error: context canceled" {
 		t.Error("Outcome")
 	}
 }
+
+type named struct{}
+
+func (named) TraceName() string { return "trace.named" }

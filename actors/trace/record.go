@@ -64,10 +64,14 @@ type SpanContext struct {
 // TypeName is the Go type name of msg without its package path and
 // pointer star, such as "domain.StartRequest". A message of an
 // internal/protocol package is named after the package that owns it:
-// domain/internal/protocol.StartRequest is "domain.StartRequest".
+// domain/internal/protocol.StartRequest is "domain.StartRequest". A
+// TraceNamer is named by its TraceName.
 func TypeName(msg any) string {
 	if msg == nil {
 		return "<nil>"
+	}
+	if n, ok := msg.(TraceNamer); ok {
+		return n.TraceName()
 	}
 	t := reflect.TypeOf(msg)
 	if t.Kind() == reflect.Pointer {
@@ -82,6 +86,12 @@ func TypeName(msg any) string {
 		return name
 	}
 	return strings.TrimPrefix(reflect.TypeOf(msg).String(), "*")
+}
+
+// TraceNamer is a message that names itself in the trace, in place of its
+// Go type (a generic type's name is long and says little).
+type TraceNamer interface {
+	TraceName() string
 }
 
 // protocolNames caches the names TypeName gives protocol messages.

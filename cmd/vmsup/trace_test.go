@@ -115,16 +115,20 @@ func checkChrome(t *testing.T, path string) []string {
 }
 
 // TestCLITraceRequest: `vmsup -v qmp` prints the request id, and `vmsup
-// trace` turns it into a Mermaid diagram (api, driver, domain, monitor and
-// the QMP command), an SVG, JSON records and a Chrome export; the daemon's
-// --trace-log holds the request's records as JSON lines.
+// trace` turns it into a Mermaid diagram (api, domain, monitor and the QMP
+// command; the driver is on no job's path), an SVG, JSON records and a
+// Chrome export; the daemon's --trace-log holds the request's records as
+// JSON lines. A define's diagram shows the driver and its job.
 func TestCLITraceRequest(t *testing.T) {
 	t.Parallel()
 	d := newDaemon(t)
 	logPath := filepath.Join(d.dir, "trace.jsonl")
 	d.args = []string{"--trace-log", logPath}
 	d.start(t)
-	d.ok(t, "define", writeSpec(t, d.dir, "tr"))
+	defineID, _ := d.requestID(t, "POST /v1/domains", "define", writeSpec(t, d.dir, "tr"))
+	if def := d.ok(t, "trace", "--request", defineID, "--format", "mermaid"); !strings.Contains(def, "participant driver\n") || !strings.Contains(def, "driver.DefineRequest") || !strings.Contains(def, "Note over driver: job 1 ok") {
+		t.Errorf("mermaid of the define %s lacks the driver and its job:\n%s", defineID, def)
+	}
 	startID, _ := d.requestID(t, "POST /v1/domains/tr/start", "start", "tr")
 	id, r := d.requestID(t, "POST /v1/domains/tr/qmp", "qmp", "tr", `{"execute":"query-status"}`)
 	if !strings.Contains(r.stdout, `"status": "running"`) {
@@ -136,10 +140,13 @@ func TestCLITraceRequest(t *testing.T) {
 	if !strings.HasPrefix(mermaid, "sequenceDiagram\n") {
 		t.Fatalf("not a Mermaid sequence diagram:\n%s", mermaid)
 	}
-	for _, want := range []string{"participant api\n", "participant driver\n", "as domain/tr\n", "as monitor/tr\n", "participant QEMU\n", "->>QEMU: query-status\n"} {
+	for _, want := range []string{"participant api\n", "as domain/tr\n", "as monitor/tr\n", "participant QEMU\n", "api->>domain_tr: domain.QMPRequest", "->>QEMU: query-status\n"} {
 		if !strings.Contains(mermaid, want) {
 			t.Errorf("mermaid lacks %q", want)
 		}
+	}
+	if strings.Contains(mermaid, "driver") {
+		t.Errorf("the driver is on the qmp job's path:\n%s", mermaid)
 	}
 	if def := d.ok(t, "trace", "--request", id); def != mermaid {
 		t.Errorf("trace --request without --format is not the Mermaid diagram:\n%s", def)

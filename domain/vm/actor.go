@@ -284,6 +284,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.onExit(ctx, msg.proc)
 	case *monitor.Event:
 		dom.onQMPEvent(msg)
+		dom.cfg.Broker.PublishQMP(domain.QMPEvent{Domain: dom.name(), ID: msg.ID, Name: msg.Name, Data: msg.Data, Time: msg.Time})
 	case *monitor.Connected:
 		dom.monErr = nil
 		if dom.monConnected && dom.proc != nil {

@@ -363,8 +363,8 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("**Why vmsup loses the closed loop.** The closed loop keeps the cores busy, so throughput is set by the CPU each call costs "+
 			"and the Info p99 by how long a call queues for a core. Measured in the 200 µs windows: vmsup spends %s of CPU per call, the lock baseline %s. "+
 			"vmsup's Info is now a read of the snapshot the domain publishes (no message, one allocation), so the difference is in the jobs: "+
-			"a vmsup job is an ask routed by the driver actor to the domain actor, a Command to the monitor actor, a command goroutine, the transport's reply, "+
-			"and the reply back through the monitor and the domain to the caller — about eight goroutine hand-offs and a hundred allocations (7.6 KB, `go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
+			"a vmsup job is an ask to the domain actor (found in the registry), a Command to the monitor actor, a command goroutine, the transport's reply, "+
+			"and the reply back through the monitor and the domain to the caller — about seven goroutine hand-offs and a hundred allocations (7.6 KB, `go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
 			"where the lock baseline's job runs on the caller's goroutine. "+
 			"A CPU profile of the vmsup side of this mix (`go test ./tests/bench -run '^$' -bench 'Mixed/vmsup' -cpuprofile cpu.prof`), taken when this page was written: "+
 			"memory allocation 23%% and background GC marking 13%% (assists another 6%%), the domain actor's handlers 22%% and the monitor actor's 12%%, "+

@@ -66,7 +66,7 @@ func TestExport(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr))
 	defer tp.Shutdown(context.Background())
 	recs := fixture.StartRequest()
-	recs[3].QMP.Outcome = "error: no"
+	recs[2].QMP.Outcome = "error: no"
 	untraced := record.Record{SpanID: "x", Kind: record.KindMessage, Started: fixture.T0, Ended: fixture.T0}
 	if n := otelexport.Export(context.Background(), tp.Tracer("vmsup"), append(recs, untraced)); n != len(recs) {
 		t.Fatalf("Export made %d spans, want %d", n, len(recs))
@@ -85,11 +85,11 @@ func TestExport(t *testing.T) {
 	sr2 := tracetest.NewSpanRecorder()
 	tp2 := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(sr2))
 	defer tp2.Shutdown(context.Background())
-	noAPI := fixture.StartRequest()[:7]
+	noAPI := fixture.StartRequest()[:6]
 	if n := otelexport.Export(context.Background(), tp2.Tracer("vmsup"), noAPI); n != len(noAPI)+1 {
 		t.Fatalf("Export made %d spans, want %d", n, len(noAPI)+1)
 	}
-	madeUp := record.Record{TraceID: fixture.TraceID, SpanID: fixture.TraceID, Started: noAPI[0].Enqueued, Ended: noAPI[6].Ended}
+	madeUp := record.Record{TraceID: fixture.TraceID, SpanID: fixture.TraceID, Started: noAPI[0].Enqueued, Ended: noAPI[5].Ended}
 	checkOTel(t, sr2.Ended(), append(noAPI, madeUp), fixture.TraceID)
 }
 

@@ -41,7 +41,7 @@ func TestChromeExport(t *testing.T) {
 	for tid := 1; tid <= len(tracks); tid++ {
 		names = append(names, tracks[tid])
 	}
-	if got, want := strings.Join(names, ","), "api,driver,domain/web1,domain/web1 jobs,monitor/web1,monitor/web1 qmp"; got != want {
+	if got, want := strings.Join(names, ","), "api,domain/web1,domain/web1 jobs,monitor/web1,monitor/web1 qmp"; got != want {
 		t.Errorf("tracks %s, want %s", got, want)
 	}
 	if complete != len(recs) {

@@ -35,7 +35,7 @@ func TestMermaidGolden(t *testing.T) {
 
 func TestMermaidParticipantsAndEscaping(t *testing.T) {
 	recs := fixture.StartRequest()
-	recs[5].QMP.Outcome = "error: #1; <bad>\nthing"
+	recs[4].QMP.Outcome = "error: #1; <bad>\nthing"
 	var buf bytes.Buffer
 	if err := render.WriteMermaid(&buf, recs); err != nil {
 		t.Fatal(err)
@@ -50,7 +50,7 @@ func TestMermaidParticipantsAndEscaping(t *testing.T) {
 			order = append(order, rest)
 		}
 	}
-	if want := []string{"api", "driver", "domain/web1", "monitor/web1", "QEMU"}; !slices.Equal(order, want) {
+	if want := []string{"api", "domain/web1", "monitor/web1", "QEMU"}; !slices.Equal(order, want) {
 		t.Errorf("participants %v, want %v", order, want)
 	}
 	if !strings.Contains(out, "QEMU-->>monitor_web1: error: #35;1#59; #lt;bad#gt; thing (2.4ms)") {
@@ -98,7 +98,7 @@ func TestSVG(t *testing.T) {
 	if root != "svg" {
 		t.Fatalf("root element %q, want svg", root)
 	}
-	for _, p := range []string{"api", "driver", "domain/web1", "monitor/web1", "QEMU"} {
+	for _, p := range []string{"api", "domain/web1", "monitor/web1", "QEMU"} {
 		if !slices.Contains(texts, p) {
 			t.Errorf("participant %q is not in the SVG", p)
 		}
@@ -111,7 +111,7 @@ func TestSVG(t *testing.T) {
 
 	// Text that needs escaping stays well-formed.
 	recs := fixture.StartRequest()
-	recs[5].QMP.Outcome = `error: <"&'>`
+	recs[4].QMP.Outcome = `error: <"&'>`
 	buf.Reset()
 	if err := render.WriteSVG(&buf, recs); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 // Package protocol holds the messages of the driver actor. They are plain
 // data, so that they can cross a process boundary later; the driver package
-// builds and answers them.
+// builds and answers them. Domain jobs are not among them: API calls send
+// those to the domain actor itself (see domain/vm).
 package protocol
 
 import (
@@ -46,14 +47,18 @@ type DomainRef struct {
 	PID  *actor.PID
 }
 
-// RouteRequest hands Msg, a domain request, to the named domain's actor
-// with the caller as its sender, so the domain replies to the caller
-// directly (a query, answered at once). An unknown name gets ErrNotFound.
-type RouteRequest struct {
-	actors.Request
-	Name string
-	Msg  any
-}
-
 // ListRequest lists every domain (a query, answered at once) as []domain.Info.
 type ListRequest struct{}
+
+// JobsRequest asks for the driver's job lane (a query, answered at once)
+// as an *actors.LaneSnapshot.
+type JobsRequest struct{}
+
+// ExplainRequest asks who holds the driver's lane that the jobs of the
+// request RequestID wait for (a query, answered at once) as an
+// *actors.Explanation. The API sends it when its wait for a driver job
+// ended; the request's queued jobs whose caller gave up leave the queue
+// first.
+type ExplainRequest struct {
+	RequestID string
+}

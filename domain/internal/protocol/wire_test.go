@@ -1,0 +1,63 @@
+package protocol_test
+
+import (
+	"encoding/json"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/internal/protocol"
+	"github.com/vmsup/vmsup/tests/testkit"
+)
+
+// TestMessagesCrossTheWire: every message of the domain actor's protocol,
+// and the replies the API gets from the domain, are plain data that
+// survive JSON, so that they can cross a process boundary (protoactor's
+// remote) later.
+func TestMessagesCrossTheWire(t *testing.T) {
+	req := actors.Request{RequestID: "5f3a1c-1", ParentID: "5f3a1c-2", Owner: "api start"}
+	t0 := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
+	job := domain.JobInfo{ID: 17, Name: "shutdown", Kind: domain.JobAsync, Owner: "api shutdown", RequestID: "5f3a1c-9",
+		Enqueued: t0, Started: t0.Add(time.Millisecond), Ended: t0.Add(time.Second), Step: "wait",
+		QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: t0.Add(2 * time.Millisecond)}, Error: "x"}
+	data, err := os.ReadFile("../../testdata/full.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := domain.ParseSpec(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.CheckWireAll(t, ".",
+		&protocol.StartRequest{Request: req, Paused: true},
+		&protocol.ShutdownRequest{Request: req, Timeout: time.Minute},
+		&protocol.DestroyRequest{Request: req},
+		&protocol.PauseRequest{Request: req},
+		&protocol.ResumeRequest{Request: req},
+		&protocol.ResetRequest{Request: req},
+		&protocol.QMPRequest{Request: req, Execute: "query-status", Arguments: json.RawMessage(`{"a":[1,"b"]}`)},
+		&protocol.QMPReply{Return: json.RawMessage(`{"status":"running","running":true}`)},
+		&protocol.JobDone{Job: job},
+		&protocol.InfoRequest{},
+		&protocol.JobsRequest{},
+		&protocol.ExplainWaitRequest{RequestID: "5f3a1c-1"},
+		&protocol.UpdateSpec{Spec: spec},
+		&protocol.PrepareUndefine{},
+		&protocol.CancelUndefine{},
+		&protocol.Undefinable{},
+		&protocol.ConsoleRequest{},
+		&protocol.ConsoleTarget{Path: "/run/vmsup/web1/console.sock"},
+		&protocol.InjectMonitorPanic{Reason: "test"},
+	)
+	// The replies the API reads.
+	for _, reply := range []any{
+		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
+			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK}},
+		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
+		&domain.WaitExplanation{Running: true, Holder: &job},
+	} {
+		testkit.CheckWire(t, reply)
+	}
+}
