@@ -217,7 +217,10 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 		}
 	}
 	accel := qemuargs.ResolveAccel(e.spec.Accel)
-	args := qemuargs.BuildArgs(&e.spec, paths, accel)
+	args, err := qemuargs.BuildArgs(&e.spec, paths, accel, nil)
+	if err != nil {
+		return false, fail("command line", err)
+	}
 	e.step("spawn qemu", "")
 	launch := e.launch
 	if launch == nil {

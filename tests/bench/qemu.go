@@ -108,7 +108,11 @@ func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
 		return nil, err
 	}
 	defer qmpListener.Close()
-	cmd := exec.Command(spec.EmulatorPath(), qemuargs.BuildArgs(spec, paths, qemuargs.ResolveAccel(spec.Accel))...)
+	args, err := qemuargs.BuildArgs(spec, paths, qemuargs.ResolveAccel(spec.Accel), nil)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(spec.EmulatorPath(), args...)
 	cmd.ExtraFiles = []*os.File{qmpListener}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
