@@ -27,6 +27,8 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/hostres"
+	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
@@ -36,7 +38,7 @@ import (
 
 // recoverAll loads every definition with its saved status and adopts the
 // QEMUs still running for them. Unreadable files are logged and skipped.
-func recoverAll(st *store, runDir string, logger zerolog.Logger) []recovered {
+func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.Logger) []recovered {
 	specs, problems := st.loadAll()
 	for _, p := range problems {
 		logger.Error().Err(p).Msg("skipping definition")
@@ -47,7 +49,13 @@ func recoverAll(st *store, runDir string, logger zerolog.Logger) []recovered {
 		if err != nil {
 			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
 		}
-		out = append(out, recovered{spec: spec, recovery: process.Recover(spec, runDir, saved)})
+		rec := process.Recover(spec, runDir, saved)
+		// Taps a crash or a stopped daemon left are removed; an adopted
+		// QEMU's are released when it exits.
+		if release := host.Recover(spec, rec.Adopted()); release != nil {
+			rec.Process().OnExit(release)
+		}
+		out = append(out, recovered{spec: spec, recovery: rec})
 	}
 	return out
 }
@@ -102,6 +110,9 @@ type Config struct {
 	Launcher process.Launcher
 	// DialMonitor makes QMP connections; nil uses monitor.NewTransport.
 	DialMonitor func(socketPath string) monitor.Conn
+	// QemuImg runs qemu-img for the overlays of image disks; its Timeout
+	// bounds each run (default overlay.DefaultTimeout).
+	QemuImg overlay.QemuImg
 	// Trace records every message, job and QMP command (see package
 	// actors/trace for its sinks: JSON lines, live stream, Chrome,
 	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
@@ -121,6 +132,9 @@ type Driver struct {
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
 	dispatcher *actors.Dispatcher
+	// host makes and releases the domains' overlays, seeds, forwards
+	// and taps.
+	host *hostres.Manager
 
 	closeOnce sync.Once
 	closeErr  error
@@ -166,8 +180,9 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
+	host := hostres.New(hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger})
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
-	initial := recoverAll(st, cfg.RunDir, logger)
+	initial := recoverAll(st, cfg.RunDir, host, logger)
 	dispatcher, err := actors.NewDispatcher()
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
@@ -178,7 +193,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, host: host}
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
@@ -196,6 +211,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			registry:     d.domains,
 			dispatcher:   dispatcher,
 			initial:      initial,
+			host:         host,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
@@ -267,9 +283,46 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, err
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
+	existed, err := d.prepareHost(ctx, spec)
+	if err != nil {
+		d.apiRecord(req, began, err)
+		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
+	}
 	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
+	if err != nil && !existed {
+		if uerr := d.host.Undefine(spec.Name); uerr != nil {
+			d.logger.Warn().Err(uerr).Str("domain", spec.Name).Msg("removing the disks of a failed define")
+		}
+	}
 	d.apiRecord(req, began, err)
 	return res, err
+}
+
+// prepareHost makes the overlays and the seed of spec before its
+// definition is written, in the caller's goroutine (qemu-img may take a
+// while; it must not hold the driver's lane or run in a handler). The seed
+// carries the UUID, so a spec without one takes the existing domain's.
+func (d *Driver) prepareHost(ctx context.Context, spec *domain.Spec) (existed bool, err error) {
+	e, existed := d.domains.get(spec.Name)
+	needs := spec.CloudInit != nil
+	for _, disk := range spec.Disks {
+		needs = needs || disk.Image != ""
+	}
+	if !needs && !existed {
+		return false, nil
+	}
+	s := spec
+	if existed && spec.UUID == "" {
+		s = spec.Clone()
+		s.UUID = e.uuid
+	}
+	if existed && s.UUID != e.uuid {
+		return existed, nil // the driver refuses it as a conflict
+	}
+	if s.UUID == "" {
+		return existed, errors.New("the spec has no uuid (ParseSpec gives it one)")
+	}
+	return existed, d.host.Define(ctx, s)
 }
 
 // Undefine removes a domain that is shut off.
@@ -282,6 +335,11 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 	}
 	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
 	_, err := actors.AskAs[*protocol.Undefined](ctx, d.root, d.pid, &protocol.UndefineRequest{Request: req, Name: name})
+	if err == nil {
+		if herr := d.host.Undefine(name); herr != nil {
+			err = fmt.Errorf("undefine %q: the definition is gone, but: %w", name, herr)
+		}
+	}
 	d.apiRecord(req, began, err)
 	return err
 }
