@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
@@ -283,7 +284,7 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, err
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
-	existed, err := d.prepareHost(ctx, spec)
+	spec, existed, err := d.prepareHost(ctx, spec)
 	if err != nil {
 		d.apiRecord(req, began, err)
 		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
@@ -301,28 +302,29 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 // prepareHost makes the overlays and the seed of spec before its
 // definition is written, in the caller's goroutine (qemu-img may take a
 // while; it must not hold the driver's lane or run in a handler). The seed
-// carries the UUID, so a spec without one takes the existing domain's.
-func (d *Driver) prepareHost(ctx context.Context, spec *domain.Spec) (existed bool, err error) {
+// carries the UUID, so a spec without one takes the existing domain's, or
+// a new one; it returns the spec to define.
+func (d *Driver) prepareHost(ctx context.Context, spec *domain.Spec) (_ *domain.Spec, existed bool, err error) {
 	e, existed := d.domains.get(spec.Name)
 	needs := spec.CloudInit != nil
 	for _, disk := range spec.Disks {
 		needs = needs || disk.Image != ""
 	}
 	if !needs && !existed {
-		return false, nil
+		return spec, false, nil
 	}
-	s := spec
-	if existed && spec.UUID == "" {
-		s = spec.Clone()
-		s.UUID = e.uuid
+	if existed && spec.UUID != "" && spec.UUID != e.uuid {
+		return spec, existed, nil // the driver refuses it as a conflict
 	}
-	if existed && s.UUID != e.uuid {
-		return existed, nil // the driver refuses it as a conflict
+	if spec.UUID == "" {
+		spec = spec.Clone()
+		if existed {
+			spec.UUID = e.uuid
+		} else {
+			spec.UUID = uuid.NewString()
+		}
 	}
-	if s.UUID == "" {
-		return existed, errors.New("the spec has no uuid (ParseSpec gives it one)")
-	}
-	return existed, d.host.Define(ctx, s)
+	return spec, existed, d.host.Define(ctx, spec)
 }
 
 // Undefine removes a domain that is shut off.
