@@ -359,4 +359,3 @@ func (a *app) waitSSH(ctx context.Context, name string, f api.PortForward, priv 
 		}
 	}
 }
-
