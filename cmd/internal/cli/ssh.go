@@ -315,6 +315,21 @@ or recording the guest's host key. Without COMMAND it opens a shell.`,
 	return cmd
 }
 
+// sshHint is the command that logs in to the VM name from another
+// terminal: with the socket and the binary spelled out when vmsup runs
+// with VMSUP_SOCKET (as make demo does).
+func sshHint(name string) string {
+	sock := os.Getenv(cmdline.SocketEnv)
+	if sock == "" {
+		return "vmsup ssh " + name
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		exe = "vmsup"
+	}
+	return fmt.Sprintf("%s=%s %s ssh %s", cmdline.SocketEnv, sock, exe, name)
+}
+
 // execProgram replaces vmsup with bin (tests replace it).
 func (a *app) execProgram(bin string, argv []string) error {
 	if a.exec != nil {
@@ -342,7 +357,7 @@ func (a *app) waitSSH(ctx context.Context, name string, f api.PortForward, priv 
 		err := cmd.Run()
 		cancel()
 		if err == nil {
-			a.notice(raw, "SSH answers after %s: vmsup ssh %s", time.Since(began).Round(time.Second), name)
+			a.notice(raw, "SSH answers after %s: %s", time.Since(began).Round(time.Second), sshHint(name))
 			return
 		}
 		if ctx.Err() != nil {
