@@ -25,6 +25,9 @@ func FuzzParseSpec(f *testing.F) {
 	for _, name := range []string{"full.yaml", "full.json", "minimal.yaml", "machine-none.yaml", "bad-many.yaml", "unknown-field.yaml"} {
 		f.Add(readSpecFile(f, name))
 	}
+	f.Add([]byte("name: g\nnetworks:\n  - forwards: ['tcp:127.0.0.1:2222-:22', 'udp::0-:53']\n  - {type: tap, bridge: br0, mac: '52:54:00:00:00:01'}\n" +
+		"disks:\n  - {image: /b.qcow2, format: qcow2, size: 8G}\n  - {path: /d.raw}\ncloud_init: {hostname: g, user_data: \"#cloud-config\\n{}\\n\"}\n"))
+	f.Add([]byte("name: g\nnetworks: [{forwards: ['tcp::8080-:80']}]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := domain.ParseSpec(data)
 		if err != nil {
