@@ -242,6 +242,6 @@ func UpToSSH(ctx context.Context, o Options) (*Section, error) {
 	sec.Rows = []Row{{Section: "6 guests", Measure: "demo VM (Debian 12) up → SSH runs a command", V: Secs(vUp), C: Secs(rUp), Fmt: DurFmt,
 		Against: "the same QEMU command line by hand", Repro: o.repro(key)}}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: one run of each, under %s. vmsup: Define (the overlay with qemu-img and the cloud-init seed) and Start, then `ssh ... true` every second until it succeeds. "+
-		"By hand: the same argv (overlay and seed made beforehand, untimed; the forward's port resolved), QMP cont, then the same SSH loop. The guest's boot dominates both.", realAccel()))
+		"By hand: the same argv (overlay and seed made beforehand, untimed; the forward's port resolved), QMP cont, then the same SSH loop. vmsup runs first, so it also pays for reading the base image into the page cache. The guest's boot dominates both: vmsup %s, by hand %s.", realAccel(), Dur(vUp), Dur(rUp)))
 	return sec, nil
 }
