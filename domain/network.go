@@ -3,6 +3,8 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -19,6 +21,22 @@ const MaxForwards = 64
 
 // NetworkField returns the spec field of network i, "networks[i]".
 func NetworkField(i int) string { return fmt.Sprintf("networks[%d]", i) }
+
+// NICOfDevice maps the QEMU device id of a NIC ("nic0", as BuildArgs
+// names them) in a QMP event to its spec field ("networks[0]"). name is
+// the event's raw value; ok is false for anything else.
+func NICOfDevice(name any, nics int) (string, bool) {
+	s, _ := name.(string)
+	rest, found := strings.CutPrefix(s, "nic")
+	if !found || rest == "" || len(rest) > 3 || strings.Trim(rest, "0123456789") != "" || (len(rest) > 1 && rest[0] == '0') {
+		return "", false
+	}
+	i, err := strconv.Atoi(rest)
+	if err != nil || i >= nics {
+		return "", false
+	}
+	return NetworkField(i), true
+}
 
 // MAC returns the address of NIC i: its mac field, or the address derived
 // from the UUID and i (netcfg.DeriveMAC). The spec must be valid.

@@ -120,6 +120,15 @@ func TestParseSpecNetworkFieldErrors(t *testing.T) {
 	}
 }
 
+func TestNICOfDevice(t *testing.T) {
+	for name, want := range map[any]string{"nic0": "networks[0]", "nic3": "networks[3]", "nic4": "", "nic": "", "nic01": "", "nic-1": "", "net0": "", 7: "", nil: "", "nic1000": ""} {
+		got, ok := NICOfDevice(name, 4)
+		if got != want || ok != (want != "") {
+			t.Errorf("NICOfDevice(%v) = %q, %v; want %q", name, got, ok, want)
+		}
+	}
+}
+
 // TestSpecNetworksDefault: a spec without networks has no NIC, and a
 // network without a type is a user network, for root and others alike.
 func TestSpecNetworksDefault(t *testing.T) {

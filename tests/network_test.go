@@ -59,6 +59,7 @@ func TestGuestUserNetSeedOverlay(t *testing.T) {
 		t.Fatalf("define: %v", err)
 	}
 	dom := d.Domain("net")
+	events := recordEvents(t, dom.Subscribe(ctxT(t, 5*time.Minute), 0))
 	if err := dom.Start(ctxT(t, 60*time.Second), driver.StartOptions{}); err != nil {
 		t.Fatalf("start: %v", err)
 	}
@@ -80,6 +81,11 @@ func TestGuestUserNetSeedOverlay(t *testing.T) {
 	waitGuestSerial(t, serial, "vmsup-guest: vda marker written", 30*time.Second)
 	waitGuestSerial(t, serial, "vmsup-guest: ip=10.0.2.15/24 dev=eth0 mac="+nic.MAC, 60*time.Second)
 	waitGuestSerial(t, serial, "vmsup-guest: http listening on port 8080", 60*time.Second)
+	// The guest brought eth0 up before its DHCP lease: QEMU saw its
+	// driver set the receive filter.
+	if up := events.waitFor(t, domain.EventNetworkUp, 10*time.Second); up.NIC != "networks[0]" || up.Cause == "" || up.State != domain.StateRunning {
+		t.Errorf("network-up event %+v", up)
+	}
 
 	client := &http.Client{Timeout: 10 * time.Second}
 	url := fmt.Sprintf("http://127.0.0.1:%d/", fw.HostPort)

@@ -730,6 +730,11 @@ func (dom *domainActor) onQMPEvent(ev *monitor.Event) {
 	case "GUEST_PANICKED":
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, ev.ID)
+	case "NIC_RX_FILTER_CHANGED":
+		if nic, ok := domain.NICOfDevice(ev.Data["name"], len(dom.spec.Networks)); ok {
+			dom.cfg.Broker.Publish(domain.Event{Type: domain.EventNetworkUp, Domain: dom.name(), UUID: dom.spec.UUID,
+				State: dom.state, Reason: dom.reason, Cause: ev.ID, NIC: nic})
+		}
 	}
 }
 

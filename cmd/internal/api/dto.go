@@ -160,6 +160,8 @@ type Event struct {
 	Reason string    `json:"reason"`
 	Time   time.Time `json:"time"`
 	Cause  string    `json:"cause,omitempty"`
+	// NIC is the NIC of a network-up event ("networks[0]").
+	NIC string `json:"nic,omitempty"`
 }
 
 // DefineResult answers POST /v1/domains.

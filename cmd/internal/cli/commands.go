@@ -500,6 +500,9 @@ func (a *app) eventsCommand() *cobra.Command {
 // "15:04:05.000 web1 started running/booted".
 func eventLine(ev api.Event) string {
 	s := fmt.Sprintf("%s %s %s %s/%s", ev.Time.Local().Format("15:04:05.000"), ev.Domain, ev.Type, ev.State, ev.Reason)
+	if ev.NIC != "" {
+		s += " nic=" + ev.NIC
+	}
 	if ev.Cause != "" {
 		s += " cause=" + ev.Cause
 	}

@@ -78,5 +78,6 @@ func fromEvent(ev domain.Event) api.Event {
 		Reason: string(ev.Reason),
 		Time:   ev.Time,
 		Cause:  ev.Cause,
+		NIC:    ev.NIC,
 	}
 }
