@@ -11,6 +11,7 @@
 package driver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -54,11 +56,32 @@ func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.
 		// Taps a crash or a stopped daemon left are removed; an adopted
 		// QEMU's are released when it exits.
 		if release := host.Recover(spec, rec.Adopted()); release != nil {
-			rec.Process().OnExit(release)
+			pid := rec.Process().PID()
+			rec.Process().OnExit(func() {
+				// A process that vmsup stopped watching (Recovery.Release)
+				// also "exits" here while its QEMU runs on: keep its taps.
+				if !processRuns(pid) {
+					release()
+				}
+			})
 		}
 		out = append(out, recovered{spec: spec, recovery: rec})
 	}
 	return out
+}
+
+// processRuns reports whether pid is a live process (not a zombie).
+func processRuns(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }
 
 // InjectPanic makes an actor panic, for fault tests: target is "driver",

@@ -165,3 +165,43 @@ func TestStartTakenPort(t *testing.T) {
 	}
 	expectState(t, d.Domain("taken"), domain.StateShutoff, domain.ReasonFailed)
 }
+
+// TestNICsAcrossDaemonRestart: a restarted driver that adopts a running
+// QEMU shows the NICs it had, with the same host port, and forgets them
+// once that QEMU is destroyed.
+func TestNICsAcrossDaemonRestart(t *testing.T) {
+	d := openDriver(t, nil)
+	spec := &domain.Spec{Name: "keep", Machine: "q35", Accel: domain.AccelTCG, Memory: 64 * domain.MiB,
+		Networks: []domain.Network{{Forwards: []string{"tcp:127.0.0.1:0-:22"}}}}
+	if _, err := d.Define(ctxT(t, 10*time.Second), spec); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Domain("keep").Start(ctxT(t, 30*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := expectState(t, d.Domain("keep"), domain.StateRunning, domain.ReasonBooted)
+	if len(before.NICs) != 1 || before.NICs[0].Forwards[0].HostPort == 0 {
+		t.Fatalf("NICs %+v", before.NICs)
+	}
+	d.close(t)
+	d2 := d.reopen(t)
+	var after *domain.Info
+	guestPoll(t, 30*time.Second, "the adopted domain running", func() bool {
+		in, err := d2.Domain("keep").Info(ctxT(t, 5*time.Second))
+		after = in
+		return err == nil && in.State == domain.StateRunning && in.PID == before.PID
+	})
+	if len(after.NICs) != 1 || after.NICs[0].Forwards[0].HostPort != before.NICs[0].Forwards[0].HostPort || after.NICs[0].MAC != before.NICs[0].MAC {
+		t.Fatalf("NICs after the restart %+v, before %+v", after.NICs, before.NICs)
+	}
+	if err := d2.Domain("keep").Destroy(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	guestPoll(t, 10*time.Second, "the NICs released", func() bool {
+		_, err := os.Stat(filepath.Join(d2.cfg.RunDir, "keep", "nics.json"))
+		return os.IsNotExist(err)
+	})
+	if in, _ := d2.Domain("keep").Info(ctxT(t, 5*time.Second)); in.NICs != nil {
+		t.Errorf("NICs after destroy %+v", in.NICs)
+	}
+}
