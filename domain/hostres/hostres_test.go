@@ -295,3 +295,38 @@ func TestAcquireTap(t *testing.T) {
 		t.Fatalf("stale tap after Recover: %v", err)
 	}
 }
+
+// TestDefineUserDataFile: the seed carries the user data file as it is
+// at define; a file that is missing or not cloud-init's is an error naming
+// cloud_init.user_data_file, and no seed is written.
+func TestDefineUserDataFile(t *testing.T) {
+	m := newManager(t)
+	ud := filepath.Join(t.TempDir(), "user-data.yaml")
+	if err := os.WriteFile(ud, []byte("#cloud-config\npackages: [curl]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := parse(t, "cloud_init: {user_data_file: "+ud+"}\n")
+	if err := m.Define(ctxT(t), spec); err != nil {
+		t.Fatal(err)
+	}
+	seed, err := cloudinit.ReadISO(m.SeedPath("h"))
+	if err != nil || string(seed.UserData) != "#cloud-config\npackages: [curl]\n" {
+		t.Fatalf("seed user-data %q, %v", seed.UserData, err)
+	}
+	for _, content := range []string{"", "hello"} {
+		m2 := newManager(t)
+		p := filepath.Join(t.TempDir(), "ud")
+		if content != "" {
+			if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		err := m2.Define(ctxT(t), parse(t, "cloud_init: {user_data_file: "+p+"}\n"))
+		if f := fieldsOf(err); len(f) != 1 || f[0] != "cloud_init.user_data_file" {
+			t.Errorf("user data %q: %v", content, err)
+		}
+		if _, err := os.Stat(m2.SeedPath("h")); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("user data %q: a seed was written", content)
+		}
+	}
+}
