@@ -3,7 +3,7 @@ GO ?= go
 CACHE ?= $(CURDIR)/.cache
 BIN ?= $(CURDIR)/bin
 
-.PHONY: test vet unit guest image image-smoke guest-smoke demo demo-tiny demo-run test-debian bench fuzz vmsup qemu
+.PHONY: test vet unit guest image image-smoke guest-smoke demo demo-tiny demo-run demo-image test-debian bench fuzz vmsup qemu
 
 # The test command: vet, then every test with the race detector, real QEMU
 # included.
@@ -79,7 +79,7 @@ qemu:
 # daemon is stopped. make demo-tiny does the same with the tiny guest.
 DEMO_SPEC ?= examples/debian.yaml
 DEMO_NAME ?= demo
-demo: qemu image vmsup
+demo: qemu demo-image vmsup
 	@$(MAKE) --no-print-directory demo-run
 demo-tiny: qemu guest vmsup
 	@$(MAKE) --no-print-directory demo-run DEMO_SPEC=examples/tiny.yaml DEMO_NAME=tiny
@@ -107,10 +107,16 @@ demo-run:
 	echo "vmsup daemon pid $$daemon, state dir $$dir/state, VMSUP_SOCKET=$$VMSUP_SOCKET"; \
 	$(BIN)/vmsup up $(DEMO_SPEC)
 
+# The image for the demo: as root, make image (it checks the package
+# versions); otherwise the image built earlier with sudo make image, as is.
+demo-image:
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory image; \
+	else VMSUP_CACHE=$(CACHE) bash tests/image/build-image.sh --cached >/dev/null; fi
+
 # End to end: boots the Debian image with vmsup up, runs
 # `vmsup ssh demo -- uname -a`, and shuts it down with SIGINT (ACPI).
 # .ci/run runs it after make test; about 90 s to SSH under TCG.
-test-debian: image vmsup
+test-debian: demo-image vmsup
 	VMSUP_CACHE=$(CACHE) BIN=$(BIN) bash tests/image/e2e.sh
 
 # Runs the benchmarks: vmsup side by side with raw QMP, libvirt's lock
