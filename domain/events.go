@@ -19,6 +19,10 @@ const (
 	EventShutdown  EventType = "shutdown"
 	EventStopped   EventType = "stopped"
 	EventCrashed   EventType = "crashed"
+	// EventNetworkUp: the guest's driver brought a NIC up (QEMU's
+	// NIC_RX_FILTER_CHANGED, sent when the guest first sets the NIC's
+	// receive filter); NIC names it ("networks[0]").
+	EventNetworkUp EventType = "network-up"
 )
 
 // Event is a lifecycle event of one domain.
@@ -32,6 +36,8 @@ type Event struct {
 	Time   time.Time `json:"time"`
 	// Cause is the id of the QMP event or request that caused it.
 	Cause string `json:"cause,omitempty"`
+	// NIC is the spec field of the NIC a network-up event is about.
+	NIC string `json:"nic,omitempty"`
 }
 
 // DefaultEventBuffer is a subscriber's buffer when none is given.

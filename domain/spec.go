@@ -18,6 +18,9 @@ import (
 	"github.com/google/uuid"
 	yaml2 "go.yaml.in/yaml/v2"
 	"sigs.k8s.io/yaml"
+
+	"github.com/vmsup/vmsup/domain/cloudinit"
+	"github.com/vmsup/vmsup/domain/netcfg"
 )
 
 // Spec is a VM definition, read from YAML or JSON.
@@ -50,6 +53,12 @@ type Spec struct {
 	Append string `json:"append,omitempty"`
 	// Disks are attached as virtio block devices, in order.
 	Disks []Disk `json:"disks,omitempty"`
+	// Networks are the VM's NICs (virtio-net-pci), in order. No entry
+	// means no NIC at all.
+	Networks []Network `json:"networks,omitempty"`
+	// CloudInit, when set, makes vmsup write a NoCloud seed image (label
+	// cidata) at define and attach it read-only after the disks.
+	CloudInit *cloudinit.Config `json:"cloud_init,omitempty"`
 	// Serial says where the first serial port goes. Nil means a console
 	// socket (RunPaths.ConsoleSocket) that also logs to RunPaths.SerialLog.
 	Serial *Serial `json:"serial,omitempty"`
@@ -68,14 +77,40 @@ type Spec struct {
 	Restart *RestartPolicy `json:"restart,omitempty"`
 }
 
-// Disk is a disk image attached to the VM as a virtio block device.
+// Disk is a disk image attached to the VM as a virtio block device. It is
+// either an image file used as it is (Path), or a qcow2 overlay that vmsup
+// makes on define in the state dir on top of a base image (Image), which is
+// never written.
 type Disk struct {
-	// Path is the absolute path of the image.
-	Path string `json:"path"`
-	// Format is the image format: "raw" (default) or "qcow2".
+	// Path is the absolute path of an image the VM uses as it is.
+	Path string `json:"path,omitempty"`
+	// Image is the absolute path of a base image (qcow2 or raw, without a
+	// backing file) for an overlay; exactly one of Path and Image is set.
+	Image string `json:"image,omitempty"`
+	// Format is the format of Path, or of Image's base: "raw" (default) or
+	// "qcow2". An overlay itself is always qcow2.
 	Format string `json:"format,omitempty"`
-	// ReadOnly attaches the disk read-only.
+	// Size is the overlay's virtual size (image disks only): at least the
+	// base's size, a multiple of 512 bytes; 0 keeps the base's size.
+	Size Size `json:"size,omitempty"`
+	// ReadOnly attaches the disk read-only (path disks only).
 	ReadOnly bool `json:"readonly,omitempty"`
+}
+
+// Network is one NIC of the VM, a virtio-net-pci device.
+type Network struct {
+	// Type is "user" (QEMU user-mode networking; the default) or "tap" (a
+	// tap device that vmsup creates on Bridge; needs root).
+	Type string `json:"type,omitempty"`
+	// MAC is the NIC's address; when empty it is derived from the UUID
+	// and the NIC's index (see Spec.MAC), so it is the same on every start.
+	MAC string `json:"mac,omitempty"`
+	// Forwards are host-to-guest port forwards of a user network, such as
+	// "tcp:127.0.0.1:2222-:22", or "tcp::0-:22" (host port 0: a free port
+	// picked at each start and reported in Info).
+	Forwards []string `json:"forwards,omitempty"`
+	// Bridge is the existing host bridge a tap network is attached to.
+	Bridge string `json:"bridge,omitempty"`
 }
 
 // Serial is the backend of the VM's first serial port.
@@ -449,9 +484,20 @@ func (s *Spec) ApplyDefaults() {
 			s.Disks[i].Format = DiskFormatRaw
 		}
 	}
+	for i := range s.Networks {
+		if s.Networks[i].Type == "" {
+			s.Networks[i].Type = netcfg.TypeUser
+		}
+		if len(s.Networks[i].Forwards) == 0 {
+			s.Networks[i].Forwards = nil
+		}
+	}
 	// An empty list and no list mean the same; keep one form.
 	if len(s.Disks) == 0 {
 		s.Disks = nil
+	}
+	if len(s.Networks) == 0 {
+		s.Networks = nil
 	}
 	if len(s.ExtraArgs) == 0 {
 		s.ExtraArgs = nil
@@ -564,14 +610,49 @@ func (s *Spec) Validate() error {
 	seen := map[string]int{}
 	for i, d := range s.Disks {
 		f := fmt.Sprintf("disks[%d]", i)
-		if p := PathProblem(d.Path); p != "" {
-			add(f+".path", p)
-		} else if j, dup := seen[d.Path]; dup {
-			add(f+".path", fmt.Sprintf("is the same image as disks[%d].path", j))
-		} else {
-			seen[d.Path] = i
+		switch {
+		case d.Path != "" && d.Image != "":
+			add(f+".image", "set together with path; give path (an image used as it is) or image (the base of an overlay vmsup makes)")
+		case d.Image != "":
+			add(f+".image", PathProblem(d.Image))
+			if d.ReadOnly {
+				add(f+".readonly", "is not supported for an image disk: its overlay is there to be written")
+			}
+			if d.Size%512 != 0 {
+				add(f+".size", fmt.Sprintf("must be a multiple of 512 bytes, got %d", d.Size.Bytes()))
+			}
+		default:
+			if p := PathProblem(d.Path); p != "" {
+				if d.Path == "" {
+					p = "is required (or image)"
+				}
+				add(f+".path", p)
+			} else if j, dup := seen[d.Path]; dup {
+				add(f+".path", fmt.Sprintf("is the same image as disks[%d].path", j))
+			} else {
+				seen[d.Path] = i
+			}
+			if d.Size != 0 {
+				add(f+".size", "is only for image disks (the size of the overlay); a path disk has its file's size")
+			}
 		}
 		add(f+".format", enumProblem(d.Format, DiskFormatRaw, DiskFormatQCOW2))
+	}
+
+	if noneMachine && len(s.Networks) > 0 {
+		add("networks", `are not supported with machine "none" (it has no PCI bus for virtio NICs)`)
+	}
+	if len(s.Networks) > MaxNetworks {
+		add("networks", fmt.Sprintf("%d NICs; the limit is %d", len(s.Networks), MaxNetworks))
+	} else {
+		errs = append(errs, s.validateNetworks()...)
+	}
+
+	if s.CloudInit != nil {
+		if noneMachine {
+			add("cloud_init", `is not supported with machine "none" (it has no PCI bus for the seed disk)`)
+		}
+		errs = append(errs, validateCloudInit(s.CloudInit)...)
 	}
 
 	if s.Serial != nil {
@@ -701,6 +782,15 @@ func PathProblem(p string) string {
 func (s *Spec) Clone() *Spec {
 	c := *s
 	c.Disks = slices.Clone(s.Disks)
+	c.Networks = slices.Clone(s.Networks)
+	for i := range c.Networks {
+		c.Networks[i].Forwards = slices.Clone(s.Networks[i].Forwards)
+	}
+	if s.CloudInit != nil {
+		ci := *s.CloudInit
+		ci.SSHAuthorizedKeys = slices.Clone(s.CloudInit.SSHAuthorizedKeys)
+		c.CloudInit = &ci
+	}
 	c.ExtraArgs = slices.Clone(s.ExtraArgs)
 	if s.Serial != nil {
 		serial := *s.Serial

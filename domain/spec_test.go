@@ -149,11 +149,11 @@ func TestParseSpecUUIDGeneratedAndKept(t *testing.T) {
 func TestParseSpecUnknownFieldNamed(t *testing.T) {
 	_, err := ParseSpec(specTestRead(t, "unknown-field.yaml"))
 	got := specTestFields(err)
-	want := []string{"disks[0].cache", "networks", "serial.colour"}
+	want := []string{"disks[0].cache", "nics", "serial.colour"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("unknown fields named %v, want %v (err: %v)", got, want, err)
 	}
-	if !strings.Contains(err.Error(), `spec field "networks": unknown field`) {
+	if !strings.Contains(err.Error(), `spec field "nics": unknown field`) {
 		t.Fatalf("error text: %v", err)
 	}
 

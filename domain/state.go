@@ -72,6 +72,43 @@ type Info struct {
 	// Control says whether vmsup can talk to QEMU right now, as libvirt's
 	// domcontrol does.
 	Control *Control `json:"control"`
+	// NICs are the NICs of the running QEMU, with the host ports its
+	// forwards really use; nil while the domain is not running.
+	NICs []NIC `json:"nics,omitempty"`
+}
+
+// NIC is one NIC of a running domain.
+type NIC struct {
+	// Index is the NIC's index in the spec's networks.
+	Index int `json:"index"`
+	// Type is "user" or "tap".
+	Type string `json:"type"`
+	// MAC is the guest's address.
+	MAC string `json:"mac"`
+	// Tap and Bridge are the host tap device of a tap NIC and its bridge.
+	Tap    string `json:"tap,omitempty"`
+	Bridge string `json:"bridge,omitempty"`
+	// Forwards are a user NIC's forwards, with their real host ports.
+	Forwards []PortForward `json:"forwards,omitempty"`
+	// GuestIP is the guest's address on this NIC, where vmsup knows it.
+	GuestIP string `json:"guest_ip,omitempty"`
+}
+
+// PortForward is one forward of a user NIC as QEMU listens on it.
+type PortForward struct {
+	// Field is the spec field it comes from, such as
+	// "networks[0].forwards[0]".
+	Field string `json:"field"`
+	// Proto is "tcp" or "udp".
+	Proto string `json:"proto"`
+	// HostAddr is the host address QEMU listens on; "" is every address.
+	HostAddr string `json:"host_addr"`
+	// HostPort is the host port QEMU listens on (never 0).
+	HostPort int `json:"host_port"`
+	// GuestAddr is the guest address; "" is the guest's DHCP address.
+	GuestAddr string `json:"guest_addr,omitempty"`
+	// GuestPort is the guest port.
+	GuestPort int `json:"guest_port"`
 }
 
 // JobInfo describes a job that is active, queued or recently ended.

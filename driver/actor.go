@@ -16,6 +16,7 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/hostres"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
@@ -40,7 +41,7 @@ func (d *driverActor) reloader(name string) func() (*domain.Spec, *domain.Status
 // reload reads every definition and status from disk and adopts running
 // QEMUs, as Open does.
 func (d *driverActor) reload() []recovered {
-	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.logger)
+	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.host, d.cfg.logger)
 }
 
 // ErrNotFound is wrapped by errors about unknown domains.
@@ -101,6 +102,7 @@ type actorConfig struct {
 	// beforeWrite, when set, runs in a define job's goroutine before the
 	// definition is written (a test hook: it may block to hold the lane).
 	beforeWrite func(name string)
+	host        *hostres.Manager
 }
 
 // recovered is a definition loaded at Open, with what was found of its QEMU.
@@ -394,6 +396,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		Recovery:         rec,
 		SaveStatus:       status.Put,
 		Reload:           d.reloader(spec.Name),
+		Host:             d.cfg.host,
 	}), fmt.Sprintf("%s@%d", spec.Name, d.life.gen))
 	if err != nil {
 		status.Close()

@@ -11,6 +11,7 @@
 package driver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,14 +20,18 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/hostres"
+	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
@@ -36,7 +41,7 @@ import (
 
 // recoverAll loads every definition with its saved status and adopts the
 // QEMUs still running for them. Unreadable files are logged and skipped.
-func recoverAll(st *store, runDir string, logger zerolog.Logger) []recovered {
+func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.Logger) []recovered {
 	specs, problems := st.loadAll()
 	for _, p := range problems {
 		logger.Error().Err(p).Msg("skipping definition")
@@ -47,9 +52,36 @@ func recoverAll(st *store, runDir string, logger zerolog.Logger) []recovered {
 		if err != nil {
 			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
 		}
-		out = append(out, recovered{spec: spec, recovery: process.Recover(spec, runDir, saved)})
+		rec := process.Recover(spec, runDir, saved)
+		// Taps a crash or a stopped daemon left are removed; an adopted
+		// QEMU's are released when it exits.
+		if release := host.Recover(spec, rec.Adopted()); release != nil {
+			pid := rec.Process().PID()
+			rec.Process().OnExit(func() {
+				// A process that vmsup stopped watching (Recovery.Release)
+				// also "exits" here while its QEMU runs on: keep its taps.
+				if !processRuns(pid) {
+					release()
+				}
+			})
+		}
+		out = append(out, recovered{spec: spec, recovery: rec})
 	}
 	return out
+}
+
+// processRuns reports whether pid is a live process (not a zombie).
+func processRuns(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the parenthesised command name.
+	i := bytes.LastIndexByte(stat, ')')
+	return i < 0 || i+2 >= len(stat) || stat[i+2] != 'Z'
 }
 
 // InjectPanic makes an actor panic, for fault tests: target is "driver",
@@ -102,6 +134,9 @@ type Config struct {
 	Launcher process.Launcher
 	// DialMonitor makes QMP connections; nil uses monitor.NewTransport.
 	DialMonitor func(socketPath string) monitor.Conn
+	// QemuImg runs qemu-img for the overlays of image disks; its Timeout
+	// bounds each run (default overlay.DefaultTimeout).
+	QemuImg overlay.QemuImg
 	// Trace records every message, job and QMP command (see package
 	// actors/trace for its sinks: JSON lines, live stream, Chrome,
 	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
@@ -130,6 +165,9 @@ type Driver struct {
 	// done is closed by Close: what a handle started (event streams)
 	// ends then.
 	done chan struct{}
+	// host makes and releases the domains' overlays, seeds, forwards
+	// and taps.
+	host *hostres.Manager
 
 	closeOnce sync.Once
 	closeErr  error
@@ -175,8 +213,9 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
+	host := hostres.New(hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger})
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
-	initial := recoverAll(st, cfg.RunDir, logger)
+	initial := recoverAll(st, cfg.RunDir, host, logger)
 	dispatcher, err := actors.NewDispatcher()
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
@@ -187,7 +226,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, life: &driverLife{}, done: make(chan struct{})}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, life: &driverLife{}, done: make(chan struct{}), host: host}
 	life := d.life
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
@@ -206,6 +245,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			dispatcher:   dispatcher,
 			initial:      initial,
 			beforeWrite:  cfg.beforeWrite,
+			host:         host,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
@@ -304,9 +344,19 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, err
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
+	spec, existed, err := d.prepareHost(ctx, spec)
+	if err != nil {
+		d.apiRecord(req, began, err)
+		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
+	}
 	waited := time.Now()
 	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
 	err = d.explainWait(req, "define", waited, err)
+	if err != nil && !existed {
+		if uerr := d.host.Undefine(spec.Name); uerr != nil {
+			d.logger.Warn().Err(uerr).Str("domain", spec.Name).Msg("removing the disks of a failed define")
+		}
+	}
 	d.apiRecord(req, began, err)
 	return res, err
 }
@@ -329,6 +379,34 @@ func (d *Driver) explainWait(req actors.Request, job string, began time.Time, er
 	return x.Err(job, waited, time.Now(), err)
 }
 
+// prepareHost makes the overlays and the seed of spec before its
+// definition is written, in the caller's goroutine (qemu-img may take a
+// while; it must not hold the driver's lane or run in a handler). The seed
+// carries the UUID, so a spec without one takes the existing domain's, or
+// a new one; it returns the spec to define.
+func (d *Driver) prepareHost(ctx context.Context, spec *domain.Spec) (_ *domain.Spec, existed bool, err error) {
+	e, existed := d.domains.get(spec.Name)
+	needs := spec.CloudInit != nil
+	for _, disk := range spec.Disks {
+		needs = needs || disk.Image != ""
+	}
+	if !needs && !existed {
+		return spec, false, nil
+	}
+	if existed && spec.UUID != "" && spec.UUID != e.uuid {
+		return spec, existed, nil // the driver refuses it as a conflict
+	}
+	if spec.UUID == "" {
+		spec = spec.Clone()
+		if existed {
+			spec.UUID = e.uuid
+		} else {
+			spec.UUID = uuid.NewString()
+		}
+	}
+	return spec, existed, d.host.Define(ctx, spec)
+}
+
 // Undefine removes a domain that is shut off.
 func (d *Driver) Undefine(ctx context.Context, name string) error {
 	if err := domain.ValidateName(name); err != nil {
@@ -341,6 +419,11 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 	waited := time.Now()
 	_, err := actors.AskAs[*protocol.Undefined](ctx, d.root, d.pid, &protocol.UndefineRequest{Request: req, Name: name})
 	err = d.explainWait(req, "undefine", waited, err)
+	if err == nil {
+		if herr := d.host.Undefine(name); herr != nil {
+			err = fmt.Errorf("undefine %q: the definition is gone, but: %w", name, herr)
+		}
+	}
 	d.apiRecord(req, began, err)
 	return err
 }

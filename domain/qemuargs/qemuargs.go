@@ -4,12 +4,14 @@
 package qemuargs
 
 import (
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/netcfg"
 )
 
 // RunPaths are the per-domain runtime files under <run>/<name>/.
@@ -69,18 +71,117 @@ func qemuOptValue(v string) string {
 	return strings.ReplaceAll(v, ",", ",,")
 }
 
+// Host is what the host resources of one start resolved for the command
+// line: the files behind the disks, the NICs' addresses, forwards and taps,
+// and the cloud-init seed.
+type Host struct {
+	// Disks[i] is the file QEMU opens for spec.Disks[i]: its path, or the
+	// qcow2 overlay vmsup made for an image disk.
+	Disks []string
+	// NICs[i] is the NIC of spec.Networks[i].
+	NICs []NIC
+	// Seed is the cloud-init seed image, attached read-only after the
+	// disks; empty when the spec has no cloud_init.
+	Seed string
+}
+
+// NIC is one resolved NIC.
+type NIC struct {
+	// MAC is the guest's address, given or derived.
+	MAC netcfg.MAC
+	// Forwards are the user network's forwards, each with its real host
+	// port (never 0).
+	Forwards []netcfg.Forward
+	// Tap is the host tap device of a tap NIC.
+	Tap string
+}
+
+// PlainHost returns the Host of a spec that needs no host resources: path
+// disks, NICs with their given or derived MACs and forwards as written,
+// no seed. It fails for an image disk or a tap NIC (their files and
+// devices are made by the host resources), and BuildArgs fails on a
+// forward whose host port is 0.
+func PlainHost(spec *domain.Spec) (*Host, error) {
+	h := &Host{}
+	for i, d := range spec.Disks {
+		if d.Image != "" {
+			return nil, &domain.FieldError{Field: fmt.Sprintf("disks[%d].image", i), Problem: "needs the overlay that the driver makes at define"}
+		}
+		h.Disks = append(h.Disks, d.Path)
+	}
+	for i, n := range spec.Networks {
+		if n.Type == netcfg.TypeTap {
+			return nil, &domain.FieldError{Field: domain.NetworkField(i), Problem: "a tap NIC needs the tap that the driver creates at start"}
+		}
+		mac, err := spec.MAC(i)
+		if err != nil {
+			return nil, err
+		}
+		fw, err := spec.Forwards(i)
+		if err != nil {
+			return nil, err
+		}
+		h.NICs = append(h.NICs, NIC{MAC: mac, Forwards: fw})
+	}
+	if spec.CloudInit != nil {
+		return nil, &domain.FieldError{Field: "cloud_init", Problem: "needs the seed that the driver writes at define"}
+	}
+	return h, nil
+}
+
+// blockdev returns a -blockdev argument in QEMU's JSON syntax, which needs
+// no escaping of the file name.
+func blockdev(opts map[string]any) string {
+	b, err := json.Marshal(opts)
+	if err != nil {
+		panic(err) // only strings and booleans
+	}
+	return string(b)
+}
+
+// appendDisk adds the protocol and format nodes of one image and its
+// virtio-blk-pci device: node "<node>-file" (driver file) under node
+// "<node>" (the format driver).
+func appendDisk(args []string, node, file, format string, readOnly bool) []string {
+	return append(args,
+		"-blockdev", blockdev(map[string]any{"driver": "file", "node-name": node + "-file", "filename": file, "read-only": readOnly, "discard": "unmap"}),
+		"-blockdev", blockdev(map[string]any{"driver": format, "node-name": node, "file": node + "-file", "read-only": readOnly, "discard": "unmap"}),
+		"-device", "virtio-blk-pci,drive="+node+",id=virtio-"+node)
+}
+
+// DiskNode returns the block node name of disk i ("disk0", ...); the
+// seed's node is SeedNode.
+func DiskNode(i int) string { return "disk" + strconv.Itoa(i) }
+
+// SeedNode is the block node name of the cloud-init seed.
+const SeedNode = "seed"
+
 // BuildArgs returns the QEMU argv for spec, WITHOUT the emulator binary
 // (see EmulatorPath). spec must be valid (ApplyDefaults, then Validate);
 // accel is the resolved accelerator ("kvm" or "tcg"), and an empty or
-// "auto" accel is resolved with ResolveAccel(spec.Accel).
+// "auto" accel is resolved with ResolveAccel(spec.Accel). host is what the
+// host resources resolved; nil means PlainHost(spec).
 //
 // The order is stable: -name, -uuid, -machine, -accel, -m (MiB, rounded
 // up), -smp, -nodefaults, -no-user-config, -display none, -S, -qmp,
-// -pidfile, then -kernel/-initrd/-append, one -drive per disk (virtio),
-// the serial port, and finally spec.ExtraArgs. QEMU starts paused (-S);
-// the domain continues it over QMP. Commas in paths are doubled where QEMU
-// parses the value as an option list.
-func BuildArgs(spec *domain.Spec, paths RunPaths, accel string) []string {
+// -pidfile, then -kernel/-initrd/-append, each disk as two -blockdev nodes
+// (file, then format; node names from DiskNode) and a virtio-blk-pci
+// device, the seed the same way (read-only), each NIC as a -netdev (user
+// with hostfwd, or tap) and a virtio-net-pci device, the serial port, and
+// finally spec.ExtraArgs. QEMU starts paused (-S); the domain continues it
+// over QMP. Commas in paths are doubled where QEMU parses the value as an
+// option list.
+func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]string, error) {
+	if host == nil {
+		var err error
+		if host, err = PlainHost(spec); err != nil {
+			return nil, err
+		}
+	}
+	if len(host.Disks) != len(spec.Disks) || len(host.NICs) != len(spec.Networks) || (spec.CloudInit != nil) != (host.Seed != "") {
+		return nil, fmt.Errorf("domain %q: host resources for %d disks, %d NICs and seed %q do not match the spec's %d disks, %d networks and cloud_init",
+			spec.Name, len(host.Disks), len(host.NICs), host.Seed, len(spec.Disks), len(spec.Networks))
+	}
 	if accel == "" || accel == domain.AccelAuto {
 		accel = ResolveAccel(spec.Accel)
 	}
@@ -121,17 +222,40 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string) []string {
 			args = append(args, "-append", spec.Append)
 		}
 	}
-	for _, d := range spec.Disks {
+	for i, d := range spec.Disks {
 		format := d.Format
 		if format == "" {
 			format = domain.DiskFormatRaw
 		}
-		ro := "off"
-		if d.ReadOnly {
-			ro = "on"
+		if d.Image != "" {
+			format = domain.DiskFormatQCOW2 // the overlay
 		}
-		args = append(args, "-drive",
-			"file="+qemuOptValue(d.Path)+",format="+format+",if=virtio,readonly="+ro)
+		args = appendDisk(args, DiskNode(i), host.Disks[i], format, d.ReadOnly)
+	}
+	if host.Seed != "" {
+		args = appendDisk(args, SeedNode, host.Seed, domain.DiskFormatRaw, true)
+	}
+	for i, n := range spec.Networks {
+		nic := host.NICs[i]
+		id := "net" + strconv.Itoa(i)
+		switch n.Type {
+		case netcfg.TypeTap:
+			if nic.Tap == "" {
+				return nil, &domain.FieldError{Field: domain.NetworkField(i), Problem: "no tap device was created for it"}
+			}
+			args = append(args, "-netdev", "tap,id="+id+",ifname="+qemuOptValue(nic.Tap)+",script=no,downscript=no")
+		default:
+			nd := "user,id=" + id
+			for _, f := range nic.Forwards {
+				hf, err := f.HostFwd()
+				if err != nil {
+					return nil, err
+				}
+				nd += "," + hf
+			}
+			args = append(args, "-netdev", nd)
+		}
+		args = append(args, "-device", "virtio-net-pci,netdev="+id+",mac="+nic.MAC.String()+",id=nic"+strconv.Itoa(i))
 	}
 	serial := spec.Serial
 	if serial == nil {
@@ -153,5 +277,5 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string) []string {
 		}
 		args = append(args, "-chardev", "socket,id=serial0,path="+qemuOptValue(p)+",server=on,wait=off,logfile="+qemuOptValue(paths.SerialLog)+",logappend=on", "-serial", "chardev:serial0")
 	}
-	return append(args, spec.ExtraArgs...)
+	return append(args, spec.ExtraArgs...), nil
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/cloudinit"
+	"github.com/vmsup/vmsup/domain/netcfg"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 )
@@ -75,6 +78,17 @@ func TestEmulatorPath(t *testing.T) {
 	}
 }
 
+// buildArgs is BuildArgs with the plain host of the spec; it fails the
+// test on an error.
+func buildArgs(t testing.TB, spec *domain.Spec, paths qemuargs.RunPaths, accel string) []string {
+	t.Helper()
+	args, err := qemuargs.BuildArgs(spec, paths, accel, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return args
+}
+
 // argsTestGolden compares args, one per line, with testdata/<name>.
 func argsTestGolden(t *testing.T, name string, args []string) {
 	t.Helper()
@@ -103,7 +117,7 @@ func TestBuildArgsGoldenFull(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	argsTestGolden(t, "full.args.golden", qemuargs.BuildArgs(spec, paths, domain.AccelTCG))
+	argsTestGolden(t, "full.args.golden", buildArgs(t, spec, paths, domain.AccelTCG))
 }
 
 func TestBuildArgsMinimal(t *testing.T) {
@@ -115,7 +129,7 @@ func TestBuildArgsMinimal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := qemuargs.BuildArgs(spec, paths, domain.AccelKVM)
+	got := buildArgs(t, spec, paths, domain.AccelKVM)
 	want := []string{
 		"-name", "guest=tiny,debug-threads=on",
 		"-uuid", "0f8fad5b-d9cb-469f-a165-70867728950e",
@@ -149,7 +163,7 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 		return s
 	}
 	tail := func(s *domain.Spec) []string {
-		args := qemuargs.BuildArgs(s, paths, domain.AccelTCG)
+		args := buildArgs(t, s, paths, domain.AccelTCG)
 		i := slices.Index(args, paths.PIDFile)
 		rest := args[i+1:]
 		if len(rest) >= 2 && rest[0] == "-device" && rest[1] == "pvpanic" {
@@ -179,8 +193,12 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 			s.Serial = &domain.Serial{Type: domain.SerialNone}
 			s.Disks = []domain.Disk{{Path: "/img/a,,b.img", Format: domain.DiskFormatQCOW2}, {Path: "/img/c.iso", Format: domain.DiskFormatRaw, ReadOnly: true}}
 		}, []string{
-			"-drive", "file=/img/a,,,,b.img,format=qcow2,if=virtio,readonly=off",
-			"-drive", "file=/img/c.iso,format=raw,if=virtio,readonly=on",
+			"-blockdev", `{"discard":"unmap","driver":"file","filename":"/img/a,,b.img","node-name":"disk0-file","read-only":false}`,
+			"-blockdev", `{"discard":"unmap","driver":"qcow2","file":"disk0-file","node-name":"disk0","read-only":false}`,
+			"-device", "virtio-blk-pci,drive=disk0,id=virtio-disk0",
+			"-blockdev", `{"discard":"unmap","driver":"file","filename":"/img/c.iso","node-name":"disk1-file","read-only":true}`,
+			"-blockdev", `{"discard":"unmap","driver":"raw","file":"disk1-file","node-name":"disk1","read-only":true}`,
+			"-device", "virtio-blk-pci,drive=disk1,id=virtio-disk1",
 		}},
 		{"kernel only", func(s *domain.Spec) { s.Serial = &domain.Serial{Type: domain.SerialNone}; s.Kernel = "/boot/k,1" },
 			[]string{"-kernel", "/boot/k,1"}},
@@ -199,12 +217,12 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 	}
 
 	s := base()
-	if got := qemuargs.BuildArgs(s, paths, domain.AccelTCG); !slices.Contains(got, "/run/vm,sup/a/qemu.pid") {
+	if got := buildArgs(t, s, paths, domain.AccelTCG); !slices.Contains(got, "/run/vm,sup/a/qemu.pid") {
 		t.Fatalf("pidfile: %q", got)
 	}
 	for mem, want := range map[domain.Size]string{domain.MiB: "1M", domain.MiB + 1: "2M", 1536 * domain.MiB: "1536M", domain.TiB: "1048576M", 2*domain.MiB - 1: "2M"} {
 		s.Memory = mem
-		args := qemuargs.BuildArgs(s, paths, domain.AccelTCG)
+		args := buildArgs(t, s, paths, domain.AccelTCG)
 		if got := args[slices.Index(args, "-m")+1]; got != want {
 			t.Errorf("memory %d: -m %s, want %s", mem, got, want)
 		}
@@ -212,7 +230,7 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 	// An unresolved accel is resolved from the spec.
 	s.Accel = domain.AccelTCG
 	for _, accel := range []string{"", domain.AccelAuto} {
-		args := qemuargs.BuildArgs(s, paths, accel)
+		args := buildArgs(t, s, paths, accel)
 		if got := args[slices.Index(args, "-accel")+1]; got != domain.AccelTCG {
 			t.Errorf("BuildArgs(accel %q) with spec accel tcg: -accel %s", accel, got)
 		}
@@ -240,7 +258,7 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		argsTestStartQEMU(t, bin, runDir, spec, func(paths qemuargs.RunPaths) {
+		argsTestStartQEMU(t, bin, runDir, spec, nil, func(paths qemuargs.RunPaths) {
 			if _, err := os.Stat(paths.SerialLog); err != nil {
 				t.Errorf("serial log: %v", err)
 			}
@@ -274,16 +292,47 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 			}
 			spec.Disks = append(spec.Disks, domain.Disk{Path: q, Format: domain.DiskFormatQCOW2})
 		}
+		// Two user NICs, one forwarding a host port picked here, and a
+		// cloud-init seed: QEMU must accept the netdevs and the seed's
+		// read-only nodes, and listen on the forward.
+		spec.Networks = []domain.Network{{Forwards: []string{"tcp:127.0.0.1:0-:22"}}, {}}
+		spec.CloudInit = &cloudinit.Config{Hostname: "q35vm"}
 		spec.ApplyDefaults()
 		if err := spec.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		argsTestStartQEMU(t, bin, runDir, spec, func(paths qemuargs.RunPaths) {
+		fw, err := spec.Forwards(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fw, err = netcfg.ResolveForwards(fw); err != nil {
+			t.Fatal(err)
+		}
+		ciSeed := filepath.Join(imgDir, "cidata,1.iso")
+		if err := os.WriteFile(ciSeed, make([]byte, 64<<10), 0o400); err != nil {
+			t.Fatal(err)
+		}
+		host := &qemuargs.Host{Seed: ciSeed}
+		for _, d := range spec.Disks {
+			host.Disks = append(host.Disks, d.Path)
+		}
+		for i := range spec.Networks {
+			mac, _ := spec.MAC(i)
+			host.NICs = append(host.NICs, qemuargs.NIC{MAC: mac})
+		}
+		host.NICs[0].Forwards = fw
+		argsTestStartQEMU(t, bin, runDir, spec, host, func(paths qemuargs.RunPaths) {
 			c, err := net.Dial("unix", paths.ConsoleSocket)
 			if err != nil {
 				t.Fatalf("serial console socket: %v", err)
 			}
 			c.Close()
+			addr := fmt.Sprintf("127.0.0.1:%d", fw[0].HostPort)
+			tc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Fatalf("QEMU does not listen on the forwarded %s: %v", addr, err)
+			}
+			tc.Close()
 		})
 	})
 }
@@ -291,7 +340,7 @@ func TestBuildArgsRealQEMU(t *testing.T) {
 // argsTestStartQEMU runs QEMU for spec, waits (at most 10 s) for its QMP
 // socket, checks it, runs check while QEMU is up, then kills and reaps it.
 // QEMU is reaped before the test ends, whatever happens.
-func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *domain.Spec, check func(qemuargs.RunPaths)) {
+func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *domain.Spec, host *qemuargs.Host, check func(qemuargs.RunPaths)) {
 	t.Helper()
 	paths, err := qemuargs.NewRunPaths(runDir, spec.Name)
 	if err != nil {
@@ -307,7 +356,10 @@ func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *domain.Spec, chec
 	defer logf.Close()
 	qemuLog := func() string { b, _ := os.ReadFile(paths.QEMULog); return string(b) }
 
-	args := qemuargs.BuildArgs(spec, paths, domain.AccelTCG)
+	args, err := qemuargs.BuildArgs(spec, paths, domain.AccelTCG, host)
+	if err != nil {
+		t.Fatal(err)
+	}
 	qmpListener, err := process.ListenQMP(paths)
 	if err != nil {
 		t.Fatal(err)
@@ -429,7 +481,7 @@ func TestBuildArgsPanicDevice(t *testing.T) {
 	} {
 		s := &domain.Spec{Name: "p", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e", Machine: c.machine, OnCrash: c.onCrash}
 		s.ApplyDefaults()
-		args := strings.Join(qemuargs.BuildArgs(s, paths, domain.AccelTCG), " ")
+		args := strings.Join(buildArgs(t, s, paths, domain.AccelTCG), " ")
 		if got := strings.Contains(args, "-device pvpanic"); got != c.pvpanic {
 			t.Errorf("%s/%s: pvpanic %v, want %v: %s", c.machine, c.onCrash, got, c.pvpanic, args)
 		}

@@ -77,6 +77,18 @@ type Config struct {
 	// Reload reads the definition and saved status back from disk; a
 	// domain actor restarted after a panic rebuilds itself from them.
 	Reload func() (*domain.Spec, *domain.Status, error)
+	// Host makes the host side of each start (forwards, taps, the files
+	// behind image disks and the seed); nil means qemuargs.PlainHost.
+	Host HostResources
+}
+
+// HostResources is the host side of a domain's starts (hostres.Manager).
+type HostResources interface {
+	// Acquire runs in the start job before QEMU is spawned. release is
+	// called once that QEMU has exited, or at once when none was started.
+	Acquire(ctx context.Context, spec *domain.Spec) (host *qemuargs.Host, release func(), err error)
+	// NICs returns the running QEMU's NICs for Info; it must not block.
+	NICs(name string) []domain.NIC
 }
 
 // Props returns the props of a domain actor.
@@ -446,6 +458,7 @@ func (dom *domainActor) launch(ctx actor.Context, j *job) {
 		job:     j.info,
 		req:     j.req,
 		hooks:   dom.cfg.Hooks,
+		host:    dom.cfg.Host,
 		span:    j.span,
 		domain:  dom.name(),
 		owner:   dom,
@@ -718,6 +731,11 @@ func (dom *domainActor) onQMPEvent(ev *monitor.Event) {
 	case "GUEST_PANICKED":
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, ev.ID)
+	case "NIC_RX_FILTER_CHANGED":
+		if nic, ok := domain.NICOfDevice(ev.Data["name"], len(dom.spec.Networks)); ok {
+			dom.cfg.Broker.Publish(domain.Event{Type: domain.EventNetworkUp, Domain: dom.name(), UUID: dom.spec.UUID,
+				State: dom.state, Reason: dom.reason, Cause: ev.ID, NIC: nic})
+		}
 	}
 }
 
@@ -827,6 +845,9 @@ func (dom *domainActor) info() *domain.Info {
 		Restarts: dom.life.restarts, Control: dom.control(time.Now())}
 	if dom.proc != nil {
 		in.PID = dom.proc.PID()
+		if dom.cfg.Host != nil {
+			in.NICs = dom.cfg.Host.NICs(dom.spec.Name)
+		}
 	}
 	if j, ok := dom.lane.Active(); ok {
 		ji := j.info

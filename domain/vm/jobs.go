@@ -44,6 +44,7 @@ type jobEnv struct {
 	job      domain.JobInfo
 	req      actors.Request
 	hooks    JobHooks
+	host     HostResources
 	domain   string
 	released bool
 	// owner identifies the actor instance, to tag messages; the job
@@ -217,7 +218,19 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 		}
 	}
 	accel := qemuargs.ResolveAccel(e.spec.Accel)
-	args := qemuargs.BuildArgs(&e.spec, paths, accel)
+	var host *qemuargs.Host
+	release := func() {}
+	if e.host != nil {
+		e.step("host resources", "")
+		if host, release, err = e.host.Acquire(e.ctx, &e.spec); err != nil {
+			return false, fail("host resources", err)
+		}
+	}
+	args, err := qemuargs.BuildArgs(&e.spec, paths, accel, host)
+	if err != nil {
+		release()
+		return false, fail("command line", err)
+	}
 	e.step("spawn qemu", "")
 	launch := e.launch
 	if launch == nil {
@@ -225,8 +238,10 @@ func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
 	}
 	proc, err := launch(e.spec.EmulatorPath(), args, paths)
 	if err != nil {
+		release()
 		return false, fail("spawn QEMU", err)
 	}
+	proc.OnExit(release)
 	// From here on the process must not outlive a failed start.
 	abort := func(step string, err error) error {
 		proc.Kill()

@@ -88,6 +88,12 @@ func isQEMU(pid int) bool {
 // StartRawQEMU starts QEMU for spec under runDir with vmsup's argv, in its
 // own session, as vmsup does. It returns once the process is started.
 func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
+	return StartRawQEMUHost(runDir, spec, nil)
+}
+
+// StartRawQEMUHost is StartRawQEMU with the host resources of the argv
+// (image disks' overlays, forwards, seed) given; nil means PlainHost.
+func StartRawQEMUHost(runDir string, spec *domain.Spec, host *qemuargs.Host) (*RawQEMU, error) {
 	paths, err := qemuargs.NewRunPaths(runDir, spec.Name)
 	if err != nil {
 		return nil, err
@@ -108,7 +114,11 @@ func StartRawQEMU(runDir string, spec *domain.Spec) (*RawQEMU, error) {
 		return nil, err
 	}
 	defer qmpListener.Close()
-	cmd := exec.Command(spec.EmulatorPath(), qemuargs.BuildArgs(spec, paths, qemuargs.ResolveAccel(spec.Accel))...)
+	args, err := qemuargs.BuildArgs(spec, paths, qemuargs.ResolveAccel(spec.Accel), host)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(spec.EmulatorPath(), args...)
 	cmd.ExtraFiles = []*os.File{qmpListener}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -29,6 +29,8 @@ func Steps() []Step {
 		{Key: "real100", Title: "4. Scale: 100 real QEMUs", Run: Real100, Budget: 2 * time.Minute},
 		{Key: "lifecycle", Title: "5. Real lifecycle", Run: Lifecycle, Budget: time.Minute},
 		{Key: "trace", Title: "Trace: the cost of tracing on a job round trip", Run: TraceCost, Budget: 2 * time.Minute},
+		{Key: "overlay", Title: "6. Guests: define with an overlay", Run: Overlay, Budget: 2 * time.Minute},
+		{Key: "ssh", Title: "6. Guests: up to SSH", Run: UpToSSH, Budget: 12 * time.Minute},
 	}
 }
 

@@ -71,6 +71,33 @@ type Info struct {
 	Queued   int      `json:"queued"`
 	Restarts int      `json:"restarts"`
 	Control  *Control `json:"control"`
+	// NICs are the running VM's NICs; absent while it is not running.
+	NICs []NIC `json:"nics,omitempty"`
+}
+
+// NIC is one NIC of a running VM:
+// {"index","type","mac","tap","bridge","forwards","guest_ip"}.
+type NIC struct {
+	Index    int           `json:"index"`
+	Type     string        `json:"type"`
+	MAC      string        `json:"mac"`
+	Tap      string        `json:"tap,omitempty"`
+	Bridge   string        `json:"bridge,omitempty"`
+	Forwards []PortForward `json:"forwards,omitempty"`
+	GuestIP  string        `json:"guest_ip,omitempty"`
+}
+
+// PortForward is one forward of a user NIC with the host port QEMU really
+// listens on: {"field","proto","host_addr","host_port","guest_addr","guest_port"}.
+// An empty host_addr is every host address; an empty guest_addr the
+// guest's DHCP address.
+type PortForward struct {
+	Field     string `json:"field"`
+	Proto     string `json:"proto"`
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestAddr string `json:"guest_addr,omitempty"`
+	GuestPort int    `json:"guest_port"`
 }
 
 // Control says whether vmsup can talk to the VM right now, as libvirt's
@@ -133,6 +160,8 @@ type Event struct {
 	Reason string    `json:"reason"`
 	Time   time.Time `json:"time"`
 	Cause  string    `json:"cause,omitempty"`
+	// NIC is the NIC of a network-up event ("networks[0]").
+	NIC string `json:"nic,omitempty"`
 }
 
 // DefineResult answers POST /v1/domains.

@@ -344,9 +344,31 @@ func (a *app) infoCommand() *cobra.Command {
 			fmt.Fprintf(tw, "Job:\t%s\n", longJob(in.Job, time.Now()))
 			fmt.Fprintf(tw, "Queued:\t%d\n", in.Queued)
 			fmt.Fprintf(tw, "Restarts:\t%d\n", in.Restarts)
+			for _, n := range in.NICs {
+				fmt.Fprintf(tw, "NIC %d:\t%s\n", n.Index, nicText(n))
+			}
 			return tw.Flush()
 		},
 	}
+}
+
+// nicText describes a NIC on one line: type, MAC, tap and its forwards.
+func nicText(n api.NIC) string {
+	s := n.Type + " " + n.MAC
+	if n.Tap != "" {
+		s += " tap " + n.Tap + " on " + n.Bridge
+	}
+	if n.GuestIP != "" {
+		s += " ip " + n.GuestIP
+	}
+	for _, f := range n.Forwards {
+		host := f.HostAddr
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		s += fmt.Sprintf(", %s %s:%d->%s:%d", f.Proto, host, f.HostPort, f.GuestAddr, f.GuestPort)
+	}
+	return s
 }
 
 func (a *app) jobsCommand() *cobra.Command {
@@ -478,6 +500,9 @@ func (a *app) eventsCommand() *cobra.Command {
 // "15:04:05.000 web1 started running/booted".
 func eventLine(ev api.Event) string {
 	s := fmt.Sprintf("%s %s %s %s/%s", ev.Time.Local().Format("15:04:05.000"), ev.Domain, ev.Type, ev.State, ev.Reason)
+	if ev.NIC != "" {
+		s += " nic=" + ev.NIC
+	}
 	if ev.Cause != "" {
 		s += " cause=" + ev.Cause
 	}

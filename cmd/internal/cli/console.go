@@ -236,6 +236,20 @@ SIGINT or SIGTERM, which shut it down in the same way.`,
 			// A VM run with `up` is meant to stay up: on_crash defaults to
 			// restart (the spec's own on_crash wins).
 			spec = withDefault(spec, "on_crash", "restart")
+			// A guest configured by cloud-init gets the user's SSH key
+			// (one is generated under the cache when there is none).
+			priv := ""
+			if hasCloudInit(spec) {
+				var pub string
+				var generated bool
+				if priv, pub, generated, err = ensureKey(); err != nil {
+					return err
+				}
+				if generated {
+					a.notice(false, "generated the SSH key %s", priv)
+				}
+				spec = withAuthorizedKey(spec, pub)
+			}
 			res, err := c.Define(ctx, spec)
 			if err != nil {
 				return a.specError(err)
@@ -260,6 +274,20 @@ SIGINT or SIGTERM, which shut it down in the same way.`,
 				a.notice(at.raw, "%s is running; Ctrl-C shuts it down, Ctrl-] detaches", name)
 			} else {
 				a.notice(false, "%s is running; SIGINT shuts it down", name)
+			}
+			if in, err := c.Info(ctx, name); err == nil {
+				if f, ok := sshForward(in.NICs); ok {
+					if priv == "" {
+						priv, _ = findKey()
+					}
+					sshCtx, stopSSH := context.WithCancel(ctx)
+					waited := make(chan struct{})
+					go func() {
+						defer close(waited)
+						a.waitSSH(sshCtx, name, f, priv, at.raw)
+					}()
+					defer func() { stopSSH(); <-waited }()
+				}
 			}
 			return a.supervise(ctx, c, name, at, sigs, timeout)
 		},

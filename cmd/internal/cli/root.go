@@ -28,6 +28,9 @@ type app struct {
 
 	stdin          io.Reader
 	stdout, stderr io.Writer
+	// exec replaces the process with a program (`vmsup ssh`); nil means
+	// syscall.Exec.
+	exec func(bin string, argv []string) error
 }
 
 // Main runs vmsup with args (without the program name) and returns the
@@ -87,6 +90,8 @@ Exit codes: 0 ok, 1 error, 2 usage.`,
 		a.simpleCommand("reset", "Reset a VM, like its reset button", (*client.Client).Reset),
 		a.listCommand(),
 		a.infoCommand(),
+		a.portCommand(),
+		a.sshCommand(),
 		a.jobsCommand(),
 		a.qmpCommand(),
 		a.eventsCommand(),

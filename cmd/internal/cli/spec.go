@@ -75,9 +75,19 @@ func resolveSpecPaths(data []byte, base string) []byte {
 					continue
 				}
 				for j, f := range m {
-					if k, _ := f.Key.(string); k == "path" {
+					if k, _ := f.Key.(string); k == "path" || k == "image" {
 						m[j].Value = resolve(f.Value)
 					}
+				}
+			}
+		case "cloud_init":
+			m, ok := item.Value.(yaml2.MapSlice)
+			if !ok {
+				continue
+			}
+			for j, f := range m {
+				if k, _ := f.Key.(string); k == "user_data_file" {
+					m[j].Value = resolve(f.Value)
 				}
 			}
 		case "serial":

@@ -38,6 +38,12 @@ func TestResolveSpecPaths(t *testing.T) {
 			t.Errorf("spec %q rewritten to %q", same, got)
 		}
 	}
+	img := string(resolveSpecPaths([]byte("name: d\ndisks:\n  - {image: ../img/base.qcow2, size: 8G}\ncloud_init: {user_data_file: ud.yaml, hostname: d}\n"), base))
+	for _, want := range []string{"image: /srv/img/base.qcow2", "user_data_file: /srv/specs/ud.yaml", "hostname: d"} {
+		if !strings.Contains(img, want) {
+			t.Errorf("resolved spec lacks %q:\n%s", want, img)
+		}
+	}
 	js := string(resolveSpecPaths([]byte(`{"name":"web1","kernel":"k/vmlinuz"}`), base))
 	if !strings.Contains(js, "kernel: /srv/specs/k/vmlinuz") {
 		t.Errorf("JSON spec: %s", js)

@@ -17,7 +17,22 @@ func fromInfo(in *domain.Info) api.Info {
 		Queued:   in.Queued,
 		Restarts: in.Restarts,
 		Control:  fromControl(in.Control),
+		NICs:     fromNICs(in.NICs),
 	}
+}
+
+func fromNICs(nics []domain.NIC) []api.NIC {
+	if len(nics) == 0 {
+		return nil
+	}
+	out := make([]api.NIC, len(nics))
+	for i, n := range nics {
+		out[i] = api.NIC{Index: n.Index, Type: n.Type, MAC: n.MAC, Tap: n.Tap, Bridge: n.Bridge, GuestIP: n.GuestIP}
+		for _, f := range n.Forwards {
+			out[i].Forwards = append(out[i].Forwards, api.PortForward{Field: f.Field, Proto: f.Proto, HostAddr: f.HostAddr, HostPort: f.HostPort, GuestAddr: f.GuestAddr, GuestPort: f.GuestPort})
+		}
+	}
+	return out
 }
 
 func fromControl(c *domain.Control) *api.Control {
@@ -63,5 +78,6 @@ func fromEvent(ev domain.Event) api.Event {
 		Reason: string(ev.Reason),
 		Time:   ev.Time,
 		Cause:  ev.Cause,
+		NIC:    ev.NIC,
 	}
 }

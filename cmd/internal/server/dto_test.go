@@ -133,3 +133,33 @@ func TestStatusOf(t *testing.T) {
 		t.Errorf("multi-line error %q, want one line", body.Error)
 	}
 }
+
+// TestInfoNICs pins the nics of the info object: absent while a VM does
+// not run, else {"index","type","mac",...} with each forward's real port.
+func TestInfoNICs(t *testing.T) {
+	in := &domain.Info{Name: "web1", State: domain.StateShutoff}
+	data, _ := json.Marshal(fromInfo(in))
+	if slices.Contains(keys(t, data), "nics") {
+		t.Errorf("a VM without NICs has nics: %s", data)
+	}
+	in.NICs = []domain.NIC{
+		{Index: 0, Type: "user", MAC: "52:54:00:00:00:01", Forwards: []domain.PortForward{{Field: "networks[0].forwards[0]", Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 40022, GuestPort: 22}}},
+		{Index: 1, Type: "tap", MAC: "52:54:00:00:00:02", Tap: "vmsup01234567ab", Bridge: "br0"},
+	}
+	data, _ = json.Marshal(fromInfo(in))
+	var back api.Info
+	if err := json.Unmarshal(data, &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.NICs) != 2 || back.NICs[0].Forwards[0].HostPort != 40022 || back.NICs[0].Forwards[0].Field != "networks[0].forwards[0]" ||
+		back.NICs[1].Tap != "vmsup01234567ab" || back.NICs[1].Bridge != "br0" || back.NICs[0].MAC != "52:54:00:00:00:01" {
+		t.Errorf("nics round trip: %s", data)
+	}
+	var top map[string]json.RawMessage
+	_ = json.Unmarshal(data, &top)
+	var nics []json.RawMessage
+	_ = json.Unmarshal(top["nics"], &nics)
+	if got, want := keys(t, nics[0]), []string{"forwards", "index", "mac", "type"}; !slices.Equal(got, want) {
+		t.Errorf("nic keys %v, want %v", got, want)
+	}
+}
