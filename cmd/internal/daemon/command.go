@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/cmd/internal/cmdline"
+	"github.com/vmsup/vmsup/cmd/internal/server"
 )
 
 // maxTraceCapacity bounds --trace-capacity: a record takes a few hundred
@@ -19,9 +20,10 @@ const maxTraceCapacity = 1 << 22
 // ("vmsupd", or "vmsup daemon" when the CLI runs it): its flags make a
 // Config for Run. Logs go to stderr.
 func Command(name string, stdout, stderr io.Writer) *cobra.Command {
-	var socketFlag, stateDir, logFormat, logLevel, traceLog string
+	var socketFlag, stateDir, logFormat, logLevel, traceLog, adminGroup, readerGroup string
 	var traceOn bool
-	var traceCapacity int
+	var traceCapacity, maxConns int
+	var bodyTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:         "vmsupd",
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
@@ -34,6 +36,11 @@ The daemon records a trace of every message, job and QMP command in a ring
 buffer of --trace-capacity records ("vmsup trace" reads it); --trace-log
 also appends every record to a file as JSON lines. --trace=false switches
 recording off.
+
+Who may use the socket is decided from each connection's peer credentials:
+uid 0, the daemon's own uid and members of --admin-group get the whole API;
+members of --reader-group get the read-only routes (list, info, jobs,
+events, trace); anyone else is refused with 403.
 
 SIGTERM or SIGINT stops the daemon and leaves the VMs running.
 
@@ -55,6 +62,12 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 			sock, err := cmdline.Socket(socketFlag)
 			if err != nil {
 				return err
+			}
+			if maxConns <= 0 {
+				return cmdline.Usagef("--max-connections %d: want a positive number", maxConns)
+			}
+			if bodyTimeout <= 0 {
+				return cmdline.Usagef("--body-timeout %s: want a positive duration", bodyTimeout)
 			}
 			level, err := zerolog.ParseLevel(logLevel)
 			if err != nil || logLevel == "" {
@@ -86,6 +99,12 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 				TraceOff:      !traceOn,
 				TraceCapacity: traceCapacity,
 				TraceLog:      traceLog,
+
+				AdminGroup:         adminGroup,
+				AdminGroupOptional: !cmd.Flags().Changed("admin-group"),
+				ReaderGroup:        readerGroup,
+				MaxConnections:     maxConns,
+				BodyTimeout:        bodyTimeout,
 			})
 		},
 	}
@@ -98,5 +117,13 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 	f.BoolVar(&traceOn, "trace", true, "record the actor trace (--trace=false: off; the actors then pay one atomic load per message)")
 	f.IntVar(&traceCapacity, "trace-capacity", trace.DefaultCapacity, "how many of the newest trace records the daemon keeps")
 	f.StringVar(&traceLog, "trace-log", "", "append every trace record to `FILE` as JSON lines (zerolog)")
+	f.StringVar(&adminGroup, "admin-group", DefaultAdminGroup, "members of this group (`NAME` or gid) get the whole API, as uid 0 does; \"\" grants no group")
+	f.StringVar(&readerGroup, "reader-group", "", "members of this group (`NAME` or gid) get the read-only routes: list, info, jobs, events, trace")
+	f.IntVar(&maxConns, "max-connections", DefaultMaxConnections, "connections held at once; past it a client gets 503")
+	f.DurationVar(&bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request body may take to arrive (408 past it)")
 	return cmd
 }
+
+// DefaultAdminGroup is --admin-group's default; the daemon starts without
+// it when the group does not exist.
+const DefaultAdminGroup = "vmsup"

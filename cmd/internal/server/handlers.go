@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -43,16 +44,22 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// readBody reads a request body of at most MaxBodyBytes.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+// readBody reads a request body of at most MaxBodyBytes within the body
+// deadline (408 past it), then lifts the deadline.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, err
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, withStatus(http.StatusRequestTimeout,
+				fmt.Errorf("read body: the request body did not arrive within %s", s.bodyTime))
+		}
 		return nil, badRequest(fmt.Errorf("read body: %v", err))
 	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	return data, nil
 }
 
@@ -61,7 +68,7 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	data, err := readBody(w, r)
+	data, err := s.readBody(w, r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -215,7 +222,7 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	data, err := readBody(w, r)
+	data, err := s.readBody(w, r)
 	if err != nil {
 		writeError(w, err)
 		return
