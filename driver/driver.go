@@ -166,6 +166,14 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
+	// Temp files of writes a crash interrupted: nothing writes yet.
+	removed, problems := st.removeStaleTemps()
+	for _, path := range removed {
+		logger.Info().Str("path", path).Msg("removed a temp file left by an interrupted write")
+	}
+	for _, p := range problems {
+		logger.Error().Err(p).Msg("stale temp files")
+	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
 	initial := recoverAll(st, cfg.RunDir, logger)
 	dispatcher, err := actors.NewDispatcher()
