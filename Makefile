@@ -77,7 +77,7 @@ qemu:
 demo: qemu guest vmsup
 	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/vmsup-demo.XXXXXX"); \
 	export VMSUP_SOCKET="$$dir/vmsup.sock"; \
-	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --log-format console 2>"$$dir/daemon.log" & \
+	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --image-root "$(CURDIR)/.cache" --log-format console 2>"$$dir/daemon.log" & \
 	daemon=$$!; \
 	cleanup() { \
 		status=$$?; \

@@ -27,6 +27,7 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
@@ -107,6 +108,13 @@ type Config struct {
 	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
 	// entirely; a disabled recorder costs one atomic load per message.
 	Trace *trace.Recorder
+	// Policy is the host's decision about specs (package policy): the
+	// emulators allowed, raw QEMU, the image roots. Define refuses a spec
+	// it refuses, and records the taints it allows; a start refuses an
+	// emulator outside it; Driver.CheckQMP decides raw QMP (the API server
+	// calls it). Nil trusts every spec, as an embedding program that
+	// writes its own specs may.
+	Policy *policy.Policy
 }
 
 // Driver is an open vmsup driver. It is safe for concurrent use.
@@ -121,6 +129,8 @@ type Driver struct {
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
 	dispatcher *actors.Dispatcher
+	// taints are the domains' recorded uses of raw QEMU.
+	taints *taints
 
 	closeOnce sync.Once
 	closeErr  error
@@ -166,6 +176,13 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
+	if cfg.Policy != nil {
+		cfg.Launcher = checkedLauncher(cfg.Policy, cfg.Launcher)
+	}
+	tainted, taintProblems := loadTaints(stateDir)
+	for _, p := range taintProblems {
+		logger.Error().Err(p).Msg("taint records")
+	}
 	// Temp files of writes a crash interrupted: nothing writes yet.
 	removed, problems := st.removeStaleTemps()
 	for _, path := range removed {
@@ -186,7 +203,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, taints: tainted}
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
@@ -274,9 +291,21 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 	if err := d.checkOpen(); err != nil {
 		return nil, err
 	}
+	taints, err := d.CheckDefine(spec)
+	if err != nil {
+		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
+	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
 	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
 	d.apiRecord(req, began, err)
+	if err == nil {
+		for _, t := range taints {
+			if terr := d.taints.add(res.Name, t.What); terr != nil {
+				return res, terr
+			}
+			d.logger.Warn().Str("domain", res.Name).Str("taint", t.What).Msg("domain tainted: raw QEMU allowed by --allow-raw-qemu")
+		}
+	}
 	return res, err
 }
 
@@ -291,6 +320,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 	req, began := actors.NewRequest(ctx, "api undefine"), trace.Now()
 	_, err := actors.AskAs[*protocol.Undefined](ctx, d.root, d.pid, &protocol.UndefineRequest{Request: req, Name: name})
 	d.apiRecord(req, began, err)
+	if err == nil {
+		err = d.taints.remove(name)
+	}
 	return err
 }
 

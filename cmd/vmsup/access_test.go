@@ -2,6 +2,8 @@ package main_test
 
 import (
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -80,5 +82,92 @@ func TestAccessByPeer(t *testing.T) {
 	}
 	if log := d.stderr.String(); !strings.Contains(log, `"peer_uid":65534`) {
 		t.Errorf("the request log does not name the peer's uid")
+	}
+}
+
+// TestSpecPolicy: as an admin, each attack of the security table through
+// the spec and raw QMP is refused without --allow-raw-qemu, with an error
+// naming the field or command and the flag; with the flag, extra_args and
+// raw QMP pass and the VM is tainted, durably across a daemon restart.
+func TestSpecPolicy(t *testing.T) {
+	t.Parallel()
+	d := newDaemon(t)
+	d.start(t)
+	script := filepath.Join(d.dir, "evil.sh")
+	victim := filepath.Join(d.dir, "victim")
+	if err := os.WriteFile(script, []byte("#!/bin/sh\ntouch "+victim+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	precious := filepath.Join(d.dir, "precious")
+	if err := os.WriteFile(precious, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	specMachine := func(name, machine, extra string) string {
+		path := filepath.Join(d.dir, name+".yaml")
+		if err := os.WriteFile(path, []byte("name: "+name+"\nmachine: "+machine+"\naccel: tcg\nmemory: 64M\n"+extra), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	spec := func(name, extra string) string { return specMachine(name, "none", extra) }
+	d.fails(t, 1, []string{`spec field "emulator"`, script, "not an emulator the daemon allows", "--emulator"},
+		"define", spec("e1", "emulator: "+script+"\n"))
+	d.fails(t, 1, []string{`spec field "extra_args"`, "--allow-raw-qemu"},
+		"define", spec("e2", "extra_args: [\"-incoming\", \"exec:touch "+victim+"\"]\n"))
+	d.fails(t, 1, []string{`spec field "serial.path"`, "run dir"},
+		"define", spec("e3", "serial: {type: file, path: "+precious+"}\n"))
+	d.fails(t, 1, []string{`spec field "serial.path"`, "run dir"},
+		"define", spec("e4", "serial: {type: socket, path: "+precious+"}\n"))
+	d.fails(t, 1, []string{`spec field "kernel"`, "outside the image roots"},
+		"define", specMachine("e5", "q35", "kernel: /etc/shadow\n"))
+	d.ok(t, "define", spec("vm1", ""))
+	d.ok(t, "start", "vm1")
+	d.fails(t, 1, []string{`QMP command "migrate" is refused`, "--allow-raw-qemu"},
+		"qmp", "vm1", `{"execute":"migrate","arguments":{"uri":"exec:touch `+victim+`"}}`)
+	d.fails(t, 1, []string{`QMP command "human-monitor-command" is refused`},
+		"qmp", "vm1", `{"execute":"human-monitor-command","arguments":{"command-line":"info status"}}`)
+	if in := d.info(t, "vm1"); len(in.Tainted) != 0 {
+		t.Errorf("tainted after refusals: %v", in.Tainted)
+	}
+	if _, err := os.Stat(victim); err == nil {
+		t.Fatal("an attack ran its command")
+	}
+	if data, _ := os.ReadFile(precious); string(data) != "precious" {
+		t.Fatal("an attack touched the precious file")
+	}
+	d.ok(t, "destroy", "vm1")
+	if err := d.stop(t); err != nil {
+		t.Fatal(err)
+	}
+
+	d.args = []string{"--allow-raw-qemu"}
+	d.start(t)
+	d.fails(t, 1, []string{`spec field "emulator"`}, "define", spec("e1", "emulator: "+script+"\n"))
+	d.fails(t, 1, []string{`spec field "serial.path"`}, "define", spec("e3", "serial: {type: file, path: "+precious+"}\n"))
+	d.ok(t, "define", spec("raw", "extra_args: [\"-no-user-config\"]\n"))
+	if in := d.info(t, "raw"); !slices.Equal(in.Tainted, []string{"extra_args"}) {
+		t.Errorf("after extra_args: tainted %v, want [extra_args]", in.Tainted)
+	}
+	d.ok(t, "start", "vm1")
+	out := d.ok(t, "qmp", "vm1", `{"execute":"human-monitor-command","arguments":{"command-line":"info status"}}`)
+	if !strings.Contains(out, "running") {
+		t.Errorf("hmp info status: %q", out)
+	}
+	if in := d.info(t, "vm1"); !slices.Equal(in.Tainted, []string{"qmp human-monitor-command"}) {
+		t.Errorf("after raw QMP: tainted %v", in.Tainted)
+	}
+	d.ok(t, "destroy", "vm1")
+	if err := d.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	d.args = nil
+	d.start(t)
+	if in := d.info(t, "vm1"); !slices.Equal(in.Tainted, []string{"qmp human-monitor-command"}) {
+		t.Errorf("after a restart: tainted %v, want the record kept", in.Tainted)
+	}
+	d.ok(t, "undefine", "raw")
+	d.ok(t, "define", spec("raw", ""))
+	if in := d.info(t, "raw"); len(in.Tainted) != 0 {
+		t.Errorf("undefined and defined again: still tainted %v", in.Tainted)
 	}
 }

@@ -156,7 +156,7 @@ func TestCLIExitCodes(t *testing.T) {
 
 	d.fails(t, 1, []string{`domain "nosuch" not found`}, "info", "nosuch")
 	d.fails(t, 1, []string{"not found"}, "start", "nosuch")
-	d.fails(t, 1, []string{"CommandNotFound", "no-such-command"}, "qmp", "codes", `{"execute":"no-such-command"}`)
+	d.fails(t, 1, []string{"CommandNotFound", "no-such-command"}, "qmp", "codes", `{"execute":"query-no-such-command"}`)
 	d.fails(t, 1, []string{"GenericError", "bogus"}, "qmp", "codes", `{"execute":"query-status","arguments":{"bogus":1}}`)
 	d.fails(t, 1, []string{"invalid domain name"}, "info", "../x")
 	d.fails(t, 1, []string{"already"}, "start", "codes")

@@ -37,14 +37,21 @@ type Policy struct {
 	ImageRoots []string
 }
 
+// DefaultEmulators is the allowlist when the host names none: the
+// domain.DefaultEmulator found in PATH.
+func DefaultEmulators() ([]string, error) {
+	path, err := exec.LookPath(domain.DefaultEmulator)
+	if err != nil {
+		return nil, fmt.Errorf("emulator %q: %w", domain.DefaultEmulator, err)
+	}
+	return []string{path}, nil
+}
+
 // New returns a policy with the emulators and image roots given, made
 // absolute and clean. An emulator given as a bare name is looked up in
-// PATH now; with no emulators, the default is DefaultEmulator on PATH.
+// PATH now. With no emulators, no start is allowed.
 func New(allowRaw bool, emulators, imageRoots []string) (*Policy, error) {
 	p := &Policy{AllowRawQEMU: allowRaw}
-	if len(emulators) == 0 {
-		emulators = []string{domain.DefaultEmulator}
-	}
 	for _, e := range emulators {
 		path := e
 		if !strings.Contains(e, "/") {

@@ -71,6 +71,9 @@ type Info struct {
 	Queued   int      `json:"queued"`
 	Restarts int      `json:"restarts"`
 	Control  *Control `json:"control"`
+	// Tainted lists the uses of raw QEMU (extra_args, "qmp COMMAND")
+	// that the daemon's --allow-raw-qemu let through; absent when none.
+	Tainted []string `json:"tainted,omitempty"`
 }
 
 // Control says whether vmsup can talk to the VM right now, as libvirt's

@@ -21,7 +21,8 @@ const maxTraceCapacity = 1 << 22
 // Config for Run. Logs go to stderr.
 func Command(name string, stdout, stderr io.Writer) *cobra.Command {
 	var socketFlag, stateDir, logFormat, logLevel, traceLog, adminGroup, readerGroup string
-	var traceOn bool
+	var traceOn, allowRaw bool
+	var emulators, imageRoots []string
 	var traceCapacity, maxConns int
 	var bodyTimeout time.Duration
 	cmd := &cobra.Command{
@@ -41,6 +42,13 @@ Who may use the socket is decided from each connection's peer credentials:
 uid 0, the daemon's own uid and members of --admin-group get the whole API;
 members of --reader-group get the read-only routes (list, info, jobs,
 events, trace); anyone else is refused with 403.
+
+What a spec may use is the daemon's decision: the emulator must be one of
+--emulator (default: qemu-system-x86_64 from PATH); kernel, initrd and disk
+paths must lie under an --image-root (default: the state dir and the image
+cache, /var/cache/vmsup for root); serial files and sockets live in the VM's
+run dir. extra_args and raw QMP beyond query-* and a safe list need
+--allow-raw-qemu, and mark the VM tainted.
 
 SIGTERM or SIGINT stops the daemon and leaves the VMs running.
 
@@ -104,6 +112,9 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 				AdminGroupOptional: !cmd.Flags().Changed("admin-group"),
 				ReaderGroup:        readerGroup,
 				MaxConnections:     maxConns,
+				AllowRawQEMU:       allowRaw,
+				Emulators:          emulators,
+				ImageRoots:         imageRoots,
 				BodyTimeout:        bodyTimeout,
 			})
 		},
@@ -119,6 +130,9 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 	f.StringVar(&traceLog, "trace-log", "", "append every trace record to `FILE` as JSON lines (zerolog)")
 	f.StringVar(&adminGroup, "admin-group", DefaultAdminGroup, "members of this group (`NAME` or gid) get the whole API, as uid 0 does; \"\" grants no group")
 	f.StringVar(&readerGroup, "reader-group", "", "members of this group (`NAME` or gid) get the read-only routes: list, info, jobs, events, trace")
+	f.BoolVar(&allowRaw, "allow-raw-qemu", false, "allow extra_args in specs and any raw QMP command; a VM that uses them is marked tainted")
+	f.StringArrayVar(&emulators, "emulator", nil, "a QEMU binary specs may name (`PATH`, repeatable; default qemu-system-x86_64 from PATH)")
+	f.StringArrayVar(&imageRoots, "image-root", nil, "a `DIR` that kernel, initrd and disk paths must lie under (repeatable; default the state dir and the image cache)")
 	f.IntVar(&maxConns, "max-connections", DefaultMaxConnections, "connections held at once; past it a client gets 503")
 	f.DurationVar(&bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request body may take to arrive (408 past it)")
 	return cmd

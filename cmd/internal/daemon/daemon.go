@@ -22,9 +22,11 @@ import (
 
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/cmd/internal/client"
+	"github.com/vmsup/vmsup/cmd/internal/cmdline"
 	"github.com/vmsup/vmsup/cmd/internal/peer"
 	"github.com/vmsup/vmsup/cmd/internal/server"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/driver"
 )
 
@@ -65,6 +67,15 @@ type Config struct {
 	// BodyTimeout bounds the reading of a request body
 	// (server.DefaultBodyTimeout when zero).
 	BodyTimeout time.Duration
+	// AllowRawQEMU lets specs use extra_args and raw QMP go beyond the
+	// safe list; a domain that uses either is tainted.
+	AllowRawQEMU bool
+	// Emulators are the QEMU binaries specs may use (paths, or names
+	// looked up in PATH); empty: qemu-system-x86_64 from PATH.
+	Emulators []string
+	// ImageRoots are the dirs that kernel, initrd and disk paths must lie
+	// under; empty: the state dir and cmdline.DefaultCacheDir.
+	ImageRoots []string
 	// TraceLog, when set, is a file that gets every trace record as a
 	// zerolog JSON line (appended; created with mode 0600).
 	TraceLog string
@@ -138,6 +149,11 @@ func Run(ctx context.Context, cfg Config) error {
 	ln := newLimitListener(uln, cfg.MaxConnections)
 	defer ln.Close()
 
+	pol, err := buildSpecPolicy(cfg, stateDir, log)
+	if err != nil {
+		return err
+	}
+
 	rec, closeTrace, err := openTrace(cfg, log)
 	if err != nil {
 		return err
@@ -150,6 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 		RunDir:   runDir,
 		Logger:   &log,
 		Trace:    rec,
+		Policy:   pol,
 	})
 	if err != nil {
 		return fmt.Errorf("open driver: %w", err)
@@ -227,6 +244,36 @@ func buildPolicy(cfg Config) (peer.Policy, error) {
 		p.ReaderGroup = g
 	}
 	return p, nil
+}
+
+// buildSpecPolicy makes the host's policy on specs from the config.
+func buildSpecPolicy(cfg Config, stateDir string, log zerolog.Logger) (*policy.Policy, error) {
+	roots := cfg.ImageRoots
+	if len(roots) == 0 {
+		roots = []string{stateDir}
+		if cache, err := cmdline.DefaultCacheDir(); err == nil {
+			roots = append(roots, cache)
+		}
+	}
+	emulators := cfg.Emulators
+	if len(emulators) == 0 {
+		var err error
+		if emulators, err = policy.DefaultEmulators(); err != nil {
+			// No QEMU on PATH: serve anyway (list, undefine); starts
+			// are refused until an emulator is allowed.
+			log.Warn().Err(err).Msg("no emulator allowed; pass --emulator PATH")
+		}
+	}
+	pol, err := policy.New(cfg.AllowRawQEMU, emulators, roots)
+	if err != nil {
+		return nil, err
+	}
+	ev := log.Info().Strs("emulators", pol.Emulators).Strs("image_roots", pol.ImageRoots).Bool("allow_raw_qemu", pol.AllowRawQEMU)
+	if pol.AllowRawQEMU {
+		ev = log.Warn().Strs("emulators", pol.Emulators).Strs("image_roots", pol.ImageRoots).Bool("allow_raw_qemu", true)
+	}
+	ev.Msg("spec policy")
+	return pol, nil
 }
 
 // logAccess says who may use the API.

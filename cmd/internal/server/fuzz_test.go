@@ -135,7 +135,7 @@ func FuzzCheckQMPCommand(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		if checkQMPCommand([]byte(body)) != nil {
+		if _, err := checkQMPCommand([]byte(body)); err != nil {
 			return
 		}
 		var cmd map[string]json.RawMessage

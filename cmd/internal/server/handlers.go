@@ -39,7 +39,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Info, 0, len(infos))
 	for i := range infos {
-		out = append(out, fromInfo(&infos[i]))
+		out = append(out, s.fromInfo(&infos[i]))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -125,7 +125,7 @@ func (s *Server) writeInfo(w http.ResponseWriter, ctx context.Context, name stri
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, fromInfo(in))
+	writeJSON(w, http.StatusOK, s.fromInfo(in))
 }
 
 func (s *Server) undefine(w http.ResponseWriter, r *http.Request, name string) {
@@ -227,8 +227,13 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	if err := checkQMPCommand(data); err != nil {
+	execute, err := checkQMPCommand(data)
+	if err != nil {
 		writeError(w, badRequest(err))
+		return
+	}
+	if err := s.drv.CheckQMP(name, execute); err != nil {
+		writeError(w, err)
 		return
 	}
 	ret, err := s.drv.Domain(name).QMP(r.Context(), json.RawMessage(data))
@@ -244,12 +249,12 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 
 // checkQMPCommand accepts exactly one JSON object with a string "execute"
 // and an optional object "arguments" (driver.ParseQMPCommand).
-func checkQMPCommand(data []byte) error {
+func checkQMPCommand(data []byte) (string, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return errors.New(`qmp: empty body; send a command such as {"execute":"query-status"}`)
+		return "", errors.New(`qmp: empty body; send a command such as {"execute":"query-status"}`)
 	}
-	_, _, err := driver.ParseQMPCommand(data)
-	return err
+	execute, _, err := driver.ParseQMPCommand(data)
+	return execute, err
 }
 
 func (s *Server) jobs(w http.ResponseWriter, r *http.Request, name string) {
