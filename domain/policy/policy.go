@@ -257,7 +257,7 @@ func CheckSerialPath(rp qemuargs.RunPaths, path string) error {
 		return fmt.Errorf("must be a file directly in the domain's run dir %s", rp.Dir)
 	}
 	switch path {
-	case rp.QMPSocket, rp.PIDFile, rp.QEMULog:
+	case rp.QMPSocket, rp.PIDFile, rp.QEMULog, rp.Identity:
 		return fmt.Errorf("is one of vmsup's own files in %s", rp.Dir)
 	}
 	return nil

@@ -28,6 +28,9 @@ type RunPaths struct {
 	ConsoleSocket string
 	// QEMULog receives QEMU's own stdout and stderr (qemu.log).
 	QEMULog string
+	// Identity records who the running QEMU is (qemu.identity): its start
+	// time, the boot id, its executable and uid, checked before adoption.
+	Identity string
 }
 
 // NewRunPaths returns the runtime paths of domain name under runDir, which
@@ -49,6 +52,7 @@ func NewRunPaths(runDir, name string) (RunPaths, error) {
 		SerialLog:     filepath.Join(dir, "serial.log"),
 		ConsoleSocket: filepath.Join(dir, "console.sock"),
 		QEMULog:       filepath.Join(dir, "qemu.log"),
+		Identity:      filepath.Join(dir, "qemu.identity"),
 	}
 	for _, sock := range []string{rp.QMPSocket, rp.ConsoleSocket} {
 		if len(sock) > domain.MaxSocketPath {
