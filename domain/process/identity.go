@@ -19,8 +19,9 @@ type Identity struct {
 	// PID is QEMU's pid.
 	PID int `json:"pid"`
 	// StartTime is field 22 of /proc/<pid>/stat: when the process
-	// started, in clock ticks since boot. With BootID it names one process
-	// for the life of the machine.
+	// started, in clock ticks since boot. With PID and BootID it names one
+	// process for the life of the machine (two processes may share a
+	// tick, never a pid within it).
 	StartTime uint64 `json:"start_time"`
 	// BootID is /proc/sys/kernel/random/boot_id at launch.
 	BootID string `json:"boot_id"`

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -361,12 +362,22 @@ func (p *Process) ExitString() string {
 
 // LogTail returns the last lines QEMU wrote, for error messages.
 func (p *Process) LogTail() string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil || len(b) == 0 {
+	f, err := os.OpenFile(p.logPath, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
 		return ""
 	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
+	defer f.Close()
+	const tail = 2048
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return ""
+	} else if fi.Size() > tail {
+		if _, err := f.Seek(fi.Size()-tail, io.SeekStart); err != nil {
+			return ""
+		}
+	}
+	b, err := io.ReadAll(io.LimitReader(f, tail))
+	if err != nil || len(b) == 0 {
+		return ""
 	}
 	lines := strings.Split(strings.TrimSpace(string(bytes.ToValidUTF8(b, nil))), "\n")
 	if len(lines) > 5 {
