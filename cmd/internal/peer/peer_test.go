@@ -184,3 +184,45 @@ func FuzzDecide(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkFromConn is the cost the daemon pays per connection: two
+// getsockopt calls.
+func BenchmarkFromConn(b *testing.B) {
+	dir := b.TempDir()
+	ln, err := net.Listen("unix", filepath.Join(dir, "b.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			_, _ = c.Read(make([]byte, 1))
+		}
+	}()
+	c, err := net.Dial("unix", filepath.Join(dir, "b.sock"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := FromConn(c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkDecide is the cost per request: the decision on the stored
+// credentials.
+func BenchmarkDecide(b *testing.B) {
+	p := Policy{AdminUIDs: []uint32{0}, AdminGroup: &Group{Name: "vmsup", GID: 990}, ReaderGroup: &Group{Name: "ro", GID: 991}}
+	c := Cred{UID: 1000, GID: 1000, Groups: []uint32{4, 24, 27, 991}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if p.Check(c, Read, "GET /v1/domains") != nil {
+			b.Fatal("refused")
+		}
+	}
+}
