@@ -34,6 +34,7 @@ func TestNewRunPaths(t *testing.T) {
 		SerialLog:     "/run/vmsup/web1/serial.log",
 		ConsoleSocket: "/run/vmsup/web1/console.sock",
 		QEMULog:       "/run/vmsup/web1/qemu.log",
+		Identity:      "/run/vmsup/web1/qemu.identity",
 	}
 	if rp != want {
 		t.Fatalf("NewRunPaths = %+v\nwant %+v", rp, want)
