@@ -203,7 +203,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, taints: tainted}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
+	d.taints = tainted
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
