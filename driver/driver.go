@@ -87,6 +87,13 @@ type Config struct {
 	RunDir string
 	// Logger receives vmsup's logs; nil discards them.
 	Logger *zerolog.Logger
+	// Policy is the host's decision about specs (package policy): the
+	// emulators allowed, raw QEMU, the image roots. Define refuses a spec
+	// it refuses, and records the taints it allows; a start refuses an
+	// emulator outside it; Driver.CheckQMP decides raw QMP (the API server
+	// calls it). Nil trusts every spec, as an embedding program that
+	// writes its own specs may.
+	Policy *policy.Policy
 	// DestroyGrace is how long destroy waits after SIGTERM before SIGKILL
 	// (default 10s).
 	DestroyGrace time.Duration
@@ -108,13 +115,6 @@ type Config struct {
 	// Mermaid, SVG, OpenTelemetry). Nil leaves the trace middleware out
 	// entirely; a disabled recorder costs one atomic load per message.
 	Trace *trace.Recorder
-	// Policy is the host's decision about specs (package policy): the
-	// emulators allowed, raw QEMU, the image roots. Define refuses a spec
-	// it refuses, and records the taints it allows; a start refuses an
-	// emulator outside it; Driver.CheckQMP decides raw QMP (the API server
-	// calls it). Nil trusts every spec, as an embedding program that
-	// writes its own specs may.
-	Policy *policy.Policy
 }
 
 // Driver is an open vmsup driver. It is safe for concurrent use.
@@ -125,12 +125,12 @@ type Driver struct {
 	pid    *actor.PID
 	broker *domain.Broker
 	logger zerolog.Logger
+	// taints are the domains' recorded uses of raw QEMU.
+	taints *taints
 	// domains is the registry the driver actor publishes; handles read it.
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
 	dispatcher *actors.Dispatcher
-	// taints are the domains' recorded uses of raw QEMU.
-	taints *taints
 
 	closeOnce sync.Once
 	closeErr  error
@@ -204,7 +204,6 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
 	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher}
-	d.taints = tainted
 	life := &driverLife{}
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{
@@ -229,6 +228,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		_ = dispatcher.Close(time.Second)
 		return nil, fmt.Errorf("driver: spawn driver actor: %w", err)
 	}
+	d.taints = tainted
 	return d, nil
 }
 
