@@ -14,8 +14,9 @@ test: vet
 # run under make test). CI runs it briefly after make test.
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./domain:FuzzParseSpec ./monitor:FuzzTransportLines ./monitor:FuzzEncodeCommand \
-	./cmd/internal/server:FuzzRequest ./cmd/internal/server:FuzzCheckQMPCommand \
-	./cmd/internal/server:FuzzAuthorize ./cmd/internal/peer:FuzzDecide \
+	./cmd/internal/server:FuzzRequest ./cmd/internal/server:FuzzCheckQMPCommand
+# The access decision and the host policy's checks.
+FUZZ_TARGETS += ./cmd/internal/server:FuzzAuthorize ./cmd/internal/peer:FuzzDecide \
 	./domain/policy:FuzzCheckPath ./domain/policy:FuzzQMPAllowed
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
