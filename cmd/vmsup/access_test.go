@@ -4,8 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmsup/vmsup/tests/testkit"
 )
@@ -153,16 +155,30 @@ func TestSpecPolicy(t *testing.T) {
 	if !strings.Contains(out, "running") {
 		t.Errorf("hmp info status: %q", out)
 	}
-	if in := d.info(t, "vm1"); !slices.Equal(in.Tainted, []string{"qmp human-monitor-command"}) {
+	in := d.info(t, "vm1")
+	if !slices.Equal(in.Tainted, []string{"qmp human-monitor-command"}) {
 		t.Errorf("after raw QMP: tainted %v", in.Tainted)
 	}
-	d.ok(t, "destroy", "vm1")
+	// Even allowed, a migration to a program cannot run it: QEMU runs
+	// under its seccomp sandbox (spawn=deny).
+	status, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(in.PID), "status"))
+	if err != nil || !strings.Contains(string(status), "\nSeccomp:\t2\n") {
+		t.Errorf("QEMU pid %d is not in seccomp filter mode (%v):\n%s", in.PID, err, status)
+	}
+	// QEMU 7.2's filter kills QEMU at the fork: the VM crashes, the
+	// command never runs.
+	d.vmsup(t, "qmp", "vm1", `{"execute":"migrate","arguments":{"uri":"exec:touch `+victim+`"}}`)
+	time.Sleep(500 * time.Millisecond)
+	if _, err := os.Stat(victim); err == nil {
+		t.Error("migrate exec: ran its command under the sandbox")
+	}
+	d.vmsup(t, "destroy", "vm1") // when QEMU survived the refusal
 	if err := d.stop(t); err != nil {
 		t.Fatal(err)
 	}
 	d.args = nil
 	d.start(t)
-	if in := d.info(t, "vm1"); !slices.Equal(in.Tainted, []string{"qmp human-monitor-command"}) {
+	if in := d.info(t, "vm1"); !slices.Equal(in.Tainted, []string{"qmp human-monitor-command", "qmp migrate"}) {
 		t.Errorf("after a restart: tainted %v, want the record kept", in.Tainted)
 	}
 	d.ok(t, "undefine", "raw")

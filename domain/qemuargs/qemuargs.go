@@ -73,14 +73,20 @@ func qemuOptValue(v string) string {
 	return strings.ReplaceAll(v, ",", ",,")
 }
 
+// Sandbox is QEMU's seccomp filter as vmsup always sets it, as libvirt
+// does: no obsolete system calls, no set*uid, no fork or exec (so no
+// "exec:" migration or helper program), no changes to scheduling or
+// affinity. A QEMU built without seccomp refuses to start with it.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 // BuildArgs returns the QEMU argv for spec, WITHOUT the emulator binary
 // (see EmulatorPath). spec must be valid (ApplyDefaults, then Validate);
 // accel is the resolved accelerator ("kvm" or "tcg"), and an empty or
 // "auto" accel is resolved with ResolveAccel(spec.Accel).
 //
 // The order is stable: -name, -uuid, -machine, -accel, -m (MiB, rounded
-// up), -smp, -nodefaults, -no-user-config, -display none, -S, -qmp,
-// -pidfile, then -kernel/-initrd/-append, one -drive per disk (virtio),
+// up), -smp, -nodefaults, -no-user-config, -display none, -sandbox
+// (Sandbox), -S, -qmp, -pidfile, then -kernel/-initrd/-append, one -drive per disk (virtio),
 // the serial port, and finally spec.ExtraArgs. QEMU starts paused (-S);
 // the domain continues it over QMP. Commas in paths are doubled where QEMU
 // parses the value as an option list.
@@ -98,6 +104,7 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string) []string {
 		"-nodefaults",
 		"-no-user-config",
 		"-display", "none",
+		"-sandbox", Sandbox,
 		"-S",
 		// The QMP socket is bound and listening before QEMU runs (fd
 		// QMPListenFD, see ListenQMP), as libvirt does: the monitor

@@ -127,6 +127,7 @@ func TestBuildArgsMinimal(t *testing.T) {
 		"-nodefaults",
 		"-no-user-config",
 		"-display", "none",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-S",
 		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
