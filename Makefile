@@ -15,6 +15,9 @@ test: vet
 FUZZTIME ?= 10s
 FUZZ_TARGETS = ./domain:FuzzParseSpec ./monitor:FuzzTransportLines ./monitor:FuzzEncodeCommand \
 	./cmd/internal/server:FuzzRequest ./cmd/internal/server:FuzzCheckQMPCommand ./domain/netcfg:FuzzParseForward
+# The access decision and the host policy's checks.
+FUZZ_TARGETS += ./cmd/internal/server:FuzzAuthorize ./cmd/internal/peer:FuzzDecide \
+	./domain/policy:FuzzCheckPath ./domain/policy:FuzzQMPAllowed
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
@@ -86,7 +89,7 @@ demo-tiny: qemu guest vmsup
 demo-run:
 	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/vmsup-demo.XXXXXX"); \
 	export VMSUP_SOCKET="$$dir/vmsup.sock"; \
-	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --log-format console 2>"$$dir/daemon.log" & \
+	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --image-root "$(CURDIR)/.cache" --log-format console 2>"$$dir/daemon.log" & \
 	daemon=$$!; \
 	cleanup() { \
 		status=$$?; \

@@ -521,6 +521,8 @@ var forbiddenExtraArgs = map[string]string{
 	"-uuid":       "vmsup sets the UUID",
 	"-runas":      "vmsup decides the user QEMU runs as",
 	"-chroot":     "vmsup decides where QEMU runs",
+	"-sandbox":    "vmsup always confines QEMU with its seccomp sandbox",
+	"-run-with":   "vmsup decides the user QEMU runs as",
 }
 
 // Validate checks the spec as it will be used, after ApplyDefaults: fields

@@ -32,6 +32,7 @@ import (
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/hostres"
 	"github.com/vmsup/vmsup/domain/overlay"
+	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
@@ -118,6 +119,13 @@ type Config struct {
 	RunDir string
 	// Logger receives vmsup's logs; nil discards them.
 	Logger *zerolog.Logger
+	// Policy is the host's decision about specs (package policy): the
+	// emulators allowed, raw QEMU, the image roots. Define refuses a spec
+	// it refuses, and records the taints it allows; a start refuses an
+	// emulator outside it; Driver.CheckQMP decides raw QMP (the API server
+	// calls it). Nil trusts every spec, as an embedding program that
+	// writes its own specs may.
+	Policy *policy.Policy
 	// DestroyGrace is how long destroy waits after SIGTERM before SIGKILL
 	// (default 10s).
 	DestroyGrace time.Duration
@@ -155,6 +163,8 @@ type Driver struct {
 	pid    *actor.PID
 	broker *domain.Broker
 	logger zerolog.Logger
+	// taints are the domains' recorded uses of raw QEMU.
+	taints *taints
 	// domains is the registry the driver actor publishes; handles read it.
 	domains *registry
 	// dispatcher runs every actor's turns on pooled workers.
@@ -214,6 +224,21 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
 	host := hostres.New(hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger})
+	if cfg.Policy != nil {
+		cfg.Launcher = checkedLauncher(cfg.Policy, cfg.Launcher)
+	}
+	tainted, taintProblems := loadTaints(stateDir)
+	for _, p := range taintProblems {
+		logger.Error().Err(p).Msg("taint records")
+	}
+	// Temp files of writes a crash interrupted: nothing writes yet.
+	removed, problems := st.removeStaleTemps()
+	for _, path := range removed {
+		logger.Info().Str("path", path).Msg("removed a temp file left by an interrupted write")
+	}
+	for _, p := range problems {
+		logger.Error().Err(p).Msg("stale temp files")
+	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
 	initial := recoverAll(st, cfg.RunDir, host, logger)
 	dispatcher, err := actors.NewDispatcher()
@@ -253,6 +278,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		_ = dispatcher.Close(time.Second)
 		return nil, fmt.Errorf("driver: spawn driver actor: %w", err)
 	}
+	d.taints = tainted
 	return d, nil
 }
 
@@ -343,6 +369,10 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 	if err := d.checkOpen(); err != nil {
 		return nil, err
 	}
+	taints, err := d.CheckDefine(spec)
+	if err != nil {
+		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
+	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
 	spec, existed, err := d.prepareHost(ctx, spec)
 	if err != nil {
@@ -358,6 +388,14 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		}
 	}
 	d.apiRecord(req, began, err)
+	if err == nil {
+		for _, t := range taints {
+			if terr := d.taints.add(res.Name, t.What); terr != nil {
+				return res, terr
+			}
+			d.logger.Warn().Str("domain", res.Name).Str("taint", t.What).Msg("domain tainted: raw QEMU allowed by --allow-raw-qemu")
+		}
+	}
 	return res, err
 }
 
@@ -425,6 +463,9 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 		}
 	}
 	d.apiRecord(req, began, err)
+	if err == nil {
+		err = d.taints.remove(name)
+	}
 	return err
 }
 

@@ -34,7 +34,7 @@ func (s *store) statusPath(name string) string {
 // loadStatus reads a domain's saved status; nil when there is none or it
 // cannot be read (which is logged by the caller through the error).
 func (s *store) loadStatus(name string) (*domain.Status, error) {
-	data, err := os.ReadFile(s.statusPath(name))
+	data, err := readFileNoFollow(s.statusPath(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}

@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/vmsup/vmsup/domain"
 )
@@ -59,7 +61,7 @@ func (s *store) load(name string) (*domain.Spec, error) {
 	if err := domain.ValidateName(name); err != nil {
 		return nil, err
 	}
-	data, err := os.ReadFile(s.path(name))
+	data, err := readFileNoFollow(s.path(name))
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +85,7 @@ func (s *store) loadAll() (specs []*domain.Spec, problems []error) {
 			continue
 		}
 		path := filepath.Join(s.dir, e.Name())
-		data, err := os.ReadFile(path)
+		data, err := readFileNoFollow(path)
 		if err != nil {
 			problems = append(problems, fmt.Errorf("definition %s: %w", path, err))
 			continue
@@ -102,9 +104,49 @@ func (s *store) loadAll() (specs []*domain.Spec, problems []error) {
 	return specs, problems
 }
 
+// tempInfix marks writeFileAtomic's temp files: ".NAME.json.tmp-RANDOM".
+const tempInfix = ".json.tmp-"
+
+// isTempName reports whether a file name is one of writeFileAtomic's temp
+// files.
+func isTempName(name string) bool {
+	base, rnd, ok := strings.Cut(name, tempInfix)
+	return ok && strings.HasPrefix(base, ".") && len(base) > 1 && rnd != "" && !strings.ContainsAny(rnd, "./")
+}
+
+// removeStaleTemps removes the temp files of atomic writes that a crash
+// (SIGKILL between create and rename) left in the definitions and status
+// dirs, and returns their paths. It runs at Open, before anything writes.
+// Only regular files are removed.
+func (s *store) removeStaleTemps() (removed []string, problems []error) {
+	for _, dir := range []string{s.dir, filepath.Join(filepath.Dir(s.dir), "status")} {
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			problems = append(problems, fmt.Errorf("read %s: %w", dir, err))
+			continue
+		}
+		for _, e := range entries {
+			if !e.Type().IsRegular() || !isTempName(e.Name()) {
+				continue
+			}
+			path := filepath.Join(dir, e.Name())
+			if err := os.Remove(path); err != nil {
+				problems = append(problems, fmt.Errorf("remove stale temp file %s: %w", path, err))
+				continue
+			}
+			removed = append(removed, path)
+		}
+	}
+	return removed, problems
+}
+
 func writeFileAtomic(path string, data []byte) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	// CreateTemp opens with O_EXCL: it never follows a planted symlink.
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -131,6 +173,30 @@ func writeFileAtomic(path string, data []byte) error {
 	}
 	return syncDir(dir)
 }
+
+// readFileNoFollow reads a regular file without following a symlink at
+// its last component, so a link planted in the state dir is refused.
+func readFileNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("%s is a symlink; refusing to follow it", path)
+		}
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", path, fi.Mode().Type())
+	}
+	return io.ReadAll(io.LimitReader(f, maxStateFile+1))
+}
+
+// maxStateFile bounds a definition or status file read from disk.
+const maxStateFile = 16 << 20
 
 func syncDir(dir string) error {
 	d, err := os.Open(dir)

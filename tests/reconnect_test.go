@@ -3,6 +3,7 @@ package tests
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // TestReconnectAfterRestart: a running and a paused VM survive a driver
@@ -180,4 +182,49 @@ func qemuCount(t *testing.T, pid int) int {
 		}
 	}
 	return n
+}
+
+// TestImpostorIsNotAdopted: after the domain's QEMU died while vmsup was
+// down, a process owned by nobody that carries -uuid UUID in its command
+// line and whose pid is in the pidfile is not adopted: it is not the
+// process recorded at launch (start time, executable, uid).
+func TestImpostorIsNotAdopted(t *testing.T) {
+	testkit.RequireRoot(t)
+	d1 := openDriver(t, nil)
+	vm := d1.define(t, "impostor", "none")
+	if err := vm.Start(ctxT(t, 30*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	in := expectState(t, vm, domain.StateRunning, domain.ReasonBooted)
+	d1.close(t)
+	if err := syscall.Kill(in.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitGone(t, in.PID)
+	fake := exec.Command("/bin/sh", "-c", "sleep 300; :", "qemu-system-x86_64", "-uuid", in.UUID)
+	fake.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: testkit.Nobody, Gid: testkit.Nobody}}
+	if err := fake.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fake.Process.Kill(); _ = fake.Wait() })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		cmdline, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(fake.Process.Pid), "cmdline"))
+		if strings.Contains(string(cmdline), in.UUID) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the fake process did not show the uuid within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pidfile := filepath.Join(d1.cfg.RunDir, "impostor", "qemu.pid")
+	if err := os.WriteFile(pidfile, []byte(strconv.Itoa(fake.Process.Pid)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2 := d1.reopen(t)
+	got := expectState(t, d2.Domain("impostor"), domain.StateShutoff, domain.ReasonExitedUnsupervised)
+	if got.PID != 0 {
+		t.Fatalf("adopted nobody's pid %d", got.PID)
+	}
 }

@@ -156,7 +156,7 @@ func TestCLIExitCodes(t *testing.T) {
 
 	d.fails(t, 1, []string{`domain "nosuch" not found`}, "info", "nosuch")
 	d.fails(t, 1, []string{"not found"}, "start", "nosuch")
-	d.fails(t, 1, []string{"CommandNotFound", "no-such-command"}, "qmp", "codes", `{"execute":"no-such-command"}`)
+	d.fails(t, 1, []string{"CommandNotFound", "no-such-command"}, "qmp", "codes", `{"execute":"query-no-such-command"}`)
 	d.fails(t, 1, []string{"GenericError", "bogus"}, "qmp", "codes", `{"execute":"query-status","arguments":{"bogus":1}}`)
 	d.fails(t, 1, []string{"invalid domain name"}, "info", "../x")
 	d.fails(t, 1, []string{"already"}, "start", "codes")
@@ -390,17 +390,20 @@ func TestDaemonSecondRefuses(t *testing.T) {
 	}
 }
 
-// TestDaemonSocket: the socket has mode 0660 in a directory of mode 0700;
-// a stale socket is replaced; a file that is not a socket is refused.
+// TestDaemonSocket: without group access the socket has mode 0600 in a
+// directory of mode 0700; a stale socket is replaced; a file that is not a
+// socket is refused.
 func TestDaemonSocket(t *testing.T) {
 	t.Parallel()
-	d := startDaemon(t)
+	d := newDaemon(t)
+	d.args = []string{"--admin-group", ""}
+	d.start(t)
 	st, err := os.Stat(d.socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o660 {
-		t.Errorf("socket mode %s, want socket 0660", st.Mode())
+	if st.Mode()&os.ModeSocket == 0 || st.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %s, want socket 0600", st.Mode())
 	}
 	dst, err := os.Stat(filepath.Dir(d.socket))
 	if err != nil {

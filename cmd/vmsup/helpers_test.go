@@ -89,7 +89,11 @@ func (d *daemon) start(t *testing.T) {
 	t.Helper()
 	d.stderr = &testkit.SyncBuffer{}
 	d.exited = make(chan struct{})
-	d.cmd = exec.Command(vmsupBin, append([]string{"daemon", "--state-dir", d.state, "--socket", d.socket, "--log-format", "json", "--log-level", "debug"}, d.args...)...)
+	args := []string{"daemon", "--state-dir", d.state, "--socket", d.socket, "--log-format", "json", "--log-level", "debug", "--image-root", d.dir}
+	if root, err := testkit.RepoRoot(); err == nil {
+		args = append(args, "--image-root", filepath.Join(root, ".cache"))
+	}
+	d.cmd = exec.Command(vmsupBin, append(args, d.args...)...)
 	d.cmd.Env = cliEnv()
 	d.cmd.Stderr = d.stderr
 	d.cmd.Stdout = d.stderr
@@ -368,6 +372,7 @@ type info struct {
 		Millis int64      `json:"ms"`
 		Reason string     `json:"reason"`
 	} `json:"control"`
+	Tainted []string `json:"tainted"`
 }
 
 type jobInfo struct {

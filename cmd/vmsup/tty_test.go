@@ -142,8 +142,9 @@ func TestCLIConsoleTTY(t *testing.T) {
 	if code := exitCode(t, done, 15*time.Second, p); code != 1 {
 		t.Fatalf("shutdown exit %d:\n%q", code, p.out.String())
 	}
-	out := p.out.String()
-	if !strings.Contains(out, "shutting down tty 0.") || !strings.Contains(out, "\x1b[K") {
+	// The pty's last bytes may still be on their way when the exit is seen.
+	p.out.WaitContains(t, "\x1b[K", 5*time.Second)
+	if out := p.out.String(); !strings.Contains(out, "shutting down tty 0.") {
 		t.Errorf("no spinner with elapsed time on the terminal:\n%q", out)
 	}
 }

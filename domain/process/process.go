@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -135,7 +136,37 @@ func LaunchQEMU(emulator string, args []string, paths qemuargs.RunPaths) (*Proce
 		return nil, err
 	}
 	defer qmp.Close() // the child has its own copy
-	return startProcess(emulator, args, paths.QEMULog, qmp)
+	p, err := startProcess(emulator, args, paths.QEMULog, qmp)
+	if err != nil {
+		return nil, err
+	}
+	// Record who this QEMU is, so that a later vmsup adopts it and no
+	// other process (Recover). Without the record it could never be
+	// adopted: stop it.
+	id, err := ReadIdentity(p.pid)
+	if err == nil {
+		id.UUID = argAfter(args, "-uuid")
+		err = writeIdentity(paths.Identity, id)
+	}
+	if err != nil {
+		if p.Gone() {
+			// QEMU exited at once: the start reports that, with its log.
+			return p, nil
+		}
+		p.Kill()
+		return nil, fmt.Errorf("QEMU pid %d: %w", p.pid, err)
+	}
+	return p, nil
+}
+
+// argAfter returns the argument that follows flag in args, or "".
+func argAfter(args []string, flag string) string {
+	for i := 0; i+1 < len(args); i++ {
+		if args[i] == flag {
+			return args[i+1]
+		}
+	}
+	return ""
 }
 
 // ListenQMP binds paths.QMPSocket (replacing a stale socket file) and
@@ -178,7 +209,12 @@ func NewSimulatedProcess(pid int) (p *Process, exit func()) {
 // startProcess starts QEMU in its own session with stdout and stderr going to
 // logPath.
 func startProcess(emulator string, args []string, logPath string, extra ...*os.File) (*Process, error) {
-	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	// Never through a symlink: one planted in the run dir would have QEMU's
+	// log truncate the file it points at.
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("open QEMU log: %s is a symlink; refusing to follow it", logPath)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open QEMU log: %w", err)
 	}
@@ -326,12 +362,22 @@ func (p *Process) ExitString() string {
 
 // LogTail returns the last lines QEMU wrote, for error messages.
 func (p *Process) LogTail() string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil || len(b) == 0 {
+	f, err := os.OpenFile(p.logPath, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
 		return ""
 	}
-	if len(b) > 2048 {
-		b = b[len(b)-2048:]
+	defer f.Close()
+	const tail = 2048
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		return ""
+	} else if fi.Size() > tail {
+		if _, err := f.Seek(fi.Size()-tail, io.SeekStart); err != nil {
+			return ""
+		}
+	}
+	b, err := io.ReadAll(io.LimitReader(f, tail))
+	if err != nil || len(b) == 0 {
+		return ""
 	}
 	lines := strings.Split(strings.TrimSpace(string(bytes.ToValidUTF8(b, nil))), "\n")
 	if len(lines) > 5 {

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/qemuargs"
@@ -83,9 +84,16 @@ func Recover(spec *domain.Spec, runDir string, saved *domain.Status) *Recovery {
 		rec.Found = "no QEMU pid recorded"
 		return rec
 	}
+	recorded, idErr := readIdentityFile(paths.Identity)
 	var problems []string
 	for _, pid := range candidates {
-		p, err := adoptIfOurs(pid, spec.UUID, paths.QEMULog)
+		var p *Process
+		var err error
+		if idErr == nil {
+			p, err = adoptIfIdentical(pid, spec.UUID, paths.QEMULog, recorded)
+		} else {
+			p, err = adoptIfOurs(pid, spec.UUID, paths.QEMULog)
+		}
 		if err != nil {
 			problems = append(problems, err.Error())
 			continue
@@ -98,8 +106,38 @@ func Recover(spec *domain.Spec, runDir string, saved *domain.Status) *Recovery {
 	return rec
 }
 
-// adoptIfOurs opens a pidfd on pid first, so the process cannot be swapped
-// for another under the same pid, then checks its command line.
+// adoptIfIdentical opens a pidfd on pid first, so the process cannot be
+// swapped for another under the same pid, then checks that it is the
+// process recorded at launch: same start time and boot id (so the same
+// process, not a reused pid), same executable, same uid, and -uuid in its
+// command line.
+func adoptIfIdentical(pid int, uuid, logPath string, recorded Identity) (*Process, error) {
+	if recorded.UUID != uuid {
+		return nil, fmt.Errorf("pid %d: the recorded QEMU identity is of UUID %q, not this domain's %s", pid, recorded.UUID, uuid)
+	}
+	p, err := adoptProcess(pid, logPath)
+	if err != nil {
+		return nil, fmt.Errorf("QEMU pid %d is gone", pid)
+	}
+	now, err := ReadIdentity(pid)
+	if err != nil || p.Exited() {
+		p.release()
+		return nil, fmt.Errorf("QEMU pid %d is gone", pid)
+	}
+	if diff := recorded.Mismatch(now); diff != "" {
+		p.release()
+		return nil, fmt.Errorf("pid %d is not the QEMU vmsup started for this domain: %s", pid, diff)
+	}
+	if !runsDomain(pid, uuid) {
+		p.release()
+		return nil, fmt.Errorf("pid %d is not this domain's QEMU (no -uuid %s in its command line)", pid, uuid)
+	}
+	return p, nil
+}
+
+// adoptIfOurs adopts a QEMU started before identities were recorded: it
+// opens a pidfd on pid first, then checks the command line and that the
+// process runs as this vmsup's uid, as QEMU then did.
 func adoptIfOurs(pid int, uuid, logPath string) (*Process, error) {
 	p, err := adoptProcess(pid, logPath)
 	if err != nil {
@@ -108,6 +146,11 @@ func adoptIfOurs(pid int, uuid, logPath string) (*Process, error) {
 	if !runsDomain(pid, uuid) || p.Exited() {
 		p.release()
 		return nil, fmt.Errorf("pid %d is not this domain's QEMU (no -uuid %s in its command line)", pid, uuid)
+	}
+	now, err := ReadIdentity(pid)
+	if err != nil || now.UID != uint32(os.Getuid()) {
+		p.release()
+		return nil, fmt.Errorf("pid %d is not this domain's QEMU: it runs as uid %d, not %d, and no identity was recorded", pid, now.UID, os.Getuid())
 	}
 	return p, nil
 }
@@ -130,7 +173,7 @@ func hasArgs(cmdline []byte, flag, value string) bool {
 }
 
 func readPIDFile(path string) (int, error) {
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return 0, err
 	}

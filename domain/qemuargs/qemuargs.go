@@ -30,6 +30,9 @@ type RunPaths struct {
 	ConsoleSocket string
 	// QEMULog receives QEMU's own stdout and stderr (qemu.log).
 	QEMULog string
+	// Identity records who the running QEMU is (qemu.identity): its start
+	// time, the boot id, its executable and uid, checked before adoption.
+	Identity string
 }
 
 // NewRunPaths returns the runtime paths of domain name under runDir, which
@@ -51,6 +54,7 @@ func NewRunPaths(runDir, name string) (RunPaths, error) {
 		SerialLog:     filepath.Join(dir, "serial.log"),
 		ConsoleSocket: filepath.Join(dir, "console.sock"),
 		QEMULog:       filepath.Join(dir, "qemu.log"),
+		Identity:      filepath.Join(dir, "qemu.identity"),
 	}
 	for _, sock := range []string{rp.QMPSocket, rp.ConsoleSocket} {
 		if len(sock) > domain.MaxSocketPath {
@@ -156,6 +160,12 @@ func DiskNode(i int) string { return "disk" + strconv.Itoa(i) }
 // SeedNode is the block node name of the cloud-init seed.
 const SeedNode = "seed"
 
+// Sandbox is QEMU's seccomp filter as vmsup always sets it, as libvirt
+// does: no obsolete system calls, no set*uid, no fork or exec (so no
+// "exec:" migration or helper program), no changes to scheduling or
+// affinity. A QEMU built without seccomp refuses to start with it.
+const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
 // BuildArgs returns the QEMU argv for spec, WITHOUT the emulator binary
 // (see EmulatorPath). spec must be valid (ApplyDefaults, then Validate);
 // accel is the resolved accelerator ("kvm" or "tcg"), and an empty or
@@ -163,7 +173,8 @@ const SeedNode = "seed"
 // host resources resolved; nil means PlainHost(spec).
 //
 // The order is stable: -name, -uuid, -machine, -accel, -m (MiB, rounded
-// up), -smp, -nodefaults, -no-user-config, -display none, -S, -qmp,
+// up), -smp, -nodefaults, -no-user-config, -display none, -sandbox
+// (Sandbox), -S, -qmp,
 // -pidfile, then -kernel/-initrd/-append, each disk as two -blockdev nodes
 // (file, then format; node names from DiskNode) and a virtio-blk-pci
 // device, the seed the same way (read-only), each NIC as a -netdev (user
@@ -195,6 +206,7 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		"-nodefaults",
 		"-no-user-config",
 		"-display", "none",
+		"-sandbox", Sandbox,
 		"-S",
 		// The QMP socket is bound and listening before QEMU runs (fd
 		// QMPListenFD, see ListenQMP), as libvirt does: the monitor

@@ -37,6 +37,7 @@ func TestNewRunPaths(t *testing.T) {
 		SerialLog:     "/run/vmsup/web1/serial.log",
 		ConsoleSocket: "/run/vmsup/web1/console.sock",
 		QEMULog:       "/run/vmsup/web1/qemu.log",
+		Identity:      "/run/vmsup/web1/qemu.identity",
 	}
 	if rp != want {
 		t.Fatalf("NewRunPaths = %+v\nwant %+v", rp, want)
@@ -140,6 +141,7 @@ func TestBuildArgsMinimal(t *testing.T) {
 		"-nodefaults",
 		"-no-user-config",
 		"-display", "none",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-S",
 		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",

@@ -23,7 +23,7 @@ export VMSUP_SOCKET="$dir/vmsup.sock" HOME="$dir/home" VMSUP_CACHE="$dir/cache"
 mkdir -p "$HOME"
 sed -e "s#\.\./\.cache/image/#$cache/image/#" examples/debian.yaml >"$dir/debian.yaml"
 
-setsid "$bin/vmsup" daemon --state-dir "$dir/state" --log-format console 2>"$dir/daemon.log" &
+setsid "$bin/vmsup" daemon --state-dir "$dir/state" --image-root "$cache" --log-format console 2>"$dir/daemon.log" &
 daemon=$!
 up=
 cleanup() {

@@ -33,6 +33,12 @@
 // ?domain=NAME when its actor or sender is domain/NAME or monitor/NAME, or
 // when it is the API record of a call that reached them.
 //
+// Access: the daemon checks each connection's peer credentials. The GET
+// routes above, except console, are reads, open to the reader group;
+// every other route needs admin access (uid 0, the daemon's uid or the
+// admin group). A refused call gets 403 naming the caller's uid and what
+// grants access.
+//
 // Every response carries an X-Request-Id header. A client may bound any call
 // with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
 // jobs wait up to 30 s for the VM's job lane, and shutdown waits its own
@@ -73,6 +79,9 @@ type Info struct {
 	Control  *Control `json:"control"`
 	// NICs are the running VM's NICs; absent while it is not running.
 	NICs []NIC `json:"nics,omitempty"`
+	// Tainted lists the uses of raw QEMU (extra_args, "qmp COMMAND")
+	// that the daemon's --allow-raw-qemu let through; absent when none.
+	Tainted []string `json:"tainted,omitempty"`
 }
 
 // NIC is one NIC of a running VM:

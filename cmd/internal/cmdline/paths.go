@@ -58,3 +58,23 @@ func DefaultStateDir() (string, error) {
 	}
 	return filepath.Join(home, ".local", "state", "vmsup"), nil
 }
+
+// rootCacheDir is DefaultCacheDir for root.
+const rootCacheDir = "/var/cache/vmsup"
+
+// DefaultCacheDir is the cache of VM images that specs may name (an image
+// root of the daemon beside its state dir): /var/cache/vmsup for root,
+// $XDG_CACHE_HOME/vmsup (or ~/.cache/vmsup) otherwise.
+func DefaultCacheDir() (string, error) {
+	if geteuid() == 0 {
+		return rootCacheDir, nil
+	}
+	if dir := os.Getenv("XDG_CACHE_HOME"); dir != "" {
+		return filepath.Join(dir, "vmsup"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", errors.New("no cache dir: neither XDG_CACHE_HOME nor HOME is set; pass --image-root DIR")
+	}
+	return filepath.Join(home, ".cache", "vmsup"), nil
+}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/cmd/internal/cmdline"
+	"github.com/vmsup/vmsup/cmd/internal/server"
 )
 
 // maxTraceCapacity bounds --trace-capacity: a record takes a few hundred
@@ -19,9 +20,11 @@ const maxTraceCapacity = 1 << 22
 // ("vmsupd", or "vmsup daemon" when the CLI runs it): its flags make a
 // Config for Run. Logs go to stderr.
 func Command(name string, stdout, stderr io.Writer) *cobra.Command {
-	var socketFlag, stateDir, logFormat, logLevel, traceLog string
-	var traceOn bool
-	var traceCapacity int
+	var socketFlag, stateDir, logFormat, logLevel, traceLog, adminGroup, readerGroup string
+	var traceOn, allowRaw bool
+	var emulators, imageRoots []string
+	var traceCapacity, maxConns int
+	var bodyTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:         "vmsupd",
 		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: name},
@@ -34,6 +37,18 @@ The daemon records a trace of every message, job and QMP command in a ring
 buffer of --trace-capacity records ("vmsup trace" reads it); --trace-log
 also appends every record to a file as JSON lines. --trace=false switches
 recording off.
+
+Who may use the socket is decided from each connection's peer credentials:
+uid 0, the daemon's own uid and members of --admin-group get the whole API;
+members of --reader-group get the read-only routes (list, info, jobs,
+events, trace); anyone else is refused with 403.
+
+What a spec may use is the daemon's decision: the emulator must be one of
+--emulator (default: qemu-system-x86_64 from PATH); kernel, initrd and disk
+paths must lie under an --image-root (default: the state dir and the image
+cache, /var/cache/vmsup for root); serial files and sockets live in the VM's
+run dir. extra_args and raw QMP beyond query-* and a safe list need
+--allow-raw-qemu, and mark the VM tainted.
 
 SIGTERM or SIGINT stops the daemon and leaves the VMs running.
 
@@ -55,6 +70,12 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 			sock, err := cmdline.Socket(socketFlag)
 			if err != nil {
 				return err
+			}
+			if maxConns <= 0 {
+				return cmdline.Usagef("--max-connections %d: want a positive number", maxConns)
+			}
+			if bodyTimeout <= 0 {
+				return cmdline.Usagef("--body-timeout %s: want a positive duration", bodyTimeout)
 			}
 			level, err := zerolog.ParseLevel(logLevel)
 			if err != nil || logLevel == "" {
@@ -86,6 +107,15 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 				TraceOff:      !traceOn,
 				TraceCapacity: traceCapacity,
 				TraceLog:      traceLog,
+
+				AdminGroup:         adminGroup,
+				AdminGroupOptional: !cmd.Flags().Changed("admin-group"),
+				ReaderGroup:        readerGroup,
+				MaxConnections:     maxConns,
+				AllowRawQEMU:       allowRaw,
+				Emulators:          emulators,
+				ImageRoots:         imageRoots,
+				BodyTimeout:        bodyTimeout,
 			})
 		},
 	}
@@ -98,5 +128,16 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 	f.BoolVar(&traceOn, "trace", true, "record the actor trace (--trace=false: off; the actors then pay one atomic load per message)")
 	f.IntVar(&traceCapacity, "trace-capacity", trace.DefaultCapacity, "how many of the newest trace records the daemon keeps")
 	f.StringVar(&traceLog, "trace-log", "", "append every trace record to `FILE` as JSON lines (zerolog)")
+	f.StringVar(&adminGroup, "admin-group", DefaultAdminGroup, "members of this group (`NAME` or gid) get the whole API, as uid 0 does; \"\" grants no group")
+	f.StringVar(&readerGroup, "reader-group", "", "members of this group (`NAME` or gid) get the read-only routes: list, info, jobs, events, trace")
+	f.BoolVar(&allowRaw, "allow-raw-qemu", false, "allow extra_args in specs and any raw QMP command; a VM that uses them is marked tainted")
+	f.StringArrayVar(&emulators, "emulator", nil, "a QEMU binary specs may name (`PATH`, repeatable; default qemu-system-x86_64 from PATH)")
+	f.StringArrayVar(&imageRoots, "image-root", nil, "a `DIR` that kernel, initrd and disk paths must lie under (repeatable; default the state dir and the image cache)")
+	f.IntVar(&maxConns, "max-connections", DefaultMaxConnections, "connections held at once; past it a client gets 503")
+	f.DurationVar(&bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request body may take to arrive (408 past it)")
 	return cmd
 }
+
+// DefaultAdminGroup is --admin-group's default; the daemon starts without
+// it when the group does not exist.
+const DefaultAdminGroup = "vmsup"

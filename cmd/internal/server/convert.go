@@ -35,6 +35,15 @@ func fromNICs(nics []domain.NIC) []api.NIC {
 	return out
 }
 
+// fromInfo adds the domain's taints to its info object.
+func (s *Server) fromInfo(in *domain.Info) api.Info {
+	out := fromInfo(in)
+	for _, t := range s.drv.Taints(in.Name) {
+		out.Tainted = append(out.Tainted, t.What)
+	}
+	return out
+}
+
 func fromControl(c *domain.Control) *api.Control {
 	if c == nil {
 		return nil

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -37,6 +38,7 @@ func withStatus(status int, err error) error { return &httpError{status: status,
 //	404 driver.ErrNotFound
 //	409 domain.ErrNotRunning, ErrUndefining, ErrWrongState, ErrNoConsole,
 //	    driver.ErrConflict
+//	403 a spec field or QMP command the host's policy refuses
 //	413 body over MaxBodyBytes
 //	502 *monitor.QMPError
 //	503 driver.ErrClosed (the daemon is stopping)
@@ -52,6 +54,8 @@ func StatusOf(err error) int {
 		return he.status
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, policy.ErrRefused):
+		return http.StatusForbidden
 	case errors.Is(err, driver.ErrNotFound):
 		return http.StatusNotFound
 	case errors.As(err, &qe):

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmsup/vmsup/cmd/internal/peer"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
@@ -103,6 +104,7 @@ func FuzzRequest(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		ctx = peer.WithCred(ctx, peer.Cred{UID: 0})
 		req := httptest.NewRequestWithContext(ctx, strings.ToUpper(method), "http://vmsup"+path, bytes.NewReader([]byte(body)))
 		w := httptest.NewRecorder()
 		done := make(chan struct{})
@@ -133,7 +135,7 @@ func FuzzCheckQMPCommand(f *testing.F) {
 		f.Add(seed)
 	}
 	f.Fuzz(func(t *testing.T, body string) {
-		if checkQMPCommand([]byte(body)) != nil {
+		if _, err := checkQMPCommand([]byte(body)); err != nil {
 			return
 		}
 		var cmd map[string]json.RawMessage
@@ -143,6 +145,53 @@ func FuzzCheckQMPCommand(f *testing.F) {
 		var name string
 		if err := json.Unmarshal(cmd["execute"], &name); err != nil || name == "" {
 			t.Fatalf("accepted %q without a string execute", body)
+		}
+	})
+}
+
+// FuzzAuthorize sends any request as a peer that is only in the reader
+// group, and as one in no group: a route that is not read-only never runs
+// for either (403, or 404/405 for no route), and the reader's reads are
+// never refused.
+func FuzzAuthorize(f *testing.F) {
+	for _, seed := range []struct{ method, path string }{
+		{"GET", "/v1/domains"}, {"POST", "/v1/domains"}, {"GET", "/v1/domains/vm1"},
+		{"POST", "/v1/domains/vm1/destroy"}, {"POST", "/v1/domains/vm1/qmp"}, {"DELETE", "/v1/domains/vm1"},
+		{"GET", "/v1/domains/vm1/console"}, {"GET", "/v1/jobs"}, {"GET", "/v1/trace/request/x"},
+		{"GET", "/v1/domains/vm1/%63onsole"}, {"POST", "/v1/domains/vm1/start?paused=1"},
+	} {
+		f.Add(seed.method, seed.path, uint32(991))
+	}
+	s := fuzzServer(f)
+	reader := peer.Group{Name: "readers", GID: 991}
+	s.policy = peer.Policy{AdminUIDs: []uint32{0}, ReaderGroup: &reader}
+	f.Fuzz(func(t *testing.T, method, path string, gid uint32) {
+		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, " \r\n\t#") || len(path) > 2048 {
+			return
+		}
+		if _, err := url.ParseRequestURI(path); err != nil {
+			return
+		}
+		m := strings.ToUpper(method)
+		if m != "GET" && m != "POST" && m != "DELETE" && m != "PUT" {
+			return
+		}
+		req := httptest.NewRequest(m, "http://vmsup"+path, nil)
+		_, pattern := s.mux.Handler(req)
+		need := s.Access(pattern)
+		if pattern == "" || need == peer.Read {
+			return // reads and non-routes: FuzzRequest covers them
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ctx = peer.WithCred(ctx, peer.Cred{UID: 65534, GID: gid})
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, req.WithContext(ctx))
+		if w.Code != http.StatusForbidden && w.Code != http.StatusBadRequest {
+			t.Fatalf("%s %s (route %q) as uid 65534 gid %d: %d %s, want 403", m, path, pattern, gid, w.Code, w.Body.String())
+		}
+		if w.Code == http.StatusForbidden && !strings.Contains(w.Body.String(), "uid 65534") {
+			t.Fatalf("403 without the uid: %s", w.Body.String())
 		}
 	})
 }

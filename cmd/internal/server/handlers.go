@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -38,21 +39,27 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	}
 	out := make([]api.Info, 0, len(infos))
 	for i := range infos {
-		out = append(out, fromInfo(&infos[i]))
+		out = append(out, s.fromInfo(&infos[i]))
 	}
 	writeJSON(w, http.StatusOK, out)
 }
 
-// readBody reads a request body of at most MaxBodyBytes.
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+// readBody reads a request body of at most MaxBodyBytes within the body
+// deadline (408 past it), then lifts the deadline.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxBodyBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return nil, err
 		}
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, withStatus(http.StatusRequestTimeout,
+				fmt.Errorf("read body: the request body did not arrive within %s", s.bodyTime))
+		}
 		return nil, badRequest(fmt.Errorf("read body: %v", err))
 	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 	return data, nil
 }
 
@@ -61,7 +68,7 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	data, err := readBody(w, r)
+	data, err := s.readBody(w, r)
 	if err != nil {
 		writeError(w, err)
 		return
@@ -118,7 +125,7 @@ func (s *Server) writeInfo(w http.ResponseWriter, ctx context.Context, name stri
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, fromInfo(in))
+	writeJSON(w, http.StatusOK, s.fromInfo(in))
 }
 
 func (s *Server) undefine(w http.ResponseWriter, r *http.Request, name string) {
@@ -215,13 +222,18 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	data, err := readBody(w, r)
+	data, err := s.readBody(w, r)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	if err := checkQMPCommand(data); err != nil {
+	execute, err := checkQMPCommand(data)
+	if err != nil {
 		writeError(w, badRequest(err))
+		return
+	}
+	if err := s.drv.CheckQMP(name, execute); err != nil {
+		writeError(w, err)
 		return
 	}
 	ret, err := s.drv.Domain(name).QMP(r.Context(), json.RawMessage(data))
@@ -237,12 +249,12 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 
 // checkQMPCommand accepts exactly one JSON object with a string "execute"
 // and an optional object "arguments" (driver.ParseQMPCommand).
-func checkQMPCommand(data []byte) error {
+func checkQMPCommand(data []byte) (string, error) {
 	if len(bytes.TrimSpace(data)) == 0 {
-		return errors.New(`qmp: empty body; send a command such as {"execute":"query-status"}`)
+		return "", errors.New(`qmp: empty body; send a command such as {"execute":"query-status"}`)
 	}
-	_, _, err := driver.ParseQMPCommand(data)
-	return err
+	execute, _, err := driver.ParseQMPCommand(data)
+	return execute, err
 }
 
 func (s *Server) jobs(w http.ResponseWriter, r *http.Request, name string) {

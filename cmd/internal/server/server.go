@@ -22,6 +22,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/cmd/internal/api"
+	"github.com/vmsup/vmsup/cmd/internal/peer"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 )
@@ -33,7 +34,22 @@ type Options struct {
 	Logger *zerolog.Logger
 	// StateDir is reported by GET /v1/ping.
 	StateDir string
+	// Policy decides what each peer may do; nil is peer.DefaultPolicy of
+	// this process's uid. Peer credentials come from the connection's
+	// context (ConnContext); a request without them is refused.
+	Policy *peer.Policy
+	// BodyTimeout bounds the reading of a request's body, from the end of
+	// its header (DefaultBodyTimeout when zero); a body that takes longer
+	// is answered 408 and the connection closed.
+	BodyTimeout time.Duration
 }
+
+// DefaultBodyTimeout is Options.BodyTimeout's default.
+const DefaultBodyTimeout = 30 * time.Second
+
+// ConnContext is the http.Server ConnContext the API needs: it records
+// each connection's peer credentials.
+func ConnContext(ctx context.Context, c net.Conn) context.Context { return peer.ConnContext(ctx, c) }
 
 // Server serves the API for one driver. It is an http.Handler; Close ends
 // its event streams and console sessions, which http.Server.Shutdown does
@@ -43,6 +59,9 @@ type Server struct {
 	log      zerolog.Logger
 	stateDir string
 	mux      *http.ServeMux
+	policy   peer.Policy
+	bodyTime time.Duration
+	access   map[string]peer.Access // route pattern → access it needs
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -60,6 +79,15 @@ func New(drv *driver.Driver, opts Options) *Server {
 		mux:      http.NewServeMux(),
 		done:     make(chan struct{}),
 		conns:    make(map[io.Closer]struct{}),
+		policy:   peer.DefaultPolicy(uint32(os.Getuid())),
+		bodyTime: opts.BodyTimeout,
+		access:   make(map[string]peer.Access),
+	}
+	if s.bodyTime <= 0 {
+		s.bodyTime = DefaultBodyTimeout
+	}
+	if opts.Policy != nil {
+		s.policy = *opts.Policy
 	}
 	if opts.Logger != nil {
 		s.log = *opts.Logger
@@ -69,27 +97,55 @@ func New(drv *driver.Driver, opts Options) *Server {
 }
 
 func (s *Server) routes() {
-	m := s.mux
-	m.HandleFunc("GET /v1/ping", s.ping)
-	m.HandleFunc("GET /v1/domains", s.list)
-	m.HandleFunc("POST /v1/domains", s.define)
-	m.HandleFunc("GET /v1/domains/{name}", s.named(s.info))
-	m.HandleFunc("DELETE /v1/domains/{name}", s.named(s.undefine))
-	m.HandleFunc("POST /v1/domains/{name}/start", s.named(s.start))
-	m.HandleFunc("POST /v1/domains/{name}/shutdown", s.named(s.shutdown))
-	m.HandleFunc("POST /v1/domains/{name}/destroy", s.named(s.action("destroy", (*driver.Domain).Destroy)))
-	m.HandleFunc("POST /v1/domains/{name}/pause", s.named(s.action("pause", (*driver.Domain).Pause)))
-	m.HandleFunc("POST /v1/domains/{name}/resume", s.named(s.action("resume", (*driver.Domain).Resume)))
-	m.HandleFunc("POST /v1/domains/{name}/reset", s.named(s.action("reset", (*driver.Domain).Reset)))
-	m.HandleFunc("POST /v1/domains/{name}/qmp", s.named(s.qmp))
-	m.HandleFunc("GET /v1/domains/{name}/jobs", s.named(s.jobs))
-	m.HandleFunc("GET /v1/domains/{name}/console", s.named(s.console))
-	m.HandleFunc("GET /v1/jobs", s.allJobs)
-	m.HandleFunc("GET /v1/events", s.events)
-	m.HandleFunc("GET /v1/trace", s.traceList)
-	m.HandleFunc("GET /v1/trace/follow", s.traceFollow)
-	m.HandleFunc("GET /v1/trace/chrome", s.traceChrome)
-	m.HandleFunc("GET /v1/trace/request/{id}", s.traceRequest)
+	read, admin := peer.Read, peer.Admin
+	s.handle("GET /v1/ping", read, s.ping)
+	s.handle("GET /v1/domains", read, s.list)
+	s.handle("POST /v1/domains", admin, s.define)
+	s.handle("GET /v1/domains/{name}", read, s.named(s.info))
+	s.handle("DELETE /v1/domains/{name}", admin, s.named(s.undefine))
+	s.handle("POST /v1/domains/{name}/start", admin, s.named(s.start))
+	s.handle("POST /v1/domains/{name}/shutdown", admin, s.named(s.shutdown))
+	s.handle("POST /v1/domains/{name}/destroy", admin, s.named(s.action("destroy", (*driver.Domain).Destroy)))
+	s.handle("POST /v1/domains/{name}/pause", admin, s.named(s.action("pause", (*driver.Domain).Pause)))
+	s.handle("POST /v1/domains/{name}/resume", admin, s.named(s.action("resume", (*driver.Domain).Resume)))
+	s.handle("POST /v1/domains/{name}/reset", admin, s.named(s.action("reset", (*driver.Domain).Reset)))
+	s.handle("POST /v1/domains/{name}/qmp", admin, s.named(s.qmp))
+	s.handle("GET /v1/domains/{name}/jobs", read, s.named(s.jobs))
+	// The console writes to the guest: it is not a read.
+	s.handle("GET /v1/domains/{name}/console", admin, s.named(s.console))
+	s.handle("GET /v1/jobs", read, s.allJobs)
+	s.handle("GET /v1/events", read, s.events)
+	s.handle("GET /v1/trace", read, s.traceList)
+	s.handle("GET /v1/trace/follow", read, s.traceFollow)
+	s.handle("GET /v1/trace/chrome", read, s.traceChrome)
+	s.handle("GET /v1/trace/request/{id}", read, s.traceRequest)
+}
+
+// handle registers a route and the access it needs.
+func (s *Server) handle(pattern string, need peer.Access, h http.HandlerFunc) {
+	s.access[pattern] = need
+	s.mux.HandleFunc(pattern, h)
+}
+
+// Access returns the access the route pattern needs (peer.Admin for an
+// unknown pattern).
+func (s *Server) Access(pattern string) peer.Access {
+	if a, ok := s.access[pattern]; ok {
+		return a
+	}
+	return peer.Admin
+}
+
+// authorize checks the peer of r against the policy for the route pattern.
+func (s *Server) authorize(r *http.Request, pattern string) error {
+	cred, err := peer.FromContext(r.Context())
+	if err != nil {
+		return withStatus(http.StatusForbidden, fmt.Errorf("permission denied: %w", err))
+	}
+	if err := s.policy.Check(cred, s.Access(pattern), r.Method+" "+r.URL.EscapedPath()); err != nil {
+		return withStatus(http.StatusForbidden, err)
+	}
+	return nil
 }
 
 // Close ends the event and trace streams and the console sessions, and
@@ -130,14 +186,25 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.logRequest(r, rec, id, began)
 	}()
 
+	if r.ContentLength != 0 {
+		// A body (or one of unknown length) must arrive in time, whether a
+		// handler reads it or the server discards it after the handler;
+		// readBody lifts the deadline once it has the body.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.bodyTime))
+	}
 	// The driver uses the same id for the call's trace and its job records.
 	r = r.WithContext(actors.WithRequestID(r.Context(), id))
 	if err := checkPath(r.URL); err != nil {
 		writeError(rec, err)
 		return
 	}
-	if _, pattern := s.mux.Handler(r); pattern == "" {
+	_, pattern := s.mux.Handler(r)
+	if pattern == "" {
 		s.noRoute(rec, r)
+		return
+	}
+	if err := s.authorize(r, pattern); err != nil {
+		writeError(rec, err)
 		return
 	}
 	if h := r.Header.Get(api.HeaderTimeout); h != "" {
@@ -157,6 +224,9 @@ func (s *Server) logRequest(r *http.Request, rec *recorder, id string, began tim
 	ev := s.log.Debug()
 	if r.Method != http.MethodGet || rec.status >= 400 {
 		ev = s.log.Info()
+	}
+	if c, err := peer.FromContext(r.Context()); err == nil {
+		ev = ev.Uint32("peer_uid", c.UID).Int32("peer_pid", c.PID)
 	}
 	ev.Str("request_id", id).Str("method", r.Method).Str("path", r.URL.EscapedPath()).
 		Int("status", rec.status).Dur("took", time.Since(began)).Msg("request")

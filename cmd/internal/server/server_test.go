@@ -63,7 +63,7 @@ func newTestServer(t *testing.T, configure ...func(*driver.Config)) *testServer 
 		t.Fatal(err)
 	}
 	s := New(drv, Options{Logger: &logger, StateDir: dir})
-	hs := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second, ConnContext: ConnContext}
 	hs.RegisterOnShutdown(s.Close)
 	served := make(chan struct{})
 	go func() { defer close(served); _ = hs.Serve(ln) }()
