@@ -346,7 +346,7 @@ func (l *JobLane[T]) advance(c actor.Context, j *Job[T]) {
 		}
 		err := j.doActorStep(c, s)
 		j.next++
-		if err != nil {
+		if err != nil && !j.retry(err) {
 			j.err = j.withCause(err)
 			continue
 		}

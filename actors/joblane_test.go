@@ -864,3 +864,32 @@ func TestJobLaneInvariantUnderChurn(t *testing.T) {
 	}
 	t.Logf("%d jobs; %d callers gave up; %d jobs never started", len(infos), gaveUp.Load(), left)
 }
+
+func TestJobLaneRetryGoesBackToAStep(t *testing.T) {
+	var spawns, checks atomic.Int32
+	var actorSteps atomic.Int32
+	f := newFixture(t, func(f *fixture) {
+		p := NewPlan("start", JobModify,
+			Step[*tdata]{Name: "spawn", Do: func(context.Context, Run[*tdata]) error { spawns.Add(1); return nil }},
+			Step[*tdata]{Name: "attach", InActor: func(actor.Context, Run[*tdata]) error { actorSteps.Add(1); return nil }},
+			Step[*tdata]{Name: "check", Do: func(_ context.Context, r Run[*tdata]) error {
+				if checks.Add(1) <= 5 {
+					return Retry("spawn", fmt.Errorf("handshake %d failed", checks.Load()))
+				}
+				return nil
+			}})
+		p.Retries = 2
+		f.plans["start"] = p
+	})
+	r := f.get(f.submit("start", "s", 0))
+	if r.err == nil || !strings.Contains(r.err.Error(), "handshake 3 failed") {
+		t.Fatalf("err %v, want the third attempt's error", r.err)
+	}
+	if spawns.Load() != 3 || actorSteps.Load() != 3 || checks.Load() != 3 {
+		t.Fatalf("spawns %d, actor steps %d, checks %d; want 3 each (1 + 2 retries)", spawns.Load(), actorSteps.Load(), checks.Load())
+	}
+	var re *RetryError
+	if !errors.As(r.err, &re) || re.From != "spawn" {
+		t.Fatalf("err %v is not the RetryError", r.err)
+	}
+}

@@ -49,6 +49,7 @@ type Job[T any] struct {
 	cleanups []cleanup
 	value    any
 	err      error
+	retries  int
 
 	// seg is the message that ends each goroutine segment: posted without
 	// an allocation.
@@ -213,7 +214,7 @@ func (j *Job[T]) runSegment() {
 		}
 		err := j.doStep(s)
 		j.next++
-		if err != nil {
+		if err != nil && !j.retry(err) {
 			j.err = j.withCause(err)
 		}
 	}
@@ -243,6 +244,40 @@ func (j *Job[T]) doActorStep(c actor.Context, s *Step[T]) (err error) {
 		}
 	}()
 	return s.InActor(c, Run[T]{j})
+}
+
+// RetryError asks the lane to run a job again from the step named From,
+// up to its plan's Retries; once they are used up, or when the job has
+// been cancelled, the job ends with Err. Make it with Retry.
+type RetryError struct {
+	From string
+	Err  error
+}
+
+func (e *RetryError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the step's error.
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// Retry is the error a step returns to run its job again from the step
+// named from (the cleanups pushed so far stay on the stack).
+func Retry(from string, err error) error { return &RetryError{From: from, Err: err} }
+
+// retry moves the job back to the step a RetryError names and reports
+// whether it did. An error that asks for no retry, or one too many, is
+// unwrapped into j.err's place by the caller.
+func (j *Job[T]) retry(err error) bool {
+	var re *RetryError
+	if !errors.As(err, &re) {
+		return false
+	}
+	i := j.plan.stepIndex(re.From)
+	if i < 0 || i >= j.next || j.retries >= j.plan.Retries || j.ctx.Err() != nil {
+		return false
+	}
+	j.retries++
+	j.next = i
+	return true
 }
 
 // stoppedBefore is the error of a job cancelled before step name.
