@@ -44,14 +44,17 @@ func (l *lineage) waitInflight(d time.Duration) bool {
 
 func (dom *domainActor) control(now time.Time) *domain.Control {
 	c := &domain.Control{State: domain.ControlOK}
-	job, _ := dom.lane.Active()
+	var info actors.JobInfo
+	if j := dom.lane.Active(); j != nil {
+		info = j.Info()
+	}
 	switch {
 	case dom.proc != nil && dom.monErr != nil:
 		c.State, c.Since, c.Reason = domain.ControlError, dom.monErrAt, dom.monErr.Error()
-	case job != nil && job.info.QMP != nil:
-		c.State, c.Since = domain.ControlOccupied, job.info.QMP.Since
-	case job != nil:
-		c.State, c.Since = domain.ControlJob, job.info.Started
+	case info.ID != 0 && !info.Call.IsZero():
+		c.State, c.Since = domain.ControlOccupied, info.Call.Since
+	case info.ID != 0:
+		c.State, c.Since = domain.ControlJob, info.Started
 	}
 	c.Refresh(now)
 	return c
@@ -127,18 +130,17 @@ func (dom *domainActor) onRestartDue(ctx actor.Context) {
 		return
 	}
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup on_crash restart"}
-	run := dom.startJob(false)
-	inner := run.apply
-	run.apply = func(dom *domainActor, v any, err error) {
-		inner(dom, v, err)
+	d := dom.traced(ctx, &jobData{after: func(dom *domainActor, err error) {
 		if err == nil {
 			dom.life.restarts++
-		} else {
-			dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("on_crash restart failed")
-			dom.applyCrashPolicy(ctx)
+			return
 		}
+		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("on_crash restart failed")
+		dom.applyCrashPolicy(ctx)
+	}})
+	if !dom.undefining {
+		dom.lane.Enqueue(ctx, dom.plans.start, req, d, actors.Waiter{})
 	}
-	dom.enqueue(ctx, req, "start", domain.JobModify, run)
 }
 
 // onRestarting runs in the old actor instance before protoactor replaces
@@ -155,6 +157,7 @@ func (dom *domainActor) onRestarting(ctx actor.Context) {
 // them acts on a QEMU the new instance has adopted; then rebuildNow.
 func (dom *domainActor) awaitOldJobs(ctx actor.Context) {
 	dom.recovering = true
+	dom.lane.Pause("the domain actor restarted after a panic and waits for the old instance's jobs")
 	self, root, life, limit := ctx.Self(), ctx.ActorSystem().Root, dom.life, dom.cfg.DestroyGrace+15*time.Second
 	go func() {
 		if !life.waitInflight(limit) {

@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"encoding/json"
 	"fmt"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -70,45 +69,26 @@ func (dom *domainActor) recover(ctx actor.Context) {
 // enqueueReconnect queues a job that resyncs the state from query-status.
 func (dom *domainActor) enqueueReconnect(ctx actor.Context) {
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}
-	dom.enqueue(ctx, req, "reconnect", domain.JobModify, dom.reconnectJob())
+	if !dom.undefining {
+		dom.lane.Enqueue(ctx, dom.plans.reconnect, req, dom.traced(ctx, nil), actors.Waiter{})
+	}
 }
 
-// reconnectJob asks QEMU for its run state and sets the domain's state from it.
-func (dom *domainActor) reconnectJob() jobRunner {
-	return jobRunner{
-		run: func(e *jobEnv) (any, error) {
-			res, err := e.qmp("query-status", nil)
-			if err != nil {
-				return nil, err
-			}
-			var st struct {
-				Status string `json:"status"`
-			}
-			if err := json.Unmarshal(res.Return, &st); err != nil {
-				return nil, fmt.Errorf("domain %q: query-status: malformed reply: %w", e.domain, err)
-			}
-			return st.Status, nil
-		},
-		apply: func(dom *domainActor, v any, err error) {
-			status, _ := v.(string)
-			if err != nil || dom.proc == nil {
-				return
-			}
-			switch status {
-			case "running":
-				if dom.state != domain.StateRunning {
-					dom.setState(domain.StateRunning, domain.ReasonUnpaused, "")
-				}
-			case "shutdown":
-				dom.setState(domain.StateShutdown, domain.ReasonUser, "")
-			case "guest-panicked":
-				dom.panicked = true
-				dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
-			default: // paused, prelaunch, suspended, io-error, ...
-				if dom.state != domain.StatePaused {
-					dom.setState(domain.StatePaused, domain.ReasonUser, "")
-				}
-			}
-		},
+// resync sets the domain's state from QEMU's run status.
+func (dom *domainActor) resync(status string) {
+	switch status {
+	case "running":
+		if dom.state != domain.StateRunning {
+			dom.setState(domain.StateRunning, domain.ReasonUnpaused, "")
+		}
+	case "shutdown":
+		dom.setState(domain.StateShutdown, domain.ReasonUser, "")
+	case "guest-panicked":
+		dom.panicked = true
+		dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
+	default: // paused, prelaunch, suspended, io-error, ...
+		if dom.state != domain.StatePaused {
+			dom.setState(domain.StatePaused, domain.ReasonUser, "")
+		}
 	}
 }
