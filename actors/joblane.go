@@ -573,7 +573,7 @@ func (l *JobLane[T]) FailQueued(c actor.Context, err error) {
 }
 
 // Close ends the lane: the running jobs are cancelled with err and, like
-// the queued ones, end at once with err, without their plans' End (their
+// the queued ones, end at once with err (naming the job), without their plans' End (their
 // goroutines finish their cleanups on their own; Wait waits for them).
 // Later jobs end with err at Enqueue. Call it when the actor stops or
 // restarts.
@@ -584,7 +584,7 @@ func (l *JobLane[T]) Close(c actor.Context, err error) {
 	l.closed = err
 	for _, j := range []*Job[T]{l.active, l.async} {
 		if j != nil {
-			l.finish(c, j, nil, err, false)
+			l.finish(c, j, nil, fmt.Errorf("job %d %q: %w", j.info.ID, j.info.Name, err), false)
 		}
 	}
 	l.FailQueued(c, err)

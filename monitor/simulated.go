@@ -25,8 +25,8 @@ type Simulated struct {
 	mu      sync.Mutex
 	running bool
 	closed  bool
-	queued  uint64
 	events  chan qmp.Event
+	onEvent func(qmp.Event)
 	done    chan struct{}
 }
 
@@ -111,18 +111,34 @@ func (s *Simulated) emit(name string) {
 	now := time.Now()
 	ev := qmp.Event{Event: name}
 	ev.Timestamp.Seconds, ev.Timestamp.Microseconds = now.Unix(), int64(now.Nanosecond()/1000)
+	if s.onEvent != nil {
+		s.onEvent(ev)
+		return
+	}
 	select {
 	case s.events <- ev:
-		s.queued++
 	default:
 	}
 }
 
-// EventsQueued is how many events the simulation has queued.
-func (s *Simulated) EventsQueued() uint64 {
+// RouteEvents hands every later event to fn, before the reply of the
+// command that caused it, as Transport.RouteEvents does; the events on the
+// channel go to fn first.
+func (s *Simulated) RouteEvents(fn func(qmp.Event)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.queued
+	for {
+		select {
+		case ev, ok := <-s.events:
+			if ok {
+				fn(ev)
+				continue
+			}
+		default:
+		}
+		s.onEvent = fn
+		return
+	}
 }
 
 // Events returns the event channel; it is closed by Disconnect.

@@ -118,7 +118,11 @@ type Transport struct {
 
 	nextID  atomic.Uint64
 	dropped atomic.Uint64
-	queued  atomic.Uint64 // events put on the channel
+
+	// evMu orders handing an event over with RouteEvents switching the
+	// road; onEvent, when set, takes events instead of the channel.
+	evMu    sync.Mutex
+	onEvent func(qmp.Event)
 
 	events   chan qmp.Event // sent to and closed by the reader only (or by fail if no reader ever ran)
 	done     chan struct{}  // closed by fail
@@ -567,10 +571,27 @@ func (t *Transport) Version() qmp.Version {
 	return t.version
 }
 
-// EventsQueued is how many events the transport has put on its events
-// channel; a reply is handed out only after the events read before it are
-// queued, so it counts them all.
-func (t *Transport) EventsQueued() uint64 { return t.queued.Load() }
+// RouteEvents makes the reader hand every later event to fn, on the
+// reader goroutine, instead of putting it on the Events channel; the
+// events already on the channel go to fn first. fn therefore sees each
+// event before any reply read after it reaches its command: events and
+// replies take one road, in QEMU's order. fn must not block.
+func (t *Transport) RouteEvents(fn func(qmp.Event)) {
+	t.evMu.Lock()
+	defer t.evMu.Unlock()
+	for {
+		select {
+		case ev, ok := <-t.events:
+			if ok {
+				fn(ev)
+				continue
+			}
+		default:
+		}
+		t.onEvent = fn
+		return
+	}
+}
 
 // DroppedEvents returns how many events were dropped because the events
 // channel was full.
@@ -777,9 +798,14 @@ func (t *Transport) handleEvent(line []byte, env *qmpEnvelope) {
 			ev.Timestamp.Seconds, ev.Timestamp.Microseconds = 0, 0
 		}
 	}
+	t.evMu.Lock()
+	defer t.evMu.Unlock()
+	if t.onEvent != nil {
+		t.onEvent(ev)
+		return
+	}
 	select {
 	case t.events <- ev:
-		t.queued.Add(1)
 	default:
 		n := t.dropped.Add(1)
 		if n == 1 || n%1000 == 0 {
