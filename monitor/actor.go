@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -54,13 +52,19 @@ type Config struct {
 	Trace *trace.Recorder
 	// Dispatcher runs the actor's turns; nil means protoactor's default.
 	Dispatcher actor.Dispatcher
+	// Link is where the actor puts the connection while it is up, for the
+	// domain's job steps to run commands on; nil means one of its own.
+	Link *Link
 }
 
 // Props returns the props of a monitor actor. Spawn it as a child of the
 // domain actor: events, Connected and Disconnected go to the parent.
 func Props(cfg Config) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
-		m := &monitorActor{cfg: cfg, plans: make(map[string]*actors.Plan[*command])}
+		m := &monitorActor{cfg: cfg, plans: make(map[string]*actors.Plan[*command]), link: cfg.Link}
+		if m.link == nil {
+			m.link = NewLink(cfg.Domain, cfg.Trace)
+		}
 		m.lane = actors.NewLane(actors.LaneConfig[*command]{
 			Name:       fmt.Sprintf("domain %q: monitor", cfg.Domain),
 			Dispatcher: cfg.Dispatcher,
@@ -92,8 +96,6 @@ type Command struct {
 type Result struct {
 	// Return is the "return" member of QEMU's reply.
 	Return json.RawMessage
-	// Took is how long QEMU took to answer.
-	Took time.Duration
 }
 
 // Event is a QMP event, told to the domain actor.
@@ -153,10 +155,9 @@ type command struct {
 	// span is the span of the Command message, the parent of the QMP record.
 	span string
 	// Set when the job starts, from the actor.
-	conn Conn
+	link *Link
 	// Set by the step.
-	reply []byte
-	took  time.Duration
+	ret json.RawMessage
 }
 
 // maxPlans bounds the plans kept by command name; commands beyond it share
@@ -192,6 +193,7 @@ type monitorActor struct {
 	connected bool
 	err       error
 	lane      *actors.JobLane[*command]
+	link      *Link
 	plans     map[string]*actors.Plan[*command]
 	stop      context.CancelFunc // cancels connect and commands in flight
 	runCtx    context.Context
@@ -229,18 +231,26 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 			return
 		}
 		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
+	case commandTimedOut:
+		if msg.gen == m.gen && m.connected {
+			m.fail(ctx, msg.err)
+		}
 	case inspect:
 		ctx.Respond(msg(m))
-	case *actor.Stopping, *actor.Restarting:
+	case *actor.Stopping:
+		m.shutdown(ctx, false)
+	case *actor.Restarting:
 		// A restarted instance starts afresh: close the old connection
 		// (QEMU serves one QMP client at a time) and end its goroutines.
-		m.shutdown(ctx)
+		// The link waits for the new instance's connection.
+		m.shutdown(ctx, true)
 	}
 }
 
 func (m *monitorActor) start(ctx actor.Context) {
 	m.owner = ctx.Parent()
 	m.runCtx, m.stop = context.WithCancel(context.Background())
+	m.link.connecting(tellActor(ctx.ActorSystem().Root, ctx.Self()))
 	m.connect(ctx)
 }
 
@@ -277,6 +287,7 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		m.cfg.Logger.Info().Str("domain", m.cfg.Domain).Int("attempts", m.attempt).Msg("QMP monitor reconnected")
 	}
 	m.err, m.attempt = nil, 0
+	m.link.up(m.conn, m.gen)
 	// Connected goes out before any event of this connection, so that
 	// the parent never gets an event before it.
 	var version string
@@ -361,7 +372,7 @@ func (m *monitorActor) plan(execute string) *actors.Plan[*command] {
 	p := actors.NewPlan(name, actors.JobModify, actors.Step[*command]{Name: name, Do: runCommand})
 	p.Start = func(_ actor.Context, j *actors.Job[*command]) error {
 		d := j.Data
-		d.conn = m.conn
+		d.link = m.link
 		j.SetCall(d.cmd.Execute)
 		return nil
 	}
@@ -370,15 +381,13 @@ func (m *monitorActor) plan(execute string) *actors.Plan[*command] {
 	return p
 }
 
-// runCommand is a command's step: it runs in a goroutine the lane owns,
-// bounded by the command's deadline.
+// runCommand is a command's step: it runs the command on the link, in a
+// goroutine the lane owns.
 func runCommand(ctx context.Context, r actors.Run[*command]) error {
 	d := r.Data()
-	cctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	start := time.Now()
-	reply, err := runRecovered(cctx, d.conn, d.wire, d.cmd.Execute)
-	d.reply, d.took = reply, time.Since(start)
+	ret, err := d.link.Run(ctx, Call{Execute: d.cmd.Execute, Wire: d.wire, JobID: d.cmd.JobID, Timeout: d.timeout,
+		Req: actors.Request{RequestID: d.cmd.RequestID, ParentID: d.span, Owner: d.cmd.Owner}})
+	d.ret = ret
 	return err
 }
 
@@ -394,36 +403,12 @@ func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string) (
 	return conn.RunContext(ctx, wire)
 }
 
-// commandEnded is the End of every command job: it records the command
-// in the trace and turns its outcome into the caller's reply. A command
-// that timed out marks the monitor broken.
-func (m *monitorActor) commandEnded(c actor.Context, j *actors.Job[*command], _ any, err error) (any, error) {
-	d := j.Data
-	if !j.Info().Started.IsZero() && (d.took > 0 || err != nil) {
-		m.recordQMP(d, err)
-	}
-	if err == nil {
-		var body struct {
-			Return json.RawMessage `json:"return"`
-		}
-		if err := json.Unmarshal(d.reply, &body); err != nil {
-			return nil, fmt.Errorf("domain %q: QMP command %q: malformed reply: %w", m.cfg.Domain, d.cmd.Execute, err)
-		}
-		return &Result{Return: body.Return, Took: d.took}, nil
-	}
-	if !strings.Contains(err.Error(), strconv.Quote(d.cmd.Execute)) {
-		// The Conn did not say which command failed (a bare
-		// context.DeadlineExceeded, say); the reply must.
-		err = fmt.Errorf("QMP command %q: %w", d.cmd.Execute, err)
-	}
-	if errors.Is(err, context.DeadlineExceeded) && m.runCtx.Err() == nil && m.connected {
-		// QEMU did not answer in time: it may be stopped or hung, and
-		// the commands behind would only wait for their own deadlines.
-		err = fmt.Errorf("domain %q: %w; monitor marked broken", m.cfg.Domain, err)
-		m.fail(c, err)
+// commandEnded is the End of every command job: the caller's reply.
+func (m *monitorActor) commandEnded(_ actor.Context, j *actors.Job[*command], _ any, err error) (any, error) {
+	if err != nil {
 		return nil, err
 	}
-	return nil, fmt.Errorf("domain %q: %w", m.cfg.Domain, err)
+	return &Result{Return: j.Data.ret}, nil
 }
 
 // fail marks the monitor broken: the connection is closed, every waiting
@@ -437,6 +422,7 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 	if m.conn != nil {
 		_ = m.conn.Disconnect()
 	}
+	m.link.down(err)
 	m.lane.Pause(err.Error())
 	m.lane.FailQueued(ctx, fmt.Errorf("QMP command not sent: %w", err))
 	if first {
@@ -460,7 +446,7 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 
 // shutdown closes the connection and waits for the goroutines this actor
 // owns; closing the connection makes each of them return promptly.
-func (m *monitorActor) shutdown(ctx actor.Context) {
+func (m *monitorActor) shutdown(ctx actor.Context, restarting bool) {
 	m.stopping = true
 	if m.retry != nil {
 		m.retry.Stop()
@@ -469,10 +455,18 @@ func (m *monitorActor) shutdown(ctx actor.Context) {
 	if m.stop != nil {
 		m.stop()
 	}
+	// The link first, so that a command that fails on the closed
+	// connection before it was sent knows to wait for the next one.
+	closed := fmt.Errorf("domain %q: monitor stopped: %w", m.cfg.Domain, ErrClosed)
+	if restarting {
+		m.link.connecting(m.link.tellFunc())
+	} else {
+		m.link.down(closed)
+	}
 	if m.conn != nil {
 		_ = m.conn.Disconnect()
 	}
-	m.lane.Close(ctx, fmt.Errorf("domain %q: monitor stopped: %w", m.cfg.Domain, ErrClosed))
+	m.lane.Close(ctx, closed)
 	m.wg.Wait()
 }
 
@@ -495,17 +489,4 @@ func encodeCommand(c Command) ([]byte, error) {
 		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, errors.Unwrap(err))
 	}
 	return b, nil
-}
-
-// recordQMP puts a finished QMP command in the trace.
-func (m *monitorActor) recordQMP(d *command, err error) {
-	if !m.cfg.Trace.Enabled() {
-		return
-	}
-	end := trace.Now()
-	m.cfg.Trace.Record(trace.Record{
-		TraceID: d.cmd.RequestID, SpanID: trace.NewSpanID(), ParentSpanID: d.span, Kind: trace.KindQMP,
-		Actor: "monitor/" + m.cfg.Domain, MessageType: d.cmd.Execute, Started: end.Add(-d.took), Ended: end,
-		JobID: d.cmd.JobID, QMP: &trace.QMPRecord{Command: d.cmd.Execute, Duration: d.took, Outcome: trace.Outcome(err)},
-	})
 }

@@ -127,18 +127,8 @@ func (s *Simulated) emit(name string) {
 func (s *Simulated) RouteEvents(fn func(qmp.Event)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for {
-		select {
-		case ev, ok := <-s.events:
-			if ok {
-				fn(ev)
-				continue
-			}
-		default:
-		}
-		s.onEvent = fn
-		return
-	}
+	drainEvents(s.events, fn)
+	s.onEvent = fn
 }
 
 // Events returns the event channel; it is closed by Disconnect.

@@ -411,10 +411,10 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 	case t.state == transportDone:
 		cause := t.err
 		t.mu.Unlock()
-		return nil, fmt.Errorf("QMP command %q not sent: %w", name, cause)
+		return nil, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, cause)
 	default:
 		t.mu.Unlock()
-		return nil, fmt.Errorf("QMP command %q not sent: %w", name, ErrNotConnected)
+		return nil, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, ErrNotConnected)
 	}
 	conn := t.conn
 	t.pending[id] = p
@@ -579,16 +579,21 @@ func (t *Transport) Version() qmp.Version {
 func (t *Transport) RouteEvents(fn func(qmp.Event)) {
 	t.evMu.Lock()
 	defer t.evMu.Unlock()
+	drainEvents(t.events, fn)
+	t.onEvent = fn
+}
+
+// drainEvents hands the events waiting on ch to fn, without blocking.
+func drainEvents(ch <-chan qmp.Event, fn func(qmp.Event)) {
 	for {
 		select {
-		case ev, ok := <-t.events:
+		case ev, ok := <-ch:
 			if ok {
 				fn(ev)
 				continue
 			}
 		default:
 		}
-		t.onEvent = fn
 		return
 	}
 }

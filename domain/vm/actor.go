@@ -117,6 +117,9 @@ type domainActor struct {
 	proc   *process.Process
 	paths  qemuargs.RunPaths
 	mon    *actor.PID
+	// link is the monitor's connection, on which job steps run their
+	// QMP commands directly.
+	link   *monitor.Link
 	monErr error
 
 	lane       *actors.JobLane[*jobData]
@@ -333,7 +336,7 @@ func (dom *domainActor) onExit(ctx actor.Context, p *process.Process) {
 	dom.proc = nil
 	if dom.mon != nil {
 		ctx.Stop(dom.mon)
-		dom.mon = nil
+		dom.mon, dom.link = nil, nil
 	}
 	active := dom.lane.Active()
 	state, reason := domain.StateShutoff, domain.ReasonCrashed
@@ -472,14 +475,23 @@ func (dom *domainActor) info() *domain.Info {
 			return &in
 		}
 	}
-	in := &domain.Info{Name: dom.spec.Name, UUID: dom.spec.UUID, State: dom.state, Reason: dom.reason, Queued: dom.lane.Len(),
-		Restarts: dom.life.restarts, Control: dom.control(time.Now())}
+	// One allocation: Info is published after nearly every message.
+	box := &struct {
+		in  domain.Info
+		ctl domain.Control
+		job domain.JobInfo
+		qmp domain.QMPInFlight
+	}{}
+	in := &box.in
+	*in = domain.Info{Name: dom.spec.Name, UUID: dom.spec.UUID, State: dom.state, Reason: dom.reason, Queued: dom.lane.Len(),
+		Restarts: dom.life.restarts, Control: &box.ctl}
+	dom.control(&box.ctl, time.Now())
 	if dom.proc != nil {
 		in.PID = dom.proc.PID()
 	}
 	if info, ok := dom.lane.Holder(); ok {
-		ji := jobInfo(info)
-		in.Job = &ji
+		fillJobInfo(&box.job, &box.qmp, info)
+		in.Job = &box.job
 	}
 	return in
 }
@@ -515,6 +527,18 @@ func (dom *domainActor) console() any {
 	default:
 		return fmt.Errorf("domain %q: console: the serial port is %q, not a socket (set serial.type: socket): %w", dom.name(), serial.Type, domain.ErrNoConsole)
 	}
+}
+
+// spawnMonitor spawns the monitor of the QEMU at paths, with a new link.
+func (dom *domainActor) spawnMonitor(c actor.Context, paths qemuargs.RunPaths, pid int) error {
+	cfg := dom.monitorConfig(paths)
+	cfg.Link = monitor.NewLink(dom.name(), dom.cfg.Trace)
+	mon, err := c.SpawnNamed(monitor.Props(cfg), fmt.Sprintf("monitor-%d", pid))
+	if err != nil {
+		return err
+	}
+	dom.mon, dom.link = mon, cfg.Link
+	return nil
 }
 
 func (dom *domainActor) monitorConfig(paths qemuargs.RunPaths) monitor.Config {

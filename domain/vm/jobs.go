@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
@@ -55,6 +56,7 @@ type jobData struct {
 	grace  time.Duration
 	proc   *process.Process
 	mon    *actor.PID
+	link   *monitor.Link
 
 	// Found by the steps.
 	paths  qemuargs.RunPaths
@@ -85,7 +87,7 @@ func (dom *domainActor) makePlans() {
 	}
 	cont := step{Name: "cont", Call: "cont", Do: func(ctx context.Context, r run) error {
 		d := r.Data()
-		if _, err := d.qmp(ctx, r, "cont", nil); err != nil {
+		if err := d.typed(ctx, r, "cont", (*raw.Monitor).Cont); err != nil {
 			return d.abort("cont", err)
 		}
 		return nil
@@ -110,8 +112,7 @@ func (dom *domainActor) makePlans() {
 
 	p.shutdown = dom.plan("shutdown", actors.JobAsync,
 		step{Name: "system_powerdown", Call: "system_powerdown", Do: func(ctx context.Context, r run) error {
-			_, err := r.Data().qmp(ctx, r, "system_powerdown", nil)
-			return err
+			return r.Data().typed(ctx, r, "system_powerdown", (*raw.Monitor).SystemPowerdown)
 		}},
 		step{Name: "wait for power-off", Async: true, Do: stepAwaitPowerOff})
 	p.shutdown.Start = func(c actor.Context, j *job) error {
@@ -144,18 +145,18 @@ func (dom *domainActor) makePlans() {
 		}
 	})
 
-	p.pause = dom.oneCommand("pause", "stop", func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
-	p.resume = dom.oneCommand("resume", "cont", func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
-	p.reset = dom.oneCommand("reset", "system_reset", nil)
+	p.pause = dom.oneCommand("pause", "stop", (*raw.Monitor).Stop, func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
+	p.resume = dom.oneCommand("resume", "cont", (*raw.Monitor).Cont, func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
+	p.reset = dom.oneCommand("reset", "system_reset", (*raw.Monitor).SystemReset, nil)
 
 	rawQMP := func(kind actors.JobKind) *plan {
 		rp := dom.plan("qmp", kind, step{Name: "qmp", Do: func(ctx context.Context, r run) error {
 			d := r.Data()
-			res, err := d.qmp(ctx, r, d.execute, d.args)
+			ret, err := d.qmp(ctx, r, d.execute, d.args)
 			if err != nil {
 				return err
 			}
-			r.SetValue(&protocol.QMPReply{Return: res.Return})
+			r.SetValue(&protocol.QMPReply{Return: ret})
 			return nil
 		}})
 		rp.Start = func(c actor.Context, j *job) error {
@@ -175,18 +176,11 @@ func (dom *domainActor) makePlans() {
 
 	p.reconnect = dom.plan("reconnect", actors.JobModify, step{Name: "query-status", Call: "query-status", Do: func(ctx context.Context, r run) error {
 		d := r.Data()
-		res, err := d.qmp(ctx, r, "query-status", nil)
-		if err != nil {
+		return d.typed(ctx, r, "query-status", func(m *raw.Monitor) error {
+			st, err := m.QueryStatus()
+			d.status = st.Status.String()
 			return err
-		}
-		var st struct {
-			Status string `json:"status"`
-		}
-		if err := json.Unmarshal(res.Return, &st); err != nil {
-			return fmt.Errorf("domain %q: query-status: malformed reply: %w", d.domain, err)
-		}
-		d.status = st.Status
-		return nil
+		})
 	}})
 	p.reconnect.Start = dom.runningPrecondition
 	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
@@ -205,10 +199,9 @@ func (dom *domainActor) plan(name string, kind actors.JobKind, steps ...step) *p
 
 // oneCommand is a job of one QMP command: a one-step plan. onSuccess runs
 // in the actor when the command succeeded and QEMU still runs.
-func (dom *domainActor) oneCommand(name, execute string, onSuccess func(dom *domainActor)) *plan {
+func (dom *domainActor) oneCommand(name, execute string, send func(*raw.Monitor) error, onSuccess func(dom *domainActor)) *plan {
 	p := dom.plan(name, actors.JobModify, step{Name: execute, Call: execute, Do: func(ctx context.Context, r run) error {
-		_, err := r.Data().qmp(ctx, r, execute, nil)
-		return err
+		return r.Data().typed(ctx, r, execute, send)
 	}})
 	p.End = dom.ending(func(dom *domainActor, _ *job, err error) {
 		if err == nil && onSuccess != nil && dom.proc != nil {
@@ -239,7 +232,7 @@ func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) 
 func (dom *domainActor) load(j *job) {
 	d := j.Data
 	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), *dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
-	d.proc, d.mon = dom.proc, dom.mon
+	d.proc, d.mon, d.link = dom.proc, dom.mon, dom.link
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
 	}
@@ -333,16 +326,15 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 		// The monitor of an earlier attempt of this start, whose QEMU
 		// is gone or going.
 		c.Stop(dom.mon)
-		dom.mon = nil
+		dom.mon, dom.link = nil, nil
 	}
 	dom.proc, dom.paths, dom.monConnected, dom.runningSerial = d.proc, d.paths, false, d.spec.Serial
 	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
 	dom.setState(domain.StatePaused, domain.ReasonStartingUp, "")
-	pid, err := c.SpawnNamed(monitor.Props(dom.monitorConfig(d.paths)), fmt.Sprintf("monitor-%d", d.proc.PID()))
-	if err != nil {
+	if err := dom.spawnMonitor(c, d.paths, d.proc.PID()); err != nil {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))
 	}
-	dom.mon, d.mon = pid, pid
+	d.mon, d.link = dom.mon, dom.link
 	return nil
 }
 
@@ -350,7 +342,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 // QEMU still runs starts again from a fresh QEMU (startRetries).
 func stepHandshake(ctx context.Context, r run) error {
 	d := r.Data()
-	if _, err := d.qmp(ctx, r, "query-status", nil); err != nil {
+	if err := d.typed(ctx, r, "query-status", func(m *raw.Monitor) error { _, err := m.QueryStatus(); return err }); err != nil {
 		running := !d.proc.Exited()
 		err = d.abort("QMP", err)
 		if running {
@@ -420,29 +412,48 @@ func (d *jobData) abort(step string, err error) error {
 	return fmt.Errorf("%w; QEMU: %s", err, d.proc.ExitString())
 }
 
-// qmp runs one QMP command through the monitor actor (domain → monitor is
-// the allowed direction of a wait).
-func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawMessage) (*monitor.Result, error) {
-	if d.mon == nil {
+// qmp runs one raw QMP command on the monitor's link, from the job's
+// goroutine, and returns the reply's "return" member. args were checked
+// at the edge (a JSON object, or empty).
+func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawMessage) (json.RawMessage, error) {
+	if d.link == nil {
 		return nil, fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
 	}
-	res, err := actors.AskAs[*monitor.Result](ctx, r.Root(), d.mon, &monitor.Command{
-		Request:   r.Header(),
-		JobID:     r.ID(),
-		Execute:   execute,
-		Arguments: args,
-	})
-	if err != nil {
-		d.settle(ctx, err)
-		err = fmt.Errorf("job %d %q: %w", r.ID(), r.Name(), err)
-		if d.proc != nil && d.proc.Gone() && ctx.Err() == nil {
-			// The connection broke because QEMU died: say so rather than
-			// only "connection reset".
-			err = fmt.Errorf("%w; QEMU (pid %d) has exited", err, d.proc.PID())
-		}
-		return nil, err
+	wire := make([]byte, 0, len(execute)+len(args)+32)
+	wire = append(wire, `{"execute":`...)
+	wire = strconv.AppendQuote(wire, execute)
+	if len(args) > 0 {
+		wire = append(wire, `,"arguments":`...)
+		wire = append(wire, args...)
 	}
-	return res, nil
+	wire = append(wire, '}')
+	ret, err := d.link.Run(ctx, monitor.Call{Execute: execute, Wire: wire, Req: r.Header(), JobID: r.ID()})
+	return ret, d.failed(ctx, r, err)
+}
+
+// typed sends one of the domain's own commands, execute, with go-qemu's
+// typed commands (qmp/raw) on the monitor's link.
+func (d *jobData) typed(ctx context.Context, r run, execute string, send func(*raw.Monitor) error) error {
+	if d.link == nil {
+		return fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
+	}
+	return d.failed(ctx, r, send(raw.NewMonitor(d.link.Monitor(ctx, r.Header(), r.ID()))))
+}
+
+// failed says which job a command failed for and, when the connection
+// broke because QEMU died, waits a moment for the news and says so.
+func (d *jobData) failed(ctx context.Context, r run, err error) error {
+	if err == nil {
+		return nil
+	}
+	d.settle(ctx, err)
+	err = fmt.Errorf("job %d %q: %w", r.ID(), r.Name(), err)
+	if d.proc != nil && d.proc.Gone() && ctx.Err() == nil {
+		// The connection broke because QEMU died: say so rather than
+		// only "connection reset".
+		err = fmt.Errorf("%w; QEMU (pid %d) has exited", err, d.proc.PID())
+	}
+	return err
 }
 
 // exitSettle is how long a job whose QMP connection broke waits for the
@@ -490,17 +501,27 @@ func (dom *domainActor) traced(c actor.Context, d *jobData) *jobData {
 	return d
 }
 
-// jobInfo is what the domain model shows of a lane's job.
+// jobInfo is what the domain model shows of a lane's job, with its
+// progress rendered (for Jobs and wait errors).
 func jobInfo(ji actors.JobInfo) domain.JobInfo {
-	out := domain.JobInfo{ID: ji.ID, Name: ji.Name, Kind: jobKind(ji.Kind), Owner: ji.Owner, RequestID: ji.RequestID,
-		Enqueued: ji.Enqueued, Started: ji.Started, Ended: ji.Ended, Steps: ji.Steps, Step: ji.Step, Error: ji.Error}
+	var out domain.JobInfo
+	fillJobInfo(&out, new(domain.QMPInFlight), ji)
 	if len(ji.Steps) > 0 {
 		out.Progress = ji.Progress()
 	}
-	if !ji.Call.IsZero() {
-		out.QMP = &domain.QMPInFlight{Command: ji.Call.Command, Since: ji.Call.Since}
-	}
 	return out
+}
+
+// fillJobInfo fills out, and qmp when a command is in flight, from ji,
+// without rendering the progress (Info is published after nearly every
+// message: it must stay cheap).
+func fillJobInfo(out *domain.JobInfo, qmp *domain.QMPInFlight, ji actors.JobInfo) {
+	*out = domain.JobInfo{ID: ji.ID, Name: ji.Name, Kind: jobKind(ji.Kind), Owner: ji.Owner, RequestID: ji.RequestID,
+		Enqueued: ji.Enqueued, Started: ji.Started, Ended: ji.Ended, Steps: ji.Steps, Step: ji.Step, Error: ji.Error}
+	if !ji.Call.IsZero() {
+		*qmp = domain.QMPInFlight{Command: ji.Call.Command, Since: ji.Call.Since}
+		out.QMP = qmp
+	}
 }
 
 func jobInfoPtr(ji *actors.JobInfo) *domain.JobInfo {

@@ -42,8 +42,9 @@ func (l *lineage) waitInflight(d time.Duration) bool {
 	}
 }
 
-func (dom *domainActor) control(now time.Time) *domain.Control {
-	c := &domain.Control{State: domain.ControlOK}
+// control fills c with what Info.Control shows at now.
+func (dom *domainActor) control(c *domain.Control, now time.Time) {
+	*c = domain.Control{State: domain.ControlOK}
 	var info actors.JobInfo
 	if j := dom.lane.Active(); j != nil {
 		info = j.Info()
@@ -57,7 +58,6 @@ func (dom *domainActor) control(now time.Time) *domain.Control {
 		c.State, c.Since = domain.ControlJob, info.Started
 	}
 	c.Refresh(now)
-	return c
 }
 
 func (dom *domainActor) restartPolicy() (supervision.Backoff, *supervision.CrashLoop) {

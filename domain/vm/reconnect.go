@@ -1,14 +1,11 @@
 package vm
 
 import (
-	"fmt"
-
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/qemuargs"
-	"github.com/vmsup/vmsup/monitor"
 )
 
 // recover rebuilds the domain's state when its actor starts: from the
@@ -56,12 +53,10 @@ func (dom *domainActor) recover(ctx actor.Context) {
 	dom.state, dom.reason = state, reason // query-status will confirm it
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
-	pid, err := ctx.SpawnNamed(monitor.Props(dom.monitorConfig(paths)), fmt.Sprintf("monitor-%d", proc.PID()))
-	if err != nil {
+	if err := dom.spawnMonitor(ctx, paths, proc.PID()); err != nil {
 		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("cannot spawn monitor for adopted QEMU")
 		return
 	}
-	dom.mon = pid
 	dom.cfg.Logger.Info().Str("domain", dom.name()).Int("pid", proc.PID()).Msg(rec.Found)
 	dom.enqueueReconnect(ctx)
 }
