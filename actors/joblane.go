@@ -3,7 +3,6 @@ package actors
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -25,7 +24,7 @@ type LaneConfig[T any] struct {
 	// Inflight counts the lane's job goroutines. Share one between the
 	// instances of a restarting actor to wait for the old one's jobs;
 	// nil means one of the lane's own.
-	Inflight *sync.WaitGroup
+	Inflight *Inflight
 	// Started is called when a job takes the lane; Released when it gives
 	// it back (at its end, or as it enters its async phase). Tests check
 	// the one-job invariant with them.
@@ -51,7 +50,7 @@ type JobLane[T any] struct {
 	self   *actor.PID
 	root   *actor.RootContext
 	pool   *Dispatcher
-	wg     *sync.WaitGroup
+	wg     *Inflight
 	seq    uint64
 	queue  []*Job[T]
 	head   int
@@ -75,7 +74,7 @@ func NewLane[T any](cfg LaneConfig[T]) *JobLane[T] {
 	}
 	l := &JobLane[T]{cfg: cfg, wg: cfg.Inflight}
 	if l.wg == nil {
-		l.wg = &sync.WaitGroup{}
+		l.wg = &Inflight{}
 	}
 	l.pool, _ = cfg.Dispatcher.(*Dispatcher)
 	return l
@@ -592,21 +591,7 @@ func (l *JobLane[T]) Close(c actor.Context, err error) {
 
 // Wait waits up to timeout for the lane's job goroutines to end and
 // reports whether they did.
-func (l *JobLane[T]) Wait(timeout time.Duration) bool {
-	done := make(chan struct{})
-	go func() {
-		l.wg.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	}
-}
+func (l *JobLane[T]) Wait(timeout time.Duration) bool { return l.wg.Wait(timeout) }
 
 // Active is the job that holds the lane, or nil.
 func (l *JobLane[T]) Active() *Job[T] { return l.active }

@@ -156,7 +156,7 @@ func newFixture(t *testing.T, setup func(f *fixture)) *fixture {
 	f.cfg = LaneConfig[*tdata]{
 		Name:       `domain "t"`,
 		Dispatcher: disp,
-		Inflight:   &sync.WaitGroup{},
+		Inflight:   &Inflight{},
 		Started: func(j *Job[*tdata]) {
 			n := f.holders.Add(1)
 			for {
@@ -201,11 +201,7 @@ func newFixture(t *testing.T, setup func(f *fixture)) *fixture {
 		if err := f.sys.Root.StopFuture(f.pid).Wait(); err != nil {
 			t.Errorf("stop test actor: %v", err)
 		}
-		done := make(chan struct{})
-		go func() { f.cfg.Inflight.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
+		if !f.cfg.Inflight.Wait(10 * time.Second) {
 			t.Error("job goroutines still running 10s after the actor stopped")
 		}
 		if err := disp.Close(5 * time.Second); err != nil {

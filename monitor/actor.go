@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -197,7 +196,7 @@ type monitorActor struct {
 	plans     map[string]*actors.Plan[*command]
 	stop      context.CancelFunc // cancels connect and commands in flight
 	runCtx    context.Context
-	wg        sync.WaitGroup
+	wg        actors.Inflight
 
 	gen      uint64      // connection generation; messages of older ones are stale
 	attempt  int         // reconnect attempts since the last good connection
@@ -394,12 +393,16 @@ func runCommand(ctx context.Context, r actors.Run[*command]) error {
 // runRecovered runs one command on conn; a panic in the Conn (a custom
 // one, say) becomes the command's error instead of ending the process or
 // leaving the command without a reply.
-func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string) (reply []byte, err error) {
+func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string, ret *[]byte) (reply []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			reply, err = nil, fmt.Errorf("QMP command %q: the connection panicked: %v", execute, r)
 		}
 	}()
+	if rr, ok := conn.(ReturnRunner); ok {
+		*ret, err = rr.RunReturn(ctx, wire)
+		return nil, err
+	}
 	return conn.RunContext(ctx, wire)
 }
 
@@ -467,7 +470,9 @@ func (m *monitorActor) shutdown(ctx actor.Context, restarting bool) {
 		_ = m.conn.Disconnect()
 	}
 	m.lane.Close(ctx, closed)
-	m.wg.Wait()
+	if !m.wg.Wait(DefaultConnectTimeout + 5*time.Second) {
+		m.cfg.Logger.Error().Str("domain", m.cfg.Domain).Msg("monitor goroutines still running after the stop deadline")
+	}
 }
 
 func encodeCommand(c Command) ([]byte, error) {

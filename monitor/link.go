@@ -119,7 +119,7 @@ func (l *Link) Run(ctx context.Context, c Call) (json.RawMessage, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var reply []byte
+	var reply, ret []byte
 	var start time.Time
 	var took time.Duration
 	var gen uint64
@@ -129,7 +129,7 @@ func (l *Link) Run(ctx context.Context, c Call) (json.RawMessage, error) {
 			return nil, err
 		}
 		gen, start = g, time.Now()
-		reply, err = runRecovered(cctx, conn, c.Wire, c.Execute)
+		reply, err = runRecovered(cctx, conn, c.Wire, c.Execute, &ret)
 		took = time.Since(start)
 		// A connection that the monitor replaced (it restarted, or
 		// reconnected) under a command that was not sent: send it on the
@@ -142,11 +142,22 @@ func (l *Link) Run(ctx context.Context, c Call) (json.RawMessage, error) {
 			break
 		}
 	}
+	if ret != nil {
+		return ret, nil
+	}
 	ret, err := replyReturn(reply)
 	if err != nil {
 		return nil, fmt.Errorf("domain %q: QMP command %q: malformed reply: %w", l.domain, c.Execute, err)
 	}
 	return ret, nil
+}
+
+// ReturnRunner is a Conn that hands out a reply's "return" member, which
+// it has cut out of the reply already (Transport and Simulated are): a
+// reply is then decoded once. The link prefers RunReturn to RunContext,
+// so a wrapper that changes RunContext must change RunReturn too.
+type ReturnRunner interface {
+	RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error)
 }
 
 // replaced reports whether the connection of epoch is no longer the link's.

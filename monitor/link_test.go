@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -16,6 +17,11 @@ import (
 type closedConn struct {
 	*Simulated
 	replace func()
+}
+
+func (c *closedConn) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
+	_, err := c.RunContext(ctx, cmd)
+	return nil, err
 }
 
 func (c *closedConn) RunContext(context.Context, []byte) ([]byte, error) {

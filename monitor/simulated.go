@@ -63,6 +63,15 @@ func (s *Simulated) Run(cmd []byte) ([]byte, error) {
 
 // RunContext answers cmd after Latency (plus Slow), or fails at ctx's end.
 func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
+	ret, err := s.RunReturn(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return append(append([]byte(`{"return":`), ret...), '}'), nil
+}
+
+// RunReturn is RunContext that returns only the reply's "return" member.
+func (s *Simulated) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
 	var c struct {
 		Execute string `json:"execute"`
 	}
@@ -95,7 +104,7 @@ func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) 
 		if s.running {
 			status = "running"
 		}
-		return []byte(fmt.Sprintf(`{"return":{"status":%q,"running":%t,"singlestep":false}}`, status, s.running)), nil
+		return json.RawMessage(fmt.Sprintf(`{"status":%q,"running":%t,"singlestep":false}`, status, s.running)), nil
 	case "stop":
 		s.running = false
 		s.emit("STOP")
@@ -103,7 +112,7 @@ func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) 
 		s.running = true
 		s.emit("RESUME")
 	}
-	return []byte(`{"return":{}}`), nil
+	return json.RawMessage(`{}`), nil
 }
 
 // emit queues an event without blocking, as the real transport does.

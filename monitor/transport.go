@@ -79,6 +79,7 @@ type qmpPending struct {
 // error.
 type qmpResult struct {
 	line []byte
+	ret  json.RawMessage // the "return" member of line
 	err  error
 }
 
@@ -385,15 +386,24 @@ func (t *Transport) Run(cmd []byte) ([]byte, error) {
 // cause (io.EOF, ErrClosed, ErrLineTooLong ...). Commands may run
 // concurrently.
 func (t *Transport) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
-	return t.run(ctx, cmd, false)
+	r, err := t.run(ctx, cmd, false)
+	return r.line, err
+}
+
+// RunReturn is RunContext that returns only the reply's "return" member,
+// which the reader has already cut out of the line: the reply is decoded
+// once.
+func (t *Transport) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
+	r, err := t.run(ctx, cmd, false)
+	return r.ret, err
 }
 
 // run sends cmd and waits for its reply. handshake allows it while the
 // transport is still connecting (for qmp_capabilities).
-func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte, error) {
+func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpResult, error) {
 	name, id, wire, err := t.prepare(cmd)
 	if err != nil {
-		return nil, err
+		return qmpResult{}, err
 	}
 	start := time.Now()
 	if _, ok := ctx.Deadline(); !ok {
@@ -411,10 +421,10 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 	case t.state == transportDone:
 		cause := t.err
 		t.mu.Unlock()
-		return nil, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, cause)
+		return qmpResult{}, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, cause)
 	default:
 		t.mu.Unlock()
-		return nil, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, ErrNotConnected)
+		return qmpResult{}, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, ErrNotConnected)
 	}
 	conn := t.conn
 	t.pending[id] = p
@@ -427,7 +437,7 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 	case n == 0 && (ctx.Err() != nil || errors.Is(werr, os.ErrDeadlineExceeded)):
 		// Nothing was written: the stream is intact; just give up.
 		if t.forget(p) {
-			return nil, timeoutError(ctx, name, budget)
+			return qmpResult{}, timeoutError(ctx, name, budget)
 		}
 	default:
 		t.fail(fmt.Errorf("QMP write of command %q failed: %w", name, werr))
@@ -435,14 +445,14 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 
 	select {
 	case r := <-p.reply:
-		return r.line, r.err
+		return r, r.err
 	case <-ctx.Done():
 		if t.forget(p) {
-			return nil, timeoutError(ctx, name, budget)
+			return qmpResult{}, timeoutError(ctx, name, budget)
 		}
 		// The reply (or the failure) was delivered meanwhile.
 		r := <-p.reply
-		return r.line, r.err
+		return r, r.err
 	}
 }
 
@@ -674,16 +684,6 @@ func readQMPLine(br *bufio.Reader, limit int) ([]byte, error) {
 	}
 }
 
-// qmpPresent records that a member is present without copying its value
-// (used for "return", which can be hundreds of kilobytes).
-type qmpPresent bool
-
-// UnmarshalJSON implements json.Unmarshaler.
-func (p *qmpPresent) UnmarshalJSON([]byte) error {
-	*p = true
-	return nil
-}
-
 // qmpEnvelope holds the members that tell a greeting, a reply and an event
 // apart. Every member is decoded leniently, so odd shapes never fail the
 // decoding of the line as a whole.
@@ -693,7 +693,7 @@ type qmpEnvelope struct {
 	Data      json.RawMessage `json:"data"`
 	Timestamp json.RawMessage `json:"timestamp"`
 	ID        json.RawMessage `json:"id"`
-	Return    qmpPresent      `json:"return"`
+	Return    json.RawMessage `json:"return"`
 	Error     json.RawMessage `json:"error"`
 }
 
@@ -730,7 +730,7 @@ func (t *Transport) handleLine(line []byte) {
 	switch {
 	case env.QMP != nil:
 		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a second greeting")
-	case bool(env.Return) || isSet(env.Error):
+	case len(env.Return) > 0 || isSet(env.Error):
 		t.handleReply(line, &env)
 	case env.Event != nil:
 		t.handleEvent(line, &env)
@@ -764,7 +764,7 @@ func (t *Transport) handleReply(line []byte, env *qmpEnvelope) {
 		return
 	}
 	delete(t.pending, p.id)
-	r := qmpResult{line: line}
+	r := qmpResult{line: line, ret: env.Return}
 	if isSet(env.Error) {
 		r = qmpResult{err: decodeQMPError(p.name, env.Error)}
 	}

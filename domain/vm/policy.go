@@ -2,7 +2,6 @@ package vm
 
 import (
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -21,7 +20,7 @@ type lineage struct {
 	crashLoop *supervision.CrashLoop
 	// inflight counts the job goroutines and destroy kills of every
 	// instance; a restarted instance waits for those of the old one.
-	inflight sync.WaitGroup
+	inflight actors.Inflight
 	// destroying is set while a destroy is under way, so that an instance
 	// that restarts meanwhile ends it as destroyed.
 	destroying bool
@@ -29,18 +28,7 @@ type lineage struct {
 
 // waitInflight waits up to d for the job goroutines; it reports whether
 // they all ended.
-func (l *lineage) waitInflight(d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { l.inflight.Wait(); close(done) }()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-done:
-		return true
-	case <-timer.C:
-		return false
-	}
-}
+func (l *lineage) waitInflight(d time.Duration) bool { return l.inflight.Wait(d) }
 
 // control fills c with what Info.Control shows at now.
 func (dom *domainActor) control(c *domain.Control, now time.Time) {
