@@ -545,7 +545,7 @@ func jobKind(k actors.JobKind) domain.JobKind {
 }
 
 // jobEnded is the lane's Ended hook: the job's trace record and log line,
-// and a fresh snapshot before its waiters hear of it.
+// and a fresh snapshot and status before its waiters hear of it.
 func (dom *domainActor) jobEnded(j *job, err error) {
 	info := j.Info()
 	if dom.cfg.Trace.Enabled() {
@@ -559,6 +559,7 @@ func (dom *domainActor) jobEnded(j *job, err error) {
 		dom.cfg.Trace.Record(r)
 	}
 	dom.publish()
+	dom.saveStatus() // before the caller hears: it may kill the daemon next
 	ev := dom.cfg.Logger.Debug()
 	if err != nil {
 		ev = dom.cfg.Logger.Info().Err(err)
