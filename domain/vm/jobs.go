@@ -43,7 +43,7 @@ type jobData struct {
 	args    json.RawMessage
 	// after runs in the actor after the plan's End (the on_crash restart
 	// counts its outcome here).
-	after func(dom *domainActor, err error)
+	after func(c actor.Context, dom *domainActor, err error)
 	// The trace: the span of the message that queued the job, and when.
 	parentSpan string
 	enqueuedAt time.Time
@@ -55,7 +55,6 @@ type jobData struct {
 	launch process.Launcher
 	grace  time.Duration
 	proc   *process.Process
-	mon    *actor.PID
 	link   *monitor.Link
 
 	// Found by the steps.
@@ -222,7 +221,7 @@ func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) 
 			apply(dom, j, err)
 		}
 		if j.Data.after != nil {
-			j.Data.after(dom, err)
+			j.Data.after(c, dom, err)
 		}
 		return value, err
 	}
@@ -232,7 +231,7 @@ func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) 
 func (dom *domainActor) load(j *job) {
 	d := j.Data
 	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), *dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
-	d.proc, d.mon, d.link = dom.proc, dom.mon, dom.link
+	d.proc, d.link = dom.proc, dom.link
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
 	}
@@ -334,7 +333,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 	if err := dom.spawnMonitor(c, d.paths, d.proc.PID()); err != nil {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))
 	}
-	d.mon, d.link = dom.mon, dom.link
+	d.link = dom.link
 	return nil
 }
 

@@ -118,13 +118,13 @@ func (dom *domainActor) onRestartDue(ctx actor.Context) {
 		return
 	}
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup on_crash restart"}
-	d := dom.traced(ctx, &jobData{after: func(dom *domainActor, err error) {
+	d := dom.traced(ctx, &jobData{after: func(c actor.Context, dom *domainActor, err error) {
 		if err == nil {
 			dom.life.restarts++
 			return
 		}
 		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("on_crash restart failed")
-		dom.applyCrashPolicy(ctx)
+		dom.applyCrashPolicy(c)
 	}})
 	if !dom.undefining {
 		dom.lane.Enqueue(ctx, dom.plans.start, req, d, actors.Waiter{})
