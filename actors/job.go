@@ -235,8 +235,11 @@ type Plan[T any] struct {
 	// Via names the channel of the steps' Calls ("QMP" when empty).
 	Via string
 	// Steps run in order. A plan without steps makes jobs that the actor
-	// ends itself with JobLane.Finish.
+	// ends itself with Lane.Finish.
 	Steps []Step[T]
+	// Retries bounds how often a job of this plan goes back to an earlier
+	// step when a step returns the error of Retry.
+	Retries int
 	// Start runs in the actor when a job takes the lane, before its first
 	// step: the place for preconditions and for copying the actor's state
 	// into the job's Data. An error ends the job with it: it never runs.
@@ -262,6 +265,16 @@ func NewPlan[T any](name string, kind JobKind, steps ...Step[T]) *Plan[T] {
 		p.names[i] = s.Name
 	}
 	return p
+}
+
+// stepIndex is the index of the step called name, or -1.
+func (p *Plan[T]) stepIndex(name string) int {
+	for i := range p.Steps {
+		if p.Steps[i].Name == name {
+			return i
+		}
+	}
+	return -1
 }
 
 func (p *Plan[T]) mask() JobMask {

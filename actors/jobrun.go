@@ -18,7 +18,7 @@ const (
 	jobEnded
 )
 
-// Job is one job of a JobLane. The owning actor holds it from Enqueue to
+// Job is one job of a Lane. The owning actor holds it from Enqueue to
 // the job's end; its methods are for the actor's handlers only. A step
 // sees the job through Run.
 type Job[T any] struct {
@@ -27,7 +27,7 @@ type Job[T any] struct {
 	// must leave it alone.
 	Data T
 
-	lane *JobLane[T]
+	lane *Lane[T]
 	plan *Plan[T]
 	info JobInfo // holds the request's id and owner
 	// reqCtx and parent are the rest of the request that queued the job.
@@ -49,6 +49,7 @@ type Job[T any] struct {
 	cleanups []cleanup
 	value    any
 	err      error
+	retries  int
 
 	// seg is the message that ends each goroutine segment: posted without
 	// an allocation.
@@ -169,7 +170,7 @@ const (
 )
 
 // jobEvent is what a job tells its lane, through the owning actor's
-// mailbox; JobLane.Handle takes it.
+// mailbox; Lane.Handle takes it.
 type jobEvent[T any] struct {
 	job   *Job[T]
 	what  eventKind
@@ -213,7 +214,7 @@ func (j *Job[T]) runSegment() {
 		}
 		err := j.doStep(s)
 		j.next++
-		if err != nil {
+		if err != nil && !j.retry(err) {
 			j.err = j.withCause(err)
 		}
 	}
@@ -243,6 +244,40 @@ func (j *Job[T]) doActorStep(c actor.Context, s *Step[T]) (err error) {
 		}
 	}()
 	return s.InActor(c, Run[T]{j})
+}
+
+// RetryError asks the lane to run a job again from the step named From,
+// up to its plan's Retries; once they are used up, or when the job has
+// been cancelled, the job ends with Err. Make it with Retry.
+type RetryError struct {
+	From string
+	Err  error
+}
+
+func (e *RetryError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the step's error.
+func (e *RetryError) Unwrap() error { return e.Err }
+
+// Retry is the error a step returns to run its job again from the step
+// named from (the cleanups pushed so far stay on the stack).
+func Retry(from string, err error) error { return &RetryError{From: from, Err: err} }
+
+// retry moves the job back to the step a RetryError names and reports
+// whether it did. An error that asks for no retry, or one too many, is
+// unwrapped into j.err's place by the caller.
+func (j *Job[T]) retry(err error) bool {
+	var re *RetryError
+	if !errors.As(err, &re) {
+		return false
+	}
+	i := j.plan.stepIndex(re.From)
+	if i < 0 || i >= j.next || j.retries >= j.plan.Retries || j.ctx.Err() != nil {
+		return false
+	}
+	j.retries++
+	j.next = i
+	return true
 }
 
 // stoppedBefore is the error of a job cancelled before step name.

@@ -29,7 +29,7 @@ type Explanation struct {
 // First the request's queued jobs whose caller gave up leave the queue,
 // now rather than when their context watcher's message arrives, so that
 // the caller's next look at the lane no longer shows them.
-func (l *JobLane[T]) Explain(c actor.Context, requestID string) *Explanation {
+func (l *Lane[T]) Explain(c actor.Context, requestID string) *Explanation {
 	for {
 		j := l.Find(func(j *Job[T]) bool {
 			return j.state == jobQueued && !j.preempt && j.info.RequestID == requestID && j.reqCtx != nil && j.reqCtx.Err() != nil

@@ -113,17 +113,23 @@ type PortForward struct {
 
 // JobInfo describes a job that is active, queued or recently ended.
 type JobInfo struct {
-	ID        uint64       `json:"id"`
-	Name      string       `json:"name"` // start, shutdown, destroy, pause, resume, reset, qmp
-	Kind      JobKind      `json:"kind"`
-	Owner     string       `json:"owner"`
-	RequestID string       `json:"request_id"`
-	Enqueued  time.Time    `json:"enqueued"`
-	Started   time.Time    `json:"started,omitzero"`
-	Ended     time.Time    `json:"ended,omitzero"`
-	Step      string       `json:"step,omitempty"`
-	QMP       *QMPInFlight `json:"qmp"`
-	Error     string       `json:"error,omitempty"`
+	ID        uint64    `json:"id"`
+	Name      string    `json:"name"` // start, shutdown, destroy, pause, resume, reset, qmp
+	Kind      JobKind   `json:"kind"`
+	Owner     string    `json:"owner"`
+	RequestID string    `json:"request_id"`
+	Enqueued  time.Time `json:"enqueued"`
+	Started   time.Time `json:"started,omitzero"`
+	Ended     time.Time `json:"ended,omitzero"`
+	// Steps are the names of the job's steps, in order; Step is the
+	// current (or last) one.
+	Steps []string `json:"steps,omitempty"`
+	Step  string   `json:"step,omitempty"`
+	// Progress shows the steps with the current one in brackets:
+	// `start: prepare → spawn → attach → [query-status] → cont`.
+	Progress string       `json:"progress,omitempty"`
+	QMP      *QMPInFlight `json:"qmp"`
+	Error    string       `json:"error,omitempty"`
 }
 
 // QMPInFlight is the QMP command a job waits on.

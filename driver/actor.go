@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -120,7 +119,7 @@ type driverActor struct {
 	life    *driverLife
 	domains map[string]*entry
 	uuids   map[string]string
-	lane    *actors.JobLane[*driverJob]
+	lane    *actors.Lane[*driverJob]
 	define  *actors.Plan[*driverJob]
 	remove  *actors.Plan[*driverJob]
 }
@@ -134,7 +133,7 @@ type driverLife struct {
 	oldWriters []*statusWriter
 	// inflight counts the job goroutines of every instance, so that a
 	// stopping driver waits for those of an instance that panicked.
-	inflight sync.WaitGroup
+	inflight actors.Inflight
 }
 
 func newDriverActor(cfg actorConfig, life *driverLife) actor.Actor {

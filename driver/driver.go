@@ -321,7 +321,7 @@ func (d *Driver) close() error {
 	// The driver's lane closed when it stopped; its jobs' goroutines (a
 	// definition being written, an undefine asking its domain) end on
 	// their own, within their steps' bounds.
-	if !waitGroup(&d.life.inflight, jobWait) {
+	if !d.life.inflight.Wait(jobWait) {
 		errs = append(errs, fmt.Errorf("driver jobs still running %s after the driver stopped", jobWait))
 	}
 	// Handles still held find no published domain: their calls go to the
@@ -341,23 +341,6 @@ func (d *Driver) close() error {
 
 // jobWait bounds how long Close waits for the driver's job goroutines.
 const jobWait = 10 * time.Second
-
-// waitGroup waits up to timeout for wg and reports whether it was done.
-func waitGroup(wg *sync.WaitGroup, timeout time.Duration) bool {
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-done:
-		return true
-	case <-t.C:
-		return false
-	}
-}
 
 // Define defines a domain from spec, or updates the definition of an existing
 // one (the change takes effect at its next start). The definition is

@@ -6,9 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -54,12 +51,27 @@ type Config struct {
 	Trace *trace.Recorder
 	// Dispatcher runs the actor's turns; nil means protoactor's default.
 	Dispatcher actor.Dispatcher
+	// Link is where the actor puts the connection while it is up, for the
+	// domain's job steps to run commands on; nil means one of its own.
+	Link *Link
 }
 
 // Props returns the props of a monitor actor. Spawn it as a child of the
 // domain actor: events, Connected and Disconnected go to the parent.
 func Props(cfg Config) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &monitorActor{cfg: cfg} },
+	return actor.PropsFromProducer(func() actor.Actor {
+		m := &monitorActor{cfg: cfg, plans: make(map[string]*actors.Plan[*command]), link: cfg.Link}
+		if m.link == nil {
+			m.link = NewLink(cfg.Domain, cfg.Trace)
+		}
+		m.lane = actors.NewLane(actors.LaneConfig[*command]{
+			Name:       fmt.Sprintf("domain %q: monitor", cfg.Domain),
+			Dispatcher: cfg.Dispatcher,
+			Inflight:   &m.wg,
+		})
+		m.lane.Pause("QMP is not connected yet")
+		return m
+	},
 		append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...)...)
 }
 
@@ -83,31 +95,6 @@ type Command struct {
 type Result struct {
 	// Return is the "return" member of QEMU's reply.
 	Return json.RawMessage
-	// Took is how long QEMU took to answer.
-	Took time.Duration
-}
-
-// StatusRequest asks what the monitor is doing. It is answered at once, even
-// while a command is in flight, with a Status.
-type StatusRequest struct{}
-
-// Status describes the monitor's connection and its command in flight.
-type Status struct {
-	Connected bool
-	// Err is why the connection failed or ended; nil while healthy.
-	Err error
-	// InFlight is the command QEMU has not answered yet, or nil.
-	InFlight *InFlight
-	// Queued is the number of commands waiting behind it.
-	Queued int
-}
-
-// InFlight is a command that QEMU has not answered yet.
-type InFlight struct {
-	Command   string
-	JobID     uint64
-	RequestID string
-	Since     time.Time
 }
 
 // Event is a QMP event, told to the domain actor.
@@ -129,6 +116,26 @@ func (e *Event) Header() actors.Request {
 	return actors.Request{RequestID: e.ID, Owner: "qmp event " + e.Name}
 }
 
+// EventRouter is a Conn that hands its events to a function on its reader
+// goroutine, each before any reply read after it reaches its command
+// (Transport and Simulated are). The monitor then sends each event to the
+// domain from there, so that the domain gets events and the replies of its
+// commands in QEMU's order: QEMU sends RESUME before the reply to the cont
+// that caused it. The events of a Conn without it are pumped from its
+// Events channel, and may reach the domain after a later reply.
+type EventRouter interface {
+	RouteEvents(fn func(qmp.Event))
+}
+
+func newEvent(ev qmp.Event) *Event {
+	return &Event{
+		ID:   actors.NewID(),
+		Name: ev.Event,
+		Data: ev.Data,
+		Time: time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000),
+	}
+}
+
 // Connected tells the domain that QMP is ready.
 type Connected struct {
 	Version string
@@ -139,23 +146,29 @@ type Disconnected struct {
 	Err error
 }
 
-type pending struct {
-	span      string // the span of the Command message, parent of the QMP record
-	cmd       Command
-	seq       uint64
-	sender    *actor.PID
-	started   time.Time
-	stopWatch func() bool
+// command is one Command's job data.
+type command struct {
+	cmd     Command
+	wire    []byte
+	timeout time.Duration
+	// span is the span of the Command message, the parent of the QMP record.
+	span string
+	// Set when the job starts, from the actor.
+	link *Link
+	// Set by the step.
+	ret json.RawMessage
 }
+
+// maxPlans bounds the plans kept by command name; commands beyond it share
+// one plan named "qmp" (a hostile caller can send any name).
+const maxPlans = 256
 
 // The messages below come from goroutines and callbacks of one actor
 // instance. After a restart (a panic) the mailbox still holds those of the
 // old instance, so each one names its instance and the others are dropped.
-// Header puts the reply of a command in the command's trace.
-func (c commandDone) Header() actors.Request { return c.req }
-
-// TraceStamp lets the trace middleware stamp the message itself.
-func (c *commandDone) TraceStamp() *string { return c.req.TraceStamp() }
+// inspect reads the actor's state in its handler and answers what it
+// returns; the package's tests use it.
+type inspect func(m *monitorActor) any
 
 type connectDone struct {
 	from *monitorActor
@@ -166,22 +179,10 @@ type reconnectNow struct {
 	from *monitorActor
 	gen  uint64
 }
-type commandDone struct {
-	req   actors.Request // the command's trace, for the middleware
-	from  *monitorActor
-	seq   uint64
-	reply []byte
-	err   error
-	took  time.Duration
-}
 type connLost struct {
 	from *monitorActor
 	gen  uint64
 	err  error
-}
-type queuedCancelled struct {
-	from *monitorActor
-	seq  uint64
 }
 
 type monitorActor struct {
@@ -190,21 +191,24 @@ type monitorActor struct {
 	conn      Conn
 	connected bool
 	err       error
-	lane      actors.Lane[*pending]
-	seq       uint64
+	lane      *actors.Lane[*command]
+	link      *Link
+	plans     map[string]*actors.Plan[*command]
 	stop      context.CancelFunc // cancels connect and commands in flight
 	runCtx    context.Context
-	wg        sync.WaitGroup
+	wg        actors.Inflight
 
-	fwd      *eventForwarder // counts the events this connection's pump forwarded
-	gen      uint64          // connection generation; messages of older ones are stale
-	attempt  int             // reconnect attempts since the last good connection
-	retry    *time.Timer     // pending reconnect
+	gen      uint64      // connection generation; messages of older ones are stale
+	attempt  int         // reconnect attempts since the last good connection
+	retry    *time.Timer // pending reconnect
 	stopping bool
 }
 
 func (m *monitorActor) Receive(ctx actor.Context) {
 	defer supervision.RecoverAndReply(ctx, "monitor/"+m.cfg.Domain)
+	if m.lane.Handle(ctx, ctx.Message()) {
+		return
+	}
 	switch msg := ctx.Message().(type) {
 	case *supervision.InjectPanic:
 		panic(fmt.Sprintf("injected panic in the monitor of %q: %s", m.cfg.Domain, msg.Reason))
@@ -221,34 +225,31 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 		}
 	case *Command:
 		m.enqueue(ctx, msg)
-	case *commandDone:
-		if msg.from == m {
-			m.onCommandDone(ctx, *msg)
-		}
-	case queuedCancelled:
-		if msg.from != m {
-			return
-		}
-		if p, ok := m.lane.Remove(func(p *pending) bool { return p.seq == msg.seq }); ok {
-			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q left the queue: %w", m.cfg.Domain, p.cmd.Execute, p.cmd.Context().Err()))
-		}
 	case connLost:
 		if msg.from != m || msg.gen != m.gen {
 			return
 		}
 		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
-	case StatusRequest, *StatusRequest:
-		ctx.Respond(m.status())
-	case *actor.Stopping, *actor.Restarting:
+	case commandTimedOut:
+		if msg.gen == m.gen && m.connected {
+			m.fail(ctx, msg.err)
+		}
+	case inspect:
+		ctx.Respond(msg(m))
+	case *actor.Stopping:
+		m.shutdown(ctx, false)
+	case *actor.Restarting:
 		// A restarted instance starts afresh: close the old connection
 		// (QEMU serves one QMP client at a time) and end its goroutines.
-		m.shutdown(ctx)
+		// The link waits for the new instance's connection.
+		m.shutdown(ctx, true)
 	}
 }
 
 func (m *monitorActor) start(ctx actor.Context) {
 	m.owner = ctx.Parent()
 	m.runCtx, m.stop = context.WithCancel(context.Background())
+	m.link.connecting(tellActor(ctx.ActorSystem().Root, ctx.Self()))
 	m.connect(ctx)
 }
 
@@ -285,43 +286,52 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		m.cfg.Logger.Info().Str("domain", m.cfg.Domain).Int("attempts", m.attempt).Msg("QMP monitor reconnected")
 	}
 	m.err, m.attempt = nil, 0
-	events, err := m.conn.Events(m.runCtx)
-	if err != nil {
-		m.fail(ctx, fmt.Errorf("domain %q: QMP events: %w", m.cfg.Domain, err))
-		return
-	}
-	// Connected goes out before the reader starts, so that the parent
-	// never gets an event of this connection before it.
+	m.link.up(m.conn, m.gen)
+	// Connected goes out before any event of this connection, so that
+	// the parent never gets an event before it.
 	var version string
 	if v, ok := m.conn.(interface{ Version() qmp.Version }); ok {
 		version = v.Version().String()
 	}
 	ctx.Send(m.owner, &Connected{Version: version})
 	self, owner, root, conn, gen := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn, m.gen
-	fwd := newEventForwarder()
-	m.fwd = fwd
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		defer fwd.close()
-		for ev := range events {
-			root.Send(owner, &Event{
-				ID:   actors.NewID(),
-				Name: ev.Event,
-				Data: ev.Data,
-				Time: time.Unix(ev.Timestamp.Seconds, ev.Timestamp.Microseconds*1000),
-			})
-			fwd.done()
-		}
+	lost := func() {
 		err := conn.Err()
 		if err == nil {
 			err = ErrClosed
 		}
 		root.Send(self, connLost{from: m, gen: gen, err: err})
-	}()
-	m.next(ctx)
+	}
+	if r, ok := conn.(EventRouter); ok {
+		// One road: the connection's reader sends each event to the
+		// domain itself, before it hands over any later reply.
+		r.RouteEvents(func(ev qmp.Event) { root.Send(owner, newEvent(ev)) })
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			<-conn.Done()
+			lost()
+		}()
+	} else {
+		events, err := conn.Events(m.runCtx)
+		if err != nil {
+			m.fail(ctx, fmt.Errorf("domain %q: QMP events: %w", m.cfg.Domain, err))
+			return
+		}
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			for ev := range events {
+				root.Send(owner, newEvent(ev))
+			}
+			lost()
+		}()
+	}
+	m.lane.Resume(ctx)
 }
 
+// enqueue queues a Command as a job of the monitor's lane: commands run one
+// at a time, in FIFO order, while the connection is up.
 func (m *monitorActor) enqueue(ctx actor.Context, cmd *Command) {
 	if cmd.Execute == "" {
 		ctx.Respond(fmt.Errorf("domain %q: QMP command without a name", m.cfg.Domain))
@@ -331,124 +341,77 @@ func (m *monitorActor) enqueue(ctx actor.Context, cmd *Command) {
 		ctx.Respond(fmt.Errorf("QMP command %q not sent: %w", cmd.Execute, m.err))
 		return
 	}
-	m.seq++
-	p := &pending{cmd: *cmd, seq: m.seq, sender: ctx.Sender()}
-	if m.cfg.Trace.Enabled() {
-		p.span = trace.Current(ctx).SpanID
+	wire, err := encodeCommand(*cmd)
+	if err != nil {
+		ctx.Respond(fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
+		return
 	}
-	self, root, seq := ctx.Self(), ctx.ActorSystem().Root, p.seq
-	p.stopWatch = context.AfterFunc(cmd.Context(), func() { root.Send(self, queuedCancelled{from: m, seq: seq}) })
-	m.lane.Enqueue(p)
-	m.next(ctx)
+	d := &command{cmd: *cmd, wire: wire, timeout: cmd.Timeout}
+	if d.timeout <= 0 {
+		d.timeout = CommandTimeout(cmd.Execute)
+	}
+	if m.cfg.Trace.Enabled() {
+		d.span = trace.Current(ctx).SpanID
+	}
+	m.lane.Enqueue(ctx, m.plan(cmd.Execute), cmd.Request, d, actors.ReplyTo(ctx.Sender()))
 }
 
-// next starts the command at the head of the lane when the connection is up
-// and nothing is in flight. The command runs in a goroutine owned by this
-// actor; its reply comes back as a commandDone message.
-func (m *monitorActor) next(ctx actor.Context) {
-	if !m.connected {
-		return
+// plan is the plan of the jobs of one command name: one step, the command.
+func (m *monitorActor) plan(execute string) *actors.Plan[*command] {
+	if p, ok := m.plans[execute]; ok {
+		return p
 	}
-	for {
-		p, ok := m.lane.Next(nil)
-		if !ok {
-			return
+	name := execute
+	if len(m.plans) >= maxPlans {
+		name = "qmp"
+		if p, ok := m.plans[name]; ok {
+			return p
 		}
-		p.stopWatch()
-		if err := p.cmd.Context().Err(); err != nil {
-			m.lane.End()
-			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q left the queue: %w", m.cfg.Domain, p.cmd.Execute, err))
-			continue
-		}
-		wire, err := encodeCommand(p.cmd)
-		if err != nil {
-			m.lane.End()
-			ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
-			continue
-		}
-		timeout := p.cmd.Timeout
-		if timeout <= 0 {
-			timeout = CommandTimeout(p.cmd.Execute)
-		}
-		p.started = time.Now()
-		self, root, conn, runCtx, seq := ctx.Self(), ctx.ActorSystem().Root, m.conn, m.runCtx, p.seq
-		fwd, log, name, execute := m.fwd, m.cfg.Logger, m.cfg.Domain, p.cmd.Execute
-		req := actors.Request{RequestID: p.cmd.RequestID, ParentID: p.span, Owner: p.cmd.Owner}
-		m.wg.Add(1)
-		m.goOwned(func() {
-			defer m.wg.Done()
-			cctx, cancel := context.WithTimeout(runCtx, timeout)
-			defer cancel()
-			start := time.Now()
-			reply, err := runRecovered(cctx, conn, wire, execute)
-			// The events QEMU sent before this reply reach the domain
-			// before the reply does.
-			if ec, ok := conn.(EventCounter); ok && fwd != nil && !fwd.waitFor(ec.EventsQueued()) {
-				log.Warn().Str("domain", name).Str("command", execute).Msg("QMP events before a reply were not forwarded in time; the domain may see them after it")
-			}
-			root.Send(self, &commandDone{req: req, from: m, seq: seq, reply: reply, err: err, took: time.Since(start)})
-		})
-		return
 	}
+	p := actors.NewPlan(name, actors.JobModify, actors.Step[*command]{Name: name, Do: runCommand})
+	p.Start = func(_ actor.Context, j *actors.Job[*command]) error {
+		d := j.Data
+		d.link = m.link
+		j.SetCall(d.cmd.Execute)
+		return nil
+	}
+	p.End = m.commandEnded
+	m.plans[name] = p
+	return p
+}
+
+// runCommand is a command's step: it runs the command on the link, in a
+// goroutine the lane owns.
+func runCommand(ctx context.Context, r actors.Run[*command]) error {
+	d := r.Data()
+	ret, err := d.link.Run(ctx, Call{Execute: d.cmd.Execute, Wire: d.wire, JobID: d.cmd.JobID, Timeout: d.timeout,
+		Req: actors.Request{RequestID: d.cmd.RequestID, ParentID: d.span, Owner: d.cmd.Owner}})
+	d.ret = ret
+	return err
 }
 
 // runRecovered runs one command on conn; a panic in the Conn (a custom
 // one, say) becomes the command's error instead of ending the process or
 // leaving the command without a reply.
-func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string) (reply []byte, err error) {
+func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string, ret *[]byte) (reply []byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			reply, err = nil, fmt.Errorf("QMP command %q: the connection panicked: %v", execute, r)
 		}
 	}()
+	if rr, ok := conn.(ReturnRunner); ok {
+		*ret, err = rr.RunReturn(ctx, wire)
+		return nil, err
+	}
 	return conn.RunContext(ctx, wire)
 }
 
-// goOwned runs fn, a goroutine this actor owns (m.wg tracks it), on the
-// dispatcher's pooled workers when there is one: a command goroutine
-// then starts with a grown stack.
-func (m *monitorActor) goOwned(fn func()) {
-	if m.cfg.Dispatcher != nil {
-		m.cfg.Dispatcher.Schedule(fn)
-		return
+// commandEnded is the End of every command job: the caller's reply.
+func (m *monitorActor) commandEnded(_ actor.Context, j *actors.Job[*command], _ any, err error) (any, error) {
+	if err != nil {
+		return nil, err
 	}
-	go fn()
-}
-
-func (m *monitorActor) onCommandDone(ctx actor.Context, done commandDone) {
-	p, ok := m.lane.Active()
-	if !ok || p.seq != done.seq {
-		return
-	}
-	m.lane.End()
-	m.recordQMP(p, done)
-	if done.err != nil {
-		err := done.err
-		if !strings.Contains(err.Error(), strconv.Quote(p.cmd.Execute)) {
-			// The Conn did not say which command failed (a bare
-			// context.DeadlineExceeded, say); the reply must.
-			err = fmt.Errorf("QMP command %q: %w", p.cmd.Execute, err)
-		}
-		if errors.Is(err, context.DeadlineExceeded) && m.runCtx.Err() == nil && m.connected {
-			// QEMU did not answer in time: it may be stopped or hung, and
-			// the commands behind would only wait for their own deadlines.
-			err = fmt.Errorf("domain %q: %w; monitor marked broken", m.cfg.Domain, err)
-			ctx.Send(p.sender, err)
-			m.fail(ctx, err)
-			return
-		}
-		ctx.Send(p.sender, fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
-	} else {
-		var body struct {
-			Return json.RawMessage `json:"return"`
-		}
-		if err := json.Unmarshal(done.reply, &body); err != nil {
-			ctx.Send(p.sender, fmt.Errorf("domain %q: QMP command %q: malformed reply: %w", m.cfg.Domain, p.cmd.Execute, err))
-		} else {
-			ctx.Send(p.sender, &Result{Return: body.Return, Took: done.took})
-		}
-	}
-	m.next(ctx)
+	return &Result{Return: j.Data.ret}, nil
 }
 
 // fail marks the monitor broken: the connection is closed, every waiting
@@ -462,7 +425,9 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 	if m.conn != nil {
 		_ = m.conn.Disconnect()
 	}
-	m.failQueued(ctx, err)
+	m.link.down(err)
+	m.lane.Pause(err.Error())
+	m.lane.FailQueued(ctx, fmt.Errorf("QMP command not sent: %w", err))
 	if first {
 		level := zerolog.WarnLevel
 		if errors.Is(err, io.EOF) {
@@ -482,17 +447,9 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 	m.retry = time.AfterFunc(delay, func() { root.Send(self, reconnectNow{from: m, gen: gen}) })
 }
 
-func (m *monitorActor) status() *Status {
-	s := &Status{Connected: m.connected, Err: m.err, Queued: m.lane.Len()}
-	if p, ok := m.lane.Active(); ok {
-		s.InFlight = &InFlight{Command: p.cmd.Execute, JobID: p.cmd.JobID, RequestID: p.cmd.RequestID, Since: p.started}
-	}
-	return s
-}
-
 // shutdown closes the connection and waits for the goroutines this actor
 // owns; closing the connection makes each of them return promptly.
-func (m *monitorActor) shutdown(ctx actor.Context) {
+func (m *monitorActor) shutdown(ctx actor.Context, restarting bool) {
 	m.stopping = true
 	if m.retry != nil {
 		m.retry.Stop()
@@ -501,22 +458,20 @@ func (m *monitorActor) shutdown(ctx actor.Context) {
 	if m.stop != nil {
 		m.stop()
 	}
+	// The link first, so that a command that fails on the closed
+	// connection before it was sent knows to wait for the next one.
+	closed := fmt.Errorf("domain %q: monitor stopped: %w", m.cfg.Domain, ErrClosed)
+	if restarting {
+		m.link.connecting(m.link.tellFunc())
+	} else {
+		m.link.down(closed)
+	}
 	if m.conn != nil {
 		_ = m.conn.Disconnect()
 	}
-	m.wg.Wait()
-	closed := fmt.Errorf("domain %q: monitor stopped: %w", m.cfg.Domain, ErrClosed)
-	if p, ok := m.lane.End(); ok {
-		ctx.Send(p.sender, fmt.Errorf("QMP command %q: %w", p.cmd.Execute, closed))
-	}
-	m.failQueued(ctx, closed)
-}
-
-// failQueued answers every command still waiting in the lane with err.
-func (m *monitorActor) failQueued(ctx actor.Context, err error) {
-	for _, p := range m.lane.Drain() {
-		p.stopWatch()
-		ctx.Send(p.sender, fmt.Errorf("QMP command %q not sent: %w", p.cmd.Execute, err))
+	m.lane.Close(ctx, closed)
+	if !m.wg.Wait(DefaultConnectTimeout + 5*time.Second) {
+		m.cfg.Logger.Error().Str("domain", m.cfg.Domain).Msg("monitor goroutines still running after the stop deadline")
 	}
 }
 
@@ -539,17 +494,4 @@ func encodeCommand(c Command) ([]byte, error) {
 		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, errors.Unwrap(err))
 	}
 	return b, nil
-}
-
-// recordQMP puts a finished QMP command in the trace.
-func (m *monitorActor) recordQMP(p *pending, done commandDone) {
-	if !m.cfg.Trace.Enabled() {
-		return
-	}
-	end := trace.Now()
-	m.cfg.Trace.Record(trace.Record{
-		TraceID: p.cmd.RequestID, SpanID: trace.NewSpanID(), ParentSpanID: p.span, Kind: trace.KindQMP,
-		Actor: "monitor/" + m.cfg.Domain, MessageType: p.cmd.Execute, Started: end.Add(-done.took), Ended: end,
-		JobID: p.cmd.JobID, QMP: &trace.QMPRecord{Command: p.cmd.Execute, Duration: done.took, Outcome: trace.Outcome(done.err)},
-	})
 }

@@ -347,11 +347,35 @@ func (h *monitorHarness) await(ch <-chan askResult, what string) askResult {
 	return askResult{}
 }
 
+// Status is what the tests read of a monitor actor: its connection and
+// its lane.
+type Status struct {
+	Connected bool
+	Err       error
+	InFlight  *InFlight
+	Queued    int
+}
+
+// InFlight is the command in flight.
+type InFlight struct {
+	Command   string
+	JobID     uint64
+	RequestID string
+	Since     time.Time
+}
+
 func (h *monitorHarness) status() *Status {
 	h.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), fakeWait)
 	defer cancel()
-	st, err := actors.AskAs[*Status](ctx, h.system.Root, h.mon, &StatusRequest{})
+	st, err := actors.AskAs[*Status](ctx, h.system.Root, h.mon, inspect(func(m *monitorActor) any {
+		st := &Status{Connected: m.connected, Err: m.err, Queued: m.lane.Len()}
+		if j := m.lane.Active(); j != nil {
+			info := j.Info()
+			st.InFlight = &InFlight{Command: info.Call.Command, JobID: j.Data.cmd.JobID, RequestID: info.RequestID, Since: info.Call.Since}
+		}
+		return st
+	}))
 	if err != nil {
 		h.t.Fatalf("status: %v", err)
 	}

@@ -1,11 +1,14 @@
 // Package monitor talks to a running QEMU through its QMP socket.
 //
-// It holds two layers:
+// It holds three parts:
 //
-//   - the monitor actor, one per running VM, which owns the QMP connection,
-//     runs one command at a time as a job and turns QMP events into messages
-//     to the domain;
-//   - the QMP transport (Transport), which the actor uses to speak QMP.
+//   - the monitor actor, one per running VM, which owns the QMP connection
+//     (dial, handshake, reconnect with backoff, marking it broken), sends
+//     QMP events to the domain from the connection's reader, and runs a
+//     Command sent to it as a job of its lane;
+//   - the Link, through which the domain's job steps run their commands on
+//     the connection the actor put there, from their own goroutine;
+//   - the QMP transport (Transport), which speaks QMP.
 //
 // # Transport
 //
@@ -38,7 +41,8 @@
 //     and fails the connection with ErrLineTooLong beyond that;
 //   - delivers events through a buffered channel that the reader never
 //     blocks on: when it is full, events are dropped and counted
-//     (DroppedEvents), and replies keep flowing;
+//     (DroppedEvents), and replies keep flowing; or, after RouteEvents, to
+//     a function on the reader, in QEMU's order with the replies;
 //   - bounds Connect (dial with retries, greeting, qmp_capabilities) by
 //     TransportOptions.ConnectTimeout, and every command by the per-command
 //     table in CommandTimeout or by the caller's context.
@@ -47,7 +51,7 @@
 // replies with unknown ids and events of odd shapes are logged and dropped;
 // only an over-long line or a bad greeting fails the connection.
 //
-// Errors wrap sentinels (ErrClosed, ErrNotConnected, ErrLineTooLong,
+// Errors wrap sentinels (ErrClosed, ErrNotSent, ErrNotConnected, ErrLineTooLong,
 // ErrProtocol, ErrBadCommand, io.EOF, context.DeadlineExceeded) with %w and
 // name the command involved. A QMP error reply is a *QMPError.
 package monitor

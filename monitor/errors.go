@@ -14,6 +14,10 @@ var (
 	// wrapping ErrClosed, and so does every later call.
 	ErrClosed = errors.New("QMP transport closed")
 
+	// ErrNotSent is wrapped by the error of a command that was not sent:
+	// no byte of it reached QEMU, so sending it again is safe.
+	ErrNotSent = errors.New("not sent")
+
 	// ErrNotConnected means a command was issued before Connect succeeded.
 	ErrNotConnected = errors.New("QMP transport not connected")
 

@@ -25,8 +25,8 @@ type Simulated struct {
 	mu      sync.Mutex
 	running bool
 	closed  bool
-	queued  uint64
 	events  chan qmp.Event
+	onEvent func(qmp.Event)
 	done    chan struct{}
 }
 
@@ -61,13 +61,43 @@ func (s *Simulated) Run(cmd []byte) ([]byte, error) {
 	return s.RunContext(context.Background(), cmd)
 }
 
+// The simulation's replies: their "return" members, and whole lines.
+const (
+	simEmpty = iota
+	simPaused
+	simRunning
+)
+
+var (
+	simReturns = [...]string{`{}`, `{"status":"paused","running":false,"singlestep":false}`, `{"status":"running","running":true,"singlestep":false}`}
+	simLines   = [...]string{`{"return":{}}`, `{"return":` + simReturns[simPaused] + `}`, `{"return":` + simReturns[simRunning] + `}`}
+)
+
 // RunContext answers cmd after Latency (plus Slow), or fails at ctx's end.
 func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
+	r, err := s.answer(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return []byte(simLines[r]), nil
+}
+
+// RunReturn is RunContext that returns only the reply's "return" member.
+func (s *Simulated) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
+	r, err := s.answer(ctx, cmd)
+	if err != nil {
+		return nil, err
+	}
+	return json.RawMessage(simReturns[r]), nil
+}
+
+// answer runs cmd on the simulation and says which reply it gets.
+func (s *Simulated) answer(ctx context.Context, cmd []byte) (int, error) {
 	var c struct {
 		Execute string `json:"execute"`
 	}
 	if err := json.Unmarshal(cmd, &c); err != nil || c.Execute == "" {
-		return nil, fmt.Errorf("%w: %s", ErrBadCommand, cmd)
+		return 0, fmt.Errorf("%w: %s", ErrBadCommand, cmd)
 	}
 	delay := s.Latency
 	if s.Slow != nil {
@@ -79,23 +109,22 @@ func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) 
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
-			return nil, fmt.Errorf("QMP command %q timed out: %w", c.Execute, ctx.Err())
+			return 0, fmt.Errorf("QMP command %q timed out: %w", c.Execute, ctx.Err())
 		case <-s.done:
-			return nil, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
+			return 0, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
+		return 0, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
 	}
 	switch c.Execute {
 	case "query-status":
-		status := "paused"
 		if s.running {
-			status = "running"
+			return simRunning, nil
 		}
-		return []byte(fmt.Sprintf(`{"return":{"status":%q,"running":%t,"singlestep":false}}`, status, s.running)), nil
+		return simPaused, nil
 	case "stop":
 		s.running = false
 		s.emit("STOP")
@@ -103,7 +132,7 @@ func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) 
 		s.running = true
 		s.emit("RESUME")
 	}
-	return []byte(`{"return":{}}`), nil
+	return simEmpty, nil
 }
 
 // emit queues an event without blocking, as the real transport does.
@@ -111,18 +140,24 @@ func (s *Simulated) emit(name string) {
 	now := time.Now()
 	ev := qmp.Event{Event: name}
 	ev.Timestamp.Seconds, ev.Timestamp.Microseconds = now.Unix(), int64(now.Nanosecond()/1000)
+	if s.onEvent != nil {
+		s.onEvent(ev)
+		return
+	}
 	select {
 	case s.events <- ev:
-		s.queued++
 	default:
 	}
 }
 
-// EventsQueued is how many events the simulation has queued.
-func (s *Simulated) EventsQueued() uint64 {
+// RouteEvents hands every later event to fn, before the reply of the
+// command that caused it, as Transport.RouteEvents does; the events on the
+// channel go to fn first.
+func (s *Simulated) RouteEvents(fn func(qmp.Event)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.queued
+	drainEvents(s.events, fn)
+	s.onEvent = fn
 }
 
 // Events returns the event channel; it is closed by Disconnect.

@@ -79,6 +79,7 @@ type qmpPending struct {
 // error.
 type qmpResult struct {
 	line []byte
+	ret  json.RawMessage // the "return" member of line
 	err  error
 }
 
@@ -118,7 +119,11 @@ type Transport struct {
 
 	nextID  atomic.Uint64
 	dropped atomic.Uint64
-	queued  atomic.Uint64 // events put on the channel
+
+	// evMu orders handing an event over with RouteEvents switching the
+	// road; onEvent, when set, takes events instead of the channel.
+	evMu    sync.Mutex
+	onEvent func(qmp.Event)
 
 	events   chan qmp.Event // sent to and closed by the reader only (or by fail if no reader ever ran)
 	done     chan struct{}  // closed by fail
@@ -381,15 +386,24 @@ func (t *Transport) Run(cmd []byte) ([]byte, error) {
 // cause (io.EOF, ErrClosed, ErrLineTooLong ...). Commands may run
 // concurrently.
 func (t *Transport) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
-	return t.run(ctx, cmd, false)
+	r, err := t.run(ctx, cmd, false)
+	return r.line, err
+}
+
+// RunReturn is RunContext that returns only the reply's "return" member,
+// which the reader has already cut out of the line: the reply is decoded
+// once.
+func (t *Transport) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
+	r, err := t.run(ctx, cmd, false)
+	return r.ret, err
 }
 
 // run sends cmd and waits for its reply. handshake allows it while the
 // transport is still connecting (for qmp_capabilities).
-func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte, error) {
+func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpResult, error) {
 	name, id, wire, err := t.prepare(cmd)
 	if err != nil {
-		return nil, err
+		return qmpResult{}, err
 	}
 	start := time.Now()
 	if _, ok := ctx.Deadline(); !ok {
@@ -407,10 +421,10 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 	case t.state == transportDone:
 		cause := t.err
 		t.mu.Unlock()
-		return nil, fmt.Errorf("QMP command %q not sent: %w", name, cause)
+		return qmpResult{}, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, cause)
 	default:
 		t.mu.Unlock()
-		return nil, fmt.Errorf("QMP command %q not sent: %w", name, ErrNotConnected)
+		return qmpResult{}, fmt.Errorf("QMP command %q %w: %w", name, ErrNotSent, ErrNotConnected)
 	}
 	conn := t.conn
 	t.pending[id] = p
@@ -423,7 +437,7 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 	case n == 0 && (ctx.Err() != nil || errors.Is(werr, os.ErrDeadlineExceeded)):
 		// Nothing was written: the stream is intact; just give up.
 		if t.forget(p) {
-			return nil, timeoutError(ctx, name, budget)
+			return qmpResult{}, timeoutError(ctx, name, budget)
 		}
 	default:
 		t.fail(fmt.Errorf("QMP write of command %q failed: %w", name, werr))
@@ -431,14 +445,14 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) ([]byte
 
 	select {
 	case r := <-p.reply:
-		return r.line, r.err
+		return r, r.err
 	case <-ctx.Done():
 		if t.forget(p) {
-			return nil, timeoutError(ctx, name, budget)
+			return qmpResult{}, timeoutError(ctx, name, budget)
 		}
 		// The reply (or the failure) was delivered meanwhile.
 		r := <-p.reply
-		return r.line, r.err
+		return r, r.err
 	}
 }
 
@@ -567,10 +581,32 @@ func (t *Transport) Version() qmp.Version {
 	return t.version
 }
 
-// EventsQueued is how many events the transport has put on its events
-// channel; a reply is handed out only after the events read before it are
-// queued, so it counts them all.
-func (t *Transport) EventsQueued() uint64 { return t.queued.Load() }
+// RouteEvents makes the reader hand every later event to fn, on the
+// reader goroutine, instead of putting it on the Events channel; the
+// events already on the channel go to fn first. fn therefore sees each
+// event before any reply read after it reaches its command: events and
+// replies take one road, in QEMU's order. fn must not block.
+func (t *Transport) RouteEvents(fn func(qmp.Event)) {
+	t.evMu.Lock()
+	defer t.evMu.Unlock()
+	drainEvents(t.events, fn)
+	t.onEvent = fn
+}
+
+// drainEvents hands the events waiting on ch to fn, without blocking.
+func drainEvents(ch <-chan qmp.Event, fn func(qmp.Event)) {
+	for {
+		select {
+		case ev, ok := <-ch:
+			if ok {
+				fn(ev)
+				continue
+			}
+		default:
+		}
+		return
+	}
+}
 
 // DroppedEvents returns how many events were dropped because the events
 // channel was full.
@@ -648,16 +684,6 @@ func readQMPLine(br *bufio.Reader, limit int) ([]byte, error) {
 	}
 }
 
-// qmpPresent records that a member is present without copying its value
-// (used for "return", which can be hundreds of kilobytes).
-type qmpPresent bool
-
-// UnmarshalJSON implements json.Unmarshaler.
-func (p *qmpPresent) UnmarshalJSON([]byte) error {
-	*p = true
-	return nil
-}
-
 // qmpEnvelope holds the members that tell a greeting, a reply and an event
 // apart. Every member is decoded leniently, so odd shapes never fail the
 // decoding of the line as a whole.
@@ -667,7 +693,7 @@ type qmpEnvelope struct {
 	Data      json.RawMessage `json:"data"`
 	Timestamp json.RawMessage `json:"timestamp"`
 	ID        json.RawMessage `json:"id"`
-	Return    qmpPresent      `json:"return"`
+	Return    json.RawMessage `json:"return"`
 	Error     json.RawMessage `json:"error"`
 }
 
@@ -704,7 +730,7 @@ func (t *Transport) handleLine(line []byte) {
 	switch {
 	case env.QMP != nil:
 		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a second greeting")
-	case bool(env.Return) || isSet(env.Error):
+	case len(env.Return) > 0 || isSet(env.Error):
 		t.handleReply(line, &env)
 	case env.Event != nil:
 		t.handleEvent(line, &env)
@@ -738,7 +764,7 @@ func (t *Transport) handleReply(line []byte, env *qmpEnvelope) {
 		return
 	}
 	delete(t.pending, p.id)
-	r := qmpResult{line: line}
+	r := qmpResult{line: line, ret: env.Return}
 	if isSet(env.Error) {
 		r = qmpResult{err: decodeQMPError(p.name, env.Error)}
 	}
@@ -777,9 +803,14 @@ func (t *Transport) handleEvent(line []byte, env *qmpEnvelope) {
 			ev.Timestamp.Seconds, ev.Timestamp.Microseconds = 0, 0
 		}
 	}
+	t.evMu.Lock()
+	defer t.evMu.Unlock()
+	if t.onEvent != nil {
+		t.onEvent(ev)
+		return
+	}
 	select {
 	case t.events <- ev:
-		t.queued.Add(1)
 	default:
 		n := t.dropped.Add(1)
 		if n == 1 || n%1000 == 0 {

@@ -712,7 +712,8 @@ func outcome(err error) string {
 	case strings.Contains(msg, "left the queue"):
 		return "left the queue"
 	case strings.Contains(msg, "monitor marked broken"), strings.Contains(msg, "QMP connection lost"),
-		strings.Contains(msg, "connect QMP"), strings.Contains(msg, "not sent"), strings.Contains(msg, "monitor stopped"):
+		strings.Contains(msg, "connect QMP"), strings.Contains(msg, "not sent"), strings.Contains(msg, "monitor stopped"),
+		strings.Contains(msg, "QMP transport closed"):
 		return "monitor broken"
 	case strings.Contains(msg, "still running for this domain"):
 		return "unsupervised QEMU"

@@ -355,3 +355,35 @@ func TestDestroyDuringStart(t *testing.T) {
 		}
 	}
 }
+
+// TestJobStepsAreShown: a job's steps are data. The start job lists its
+// steps in the order they ran and renders its progress; a one-command job
+// is a one-step job.
+func TestJobStepsAreShown(t *testing.T) {
+	d := openDriver(t, nil)
+	dom := d.define(t, "stepped", "none")
+	if err := dom.Start(ctxT(t, 30*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	if err := dom.Pause(ctxT(t, 10*time.Second)); err != nil {
+		t.Fatalf("pause: %v", err)
+	}
+	js, err := dom.Jobs(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := map[string]domain.JobInfo{}
+	for _, j := range js.Recent {
+		byName[j.Name] = j
+	}
+	start, pause := byName["start"], byName["pause"]
+	if got, want := strings.Join(start.Steps, ","), "prepare,spawn,attach,query-status,cont"; got != want || start.Step != "cont" {
+		t.Errorf("start job steps %q (last %q), want %q ending at cont", got, start.Step, want)
+	}
+	if want := "start: prepare → spawn → attach → query-status → cont"; start.Progress != want {
+		t.Errorf("start job progress %q, want %q", start.Progress, want)
+	}
+	if strings.Join(pause.Steps, ",") != "stop" || pause.Progress != "pause: stop" || pause.Error != "" {
+		t.Errorf("pause job %+v, want the one step stop", pause)
+	}
+}

@@ -8,7 +8,6 @@ package vm
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -30,7 +29,6 @@ import (
 const (
 	DefaultDestroyGrace    = 10 * time.Second
 	DefaultShutdownTimeout = 60 * time.Second
-	recentJobs             = 32
 )
 
 // JobHooks are called from the goroutine that runs a job: Started when it
@@ -101,67 +99,28 @@ func Props(cfg Config) *actor.Props {
 	}
 	life := &lineage{}
 	return actor.PropsFromProducer(func() actor.Actor {
-		return &domainActor{cfg: cfg, spec: cfg.Spec, state: domain.StateShutoff, reason: domain.ReasonUnknown, life: life}
+		dom := &domainActor{cfg: cfg, spec: cfg.Spec, state: domain.StateShutoff, reason: domain.ReasonUnknown, life: life}
+		dom.lane = actors.NewLane(actors.LaneConfig[*jobData]{
+			Name:       fmt.Sprintf("domain %q", cfg.Spec.Name),
+			Dispatcher: cfg.Dispatcher,
+			Inflight:   &life.inflight,
+			Started:    dom.jobStarted,
+			Released:   dom.jobReleased,
+			Ended:      dom.jobEnded,
+		})
+		dom.makePlans()
+		return dom
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
-}
-
-// job is one entry of the job lane.
-type job struct {
-	info domain.JobInfo
-	// span is the job's span in the trace; parentSpan is the span of the
-	// message that queued it.
-	span, parentSpan string
-	enqueuedAt       time.Time
-	req              actors.Request
-	senders          []*actor.PID
-	stopWatch        func() bool
-	cancel           context.CancelCauseFunc
-	run              func(e *jobEnv) (any, error)
-	apply            func(dom *domainActor, value any, err error)
-	// direct is set for a job that is one QMP command, run by the actor
-	// without a goroutine (see direct.go); directRun once it is launched.
-	direct    *directQMP
-	directRun *directRun
 }
 
 // The messages below come from goroutines and callbacks of one actor
 // instance; after a restart the new instance ignores those of the old one.
-type jobDone struct {
-	jobTrace
-	from  *domainActor
-	id    uint64
-	value any
-	err   error
-}
-type jobStep struct {
-	jobTrace
-	from  *domainActor
-	id    uint64
-	step  string
-	qmp   string
-	since time.Time
-}
-type jobGoAsync struct {
-	jobTrace
-	from *domainActor
-	id   uint64
-}
-type jobAbandoned struct {
-	from *domainActor
-	id   uint64
-}
 type restartDue struct {
 	from *domainActor
 	seq  uint64
 }
 type rebuildNow struct{ from *domainActor }
 type processExited struct{ proc *process.Process }
-type attachProcess struct {
-	jobTrace
-	jobID  uint64
-	proc   *process.Process
-	serial *domain.Serial
-}
 
 type domainActor struct {
 	cfg    Config
@@ -171,13 +130,14 @@ type domainActor struct {
 	proc   *process.Process
 	paths  qemuargs.RunPaths
 	mon    *actor.PID
+	// link is the monitor's connection, on which job steps run their
+	// QMP commands directly.
+	link   *monitor.Link
 	monErr error
 
-	lane       actors.Lane[*job]
-	async      *job
+	lane       *actors.Lane[*jobData]
+	plans      plans
 	destroying *job
-	jobSeq     uint64
-	recent     []domain.JobInfo
 
 	sawShutdown       bool
 	shutdownRequested bool
@@ -200,6 +160,11 @@ func (dom *domainActor) name() string { return dom.spec.Name }
 
 func (dom *domainActor) Receive(ctx actor.Context) {
 	defer supervision.RecoverAndReply(ctx, "domain/"+dom.name())
+	if dom.lane.Handle(ctx, ctx.Message()) {
+		dom.publish()
+		dom.saveStatus()
+		return
+	}
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
 		dom.cfg.Logger.Debug().Str("domain", dom.name()).Bool("restart", dom.life.started).Msg("domain actor started")
@@ -229,57 +194,32 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		// The caller gave up: its job leaves the queue now, not when the
 		// context's watcher gets here, and the snapshot shows it before
 		// the caller hears back.
-		dom.dropAbandoned(ctx, msg.RequestID)
-		w := dom.explain(msg.RequestID)
+		x := dom.lane.Explain(ctx, msg.RequestID)
 		dom.publish()
-		ctx.Respond(w)
+		ctx.Respond(&domain.WaitExplanation{Running: x.Running, Holder: jobInfoPtr(x.Holder)})
 	case *protocol.StartRequest:
 		dom.stopRestartTimer()
-		dom.enqueue(ctx, msg.Request, "start", domain.JobModify, dom.startJob(msg.Paused))
-	case *protocol.ShutdownRequest:
-		dom.enqueue(ctx, msg.Request, "shutdown", domain.JobAsync, dom.shutdownJob(msg.Timeout))
-	case *protocol.PauseRequest:
-		dom.enqueue(ctx, msg.Request, "pause", domain.JobModify, dom.qmpJob("stop", nil, func(dom *domainActor) {
-			dom.setState(domain.StatePaused, domain.ReasonUser, "")
-		}))
-	case *protocol.ResumeRequest:
-		dom.enqueue(ctx, msg.Request, "resume", domain.JobModify, dom.qmpJob("cont", nil, func(dom *domainActor) {
-			dom.setState(domain.StateRunning, domain.ReasonUnpaused, "")
-		}))
-	case *protocol.ResetRequest:
-		dom.enqueue(ctx, msg.Request, "reset", domain.JobModify, dom.qmpJob("system_reset", nil, nil))
-	case *protocol.QMPRequest:
-		kind := domain.JobModify
-		if strings.HasPrefix(msg.Execute, "query-") {
-			kind = domain.JobQuery
+		p := dom.plans.start
+		if msg.Paused {
+			p = dom.plans.startPaused
 		}
-		dom.enqueue(ctx, msg.Request, "qmp", kind, dom.rawQMPJob(msg))
+		dom.enqueue(ctx, p, msg.Request, nil)
+	case *protocol.ShutdownRequest:
+		dom.enqueue(ctx, dom.plans.shutdown, msg.Request, &jobData{timeout: msg.Timeout})
+	case *protocol.PauseRequest:
+		dom.enqueue(ctx, dom.plans.pause, msg.Request, nil)
+	case *protocol.ResumeRequest:
+		dom.enqueue(ctx, dom.plans.resume, msg.Request, nil)
+	case *protocol.ResetRequest:
+		dom.enqueue(ctx, dom.plans.reset, msg.Request, nil)
+	case *protocol.QMPRequest:
+		p := dom.plans.qmpModify
+		if strings.HasPrefix(msg.Execute, "query-") {
+			p = dom.plans.qmpQuery
+		}
+		dom.enqueue(ctx, p, msg.Request, &jobData{execute: msg.Execute, args: msg.Arguments})
 	case *protocol.DestroyRequest:
 		dom.destroy(ctx, msg)
-	case jobStep:
-		if msg.from == dom {
-			dom.onStep(msg)
-		}
-	case shutdownRequested:
-		if msg.from == dom && dom.jobByID(msg.id) != nil {
-			dom.shutdownRequested = true
-		}
-	case jobGoAsync:
-		if msg.from == dom {
-			dom.onGoAsync(ctx, msg.id)
-		}
-	case jobDone:
-		if msg.from == dom {
-			dom.onJobDone(ctx, msg)
-		}
-	case *directDone:
-		if msg.from == dom {
-			dom.onDirectDone(ctx, *msg)
-		}
-	case jobAbandoned:
-		if msg.from == dom {
-			dom.onAbandoned(ctx, msg.id)
-		}
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)
@@ -288,10 +228,8 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		if msg.from == dom {
 			dom.recovering = false
 			dom.rebuild(ctx)
-			dom.next(ctx)
+			dom.lane.Resume(ctx)
 		}
-	case attachProcess:
-		dom.onAttach(ctx, msg)
 	case processExited:
 		dom.onExit(ctx, msg.proc)
 	case *monitor.Event:
@@ -349,246 +287,31 @@ func (dom *domainActor) saveStatus() {
 	dom.cfg.SaveStatus(st)
 }
 
-// enqueue puts a job in the lane. The caller leaves the queue when its
-// context ends before the job starts.
-func (dom *domainActor) enqueue(ctx actor.Context, req actors.Request, name string, kind domain.JobKind, run jobRunner) {
-	if dom.undefining {
-		ctx.Respond(fmt.Errorf("domain %q: %s: %w", dom.name(), name, domain.ErrUndefining))
-		return
-	}
-	dom.jobSeq++
-	j := &job{
-		info:    domain.JobInfo{ID: dom.jobSeq, Name: name, Kind: kind, Owner: ownerOf(req, name), RequestID: req.RequestID, Enqueued: time.Now()},
-		req:     req,
-		senders: []*actor.PID{ctx.Sender()},
-		run:     run.run,
-		apply:   run.apply,
-		direct:  run.direct,
-	}
-	dom.traceJob(ctx, j)
-	self, root, id := ctx.Self(), ctx.ActorSystem().Root, j.info.ID
-	j.stopWatch = context.AfterFunc(req.Context(), func() { root.Send(self, jobAbandoned{from: dom, id: id}) })
-	dom.lane.Enqueue(j)
-	dom.next(ctx)
-}
-
-func ownerOf(req actors.Request, name string) string {
-	if req.Owner != "" {
-		return req.Owner
-	}
-	return "api " + name
-}
-
-// next starts queued jobs while the lane allows. While an async job waits,
-// only query jobs may start (the async job mask).
-func (dom *domainActor) next(ctx actor.Context) {
-	if dom.recovering {
-		return // jobs wait until the restarted actor has rebuilt its state
-	}
-	allow := func(j *job) bool {
-		return dom.async == nil || j.info.Kind == domain.JobQuery || j.info.Kind == domain.JobDestroy
-	}
-	for {
-		j, ok := dom.lane.Next(allow)
-		if !ok {
-			return
-		}
-		if j.stopWatch != nil {
-			j.stopWatch()
-		}
-		if j.info.Kind != domain.JobDestroy {
-			if err := j.req.Context().Err(); err != nil {
-				dom.lane.End()
-				dom.finish(ctx, j, nil, fmt.Errorf("domain %q: job %d %q left the queue: %w", dom.name(), j.info.ID, j.info.Name, err))
-				continue
-			}
-			if err := dom.precondition(j); err != nil {
-				dom.lane.End()
-				dom.finish(ctx, j, nil, err)
-				continue
-			}
-		}
-		dom.launch(ctx, j)
-		return
+// jobStarted and jobReleased are the lane's hooks: the job took the lane,
+// and gave it back.
+func (dom *domainActor) jobStarted(j *job) {
+	info := j.Info()
+	dom.cfg.Logger.Debug().Str("domain", dom.name()).Uint64("job", info.ID).Str("name", info.Name).
+		Str("request", info.RequestID).Dur("waited", info.Started.Sub(info.Enqueued)).Msg("job started")
+	if h := dom.cfg.Hooks.Started; h != nil {
+		h(dom.name(), jobInfo(info))
 	}
 }
 
-func (dom *domainActor) precondition(j *job) error {
-	switch j.info.Name {
-	case "start":
-		if dom.proc != nil {
-			return fmt.Errorf("domain %q: start: domain is already %s: %w", dom.name(), dom.state, domain.ErrWrongState)
-		}
-		return nil
-	case "pause":
-		if dom.proc != nil && dom.state == domain.StatePaused {
-			return fmt.Errorf("domain %q: pause: domain is already paused: %w", dom.name(), domain.ErrWrongState)
-		}
-	case "resume":
-		if dom.proc != nil && dom.state != domain.StatePaused {
-			return fmt.Errorf("domain %q: resume: domain is not paused (state %s): %w", dom.name(), dom.state, domain.ErrWrongState)
-		}
-	}
-	if dom.proc == nil || dom.mon == nil {
-		return fmt.Errorf("domain %q: %s: %w (state %s/%s)", dom.name(), j.info.Name, domain.ErrNotRunning, dom.state, dom.reason)
-	}
-	return nil
-}
-
-// launch runs a job in a goroutine owned by this actor. Its result comes
-// back as a jobDone message; its steps as jobStep messages.
-func (dom *domainActor) launch(ctx actor.Context, j *job) {
-	if j.direct != nil {
-		dom.launchDirect(ctx, j)
-		return
-	}
-	jctx, cancel := context.WithCancelCause(context.Background())
-	j.cancel = cancel
-	j.info.Started = time.Now()
-	env := &jobEnv{
-		ctx:     jctx,
-		root:    ctx.ActorSystem().Root,
-		self:    ctx.Self(),
-		monitor: dom.mon,
-		proc:    dom.proc,
-		spec:    *dom.spec,
-		runDir:  dom.cfg.RunDir,
-		launch:  dom.cfg.Launcher,
-		grace:   dom.cfg.DestroyGrace,
-		job:     j.info,
-		req:     j.req,
-		hooks:   dom.cfg.Hooks,
-		host:    dom.cfg.Host,
-		span:    j.span,
-		domain:  dom.name(),
-		owner:   dom,
-	}
-	dom.cfg.Logger.Debug().Str("domain", dom.name()).Uint64("job", j.info.ID).Str("name", j.info.Name).
-		Str("request", j.req.RequestID).Dur("waited", j.info.Started.Sub(j.info.Enqueued)).Msg("job started")
-	run := j.run
-	dom.life.inflight.Add(1)
-	go func() {
-		defer dom.life.inflight.Done()
-		if env.hooks.Started != nil {
-			env.hooks.Started(env.domain, env.job)
-		}
-		value, err := run(env)
-		if !env.released && env.hooks.Released != nil {
-			env.hooks.Released(env.domain, env.job)
-		}
-		cancel(nil)
-		env.root.Send(env.self, jobDone{jobTrace: env.trace(), from: env.owner, id: env.job.ID, value: value, err: err})
-	}()
-}
-
-func (dom *domainActor) jobByID(id uint64) *job {
-	if j, ok := dom.lane.Active(); ok && j.info.ID == id {
-		return j
-	}
-	if dom.async != nil && dom.async.info.ID == id {
-		return dom.async
-	}
-	return nil
-}
-
-func (dom *domainActor) onStep(s jobStep) {
-	j := dom.jobByID(s.id)
-	if j == nil {
-		return
-	}
-	j.info.Step = s.step
-	if s.qmp == "" {
-		j.info.QMP = nil
-	} else {
-		j.info.QMP = &domain.QMPInFlight{Command: s.qmp, Since: s.since}
+func (dom *domainActor) jobReleased(j *job) {
+	if h := dom.cfg.Hooks.Released; h != nil {
+		h(dom.name(), jobInfo(j.Info()))
 	}
 }
 
-func (dom *domainActor) onGoAsync(ctx actor.Context, id uint64) {
-	j, ok := dom.lane.Active()
-	if !ok || j.info.ID != id {
-		return
-	}
-	dom.lane.End()
-	dom.async = j
-	dom.next(ctx)
-}
-
-func (dom *domainActor) onJobDone(ctx actor.Context, d jobDone) {
-	var j *job
-	if a, ok := dom.lane.Active(); ok && a.info.ID == d.id {
-		j = a
-	} else if dom.async != nil && dom.async.info.ID == d.id {
-		j = dom.async
-	} else {
-		return
-	}
-	// The job may have seen QEMU exit before its exit message arrived.
-	if dom.proc != nil && dom.proc.Exited() {
-		dom.onExit(ctx, dom.proc)
-	}
-	if j.apply != nil {
-		j.apply(dom, d.value, d.err)
-	}
-	if j == dom.async {
-		dom.async = nil
-	} else {
-		dom.lane.End()
-	}
-	dom.finish(ctx, j, d.value, d.err)
-	dom.next(ctx)
-}
-
-// finish replies to the job's callers and keeps it in the recent list.
-func (dom *domainActor) finish(ctx actor.Context, j *job, value any, err error) {
-	dom.releaseDirect(ctx, j)
-	j.info.Ended = time.Now()
-	j.info.QMP = nil
-	reply := value
-	if err != nil {
-		j.info.Error = err.Error()
-		reply = err
-	} else if reply == nil {
-		reply = &protocol.JobDone{Job: j.info}
-	}
-	dom.recordJob(j, err)
-	dom.publish()
-	for _, s := range j.senders {
-		if s != nil {
-			ctx.Send(s, reply)
-		}
-	}
-	dom.recent = append(dom.recent, j.info)
-	if len(dom.recent) > recentJobs {
-		dom.recent = dom.recent[len(dom.recent)-recentJobs:]
-	}
-	ev := dom.cfg.Logger.Debug()
-	if err != nil {
-		ev = dom.cfg.Logger.Info().Err(err)
-	}
-	ev.Str("domain", dom.name()).Uint64("job", j.info.ID).Str("name", j.info.Name).Str("request", j.req.RequestID).Msg("job ended")
-}
-
-func (dom *domainActor) onAbandoned(ctx actor.Context, id uint64) {
-	j, ok := dom.lane.Remove(func(j *job) bool { return j.info.ID == id })
-	if !ok || j.info.Kind == domain.JobDestroy {
-		if ok {
-			dom.lane.EnqueueFront(j)
-		}
-		return
-	}
-	dom.finish(ctx, j, nil, fmt.Errorf("domain %q: job %d %q left the queue: %w", dom.name(), j.info.ID, j.info.Name, j.req.Context().Err()))
-}
-
-// destroy kills QEMU at once, cancels the running jobs and queues the
-// destroy job at the head of the lane.
+// destroy kills QEMU at once, cancels the running jobs and puts the
+// destroy job at the head of the lane. Concurrent destroys share one job.
 func (dom *domainActor) destroy(ctx actor.Context, msg *protocol.DestroyRequest) {
-	if dom.destroying != nil {
-		dom.destroying.senders = append(dom.destroying.senders, ctx.Sender())
+	if dom.lane.Join(dom.destroying, actors.ReplyTo(ctx.Sender())) {
 		return
 	}
-	active, busy := dom.lane.Active()
-	startingUp := busy && active.info.Name == "start"
+	active := dom.lane.Active()
+	startingUp := active != nil && active.Name() == "start"
 	if dom.proc == nil && !startingUp {
 		if dom.restartTimer != nil {
 			// Destroy ends a pending on_crash restart: the user wants it off.
@@ -600,22 +323,6 @@ func (dom *domainActor) destroy(ctx actor.Context, msg *protocol.DestroyRequest)
 		ctx.Respond(fmt.Errorf("domain %q: destroy: %w (state %s/%s)", dom.name(), domain.ErrNotRunning, dom.state, dom.reason))
 		return
 	}
-	dom.jobSeq++
-	j := &job{
-		info:    domain.JobInfo{ID: dom.jobSeq, Name: "destroy", Kind: domain.JobDestroy, Owner: ownerOf(msg.Request, "destroy"), RequestID: msg.RequestID, Enqueued: time.Now()},
-		req:     msg.Request,
-		senders: []*actor.PID{ctx.Sender()},
-		run:     runDestroy,
-		apply: func(dom *domainActor, _ any, _ error) {
-			dom.destroying = nil
-			dom.life.destroying = false
-			if dom.proc == nil {
-				dom.setState(domain.StateShutoff, domain.ReasonDestroyed, "")
-			}
-		},
-	}
-	dom.traceJob(ctx, j)
-	dom.destroying = j
 	dom.life.destroying = true
 	if p := dom.proc; p != nil {
 		grace := dom.cfg.DestroyGrace
@@ -625,47 +332,11 @@ func (dom *domainActor) destroy(ctx actor.Context, msg *protocol.DestroyRequest)
 			p.Terminate(grace)
 		}()
 	}
-	cause := fmt.Errorf("domain %q: destroyed by job %d (%s)", dom.name(), j.info.ID, j.info.Owner)
-	if busy && active.cancel != nil {
-		active.cancel(cause)
+	d := dom.traced(ctx, &jobData{proc: dom.proc})
+	dom.destroying = dom.lane.Preempt(ctx, dom.plans.destroy, msg.Request, d, actors.ReplyTo(ctx.Sender()), "destroyed")
+	if dom.destroying.Ended() {
+		dom.destroying = nil
 	}
-	if dom.async != nil && dom.async.cancel != nil {
-		dom.async.cancel(cause)
-	}
-	dom.lane.EnqueueFront(j)
-	dom.next(ctx)
-}
-
-func (dom *domainActor) onAttach(ctx actor.Context, a attachProcess) {
-	j, ok := dom.lane.Active()
-	if !ok || j.info.ID != a.jobID || a.proc.Exited() || dom.destroying != nil {
-		ctx.Respond(fmt.Errorf("domain %q: QEMU (pid %d) is gone before QMP was attached", dom.name(), a.proc.PID()))
-		return
-	}
-	paths, err := qemuargs.NewRunPaths(dom.cfg.RunDir, dom.name())
-	if err != nil {
-		ctx.Respond(err)
-		return
-	}
-	if dom.mon != nil {
-		// The monitor of an earlier attempt of this start, whose QEMU
-		// is gone or going.
-		ctx.Stop(dom.mon)
-		dom.mon = nil
-	}
-	dom.proc = a.proc
-	dom.paths = paths
-	dom.monConnected = false
-	dom.runningSerial = a.serial
-	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
-	dom.setState(domain.StatePaused, domain.ReasonStartingUp, "")
-	pid, err := ctx.SpawnNamed(monitor.Props(dom.monitorConfig(paths)), fmt.Sprintf("monitor-%d", a.proc.PID()))
-	if err != nil {
-		ctx.Respond(fmt.Errorf("domain %q: spawn monitor: %w", dom.name(), err))
-		return
-	}
-	dom.mon = pid
-	ctx.Respond(pid)
 }
 
 // onExit records that QEMU is gone and decides the outcome, as DESIGN.md
@@ -679,14 +350,14 @@ func (dom *domainActor) onExit(ctx actor.Context, p *process.Process) {
 	dom.proc = nil
 	if dom.mon != nil {
 		ctx.Stop(dom.mon)
-		dom.mon = nil
+		dom.mon, dom.link = nil, nil
 	}
-	active, busy := dom.lane.Active()
+	active := dom.lane.Active()
 	state, reason := domain.StateShutoff, domain.ReasonCrashed
 	switch {
 	case dom.destroying != nil || dom.life.destroying:
 		reason = domain.ReasonDestroyed
-	case busy && active.info.Name == "start":
+	case active != nil && active.Name() == "start":
 		reason = domain.ReasonFailed
 	case dom.panicked:
 		state, reason = domain.StateCrashed, domain.ReasonPanicked
@@ -696,11 +367,11 @@ func (dom *domainActor) onExit(ctx actor.Context, p *process.Process) {
 	cause := fmt.Errorf("domain %q: QEMU exited (%s)", dom.name(), p.ExitString())
 	// A start job handles its own QEMU's death (and may retry with a new
 	// one); destroy waits for it. Any other job is cut short.
-	if busy && active.info.Kind != domain.JobDestroy && active.info.Name != "start" && active.cancel != nil {
-		active.cancel(fmt.Errorf("domain %q: QEMU exited (%s) while running job %d %q", dom.name(), p.ExitString(), active.info.ID, active.info.Name))
+	if active != nil && active.Kind() != actors.JobDestroy && active.Name() != "start" {
+		dom.lane.Cancel(ctx, active, fmt.Errorf("domain %q: QEMU exited (%s) while running job %d %q", dom.name(), p.ExitString(), active.ID(), active.Name()))
 	}
-	if dom.async != nil && dom.async.cancel != nil && reason != domain.ReasonShutdown {
-		dom.async.cancel(cause)
+	if async := dom.lane.Async(); async != nil && reason != domain.ReasonShutdown {
+		dom.lane.Cancel(ctx, async, cause)
 	}
 	dom.cfg.Logger.Info().Str("domain", dom.name()).Int("pid", p.PID()).Str("exit", p.ExitString()).
 		Str("state", string(state)).Str("reason", string(reason)).Msg("QEMU exited")
@@ -778,7 +449,7 @@ func (dom *domainActor) setState(s domain.State, r domain.Reason, cause string) 
 }
 
 func (dom *domainActor) prepareUndefine(ctx actor.Context) {
-	if dom.proc != nil || dom.lane.Busy() || dom.lane.Len() > 0 || dom.async != nil {
+	if dom.proc != nil || !dom.lane.Idle() {
 		ctx.Respond(fmt.Errorf("domain %q: undefine: domain must be shut off and idle (state %s/%s, %d jobs queued); shut it down or destroy it first: %w", dom.name(), dom.state, dom.reason, dom.lane.Len(), domain.ErrWrongState))
 		return
 	}
@@ -804,29 +475,11 @@ func (dom *domainActor) stopping(ctx actor.Context) {
 	}
 }
 
-// abandonJobs cancels the active and async jobs and answers every caller
-// of the lane with err: the caller of a running job does not wait for an
-// answer that would reach a stopped actor.
+// abandonJobs closes the lane: the running jobs are cancelled and every
+// caller of the lane is answered with err, so that the caller of a running
+// job does not wait for an answer that would reach a stopped actor.
 func (dom *domainActor) abandonJobs(ctx actor.Context, err error) {
-	if j, ok := dom.lane.End(); ok {
-		if j.cancel != nil {
-			j.cancel(err)
-		}
-		dom.finish(ctx, j, nil, err)
-	}
-	if dom.async != nil {
-		if dom.async.cancel != nil {
-			dom.async.cancel(err)
-		}
-		dom.finish(ctx, dom.async, nil, err)
-		dom.async = nil
-	}
-	for _, j := range dom.lane.Drain() {
-		if j.stopWatch != nil {
-			j.stopWatch()
-		}
-		dom.finish(ctx, j, nil, err)
-	}
+	dom.lane.Close(ctx, err)
 	dom.destroying = nil
 }
 
@@ -841,67 +494,41 @@ func (dom *domainActor) info() *domain.Info {
 			return &in
 		}
 	}
-	in := &domain.Info{Name: dom.spec.Name, UUID: dom.spec.UUID, State: dom.state, Reason: dom.reason, Queued: dom.lane.Len(),
-		Restarts: dom.life.restarts, Control: dom.control(time.Now())}
+	// One allocation: Info is published after nearly every message.
+	box := &struct {
+		in  domain.Info
+		ctl domain.Control
+		job domain.JobInfo
+		qmp domain.QMPInFlight
+	}{}
+	in := &box.in
+	*in = domain.Info{Name: dom.spec.Name, UUID: dom.spec.UUID, State: dom.state, Reason: dom.reason, Queued: dom.lane.Len(),
+		Restarts: dom.life.restarts, Control: &box.ctl}
+	dom.control(&box.ctl, time.Now())
 	if dom.proc != nil {
 		in.PID = dom.proc.PID()
 		if dom.cfg.Host != nil {
 			in.NICs = dom.cfg.Host.NICs(dom.spec.Name)
 		}
 	}
-	if j, ok := dom.lane.Active(); ok {
-		ji := j.info
-		in.Job = &ji
-	} else if dom.async != nil {
-		ji := dom.async.info
-		in.Job = &ji
+	if info, ok := dom.lane.Holder(); ok {
+		fillJobInfo(&box.job, &box.qmp, info)
+		in.Job = &box.job
 	}
 	return in
 }
 
 func (dom *domainActor) jobs() *domain.Jobs {
-	js := &domain.Jobs{Domain: dom.name(), Queued: []domain.JobInfo{}, Recent: append([]domain.JobInfo{}, dom.recent...)}
-	if j, ok := dom.lane.Active(); ok {
-		ji := j.info
-		js.Active = &ji
+	snap := dom.lane.Snapshot()
+	js := &domain.Jobs{Domain: dom.name(), Active: jobInfoPtr(snap.Active), Async: jobInfoPtr(snap.Async),
+		Queued: make([]domain.JobInfo, 0, len(snap.Queued)), Recent: make([]domain.JobInfo, 0, len(snap.Recent))}
+	for _, ji := range snap.Queued {
+		js.Queued = append(js.Queued, jobInfo(ji))
 	}
-	if dom.async != nil {
-		ji := dom.async.info
-		js.Async = &ji
-	}
-	for _, j := range dom.lane.Waiting() {
-		js.Queued = append(js.Queued, j.info)
+	for _, ji := range snap.Recent {
+		js.Recent = append(js.Recent, jobInfo(ji))
 	}
 	return js
-}
-
-// dropAbandoned takes the queued jobs of requestID whose caller gave up out
-// of the lane.
-func (dom *domainActor) dropAbandoned(ctx actor.Context, requestID string) {
-	var ids []uint64
-	for _, j := range dom.lane.Waiting() {
-		if j.req.RequestID == requestID && j.req.Context().Err() != nil {
-			ids = append(ids, j.info.ID)
-		}
-	}
-	for _, id := range ids {
-		dom.onAbandoned(ctx, id)
-	}
-}
-
-func (dom *domainActor) explain(requestID string) *domain.WaitExplanation {
-	w := &domain.WaitExplanation{}
-	if j, ok := dom.lane.Active(); ok {
-		if j.req.RequestID == requestID {
-			w.Running = true
-		}
-		ji := j.info
-		w.Holder = &ji
-	} else if dom.async != nil {
-		ji := dom.async.info
-		w.Holder = &ji
-	}
-	return w
 }
 
 // console says where the running guest's serial console socket is.
@@ -924,6 +551,18 @@ func (dom *domainActor) console() any {
 	}
 }
 
+// spawnMonitor spawns the monitor of the QEMU at paths, with a new link.
+func (dom *domainActor) spawnMonitor(c actor.Context, paths qemuargs.RunPaths, pid int) error {
+	cfg := dom.monitorConfig(paths)
+	cfg.Link = monitor.NewLink(dom.name(), dom.cfg.Trace)
+	mon, err := c.SpawnNamed(monitor.Props(cfg), fmt.Sprintf("monitor-%d", pid))
+	if err != nil {
+		return err
+	}
+	dom.mon, dom.link = mon, cfg.Link
+	return nil
+}
+
 func (dom *domainActor) monitorConfig(paths qemuargs.RunPaths) monitor.Config {
 	cfg := monitor.Config{
 		Trace:      dom.cfg.Trace,
@@ -939,27 +578,4 @@ func (dom *domainActor) monitorConfig(paths qemuargs.RunPaths) monitor.Config {
 		cfg.Dial = func() monitor.Conn { return dial(socket) }
 	}
 	return cfg
-}
-
-// traceJob gives a job its span, under the message that queued it.
-func (dom *domainActor) traceJob(ctx actor.Context, j *job) {
-	if dom.cfg.Trace.Enabled() {
-		j.span = dom.name() + "/job-" + strconv.FormatUint(j.info.ID, 10)
-		j.parentSpan = trace.Current(ctx).SpanID
-		j.enqueuedAt = trace.Now()
-	}
-}
-
-// recordJob puts a finished job in the trace.
-func (dom *domainActor) recordJob(j *job, err error) {
-	if !dom.cfg.Trace.Enabled() {
-		return
-	}
-	r := trace.Record{TraceID: j.req.RequestID, SpanID: j.span, ParentSpanID: j.parentSpan, Kind: trace.KindJob,
-		Actor: "domain/" + dom.name(), MessageType: j.info.Name, Enqueued: j.enqueuedAt, Ended: trace.Now(),
-		JobID: j.info.ID, Note: trace.Outcome(err)}
-	if !j.info.Started.IsZero() {
-		r.Started = r.Enqueued.Add(j.info.Started.Sub(j.info.Enqueued))
-	}
-	dom.cfg.Trace.Record(r)
 }

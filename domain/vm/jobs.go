@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/digitalocean/go-qemu/qmp/raw"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/process"
@@ -18,98 +21,466 @@ import (
 	"github.com/vmsup/vmsup/monitor"
 )
 
-// jobRunner is a job's body, run in the job goroutine, and the change it
-// makes to the actor's state, applied in the actor when the job ends.
-type jobRunner struct {
-	run   func(e *jobEnv) (any, error)
-	apply func(dom *domainActor, value any, err error)
-	// direct, instead of run, makes a job of one QMP command that the
-	// actor sends itself (see direct.go).
-	direct *directQMP
+// The domain's jobs are plans of the actor's job lane (actors.Lane): a
+// named list of steps. The lane owns the queue policy; this file says
+// only what each job does. Steps marked Do run in a goroutine the lane
+// owns and may wait; InActor steps run in the actor and change its state.
+
+type (
+	job  = actors.Job[*jobData]
+	run  = actors.Run[*jobData]
+	step = actors.Step[*jobData]
+	plan = actors.Plan[*jobData]
+)
+
+// jobData is one job's own data: what the request asked, what the plan's
+// Start copied from the actor, and what the steps found. While a step
+// goroutine runs, only it touches the data; the actor reads it in End.
+type jobData struct {
+	// From the request.
+	timeout time.Duration
+	execute string
+	args    json.RawMessage
+	// after runs in the actor after the plan's End (the on_crash restart
+	// counts its outcome here).
+	after func(c actor.Context, dom *domainActor, err error)
+	// The trace: the span of the message that queued the job, and when.
+	parentSpan string
+	enqueuedAt time.Time
+
+	// Copied from the actor when the job starts.
+	domain string
+	spec   domain.Spec
+	runDir string
+	launch process.Launcher
+	grace  time.Duration
+	proc   *process.Process
+	link   *monitor.Link
+	host   HostResources
+
+	// Found by the steps.
+	paths   qemuargs.RunPaths
+	argv    []string
+	status  string
+	release func() // the host resources of this start
 }
 
-// jobEnv is what a job goroutine may use: a copy of the actor's state at
-// launch, and message sends back to the actor. It never touches the actor's
-// fields.
-type jobEnv struct {
-	ctx      context.Context
-	root     *actor.RootContext
-	self     *actor.PID
-	monitor  *actor.PID
-	proc     *process.Process
-	spec     domain.Spec
-	runDir   string
-	launch   process.Launcher
-	grace    time.Duration
-	job      domain.JobInfo
-	req      actors.Request
-	hooks    JobHooks
-	host     HostResources
-	domain   string
-	released bool
-	// owner identifies the actor instance, to tag messages; the job
-	// goroutine never touches its fields.
-	owner *domainActor
-	// span is the job's trace span, the parent of its QMP commands.
-	span string
+// plans are the domain actor's jobs. They are made once per actor
+// instance, since their actor steps and ends act on that instance.
+type plans struct {
+	start, startPaused, shutdown, destroy, pause, resume, reset, qmpQuery, qmpModify, reconnect *plan
 }
 
-// jobTrace puts a job goroutine's messages to its actor in the job's trace
-// (the middleware reads Header), under the job's span.
-type jobTrace struct{ req actors.Request }
+// startRetries is how often start spawns QEMU again when the QMP
+// handshake fails while QEMU runs: QEMU 7.2 now and then garbles the QMP
+// session of a client that connects right after the socket appears (a
+// second greeting, a parse error), and a fresh QEMU is the reliable way
+// out.
+const startRetries = 1
 
-// Header is the job's request, with the job's span as the parent.
-func (t jobTrace) Header() actors.Request { return t.req }
-
-func (e *jobEnv) trace() jobTrace {
-	return jobTrace{req: actors.Request{RequestID: e.req.RequestID, ParentID: e.span, Owner: e.req.Owner}}
-}
-
-// step reports the job's current step to the actor.
-func (e *jobEnv) step(step, qmp string) {
-	s := jobStep{jobTrace: e.trace(), from: e.owner, id: e.job.ID, step: step, qmp: qmp}
-	if qmp != "" {
-		s.since = time.Now()
+func (dom *domainActor) makePlans() {
+	p := &dom.plans
+	startSteps := []step{
+		{Name: "prepare", Do: stepPrepare},
+		{Name: "spawn", Do: stepSpawn},
+		{Name: "attach", InActor: dom.stepAttach},
+		{Name: "query-status", Call: "query-status", Do: stepHandshake},
 	}
-	e.root.Send(e.self, s)
-}
-
-// goAsync releases the job lane while an async job waits.
-func (e *jobEnv) goAsync() {
-	if e.hooks.Released != nil {
-		e.hooks.Released(e.domain, e.job)
+	cont := step{Name: "cont", Call: "cont", Do: func(ctx context.Context, r run) error {
+		d := r.Data()
+		if err := d.typed(ctx, r, "cont", (*raw.Monitor).Cont); err != nil {
+			return d.abort("cont", err)
+		}
+		return nil
+	}}
+	p.start = dom.plan("start", actors.JobModify, append(startSteps, cont)...)
+	p.startPaused = dom.plan("start", actors.JobModify, startSteps...)
+	for _, sp := range []*plan{p.start, p.startPaused} {
+		sp.Retries = startRetries
+		sp.Start = dom.startPrecondition
+		paused := sp == p.startPaused
+		sp.End = dom.ending(func(dom *domainActor, _ *job, err error) {
+			switch {
+			case err != nil && dom.proc == nil:
+				dom.setState(domain.StateShutoff, domain.ReasonFailed, "")
+			case err == nil && dom.proc != nil && paused:
+				dom.setState(domain.StatePaused, domain.ReasonUser, "")
+			case err == nil && dom.proc != nil:
+				dom.setState(domain.StateRunning, domain.ReasonBooted, "")
+			}
+		})
 	}
-	e.released = true
-	e.root.Send(e.self, jobGoAsync{jobTrace: e.trace(), from: e.owner, id: e.job.ID})
+
+	p.shutdown = dom.plan("shutdown", actors.JobAsync,
+		step{Name: "system_powerdown", Call: "system_powerdown", Do: func(ctx context.Context, r run) error {
+			return r.Data().typed(ctx, r, "system_powerdown", (*raw.Monitor).SystemPowerdown)
+		}},
+		step{Name: "wait for power-off", Async: true, Do: stepAwaitPowerOff})
+	p.shutdown.Start = func(c actor.Context, j *job) error {
+		if err := dom.runningPrecondition(c, j); err != nil {
+			return err
+		}
+		dom.shutdownRequested = true
+		return nil
+	}
+	p.shutdown.End = dom.ending(func(dom *domainActor, _ *job, err error) {
+		if err != nil {
+			dom.shutdownRequested = false
+		}
+	})
+
+	p.destroy = dom.plan("destroy", actors.JobDestroy, step{Name: "wait for exit", Do: stepAwaitExit})
+	p.destroy.Start = func(_ actor.Context, j *job) error {
+		// The kill has begun: no precondition. The step waits for the
+		// process that destroy killed.
+		killed := j.Data.proc
+		dom.load(j)
+		j.Data.proc = killed
+		return nil
+	}
+	p.destroy.End = dom.ending(func(dom *domainActor, _ *job, _ error) {
+		dom.destroying = nil
+		dom.life.destroying = false
+		if dom.proc == nil {
+			dom.setState(domain.StateShutoff, domain.ReasonDestroyed, "")
+		}
+	})
+
+	p.pause = dom.oneCommand("pause", "stop", (*raw.Monitor).Stop, func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
+	p.resume = dom.oneCommand("resume", "cont", (*raw.Monitor).Cont, func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
+	p.reset = dom.oneCommand("reset", "system_reset", (*raw.Monitor).SystemReset, nil)
+
+	rawQMP := func(kind actors.JobKind) *plan {
+		rp := dom.plan("qmp", kind, step{Name: "qmp", Do: func(ctx context.Context, r run) error {
+			d := r.Data()
+			ret, err := d.qmp(ctx, r, d.execute, d.args)
+			if err != nil {
+				return err
+			}
+			r.SetValue(&protocol.QMPReply{Return: ret})
+			return nil
+		}})
+		rp.Start = func(c actor.Context, j *job) error {
+			if j.Data.execute == "" {
+				return fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", dom.name())
+			}
+			if err := dom.runningPrecondition(c, j); err != nil {
+				return err
+			}
+			j.SetCall(j.Data.execute)
+			return nil
+		}
+		rp.End = dom.ending(nil)
+		return rp
+	}
+	p.qmpQuery, p.qmpModify = rawQMP(actors.JobQuery), rawQMP(actors.JobModify)
+
+	p.reconnect = dom.plan("reconnect", actors.JobModify, step{Name: "query-status", Call: "query-status", Do: func(ctx context.Context, r run) error {
+		d := r.Data()
+		return d.typed(ctx, r, "query-status", func(m *raw.Monitor) error {
+			st, err := m.QueryStatus()
+			d.status = st.Status.String()
+			return err
+		})
+	}})
+	p.reconnect.Start = dom.runningPrecondition
+	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
+		if err == nil && dom.proc != nil {
+			dom.resync(j.Data.status)
+		}
+	})
 }
 
-// cause turns an error seen while the job context was cancelled into the
-// reason it was cancelled (QEMU exited, destroy, ...).
-func (e *jobEnv) cause(err error) error {
-	if c := context.Cause(e.ctx); c != nil && !errors.Is(c, context.Canceled) {
-		return fmt.Errorf("%w (%v)", c, err)
+// plan makes a plan whose jobs copy the actor's state at their start.
+func (dom *domainActor) plan(name string, kind actors.JobKind, steps ...step) *plan {
+	p := actors.NewPlan(name, kind, steps...)
+	p.Start = dom.runningPrecondition
+	return p
+}
+
+// oneCommand is a job of one QMP command: a one-step plan. onSuccess runs
+// in the actor when the command succeeded and QEMU still runs.
+func (dom *domainActor) oneCommand(name, execute string, send func(*raw.Monitor) error, onSuccess func(dom *domainActor)) *plan {
+	p := dom.plan(name, actors.JobModify, step{Name: execute, Call: execute, Do: func(ctx context.Context, r run) error {
+		return r.Data().typed(ctx, r, execute, send)
+	}})
+	p.End = dom.ending(func(dom *domainActor, _ *job, err error) {
+		if err == nil && onSuccess != nil && dom.proc != nil {
+			onSuccess(dom)
+		}
+	})
+	return p
+}
+
+// ending is the End of every plan: first the QEMU exit the job may have
+// seen before its message arrived, then apply, then the job's own after.
+func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) func(actor.Context, *job, any, error) (any, error) {
+	return func(c actor.Context, j *job, value any, err error) (any, error) {
+		if dom.proc != nil && dom.proc.Exited() {
+			dom.onExit(c, dom.proc)
+		}
+		if apply != nil {
+			apply(dom, j, err)
+		}
+		if j.Data.after != nil {
+			j.Data.after(c, dom, err)
+		}
+		return value, err
+	}
+}
+
+// load copies what a job's steps may use from the actor.
+func (dom *domainActor) load(j *job) {
+	d := j.Data
+	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), *dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
+	d.proc, d.link, d.host = dom.proc, dom.link, dom.cfg.Host
+	if dom.cfg.Trace.Enabled() {
+		j.SetSpan(jobSpan(dom.name(), j.ID()))
+	}
+}
+
+func jobSpan(name string, id uint64) string { return name + "/job-" + strconv.FormatUint(id, 10) }
+
+// runningPrecondition is the Start of a job that needs a running QEMU.
+func (dom *domainActor) runningPrecondition(_ actor.Context, j *job) error {
+	dom.load(j)
+	switch j.Name() {
+	case "pause":
+		if dom.proc != nil && dom.state == domain.StatePaused {
+			return fmt.Errorf("domain %q: pause: domain is already paused: %w", dom.name(), domain.ErrWrongState)
+		}
+	case "resume":
+		if dom.proc != nil && dom.state != domain.StatePaused {
+			return fmt.Errorf("domain %q: resume: domain is not paused (state %s): %w", dom.name(), dom.state, domain.ErrWrongState)
+		}
+	}
+	if dom.proc == nil || dom.mon == nil {
+		return fmt.Errorf("domain %q: %s: %w (state %s/%s)", dom.name(), j.Name(), domain.ErrNotRunning, dom.state, dom.reason)
+	}
+	return nil
+}
+
+func (dom *domainActor) startPrecondition(_ actor.Context, j *job) error {
+	dom.load(j)
+	if dom.proc != nil {
+		return fmt.Errorf("domain %q: start: domain is already %s: %w", dom.name(), dom.state, domain.ErrWrongState)
+	}
+	return nil
+}
+
+// stepPrepare makes the run directory, the host resources (forwards,
+// taps, the files behind image disks and the seed) and the QEMU argv.
+// Never a second QEMU for a domain: one that vmsup does not supervise (it
+// failed to adopt it) still owns the VM's disks and sockets.
+func stepPrepare(ctx context.Context, r run) error {
+	d := r.Data()
+	d.proc = nil // a retry's earlier QEMU is dead (stepHandshake)
+	paths, err := qemuargs.NewRunPaths(d.runDir, d.domain)
+	if err != nil {
+		return d.fail("run paths", err)
+	}
+	if err := os.MkdirAll(paths.Dir, 0o700); err != nil {
+		return d.fail("prepare run dir", err)
+	}
+	if pid, ok := process.StillRunning(paths.PIDFile, d.spec.UUID); ok {
+		return d.fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
+	}
+	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
+		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return d.fail("remove stale "+stale, err)
+		}
+	}
+	d.paths = paths
+	var host *qemuargs.Host
+	if d.host != nil {
+		h, release, err := d.host.Acquire(ctx, &d.spec)
+		if err != nil {
+			return d.fail("host resources", err)
+		}
+		host, d.release = h, release
+		// Released when the QEMU of this start exits (stepSpawn), or
+		// here when none was started. A later Acquire (a retry) makes
+		// an earlier release a no-op.
+		r.Defer("release the host resources of a start without QEMU", func(error) error {
+			if d.proc == nil {
+				release()
+			}
+			return nil
+		})
+	}
+	argv, err := qemuargs.BuildArgs(&d.spec, paths, qemuargs.ResolveAccel(d.spec.Accel), host)
+	if err != nil {
+		return d.fail("command line", err)
+	}
+	d.argv = argv
+	return nil
+}
+
+// stepSpawn starts QEMU paused. From here on the process must not outlive
+// a failed start: a cleanup kills it.
+func stepSpawn(_ context.Context, r run) error {
+	d := r.Data()
+	launch := d.launch
+	if launch == nil {
+		launch = process.LaunchQEMU
+	}
+	proc, err := launch(d.spec.EmulatorPath(), d.argv, d.paths)
+	if err != nil {
+		return d.fail("spawn QEMU", err)
+	}
+	d.proc = proc
+	if d.release != nil {
+		proc.OnExit(d.release)
+	}
+	root, self := r.Root(), r.Self()
+	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
+	r.Defer("kill QEMU of a failed start", func(jobErr error) error {
+		if jobErr != nil {
+			proc.Kill()
+		}
+		return nil
+	})
+	return nil
+}
+
+// stepAttach makes the new QEMU the domain's and spawns its monitor.
+func (dom *domainActor) stepAttach(c actor.Context, r run) error {
+	d := r.Data()
+	if d.proc.Exited() || dom.destroying != nil {
+		return d.abort("attach monitor", fmt.Errorf("QEMU (pid %d) is gone before QMP was attached", d.proc.PID()))
+	}
+	if dom.mon != nil {
+		// The monitor of an earlier attempt of this start, whose QEMU
+		// is gone or going.
+		c.Stop(dom.mon)
+		dom.mon, dom.link = nil, nil
+	}
+	dom.proc, dom.paths, dom.monConnected, dom.runningSerial = d.proc, d.paths, false, d.spec.Serial
+	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
+	dom.setState(domain.StatePaused, domain.ReasonStartingUp, "")
+	if err := dom.spawnMonitor(c, d.paths, d.proc.PID()); err != nil {
+		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))
+	}
+	d.link = dom.link
+	return nil
+}
+
+// stepHandshake checks QMP with query-status. A failed handshake while
+// QEMU still runs starts again from a fresh QEMU (startRetries).
+func stepHandshake(ctx context.Context, r run) error {
+	d := r.Data()
+	if err := d.typed(ctx, r, "query-status", func(m *raw.Monitor) error { _, err := m.QueryStatus(); return err }); err != nil {
+		running := !d.proc.Exited()
+		err = d.abort("QMP", err)
+		if running {
+			return actors.Retry("prepare", err)
+		}
+		return err
+	}
+	return nil
+}
+
+// stepAwaitPowerOff waits, as the lane's async job, for the guest to power
+// off after system_powerdown.
+func stepAwaitPowerOff(ctx context.Context, r run) error {
+	d := r.Data()
+	timeout := d.timeout
+	if timeout <= 0 {
+		timeout = DefaultShutdownTimeout
+	}
+	sent := time.Now()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-d.proc.Done():
+		return nil
+	case <-timer.C:
+		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s): %w",
+			d.domain, timeout, sent.Format("15:04:05"), domain.ErrShutdownTimeout)
+	case <-ctx.Done():
+		select {
+		case <-d.proc.Done():
+			return nil // QEMU exited: that is what we waited for
+		default:
+		}
+		return fmt.Errorf("domain %q: shutdown job %d: %w", d.domain, r.ID(), context.Cause(ctx))
+	}
+}
+
+// stepAwaitExit waits for the process that destroy killed to be reaped.
+func stepAwaitExit(_ context.Context, r run) error {
+	d := r.Data()
+	if d.proc == nil {
+		return nil
+	}
+	limit := d.grace + 10*time.Second
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case <-d.proc.Done():
+		return nil
+	case <-timer.C:
+		return fmt.Errorf("domain %q: destroy: QEMU (pid %d) still not reaped %s after SIGTERM", d.domain, d.proc.PID(), limit)
+	}
+}
+
+// fail is the error of a start step.
+func (d *jobData) fail(step string, err error) error {
+	return fmt.Errorf("domain %q: start: %s: %w", d.domain, step, err)
+}
+
+// abort kills the QEMU of a failing start and says what it printed.
+func (d *jobData) abort(step string, err error) error {
+	d.proc.Kill()
+	err = d.fail(step, err)
+	if tail := d.proc.LogTail(); tail != "" {
+		return fmt.Errorf("%w; QEMU (%s) said: %s", err, d.proc.ExitString(), tail)
+	}
+	return fmt.Errorf("%w; QEMU: %s", err, d.proc.ExitString())
+}
+
+// qmp runs one raw QMP command on the monitor's link, from the job's
+// goroutine, and returns the reply's "return" member. args were checked
+// at the edge (a JSON object, or empty).
+func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawMessage) (json.RawMessage, error) {
+	if d.link == nil {
+		return nil, fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
+	}
+	wire := make([]byte, 0, len(execute)+len(args)+32)
+	wire = append(wire, `{"execute":`...)
+	wire = strconv.AppendQuote(wire, execute)
+	if len(args) > 0 {
+		wire = append(wire, `,"arguments":`...)
+		wire = append(wire, args...)
+	}
+	wire = append(wire, '}')
+	ret, err := d.link.Run(ctx, monitor.Call{Execute: execute, Wire: wire, Req: r.Header(), JobID: r.ID()})
+	return ret, d.failed(ctx, r, err)
+}
+
+// typed sends one of the domain's own commands, execute, with go-qemu's
+// typed commands (qmp/raw) on the monitor's link.
+func (d *jobData) typed(ctx context.Context, r run, execute string, send func(*raw.Monitor) error) error {
+	if d.link == nil {
+		return fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
+	}
+	return d.failed(ctx, r, send(raw.NewMonitor(d.link.Monitor(ctx, r.Header(), r.ID()))))
+}
+
+// failed says which job a command failed for and, when the connection
+// broke because QEMU died, waits a moment for the news and says so.
+func (d *jobData) failed(ctx context.Context, r run, err error) error {
+	if err == nil {
+		return nil
+	}
+	d.settle(ctx, err)
+	err = fmt.Errorf("job %d %q: %w", r.ID(), r.Name(), err)
+	if d.proc != nil && d.proc.Gone() && ctx.Err() == nil {
+		// The connection broke because QEMU died: say so rather than
+		// only "connection reset".
+		err = fmt.Errorf("%w; QEMU (pid %d) has exited", err, d.proc.PID())
 	}
 	return err
-}
-
-// qmp runs one QMP command through the monitor actor.
-func (e *jobEnv) qmp(execute string, args json.RawMessage) (*monitor.Result, error) {
-	if e.monitor == nil {
-		return nil, fmt.Errorf("domain %q: %w", e.domain, domain.ErrNotRunning)
-	}
-	e.step("qmp "+execute, execute)
-	defer e.step("", "")
-	res, err := actors.AskAs[*monitor.Result](e.ctx, e.root, e.monitor, &monitor.Command{
-		Request:   e.req.Child(e.ctx, e.span),
-		JobID:     e.job.ID,
-		Execute:   execute,
-		Arguments: args,
-	})
-	if err != nil {
-		e.settle(err)
-		return nil, e.cause(fmt.Errorf("job %d %q: %w", e.job.ID, e.job.Name, err))
-	}
-	return res, nil
 }
 
 // exitSettle is how long a job whose QMP connection broke waits for the
@@ -121,220 +492,104 @@ const exitSettle = 100 * time.Millisecond
 // settle waits up to exitSettle for the job to be cancelled by QEMU's exit
 // when a QMP command failed without a QMP error reply while the process
 // still seemed alive.
-func (e *jobEnv) settle(err error) {
+func (d *jobData) settle(ctx context.Context, err error) {
 	var qerr *monitor.QMPError
-	if errors.As(err, &qerr) || e.proc == nil || e.ctx.Err() != nil {
+	if errors.As(err, &qerr) || d.proc == nil || ctx.Err() != nil {
 		return
 	}
 	timer := time.NewTimer(exitSettle)
 	defer timer.Stop()
 	select {
-	case <-e.ctx.Done():
-	case <-e.proc.Done():
+	case <-ctx.Done():
+	case <-d.proc.Done():
 	case <-timer.C:
 	}
 }
 
-func (dom *domainActor) qmpJob(execute string, args json.RawMessage, onSuccess func(dom *domainActor)) jobRunner {
-	return jobRunner{
-		direct: &directQMP{execute: execute, args: args},
-		apply: func(dom *domainActor, _ any, err error) {
-			if err == nil && onSuccess != nil && dom.proc != nil {
-				onSuccess(dom)
-			}
-		},
+// enqueue queues a job of p for the request that ctx is handling. The
+// sender hears its end.
+func (dom *domainActor) enqueue(c actor.Context, p *plan, req actors.Request, d *jobData) {
+	if dom.undefining {
+		c.Respond(fmt.Errorf("domain %q: %s: %w", dom.name(), p.Name, domain.ErrUndefining))
+		return
+	}
+	dom.lane.Enqueue(c, p, req, dom.traced(c, d), actors.ReplyTo(c.Sender()))
+}
+
+// traced notes the trace span of the message that queues a job.
+func (dom *domainActor) traced(c actor.Context, d *jobData) *jobData {
+	if d == nil {
+		d = &jobData{}
+	}
+	if dom.cfg.Trace.Enabled() {
+		d.parentSpan = trace.Current(c).SpanID
+		d.enqueuedAt = trace.Now()
+	}
+	return d
+}
+
+// jobInfo is what the domain model shows of a lane's job, with its
+// progress rendered (for Jobs and wait errors).
+func jobInfo(ji actors.JobInfo) domain.JobInfo {
+	var out domain.JobInfo
+	fillJobInfo(&out, new(domain.QMPInFlight), ji)
+	if len(ji.Steps) > 0 {
+		out.Progress = ji.Progress()
+	}
+	return out
+}
+
+// fillJobInfo fills out, and qmp when a command is in flight, from ji,
+// without rendering the progress (Info is published after nearly every
+// message: it must stay cheap).
+func fillJobInfo(out *domain.JobInfo, qmp *domain.QMPInFlight, ji actors.JobInfo) {
+	*out = domain.JobInfo{ID: ji.ID, Name: ji.Name, Kind: jobKind(ji.Kind), Owner: ji.Owner, RequestID: ji.RequestID,
+		Enqueued: ji.Enqueued, Started: ji.Started, Ended: ji.Ended, Steps: ji.Steps, Step: ji.Step, Error: ji.Error}
+	if !ji.Call.IsZero() {
+		*qmp = domain.QMPInFlight{Command: ji.Call.Command, Since: ji.Call.Since}
+		out.QMP = qmp
 	}
 }
 
-func (dom *domainActor) rawQMPJob(req *protocol.QMPRequest) jobRunner {
-	if req.Execute == "" {
-		return jobRunner{run: func(e *jobEnv) (any, error) {
-			return nil, fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", e.domain)
-		}}
-	}
-	return jobRunner{direct: &directQMP{execute: req.Execute, args: req.Arguments, value: func(res *monitor.Result) any {
-		return &protocol.QMPReply{Return: res.Return}
-	}}}
-}
-
-func (dom *domainActor) startJob(paused bool) jobRunner {
-	return jobRunner{
-		run: func(e *jobEnv) (any, error) { return nil, e.start(paused) },
-		apply: func(dom *domainActor, _ any, err error) {
-			switch {
-			case err != nil && dom.proc == nil:
-				dom.setState(domain.StateShutoff, domain.ReasonFailed, "")
-			case err == nil && dom.proc != nil && paused:
-				dom.setState(domain.StatePaused, domain.ReasonUser, "")
-			case err == nil && dom.proc != nil:
-				dom.setState(domain.StateRunning, domain.ReasonBooted, "")
-			}
-		},
-	}
-}
-
-// startAttempts bounds how often start spawns QEMU when the QMP handshake
-// fails while QEMU runs: QEMU 7.2 now and then garbles the QMP session of a
-// client that connects right after the socket appears (a second greeting,
-// a parse error), and a fresh QEMU is the reliable way out.
-const startAttempts = 2
-
-// start runs QEMU paused, hands it to the actor (which spawns the monitor),
-// checks QMP and continues the guest unless paused was asked for.
-func (e *jobEnv) start(paused bool) error {
-	var err error
-	for attempt := 1; attempt <= startAttempts; attempt++ {
-		var retry bool
-		if retry, err = e.startOnce(paused); err == nil || !retry || e.ctx.Err() != nil {
-			return err
-		}
-		e.step(fmt.Sprintf("retry start (attempt %d failed: %v)", attempt, err), "")
-	}
-	return err
-}
-
-// startOnce makes one attempt. retry reports a QMP handshake failure while
-// QEMU was still running, which a fresh QEMU may not have.
-func (e *jobEnv) startOnce(paused bool) (retry bool, err error) {
-	fail := func(step string, err error) error {
-		return fmt.Errorf("domain %q: start: %s: %w", e.domain, step, err)
-	}
-	paths, err := qemuargs.NewRunPaths(e.runDir, e.domain)
-	if err != nil {
-		return false, fail("run paths", err)
-	}
-	e.step("prepare run dir", "")
-	if err := os.MkdirAll(paths.Dir, 0o700); err != nil {
-		return false, fail("prepare run dir", err)
-	}
-	// Never a second QEMU for a domain: one that vmsup does not supervise
-	// (it failed to adopt it) still owns the VM's disks and sockets.
-	if pid, ok := process.StillRunning(paths.PIDFile, e.spec.UUID); ok {
-		return false, fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
-	}
-	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
-		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return false, fail("remove stale "+stale, err)
-		}
-	}
-	accel := qemuargs.ResolveAccel(e.spec.Accel)
-	var host *qemuargs.Host
-	release := func() {}
-	if e.host != nil {
-		e.step("host resources", "")
-		if host, release, err = e.host.Acquire(e.ctx, &e.spec); err != nil {
-			return false, fail("host resources", err)
-		}
-	}
-	args, err := qemuargs.BuildArgs(&e.spec, paths, accel, host)
-	if err != nil {
-		release()
-		return false, fail("command line", err)
-	}
-	e.step("spawn qemu", "")
-	launch := e.launch
-	if launch == nil {
-		launch = process.LaunchQEMU
-	}
-	proc, err := launch(e.spec.EmulatorPath(), args, paths)
-	if err != nil {
-		release()
-		return false, fail("spawn QEMU", err)
-	}
-	proc.OnExit(release)
-	// From here on the process must not outlive a failed start.
-	abort := func(step string, err error) error {
-		proc.Kill()
-		err = fail(step, err)
-		if tail := proc.LogTail(); tail != "" {
-			err = fmt.Errorf("%w; QEMU (%s) said: %s", err, proc.ExitString(), tail)
-		} else {
-			err = fmt.Errorf("%w; QEMU: %s", err, proc.ExitString())
-		}
-		return err
-	}
-	root, self := e.root, e.self
-	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
-	e.step("attach monitor", "")
-	mon, err := actors.AskAs[*actor.PID](e.ctx, e.root, e.self, attachProcess{jobTrace: e.trace(), jobID: e.job.ID, proc: proc, serial: e.spec.Serial})
-	if err != nil {
-		return false, abort("attach monitor", e.cause(err))
-	}
-	e.monitor = mon
-	if _, err := e.qmp("query-status", nil); err != nil {
-		running := !proc.Exited()
-		return running, abort("QMP", err)
-	}
-	if !paused {
-		if _, err := e.qmp("cont", nil); err != nil {
-			return false, abort("cont", err)
-		}
-	}
-	return false, nil
-}
-
-func (dom *domainActor) shutdownJob(timeout time.Duration) jobRunner {
-	if timeout <= 0 {
-		timeout = DefaultShutdownTimeout
-	}
-	return jobRunner{
-		run: func(e *jobEnv) (any, error) {
-			return nil, e.shutdown(timeout)
-		},
-		apply: func(dom *domainActor, _ any, err error) {
-			if err != nil {
-				dom.shutdownRequested = false
-			}
-		},
-	}
-}
-
-// shutdown sends the ACPI power button press, then waits as an async job for
-// the guest to power off.
-func (e *jobEnv) shutdown(timeout time.Duration) error {
-	e.root.Send(e.self, shutdownRequested{jobTrace: e.trace(), from: e.owner, id: e.job.ID})
-	sent := time.Now()
-	if _, err := e.qmp("system_powerdown", nil); err != nil {
-		return err
-	}
-	e.step("wait for guest power-off", "")
-	e.goAsync()
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case <-e.proc.Done():
+func jobInfoPtr(ji *actors.JobInfo) *domain.JobInfo {
+	if ji == nil {
 		return nil
-	case <-timer.C:
-		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s): %w",
-			e.domain, timeout, sent.Format("15:04:05"), domain.ErrShutdownTimeout)
-	case <-e.ctx.Done():
-		select {
-		case <-e.proc.Done():
-			return nil // QEMU exited: that is what we waited for
-		default:
+	}
+	out := jobInfo(*ji)
+	return &out
+}
+
+func jobKind(k actors.JobKind) domain.JobKind {
+	switch k {
+	case actors.JobQuery:
+		return domain.JobQuery
+	case actors.JobDestroy:
+		return domain.JobDestroy
+	case actors.JobAsync:
+		return domain.JobAsync
+	}
+	return domain.JobModify
+}
+
+// jobEnded is the lane's Ended hook: the job's trace record and log line,
+// and a fresh snapshot and status before its waiters hear of it.
+func (dom *domainActor) jobEnded(j *job, err error) {
+	info := j.Info()
+	if dom.cfg.Trace.Enabled() {
+		d := j.Data
+		r := trace.Record{TraceID: info.RequestID, SpanID: jobSpan(dom.name(), info.ID), ParentSpanID: d.parentSpan, Kind: trace.KindJob,
+			Actor: "domain/" + dom.name(), MessageType: info.Name, Enqueued: d.enqueuedAt, Ended: trace.Now(),
+			JobID: info.ID, Note: trace.Outcome(err)}
+		if !info.Started.IsZero() {
+			r.Started = r.Enqueued.Add(info.Started.Sub(info.Enqueued))
 		}
-		return fmt.Errorf("domain %q: shutdown job %d: %w", e.domain, e.job.ID, context.Cause(e.ctx))
+		dom.cfg.Trace.Record(r)
 	}
-}
-
-// runDestroy waits for the process that destroy killed to be reaped.
-func runDestroy(e *jobEnv) (any, error) {
-	if e.proc == nil {
-		return nil, nil
+	dom.publish()
+	dom.saveStatus() // before the caller hears: it may kill the daemon next
+	ev := dom.cfg.Logger.Debug()
+	if err != nil {
+		ev = dom.cfg.Logger.Info().Err(err)
 	}
-	e.step("wait for QEMU to exit", "")
-	timer := time.NewTimer(e.grace + 10*time.Second)
-	defer timer.Stop()
-	select {
-	case <-e.proc.Done():
-		return nil, nil
-	case <-timer.C:
-		return nil, fmt.Errorf("domain %q: destroy: QEMU (pid %d) still not reaped %s after SIGTERM", e.domain, e.proc.PID(), e.grace+10*time.Second)
-	}
-}
-
-type shutdownRequested struct {
-	jobTrace
-	from *domainActor
-	id   uint64
+	ev.Str("domain", dom.name()).Uint64("job", info.ID).Str("name", info.Name).Str("request", info.RequestID).Msg("job ended")
 }

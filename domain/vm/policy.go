@@ -2,7 +2,6 @@ package vm
 
 import (
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -21,7 +20,7 @@ type lineage struct {
 	crashLoop *supervision.CrashLoop
 	// inflight counts the job goroutines and destroy kills of every
 	// instance; a restarted instance waits for those of the old one.
-	inflight sync.WaitGroup
+	inflight actors.Inflight
 	// destroying is set while a destroy is under way, so that an instance
 	// that restarts meanwhile ends it as destroyed.
 	destroying bool
@@ -29,32 +28,24 @@ type lineage struct {
 
 // waitInflight waits up to d for the job goroutines; it reports whether
 // they all ended.
-func (l *lineage) waitInflight(d time.Duration) bool {
-	done := make(chan struct{})
-	go func() { l.inflight.Wait(); close(done) }()
-	timer := time.NewTimer(d)
-	defer timer.Stop()
-	select {
-	case <-done:
-		return true
-	case <-timer.C:
-		return false
-	}
-}
+func (l *lineage) waitInflight(d time.Duration) bool { return l.inflight.Wait(d) }
 
-func (dom *domainActor) control(now time.Time) *domain.Control {
-	c := &domain.Control{State: domain.ControlOK}
-	job, _ := dom.lane.Active()
+// control fills c with what Info.Control shows at now.
+func (dom *domainActor) control(c *domain.Control, now time.Time) {
+	*c = domain.Control{State: domain.ControlOK}
+	var info actors.JobInfo
+	if j := dom.lane.Active(); j != nil {
+		info = j.Info()
+	}
 	switch {
 	case dom.proc != nil && dom.monErr != nil:
 		c.State, c.Since, c.Reason = domain.ControlError, dom.monErrAt, dom.monErr.Error()
-	case job != nil && job.info.QMP != nil:
-		c.State, c.Since = domain.ControlOccupied, job.info.QMP.Since
-	case job != nil:
-		c.State, c.Since = domain.ControlJob, job.info.Started
+	case info.ID != 0 && !info.Call.IsZero():
+		c.State, c.Since = domain.ControlOccupied, info.Call.Since
+	case info.ID != 0:
+		c.State, c.Since = domain.ControlJob, info.Started
 	}
 	c.Refresh(now)
-	return c
 }
 
 func (dom *domainActor) restartPolicy() (supervision.Backoff, *supervision.CrashLoop) {
@@ -127,18 +118,17 @@ func (dom *domainActor) onRestartDue(ctx actor.Context) {
 		return
 	}
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup on_crash restart"}
-	run := dom.startJob(false)
-	inner := run.apply
-	run.apply = func(dom *domainActor, v any, err error) {
-		inner(dom, v, err)
+	d := dom.traced(ctx, &jobData{after: func(c actor.Context, dom *domainActor, err error) {
 		if err == nil {
 			dom.life.restarts++
-		} else {
-			dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("on_crash restart failed")
-			dom.applyCrashPolicy(ctx)
+			return
 		}
+		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("on_crash restart failed")
+		dom.applyCrashPolicy(c)
+	}})
+	if !dom.undefining {
+		dom.lane.Enqueue(ctx, dom.plans.start, req, d, actors.Waiter{})
 	}
-	dom.enqueue(ctx, req, "start", domain.JobModify, run)
 }
 
 // onRestarting runs in the old actor instance before protoactor replaces
@@ -155,6 +145,7 @@ func (dom *domainActor) onRestarting(ctx actor.Context) {
 // them acts on a QEMU the new instance has adopted; then rebuildNow.
 func (dom *domainActor) awaitOldJobs(ctx actor.Context) {
 	dom.recovering = true
+	dom.lane.Pause("the domain actor restarted after a panic and waits for the old instance's jobs")
 	self, root, life, limit := ctx.Self(), ctx.ActorSystem().Root, dom.life, dom.cfg.DestroyGrace+15*time.Second
 	go func() {
 		if !life.waitInflight(limit) {

@@ -1,15 +1,11 @@
 package vm
 
 import (
-	"encoding/json"
-	"fmt"
-
 	"github.com/asynkron/protoactor-go/actor"
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/qemuargs"
-	"github.com/vmsup/vmsup/monitor"
 )
 
 // recover rebuilds the domain's state when its actor starts: from the
@@ -57,12 +53,10 @@ func (dom *domainActor) recover(ctx actor.Context) {
 	dom.state, dom.reason = state, reason // query-status will confirm it
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
-	pid, err := ctx.SpawnNamed(monitor.Props(dom.monitorConfig(paths)), fmt.Sprintf("monitor-%d", proc.PID()))
-	if err != nil {
+	if err := dom.spawnMonitor(ctx, paths, proc.PID()); err != nil {
 		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("cannot spawn monitor for adopted QEMU")
 		return
 	}
-	dom.mon = pid
 	dom.cfg.Logger.Info().Str("domain", dom.name()).Int("pid", proc.PID()).Msg(rec.Found)
 	dom.enqueueReconnect(ctx)
 }
@@ -70,45 +64,26 @@ func (dom *domainActor) recover(ctx actor.Context) {
 // enqueueReconnect queues a job that resyncs the state from query-status.
 func (dom *domainActor) enqueueReconnect(ctx actor.Context) {
 	req := actors.Request{RequestID: actors.NewID(), Owner: "vmsup reconnect"}
-	dom.enqueue(ctx, req, "reconnect", domain.JobModify, dom.reconnectJob())
+	if !dom.undefining {
+		dom.lane.Enqueue(ctx, dom.plans.reconnect, req, dom.traced(ctx, nil), actors.Waiter{})
+	}
 }
 
-// reconnectJob asks QEMU for its run state and sets the domain's state from it.
-func (dom *domainActor) reconnectJob() jobRunner {
-	return jobRunner{
-		run: func(e *jobEnv) (any, error) {
-			res, err := e.qmp("query-status", nil)
-			if err != nil {
-				return nil, err
-			}
-			var st struct {
-				Status string `json:"status"`
-			}
-			if err := json.Unmarshal(res.Return, &st); err != nil {
-				return nil, fmt.Errorf("domain %q: query-status: malformed reply: %w", e.domain, err)
-			}
-			return st.Status, nil
-		},
-		apply: func(dom *domainActor, v any, err error) {
-			status, _ := v.(string)
-			if err != nil || dom.proc == nil {
-				return
-			}
-			switch status {
-			case "running":
-				if dom.state != domain.StateRunning {
-					dom.setState(domain.StateRunning, domain.ReasonUnpaused, "")
-				}
-			case "shutdown":
-				dom.setState(domain.StateShutdown, domain.ReasonUser, "")
-			case "guest-panicked":
-				dom.panicked = true
-				dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
-			default: // paused, prelaunch, suspended, io-error, ...
-				if dom.state != domain.StatePaused {
-					dom.setState(domain.StatePaused, domain.ReasonUser, "")
-				}
-			}
-		},
+// resync sets the domain's state from QEMU's run status.
+func (dom *domainActor) resync(status string) {
+	switch status {
+	case "running":
+		if dom.state != domain.StateRunning {
+			dom.setState(domain.StateRunning, domain.ReasonUnpaused, "")
+		}
+	case "shutdown":
+		dom.setState(domain.StateShutdown, domain.ReasonUser, "")
+	case "guest-panicked":
+		dom.panicked = true
+		dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
+	default: // paused, prelaunch, suspended, io-error, ...
+		if dom.state != domain.StatePaused {
+			dom.setState(domain.StatePaused, domain.ReasonUser, "")
+		}
 	}
 }

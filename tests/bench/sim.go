@@ -77,6 +77,22 @@ type timedConn struct {
 }
 
 func (c *timedConn) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
+	if err := c.wait(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return c.Simulated.RunContext(ctx, cmd)
+}
+
+// RunReturn is RunContext's, for the monitor's Link (monitor.ReturnRunner).
+func (c *timedConn) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
+	if err := c.wait(ctx, cmd); err != nil {
+		return nil, err
+	}
+	return c.Simulated.RunReturn(ctx, cmd)
+}
+
+// wait holds a command for its reply time.
+func (c *timedConn) wait(ctx context.Context, cmd []byte) error {
 	t := time.Now()
 	defer func() {
 		c.stats.n.Add(1)
@@ -92,11 +108,11 @@ func (c *timedConn) RunContext(ctx context.Context, cmd []byte) ([]byte, error) 
 	case <-clock.After(d):
 	case <-timer.C:
 	case <-ctx.Done():
-		return nil, fmt.Errorf("QMP command %s timed out: %w", cmd, ctx.Err())
+		return fmt.Errorf("QMP command %s timed out: %w", cmd, ctx.Err())
 	case <-c.Simulated.Done():
-		return nil, fmt.Errorf("QMP command %s: %w", cmd, monitor.ErrClosed)
+		return fmt.Errorf("QMP command %s: %w", cmd, monitor.ErrClosed)
 	}
-	return c.Simulated.RunContext(ctx, cmd)
+	return nil
 }
 
 func (c *timedConn) Run(cmd []byte) ([]byte, error) { return c.RunContext(context.Background(), cmd) }

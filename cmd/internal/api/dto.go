@@ -132,6 +132,9 @@ type JobInfo struct {
 	Started time.Time    `json:"started"`
 	QMP     *QMPInFlight `json:"qmp"`
 	Trace   string       `json:"trace"`
+	// Progress shows the job's steps, the current one in brackets:
+	// `start: prepare → spawn → attach → [query-status] → cont`.
+	Progress string `json:"progress,omitempty"`
 }
 
 // QMPInFlight is the QMP command a job waits on: {"command","since"}.

@@ -410,11 +410,17 @@ func (a *app) jobsCommand() *cobra.Command {
 					continue
 				}
 				fmt.Fprintf(a.stdout, "%s:\n", j.Domain)
-				if j.Active != nil {
-					fmt.Fprintf(a.stdout, "  active: %s\n", longJob(j.Active, now))
-				}
-				if j.Async != nil {
-					fmt.Fprintf(a.stdout, "  async:  %s\n", longJob(j.Async, now))
+				for _, h := range []struct {
+					label string
+					job   *api.JobInfo
+				}{{"active:", j.Active}, {"async: ", j.Async}} {
+					if h.job == nil {
+						continue
+					}
+					fmt.Fprintf(a.stdout, "  %s %s\n", h.label, longJob(h.job, now))
+					if h.job.Progress != "" {
+						fmt.Fprintf(a.stdout, "          steps %s\n", h.job.Progress)
+					}
 				}
 				for _, q := range j.Queued {
 					fmt.Fprintf(a.stdout, "  queued: job %d %s (%s), waiting %s%s\n", q.ID, q.Kind, q.Owner, age(q.Enqueued, now), traceSuffix(q.Trace))

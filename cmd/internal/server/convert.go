@@ -60,7 +60,7 @@ func fromJob(j *domain.JobInfo) *api.JobInfo {
 	if j == nil {
 		return nil
 	}
-	out := &api.JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID}
+	out := &api.JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID, Progress: j.Progress}
 	if j.QMP != nil {
 		out.QMP = &api.QMPInFlight{Command: j.QMP.Command, Since: j.QMP.Since}
 	}

@@ -35,7 +35,7 @@ func (t *benchTask) runSegment() {
 type benchActor struct {
 	mode string
 	disp *Dispatcher
-	lane *JobLane[struct{}]
+	lane *Lane[struct{}]
 	plan *Plan[struct{}]
 }
 
@@ -111,10 +111,10 @@ func BenchmarkJobRoundTrip(b *testing.B) {
 	}
 }
 
-// BenchmarkJobLaneBookkeeping is the lane's own cost per job, without
+// BenchmarkLaneBookkeeping is the lane's own cost per job, without
 // any hand-off: in one handler, a job of a plan without steps is queued,
 // started, finished and replied to (to a function), b.N times.
-func BenchmarkJobLaneBookkeeping(b *testing.B) {
+func BenchmarkLaneBookkeeping(b *testing.B) {
 	sys := NewSystem(nil)
 	defer sys.Shutdown()
 	plan := NewPlan[struct{}]("reset", JobModify)

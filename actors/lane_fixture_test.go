@@ -14,7 +14,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 )
 
-// The fixture runs a real protoactor actor that owns a JobLane, and talks
+// The fixture runs a real protoactor actor that owns a Lane, and talks
 // to it with plain-data messages, as the API talks to the domain actor.
 
 type tdata struct{ name string }
@@ -47,7 +47,7 @@ type (
 
 type laneActor struct {
 	f     *fixture
-	lane  *JobLane[*tdata]
+	lane  *Lane[*tdata]
 	state int // changed by InActor steps only
 }
 
@@ -156,7 +156,7 @@ func newFixture(t *testing.T, setup func(f *fixture)) *fixture {
 	f.cfg = LaneConfig[*tdata]{
 		Name:       `domain "t"`,
 		Dispatcher: disp,
-		Inflight:   &sync.WaitGroup{},
+		Inflight:   &Inflight{},
 		Started: func(j *Job[*tdata]) {
 			n := f.holders.Add(1)
 			for {
@@ -201,11 +201,7 @@ func newFixture(t *testing.T, setup func(f *fixture)) *fixture {
 		if err := f.sys.Root.StopFuture(f.pid).Wait(); err != nil {
 			t.Errorf("stop test actor: %v", err)
 		}
-		done := make(chan struct{})
-		go func() { f.cfg.Inflight.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
+		if !f.cfg.Inflight.Wait(10 * time.Second) {
 			t.Error("job goroutines still running 10s after the actor stopped")
 		}
 		if err := disp.Close(5 * time.Second); err != nil {
