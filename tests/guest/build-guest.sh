@@ -19,13 +19,18 @@ out="${VMSUP_CACHE:-$repo/.cache}/guest"
 init_src="$here/init"
 kernel_meta="linux-image-cloud-amd64"
 busybox_pkg="busybox-static"
+# The QEMU guest agent and the shared libraries it needs (qemu-ga is not
+# static): their files are copied into the initramfs, with the loader.
+agent_pkgs=(qemu-guest-agent libc6 libglib2.0-0 libnuma1 libudev1 liburing2 libffi8 libmount1 libblkid1
+	libpcre2-8-0 libselinux1 zlib1g)
 # Modules loaded by /init when the kernel does not build them in (with their
 # dependencies): the ACPI power button, evdev (acpid reads the button as an
 # input device), pvpanic (GUEST_PANICKED with -device pvpanic or
 # pvpanic-pci), virtio-pci with the net and block drivers, and ISO 9660 for
 # the cloud-init seed.
 modules=(drivers/acpi/button drivers/input/evdev drivers/misc/pvpanic/pvpanic-mmio drivers/misc/pvpanic/pvpanic-pci
-	drivers/virtio/virtio_pci drivers/net/virtio_net drivers/block/virtio_blk fs/isofs/isofs)
+	drivers/virtio/virtio_pci drivers/net/virtio_net drivers/block/virtio_blk fs/isofs/isofs
+	drivers/char/virtio_console)
 
 force=0
 case "${1:-}" in
@@ -76,7 +81,10 @@ resolve() {
 		kver=$(apt-cache show --no-all-versions "$kpkg" 2>/dev/null | sed -n 's/^Version: //p' | head -n1) || true
 	fi
 	bver=$(awk -v p="$busybox_pkg" '/^Package:/ { pkg = $2 } pkg == p && /^Version:/ { print $2; exit }' <<<"$info")
-	[[ -n $kpkg && -n $kver && -n $bver ]]
+	# "pkg=version" of each agent package, in the order of agent_pkgs.
+	aver=$(apt-cache show --no-all-versions "${agent_pkgs[@]}" 2>/dev/null |
+		awk '/^Package:/ { pkg = $2 } /^Version:/ { print pkg "=" $2 }') || aver=""
+	[[ -n $kpkg && -n $kver && -n $bver && $(wc -l <<<"$aver") == "${#agent_pkgs[@]}" ]]
 }
 
 apt_updated=0
@@ -102,6 +110,7 @@ fi
 
 stamp="kernel=$kpkg $kver
 busybox=$busybox_pkg $bver
+agent=$(echo $aver)
 recipe=$recipe"
 
 if [[ $force == 0 && -f $out/vmlinuz && -f $out/initrd.img && -f $out/stamp ]] &&
@@ -127,17 +136,21 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmsup-guest.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 chmod 0755 "$work"
-mkdir -p "$work/dl" "$work/kernel" "$work/busybox" "$work/root"
+mkdir -p "$work/dl" "$work/kernel" "$work/busybox" "$work/agent" "$work/root"
 # apt drops privileges to _apt for downloads; let it write there.
 if [[ $(id -u) == 0 ]] && id _apt >/dev/null 2>&1; then
 	chown _apt "$work/dl"
 fi
 
 log "downloading $kpkg $kver and $busybox_pkg $bver"
-(cd "$work/dl" && apt-get download -q "$kpkg=$kver" "$busybox_pkg=$bver" >&2) ||
+# shellcheck disable=SC2086 # aver is a list of pkg=version words
+(cd "$work/dl" && apt-get download -q "$kpkg=$kver" "$busybox_pkg=$bver" $aver >&2) ||
 	die "apt-get download failed (as root, try: apt-get update)"
 dpkg-deb -x "$work"/dl/"${kpkg}"_*.deb "$work/kernel"
 dpkg-deb -x "$work"/dl/"${busybox_pkg}"_*.deb "$work/busybox"
+for p in "${agent_pkgs[@]}"; do
+	dpkg-deb -x "$work"/dl/"${p}"_*.deb "$work/agent"
+done
 
 vmlinuz=$(find "$work/kernel/boot" -maxdepth 1 -name 'vmlinuz-*' | head -n1)
 [[ -n $vmlinuz ]] || die "no boot/vmlinuz-* in $kpkg"
@@ -155,6 +168,20 @@ mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,etc/acpi/PWRF,etc/udhcpc,lib/modules
 cp "$busybox" "$root/bin/busybox"
 for applet in $("$busybox" --list); do
 	[[ $applet == busybox ]] || ln -sf busybox "$root/bin/$applet"
+done
+# qemu-ga with the libraries it links, as the dynamic loader resolves them
+# among the extracted packages (the loader's --list only reads, it runs no
+# code of qemu-ga's).
+alib="$work/agent/lib/x86_64-linux-gnu:$work/agent/usr/lib/x86_64-linux-gnu"
+loader="$work/agent/lib64/ld-linux-x86-64.so.2"
+[[ -e $loader && -x $work/agent/usr/sbin/qemu-ga ]] || die "qemu-guest-agent or libc6 did not unpack as expected"
+mkdir -p "$root/lib64" "$root/lib/x86_64-linux-gnu"
+cp "$work/agent/usr/sbin/qemu-ga" "$root/sbin/qemu-ga"
+cp -L "$loader" "$root/lib64/ld-linux-x86-64.so.2"
+libs=$("$loader" --list --library-path "$alib" "$work/agent/usr/sbin/qemu-ga" | awk '$2 == "=>" { print $3 }')
+for l in $libs; do
+	[[ $l == "$work"/agent/* ]] || die "qemu-ga needs $l, which is not in the agent packages"
+	cp -L "$l" "$root/lib/x86_64-linux-gnu/"
 done
 cp "$init_src" "$root/init"
 chmod 0755 "$root/init"
