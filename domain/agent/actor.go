@@ -1,5 +1,5 @@
 // Package agent is the guest agent actor of a domain: one more user of the
-// job lane (actors.JobLane), beside the domain's monitor, over the
+// job lane (actors.Lane), beside the domain's monitor, over the
 // virtio-serial channel org.qemu.guest_agent.0. A hung or missing agent
 // fails its commands at their deadlines (Deadline) and is marked
 // unavailable in the published Status; it never blocks the monitor's jobs
@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,7 +53,7 @@ type Config struct {
 	// Dispatcher runs the job goroutines (nil: a goroutine each).
 	Dispatcher actor.Dispatcher
 	// Inflight counts the job goroutines (see actors.LaneConfig).
-	Inflight *sync.WaitGroup
+	Inflight *actors.Inflight
 	Logger   zerolog.Logger
 }
 
@@ -91,7 +90,7 @@ func Props(cfg Config) *actor.Props {
 // agentActor is the actor; ag is its receiver.
 type agentActor struct {
 	cfg    Config
-	lane   *actors.JobLane[*command]
+	lane   *actors.Lane[*command]
 	status *atomic.Pointer[Status]
 	// conn is touched only by job steps, which run one at a time.
 	conn *Conn

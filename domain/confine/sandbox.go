@@ -8,15 +8,8 @@ import (
 	"time"
 )
 
-// SandboxValue is the -sandbox option vmsup always gives QEMU: seccomp on,
-// obsolete system calls, privilege changes, spawning processes and
-// resource control (setpriority, sched_setaffinity...) denied.
-const SandboxValue = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
-
-// SandboxArgs are the QEMU arguments of the sandbox.
-func SandboxArgs() []string { return []string{"-sandbox", SandboxValue} }
-
-// CheckSandbox reports whether emulator has the seccomp sandbox (QEMU
+// CheckSandbox reports whether emulator has the seccomp sandbox that
+// qemuargs.BuildArgs always asks for (QEMU
 // built with libseccomp lists -sandbox in its -help). It runs emulator
 // with a deadline.
 func CheckSandbox(ctx context.Context, emulator string) error {
