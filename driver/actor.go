@@ -40,7 +40,7 @@ func (d *driverActor) reloader(name string) func() (*domain.Spec, *domain.Status
 // reload reads every definition and status from disk and adopts running
 // QEMUs, as Open does.
 func (d *driverActor) reload() []recovered {
-	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.host, d.cfg.logger)
+	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.host, d.cfg.confine, d.cfg.logger)
 }
 
 // ErrNotFound is wrapped by errors about unknown domains.
@@ -92,6 +92,7 @@ type actorConfig struct {
 	monitor      monitor.TransportOptions
 	reconnect    supervision.Backoff
 	launcher     process.Launcher
+	confine      *vm.Confine
 	dialMonitor  func(string) monitor.Conn
 	trace        *trace.Recorder
 	logger       zerolog.Logger
@@ -387,6 +388,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		Monitor:          d.cfg.monitor,
 		MonitorReconnect: d.cfg.reconnect,
 		Launcher:         d.cfg.launcher,
+		Confine:          d.cfg.confine,
 		DialMonitor:      d.cfg.dialMonitor,
 		Trace:            d.cfg.trace,
 		Snapshot:         snap,

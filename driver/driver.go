@@ -30,10 +30,12 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/hostres"
 	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/tap"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
 	"github.com/vmsup/vmsup/monitor"
@@ -42,7 +44,11 @@ import (
 
 // recoverAll loads every definition with its saved status and adopts the
 // QEMUs still running for them. Unreadable files are logged and skipped.
-func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.Logger) []recovered {
+func recoverAll(st *store, runDir string, host *hostres.Manager, conf *vm.Confine, logger zerolog.Logger) []recovered {
+	var qemuUser *confine.User
+	if conf != nil {
+		qemuUser = conf.User
+	}
 	specs, problems := st.loadAll()
 	for _, p := range problems {
 		logger.Error().Err(p).Msg("skipping definition")
@@ -53,7 +59,10 @@ func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.
 		if err != nil {
 			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
 		}
-		rec := process.Recover(spec, runDir, saved)
+		rec := process.Recover(spec, runDir, saved, qemuUser)
+		if conf != nil {
+			rec.Confine(conf.User, conf.Cgroups, conf.CgroupNote)
+		}
 		// Taps a crash or a stopped daemon left are removed; an adopted
 		// QEMU's are released when it exits.
 		if release := host.Recover(spec, rec.Adopted()); release != nil {
@@ -151,6 +160,12 @@ type Config struct {
 	// entirely; a disabled recorder costs one atomic load per message.
 	Trace *trace.Recorder
 
+	// Confine, when set, runs each QEMU as Confine.User in its own
+	// cgroup: what a daemon run as root does. Nil runs QEMU as this
+	// process. Open makes the state and run dirs traversable (0711) and
+	// checks that the user can reach them.
+	Confine *vm.Confine
+
 	// beforeWrite is a test hook: see actorConfig.beforeWrite.
 	beforeWrite func(name string)
 }
@@ -223,7 +238,14 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
-	host := hostres.New(hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger})
+	hcfg := hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger}
+	if cfg.Confine != nil {
+		if err := traversable(cfg.Confine.User, stateDir, cfg.RunDir, filepath.Join(stateDir, "disks")); err != nil {
+			return nil, fmt.Errorf("driver: %w", err)
+		}
+		hcfg.TapOwner = &tap.Owner{UID: cfg.Confine.User.UID, GID: cfg.Confine.User.GID}
+	}
+	host := hostres.New(hcfg)
 	if cfg.Policy != nil {
 		cfg.Launcher = checkedLauncher(cfg.Policy, cfg.Launcher)
 	}
@@ -240,7 +262,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		logger.Error().Err(p).Msg("stale temp files")
 	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
-	initial := recoverAll(st, cfg.RunDir, host, logger)
+	initial := recoverAll(st, cfg.RunDir, host, cfg.Confine, logger)
 	dispatcher, err := actors.NewDispatcher()
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
@@ -271,6 +293,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			initial:      initial,
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
+			confine:      cfg.Confine,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
@@ -480,4 +503,29 @@ func (d *Driver) subscribe(ctx context.Context, name string, buffer int) *domain
 	sub := d.broker.Subscribe(name, buffer)
 	context.AfterFunc(ctx, sub.Close)
 	return sub
+}
+
+// traversable makes dirs (created when missing) searchable by the QEMU
+// user, and no more: mode 0711, or what they have if that is tighter for
+// group and others but already lets others search. Their parents must let
+// the user through too.
+func traversable(u *confine.User, dirs ...string) error {
+	for _, dir := range dirs {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm&0o001 == 0 {
+			if err := os.Chmod(dir, perm|0o011); err != nil {
+				return fmt.Errorf("let the QEMU user %q into %s: %w", u.Name, dir, err)
+			}
+		}
+		if err := u.CanEnter(dir); err != nil {
+			return fmt.Errorf("QEMU runs as %q and must reach its files under %s: %w", u.Name, dir, err)
+		}
+	}
+	return nil
 }
