@@ -577,6 +577,12 @@ func (dom *domainActor) monitorConfig(paths qemuargs.RunPaths) monitor.Config {
 		Reconnect:  dom.cfg.MonitorReconnect,
 		Logger:     dom.cfg.Logger,
 	}
+	if cfg.Transport.Logger == nil {
+		// Malformed QMP goes to the daemon's log (sampled by the
+		// transport), with the domain's name.
+		l := dom.cfg.Logger.With().Str("domain", dom.name()).Logger()
+		cfg.Transport.Logger = &l
+	}
 	if dial := dom.cfg.DialMonitor; dial != nil {
 		socket := paths.QMPSocket
 		cfg.Dial = func() monitor.Conn { return dial(socket) }
