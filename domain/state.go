@@ -15,6 +15,10 @@ const (
 	StatePaused   State = "paused"
 	StateShutdown State = "shutdown" // the guest is powering off
 	StateCrashed  State = "crashed"
+	// StateBroken is a definition on disk that cannot be read or
+	// parsed: Info.Problem says why. It runs nothing; define --force
+	// replaces it, undefine removes it.
+	StateBroken State = "broken"
 )
 
 // Reason says why a domain is in its state, named as in libvirt.
@@ -40,6 +44,9 @@ const (
 
 	// crashed
 	ReasonPanicked Reason = "panicked"
+
+	// broken
+	ReasonCorrupt Reason = "corrupt"
 )
 
 // JobKind classifies a job, as libvirt's job types do.
@@ -79,6 +86,9 @@ type Info struct {
 	// beyond its seccomp sandbox; nil when nothing does (a daemon that
 	// is not root runs QEMU as itself) or the domain is not running.
 	Confinement *Confinement `json:"confinement,omitempty"`
+	// Problem says why a broken definition cannot be used (state
+	// broken); empty otherwise.
+	Problem string `json:"problem,omitempty"`
 }
 
 // Confinement is what applies to a QEMU that a root daemon started.

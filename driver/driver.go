@@ -24,7 +24,6 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
@@ -44,14 +43,14 @@ import (
 
 // recoverAll loads every definition with its saved status and adopts the
 // QEMUs still running for them. Unreadable files are logged and skipped.
-func recoverAll(st *store, runDir string, host *hostres.Manager, conf *vm.Confine, logger zerolog.Logger) []recovered {
+func recoverAll(st *store, runDir string, host *hostres.Manager, conf *vm.Confine, logger zerolog.Logger) ([]recovered, []brokenDef) {
 	var qemuUser *confine.User
 	if conf != nil {
 		qemuUser = conf.User
 	}
-	specs, problems := st.loadAll()
+	specs, broken, problems := st.loadAll()
 	for _, p := range problems {
-		logger.Error().Err(p).Msg("skipping definition")
+		logger.Error().Err(p).Msg("skipping definition (list shows it as broken)")
 	}
 	out := make([]recovered, 0, len(specs))
 	for _, spec := range specs {
@@ -77,7 +76,7 @@ func recoverAll(st *store, runDir string, host *hostres.Manager, conf *vm.Confin
 		}
 		out = append(out, recovered{spec: spec, recovery: rec})
 	}
-	return out
+	return out, broken
 }
 
 // processRuns reports whether pid is a live process (not a zombie).
@@ -262,7 +261,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		logger.Error().Err(p).Msg("stale temp files")
 	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
-	initial := recoverAll(st, cfg.RunDir, host, cfg.Confine, logger)
+	initial, broken := recoverAll(st, cfg.RunDir, host, cfg.Confine, logger)
 	dispatcher, err := actors.NewDispatcher()
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
@@ -291,6 +290,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			registry:     d.domains,
 			dispatcher:   dispatcher,
 			initial:      initial,
+			broken:       broken,
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
 			confine:      cfg.Confine,
@@ -369,6 +369,19 @@ const jobWait = 10 * time.Second
 // one (the change takes effect at its next start). The definition is
 // written atomically under the state dir before Define returns.
 func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, error) {
+	return d.DefineWith(ctx, spec, DefineOptions{})
+}
+
+// DefineOptions tune DefineWith.
+type DefineOptions struct {
+	// Force replaces a broken definition of the same name (one on disk
+	// that cannot be read or parsed; List shows it as broken). Without
+	// it such a define fails with ErrBroken.
+	Force bool
+}
+
+// DefineWith is Define with options.
+func (d *Driver) DefineWith(ctx context.Context, spec *domain.Spec, opts DefineOptions) (*DefineResult, error) {
 	if spec == nil {
 		return nil, errors.New("define: no spec given")
 	}
@@ -380,19 +393,9 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
-	spec, existed, err := d.prepareHost(ctx, spec)
-	if err != nil {
-		d.apiRecord(req, began, err)
-		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
-	}
 	waited := time.Now()
-	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
+	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec, Force: opts.Force})
 	err = d.explainWait(req, "define", waited, err)
-	if err != nil && !existed {
-		if uerr := d.host.Undefine(spec.Name); uerr != nil {
-			d.logger.Warn().Err(uerr).Str("domain", spec.Name).Msg("removing the disks of a failed define")
-		}
-	}
 	d.apiRecord(req, began, err)
 	if err == nil {
 		for _, t := range taints {
@@ -421,34 +424,6 @@ func (d *Driver) explainWait(req actors.Request, job string, began time.Time, er
 		return fmt.Errorf("driver: %s: gave up after %s: %w", job, waited.Round(100*time.Millisecond), err)
 	}
 	return x.Err(job, waited, time.Now(), err)
-}
-
-// prepareHost makes the overlays and the seed of spec before its
-// definition is written, in the caller's goroutine (qemu-img may take a
-// while; it must not hold the driver's lane or run in a handler). The seed
-// carries the UUID, so a spec without one takes the existing domain's, or
-// a new one; it returns the spec to define.
-func (d *Driver) prepareHost(ctx context.Context, spec *domain.Spec) (_ *domain.Spec, existed bool, err error) {
-	e, existed := d.domains.get(spec.Name)
-	needs := spec.CloudInit != nil
-	for _, disk := range spec.Disks {
-		needs = needs || disk.Image != ""
-	}
-	if !needs && !existed {
-		return spec, false, nil
-	}
-	if existed && spec.UUID != "" && spec.UUID != e.uuid {
-		return spec, existed, nil // the driver refuses it as a conflict
-	}
-	if spec.UUID == "" {
-		spec = spec.Clone()
-		if existed {
-			spec.UUID = e.uuid
-		} else {
-			spec.UUID = uuid.NewString()
-		}
-	}
-	return spec, existed, d.host.Define(ctx, spec)
 }
 
 // Undefine removes a domain that is shut off.

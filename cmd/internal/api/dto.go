@@ -85,6 +85,9 @@ type Info struct {
 	// Confinement is what confines the running QEMU beyond its seccomp
 	// sandbox (a daemon run as root); absent when nothing does.
 	Confinement *Confinement `json:"confinement,omitempty"`
+	// Problem says why a broken definition (state "broken") cannot be
+	// used; absent otherwise.
+	Problem string `json:"problem,omitempty"`
 }
 
 // Confinement is what applies to a VM's QEMU:

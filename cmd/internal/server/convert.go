@@ -19,6 +19,7 @@ func fromInfo(in *domain.Info) api.Info {
 		Control:     fromControl(in.Control),
 		NICs:        fromNICs(in.NICs),
 		Confinement: fromConfinement(in.Confinement),
+		Problem:     in.Problem,
 	}
 }
 
