@@ -133,8 +133,8 @@ type driverActor struct {
 	// with the reason.
 	broken map[string]string
 	lane   *actors.Lane[*driverJob]
-	define  *actors.Plan[*driverJob]
-	remove  *actors.Plan[*driverJob]
+	define *actors.Plan[*driverJob]
+	remove *actors.Plan[*driverJob]
 }
 
 // driverLife is what the driver keeps across restarts of its actor.
