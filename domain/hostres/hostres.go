@@ -4,9 +4,10 @@
 // taps of its tap NICs; at QEMU's exit, it releases the taps again, and at
 // driver start it removes the taps that a crash or a stopped daemon left.
 //
-// Nothing here runs in an actor's handler: Define runs in the define
-// caller's goroutine, Acquire in the start job's, and qemu-img always runs
-// with a deadline (overlay.QemuImg).
+// Nothing here runs in an actor's handler: Define runs in the goroutine of
+// the driver's define job (so defines of one name are serialised), Acquire
+// in the start job's, and qemu-img always runs with a deadline
+// (overlay.QemuImg).
 package hostres
 
 import (
