@@ -204,4 +204,3 @@ func qemuUser() string {
 	}
 	return "nobody"
 }
-
