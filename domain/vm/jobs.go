@@ -15,6 +15,7 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
@@ -57,12 +58,14 @@ type jobData struct {
 	proc   *process.Process
 	link   *monitor.Link
 	host   HostResources
+	conf   *Confine
 
 	// Found by the steps.
 	paths   qemuargs.RunPaths
 	argv    []string
 	status  string
 	release func() // the host resources of this start
+	cgroup  *confine.Cgroup
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -233,7 +236,7 @@ func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) 
 func (dom *domainActor) load(j *job) {
 	d := j.Data
 	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), *dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
-	d.proc, d.link, d.host = dom.proc, dom.link, dom.cfg.Host
+	d.proc, d.link, d.host, d.conf = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
 	}
@@ -313,6 +316,25 @@ func stepPrepare(ctx context.Context, r run) error {
 		return d.fail("command line", err)
 	}
 	d.argv = argv
+	d.cgroup = nil
+	if d.conf != nil {
+		cg, err := d.conf.prepare(ctx, &d.spec, paths, host)
+		if err != nil {
+			return d.fail("confine QEMU", err)
+		}
+		if cg != nil {
+			d.cgroup = cg
+			// The process owns it once QEMU is started in it.
+			r.Defer("remove the cgroup of a start without QEMU", func(error) error {
+				if d.proc == nil {
+					rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					return cg.Remove(rctx)
+				}
+				return nil
+			})
+		}
+	}
 	return nil
 }
 
@@ -324,7 +346,11 @@ func stepSpawn(_ context.Context, r run) error {
 	if launch == nil {
 		launch = process.LaunchQEMU
 	}
-	proc, err := launch(d.spec.EmulatorPath(), d.argv, d.paths)
+	l := process.Launch{Emulator: d.spec.EmulatorPath(), Args: d.argv, Paths: d.paths}
+	if d.conf != nil {
+		l.User, l.Cgroup, l.Note = d.conf.User, d.cgroup, d.conf.CgroupNote
+	}
+	proc, err := launch(l)
 	if err != nil {
 		return d.fail("spawn QEMU", err)
 	}
