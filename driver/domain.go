@@ -200,7 +200,7 @@ func (h *Domain) explainWait(req actors.Request, name string, began time.Time, c
 		return fmt.Errorf("domain %q: %s: gave up after %s while its job %d was running (step %q): %w",
 			h.name, name, waited.Round(100*time.Millisecond), w.Holder.ID, w.Holder.Step, cause)
 	}
-	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, At: time.Now(), Cause: cause}
+	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, Decision: w.Decision, At: time.Now(), Cause: cause}
 }
 
 // explain asks the domain actor who holds the job that req waits for.

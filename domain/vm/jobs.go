@@ -549,6 +549,15 @@ func fillJobInfo(out *domain.JobInfo, qmp *domain.QMPInFlight, ji actors.JobInfo
 		*qmp = domain.QMPInFlight{Command: ji.Call.Command, Since: ji.Call.Since}
 		out.QMP = qmp
 	}
+	if ji.Mask != 0 {
+		out.Mask = ji.Mask.String()
+	}
+	if p := ji.Report; p != nil {
+		out.Report = &domain.JobProgress{Phase: p.Phase, Current: p.Current, Total: p.Total, Text: p.String(), At: p.At}
+		if pct, ok := p.Percent(); ok {
+			out.Report.Percent = &pct
+		}
+	}
 }
 
 func jobInfoPtr(ji *actors.JobInfo) *domain.JobInfo {
