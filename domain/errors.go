@@ -66,3 +66,6 @@ type WaitExplanation struct {
 	// Decision says why an async job's mask kept the job waiting, if it did.
 	Decision string `json:",omitempty"`
 }
+
+// ErrNoSnapshot is wrapped when a domain has no snapshot of the name given.
+var ErrNoSnapshot = errors.New("no such snapshot")

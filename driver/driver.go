@@ -271,6 +271,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			initial:      initial,
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
+			snapshotDir:  filepath.Join(stateDir, "snapshots"),
+			qemuImg:      cfg.QemuImg,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")

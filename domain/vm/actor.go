@@ -19,6 +19,7 @@ import (
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
+	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/monitor"
@@ -78,6 +79,11 @@ type Config struct {
 	// Host makes the host side of each start (forwards, taps, the files
 	// behind image disks and the seed); nil means qemuargs.PlainHost.
 	Host HostResources
+	// SnapshotDir holds the snapshot records (SnapshotDir/NAME.json);
+	// empty turns snapshots off.
+	SnapshotDir string
+	// QemuImg reads a stopped domain's snapshot tags.
+	QemuImg overlay.QemuImg
 }
 
 // HostResources is the host side of a domain's starts (hostres.Manager).
@@ -135,8 +141,11 @@ type domainActor struct {
 	link   *monitor.Link
 	monErr error
 
-	lane       *actors.Lane[*jobData]
-	plans      plans
+	lane  *actors.Lane[*jobData]
+	plans plans
+	snap  snapshotPlans
+	// qemuJobs are the QEMU jobs that snapshot jobs follow, by QEMU's id.
+	qemuJobs   map[string]chan string
 	destroying *job
 
 	sawShutdown       bool
@@ -220,6 +229,10 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.enqueue(ctx, p, msg.Request, &jobData{execute: msg.Execute, args: msg.Arguments})
 	case *protocol.DestroyRequest:
 		dom.destroy(ctx, msg)
+	case *protocol.SnapshotRequest:
+		dom.onSnapshot(ctx, msg)
+	case *protocol.AbortJobRequest:
+		dom.abortJob(ctx, msg)
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)
@@ -399,6 +412,8 @@ func (dom *domainActor) onQMPEvent(ev *monitor.Event) {
 		if dom.destroying == nil {
 			dom.setState(domain.StateShutdown, domain.ReasonUser, ev.ID)
 		}
+	case "JOB_STATUS_CHANGE":
+		dom.onJobStatus(ev)
 	case "GUEST_PANICKED":
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, ev.ID)

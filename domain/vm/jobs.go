@@ -63,6 +63,8 @@ type jobData struct {
 	argv    []string
 	status  string
 	release func() // the host resources of this start
+	// snap is a snapshot job's own data (snapshot.go).
+	snap *snapOp
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -183,6 +185,8 @@ func (dom *domainActor) makePlans() {
 			return err
 		})
 	}})
+	dom.makeSnapshotPlans()
+
 	p.reconnect.Start = dom.runningPrecondition
 	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
 		if err == nil && dom.proc != nil {

@@ -21,7 +21,8 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	t0 := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
 	job := domain.JobInfo{ID: 17, Name: "shutdown", Kind: domain.JobAsync, Owner: "api shutdown", RequestID: "5f3a1c-9",
 		Enqueued: t0, Started: t0.Add(time.Millisecond), Ended: t0.Add(time.Second), Step: "wait",
-		QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: t0.Add(2 * time.Millisecond)}, Error: "x"}
+		QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: t0.Add(2 * time.Millisecond)}, Error: "x",
+		Mask: "query|destroy|suspend|abort", Report: &domain.JobProgress{Phase: "running", Current: 1, Total: 2, Percent: new(float64), Text: "running, 50%", At: t0}}
 	data, err := os.ReadFile("../../testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -50,13 +51,18 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		&protocol.ConsoleRequest{},
 		&protocol.ConsoleTarget{Path: "/run/vmsup/web1/console.sock"},
 		&protocol.InjectMonitorPanic{Reason: "test"},
+		&protocol.SnapshotRequest{Request: req, Op: "create", Name: "before-upgrade"},
+		&protocol.SnapshotList{Snapshots: []domain.Snapshot{{Name: "s1", State: domain.SnapshotComplete, Created: time.Unix(1700000000, 0).UTC(), VMState: "disk0", Disks: []string{"disk0"}, Job: 3}}},
+		&protocol.AbortJobRequest{Request: req},
 	)
 	// The replies the API reads.
 	for _, reply := range []any{
 		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
-			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK}},
+			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
+			NICs: []domain.NIC{{Index: 0, Type: "tap", MAC: "52:54:00:12:34:56", Tap: "vmt0", Bridge: "br0", GuestIP: "10.0.2.15",
+				Forwards: []domain.PortForward{{Field: "networks[0].forwards[0]", Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestAddr: "10.0.2.15", GuestPort: 22}}}}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
-		&domain.WaitExplanation{Running: true, Holder: &job},
+		&domain.WaitExplanation{Running: true, Holder: &job, Decision: "reset waits: snapshot-save allows query, destroy, suspend, abort"},
 	} {
 		testkit.CheckWire(t, reply)
 	}
