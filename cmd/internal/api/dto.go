@@ -135,6 +135,34 @@ type JobInfo struct {
 	// Progress shows the job's steps, the current one in brackets:
 	// `start: prepare → spawn → attach → [query-status] → cont`.
 	Progress string `json:"progress,omitempty"`
+	// Mask lists what may start beside an async job
+	// ("query|destroy|suspend|abort").
+	Mask string `json:"mask,omitempty"`
+	// Report is what an async job last reported of its progress.
+	Report *JobProgress `json:"report,omitempty"`
+}
+
+// JobProgress is an async job's progress: its phase and, where QEMU
+// measures it, the work done of the work to do, with the percent.
+type JobProgress struct {
+	Phase   string    `json:"phase,omitempty"`
+	Current uint64    `json:"current,omitempty"`
+	Total   uint64    `json:"total,omitempty"`
+	Percent *float64  `json:"percent,omitempty"`
+	Text    string    `json:"text"`
+	At      time.Time `json:"at"`
+}
+
+// Snapshot is one snapshot of a VM (GET /v1/domains/NAME/snapshots):
+// State is "creating" while its job runs, then "complete"; Job is 0 for
+// a tag made outside vmsup.
+type Snapshot struct {
+	Name    string    `json:"name"`
+	State   string    `json:"state"`
+	Created time.Time `json:"created,omitzero"`
+	VMState string    `json:"vmstate,omitempty"`
+	Disks   []string  `json:"disks"`
+	Job     uint64    `json:"job,omitempty"`
 }
 
 // QMPInFlight is the QMP command a job waits on: {"command","since"}.
