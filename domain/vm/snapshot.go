@@ -610,8 +610,8 @@ func (d *jobData) tagsNow(ctx context.Context, r run) (map[string][]string, erro
 // settle makes the records agree with the disks: a "creating" record
 // whose tag is on every disk it names is complete, one whose tag is
 // missing goes, and so does a complete record whose tag is on no disk; a
-// tag on the VM-state disk without a record is listed as made outside
-// vmsup. keepCreating keeps the "creating" record of a job under way.
+// tag on every disk without a record is listed as made outside vmsup (a
+// tag on only some disks, what a save cut short leaves, is not listed). keepCreating keeps the "creating" record of a job under way.
 func settle(recs []domain.Snapshot, tags map[string][]string, keepCreating bool) []domain.Snapshot {
 	has := func(node, tag string) bool { return slices.Contains(tags[node], tag) }
 	var out []domain.Snapshot
@@ -634,16 +634,16 @@ func settle(recs []domain.Snapshot, tags map[string][]string, keepCreating bool)
 		}
 		out = append(out, x)
 	}
+	nodes := make([]string, 0, len(tags))
+	for node := range tags {
+		nodes = append(nodes, node)
+	}
+	slices.Sort(nodes)
 	for _, tag := range tags[vmstateNode] {
-		if !slices.ContainsFunc(out, func(x domain.Snapshot) bool { return x.Name == tag }) {
-			var disks []string
-			for node := range tags {
-				if has(node, tag) {
-					disks = append(disks, node)
-				}
-			}
-			slices.Sort(disks)
-			out = append(out, domain.Snapshot{Name: tag, State: domain.SnapshotComplete, VMState: vmstateNode, Disks: disks})
+		listed := slices.ContainsFunc(out, func(x domain.Snapshot) bool { return x.Name == tag })
+		everywhere := !slices.ContainsFunc(nodes, func(n string) bool { return !has(n, tag) })
+		if !listed && everywhere && !slices.ContainsFunc(recs, func(x domain.Snapshot) bool { return x.Name == tag }) {
+			out = append(out, domain.Snapshot{Name: tag, State: domain.SnapshotComplete, VMState: vmstateNode, Disks: nodes})
 		}
 	}
 	return out

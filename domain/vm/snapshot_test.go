@@ -18,7 +18,7 @@ func TestSettleSnapshotRecords(t *testing.T) {
 		{Name: "gone", State: domain.SnapshotComplete, Disks: []string{"disk0"}},
 		{Name: "ok", State: domain.SnapshotComplete, Disks: []string{"disk0"}},
 	}
-	tags := map[string][]string{"disk0": {"done", "half", "ok", "hmp"}, "disk1": {"done"}}
+	tags := map[string][]string{"disk0": {"done", "half", "ok", "hmp"}, "disk1": {"done", "hmp"}}
 	got := map[string]string{}
 	for _, x := range settle(recs, tags, false) {
 		got[x.Name] = x.State
