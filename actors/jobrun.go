@@ -39,6 +39,7 @@ type Job[T any] struct {
 	state   jobState
 	preempt bool // placed by Preempt: it ignores its caller's context
 	holding bool // between the Started and the Released hook
+	refused bool // the Refused hook has been called
 	watch   func() bool
 	ctx     context.Context
 	cancel  context.CancelCauseFunc

@@ -35,6 +35,10 @@ type LaneConfig[T any] struct {
 	// Progressed is called when a running job reports its progress
 	// (Run.Report): trace it here.
 	Progressed func(j *Job[T], p Progress)
+	// Refused is called once for a job that reaches the head of the queue
+	// and must wait because the mask of async, the async job, does not
+	// allow its kind (MaskDecision says it in words).
+	Refused func(j, async *Job[T])
 }
 
 // Lane is the job lane of an actor: it owns the whole queue policy, so
@@ -231,6 +235,10 @@ func (l *Lane[T]) pump(c actor.Context) {
 	for l.active == nil && l.paused == "" && l.closed == nil && l.head < len(l.queue) {
 		j := l.queue[l.head]
 		if l.async != nil && !l.async.plan.mask().Allows(j.info.Kind) {
+			if !j.refused && l.cfg.Refused != nil {
+				j.refused = true
+				l.cfg.Refused(j, l.async)
+			}
 			return
 		}
 		l.pop()

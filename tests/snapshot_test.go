@@ -10,9 +10,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/actors/trace/render"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/tests/testkit"
@@ -126,7 +130,8 @@ var marker = []byte("VMSUP-GUEST-WRITE\n")
 // Jobs and query-status answer and a reset waits, then runs; reverting to
 // the first brings the disk back to before the write.
 func TestGuestSnapshotRevert(t *testing.T) {
-	d := openDriver(t, nil)
+	rec := trace.New(trace.Options{})
+	d := openDriver(t, func(c *driver.Config) { c.Trace = rec })
 	dom, serial := snapshotGuest(t, d, "snap", true)
 
 	// Before the guest runs: its disk is blank.
@@ -139,84 +144,157 @@ func TestGuestSnapshotRevert(t *testing.T) {
 	waitGuestSerial(t, serial, "vmsup-guest: vda marker absent", 120*time.Second)
 	waitGuestSerial(t, serial, "vmsup-guest: vda marker written", 60*time.Second)
 
-	// A snapshot of the running guest, with a query, a pause and a reset
-	// sent while it runs.
+	// A snapshot of the running guest. Once it is the lane's async job,
+	// QEMU is stopped (SIGSTOP) so that the job cannot end while the test
+	// looks: Info and Jobs answer, a reset waits, and a query-status runs
+	// beside it (and answers once QEMU goes on).
+	in, err := dom.Info(ctxT(t, 5*time.Second))
+	if err != nil || in.PID == 0 {
+		t.Fatalf("info: %+v %v", in, err)
+	}
+	qemu := in.PID
 	var wg sync.WaitGroup
-	created := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		created <- dom.CreateSnapshot(ctxT(t, 5*time.Minute), "booted")
-	}()
+	var created chan error
 	var async *domain.JobInfo
-	guestPoll(t, 60*time.Second, "the snapshot job's async phase", func() bool {
-		select {
-		case err := <-created:
-			t.Fatalf("snapshot create booted ended (%v) before its async phase was seen", err)
-		default:
+	// QEMU saves a small guest in a fraction of a second: try a few
+	// times to stop it while the job is in its async phase.
+	for attempt := 0; async == nil; attempt++ {
+		if attempt == 5 {
+			t.Fatal("the snapshot job was never caught in its async phase")
 		}
+		if attempt > 0 {
+			if err := dom.DeleteSnapshot(ctxT(t, time.Minute), "booted"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		created = make(chan error, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			created <- dom.CreateSnapshot(actors.WithRequestID(ctxT(t, 5*time.Minute), "trace-snapshot"), "booted")
+		}()
+		poll := ctxT(t, 60*time.Second)
+		for async == nil {
+			js, err := dom.Jobs(poll)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if js.Async != nil && js.Async.Name == "snapshot-save" {
+				if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				async = js.Async
+				break
+			}
+			select {
+			case err := <-created:
+				if err != nil {
+					t.Fatalf("snapshot create booted: %v", err)
+				}
+				created = nil
+			default:
+			}
+			if created == nil {
+				break
+			}
+		}
+		if async == nil {
+			continue
+		}
+		time.Sleep(100 * time.Millisecond) // what QEMU had on its way has come
 		js, err := dom.Jobs(ctxT(t, 5*time.Second))
-		if err == nil && js.Async != nil && js.Async.Name == "snapshot-save" {
-			async = js.Async
+		if err != nil {
+			t.Fatal(err)
 		}
-		return async != nil
-	})
+		if js.Async == nil {
+			async = nil
+			if err := syscall.Kill(qemu, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-created; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			_ = syscall.Kill(qemu, syscall.SIGCONT)
+		}
+	}()
 	if async.Mask != "query|destroy|suspend|abort" {
 		t.Errorf("snapshot job's mask %q", async.Mask)
 	}
 	began := time.Now()
-	in, err := dom.Info(ctxT(t, 5*time.Second))
-	if err != nil || in.Job == nil {
+	in, err = dom.Info(ctxT(t, 5*time.Second))
+	if err != nil || in.Job == nil || in.Job.Name != "snapshot-save" {
 		t.Fatalf("info during the snapshot: %+v %v", in, err)
 	}
 	if took := time.Since(began); took > time.Second {
 		t.Errorf("info took %s during a snapshot", took)
 	}
+	queried := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, err := dom.QMP(actors.WithRequestID(ctxT(t, 2*time.Minute), "trace-query"), json.RawMessage(`{"execute":"query-status"}`))
+		queried <- err
+	}()
+	guestPoll(t, 10*time.Second, "query-status beside the snapshot", func() bool {
+		js, err := dom.Jobs(ctxT(t, 5*time.Second))
+		return err == nil && js.Active != nil && js.Active.QMP != nil && js.Active.QMP.Command == "query-status"
+	})
 	resetDone := make(chan error, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		resetDone <- dom.Reset(ctxT(t, 5*time.Minute))
+		resetDone <- dom.Reset(actors.WithRequestID(ctxT(t, 5*time.Minute), "trace-reset"))
 	}()
-	if _, err := dom.QMP(ctxT(t, 2*time.Minute), json.RawMessage(`{"execute":"query-status"}`)); err != nil {
+	// A reset whose caller gives up names the snapshot and the mask.
+	err = dom.Reset(ctxT(t, 300*time.Millisecond))
+	var werr *domain.JobWaitError
+	if !errors.As(err, &werr) || !strings.Contains(err.Error(), `"snapshot-save"`) && !strings.Contains(err.Error(), `"qmp"`) {
+		t.Errorf("a reset that gives up: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	js, err := dom.Jobs(ctxT(t, 5*time.Second))
+	if err != nil || js.Async == nil || js.Async.Name != "snapshot-save" || len(js.Queued) != 1 || js.Queued[0].Name != "reset" {
+		t.Fatalf("jobs with QEMU stopped: %+v %v", js, err)
+	}
+	if err := syscall.Kill(qemu, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	if err := <-created; err != nil {
+		t.Fatalf("snapshot create booted: %v", err)
+	}
+	if err := <-queried; err != nil {
 		t.Errorf("query-status during the snapshot: %v", err)
 	}
-	// The reset waits behind the snapshot until it ends.
-	var resetErr error
-	select {
-	case err := <-created:
-		if err != nil {
-			t.Fatalf("snapshot create booted: %v", err)
-		}
-		resetErr = <-resetDone
-	case resetErr = <-resetDone:
-		select {
-		case err := <-created:
-			t.Fatalf("reset ended before the snapshot could be seen ending (snapshot: %v)", err)
-		default:
-			t.Fatal("reset ran while the snapshot ran")
-		}
+	if err := <-resetDone; err != nil {
+		t.Fatalf("reset after the snapshot: %v", err)
 	}
 	wg.Wait()
-	if resetErr != nil {
-		t.Fatalf("reset after the snapshot: %v", resetErr)
-	}
-	js, err := dom.Jobs(ctxT(t, 5*time.Second))
+	js, err = dom.Jobs(ctxT(t, 5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	var saveEnd, resetStart time.Time
 	for _, j := range js.Recent {
-		switch j.Name {
-		case "snapshot-save":
+		switch {
+		case j.Name == "snapshot-save":
 			saveEnd = j.Ended
-		case "reset":
+			if j.Report == nil || j.Report.Phase != "concluded" || j.Report.Percent == nil || *j.Report.Percent != 100 {
+				t.Errorf("the snapshot job's last progress: %+v", j.Report)
+			}
+		case j.Name == "reset" && !j.Started.IsZero():
 			resetStart = j.Started
 		}
 	}
 	if saveEnd.IsZero() || resetStart.Before(saveEnd) {
 		t.Errorf("reset started %s, the snapshot ended %s: the reset must wait", resetStart, saveEnd)
 	}
+	checkSnapshotTrace(t, rec)
 	if got := snapshotNames(t, dom); got["clean"] != domain.SnapshotComplete || got["booted"] != domain.SnapshotComplete {
 		t.Fatalf("snapshots %v", got)
 	}
@@ -256,5 +334,41 @@ func TestGuestSnapshotRevert(t *testing.T) {
 	}
 	if got := snapshotNames(t, dom); len(got) != 1 || got["clean"] != domain.SnapshotComplete {
 		t.Fatalf("snapshots after delete %v", got)
+	}
+}
+
+// checkSnapshotTrace: the snapshot job with its progress, the query that
+// ran beside it and the reset that its mask held back are in the Perfetto
+// (Chrome JSON) export and in the Mermaid picture, with the mask's
+// decisions in words.
+func checkSnapshotTrace(t *testing.T, rec *trace.Recorder) {
+	t.Helper()
+	var records []trace.Record
+	for _, id := range []string{"trace-snapshot", "trace-query", "trace-reset"} {
+		records = append(records, rec.ByTrace(id)...)
+	}
+	trace.Sort(records)
+	want := []string{
+		"snapshot-save: concluded",
+		"qmp runs beside snapshot-save: its mask allows query",
+		"reset waits: snapshot-save allows query, destroy, suspend, abort",
+	}
+	var chrome, mermaid bytes.Buffer
+	if err := render.WriteChrome(&chrome, records); err != nil {
+		t.Fatal(err)
+	}
+	if err := render.WriteMermaid(&mermaid, records); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range want {
+		if !bytes.Contains(chrome.Bytes(), []byte(w)) {
+			t.Errorf("the Perfetto export lacks %q", w)
+		}
+		if !bytes.Contains(mermaid.Bytes(), []byte(w)) {
+			t.Errorf("the Mermaid picture lacks %q:\n%s", w, mermaid.String())
+		}
+	}
+	if !bytes.Contains(chrome.Bytes(), []byte(`"lane.progress"`)) {
+		t.Error("the Perfetto export has no progress step")
 	}
 }

@@ -113,6 +113,8 @@ func Props(cfg Config) *actor.Props {
 			Started:    dom.jobStarted,
 			Released:   dom.jobReleased,
 			Ended:      dom.jobEnded,
+			Progressed: dom.jobProgressed,
+			Refused:    dom.jobRefused,
 		})
 		dom.makePlans()
 		return dom
@@ -309,6 +311,7 @@ func (dom *domainActor) jobStarted(j *job) {
 	if h := dom.cfg.Hooks.Started; h != nil {
 		h(dom.name(), jobInfo(info))
 	}
+	dom.traceBeside(j)
 }
 
 func (dom *domainActor) jobReleased(j *job) {
