@@ -54,6 +54,10 @@ const (
 	JobModify JobKind = "modify"
 	// JobDestroy is the preempting hard stop.
 	JobDestroy JobKind = "destroy"
+	// JobSuspend pauses the guest (pause); a snapshot's mask allows it.
+	JobSuspend JobKind = "suspend"
+	// JobAbort asks the async job to stop; every async mask allows it.
+	JobAbort JobKind = "abort"
 	// JobAsync is a long job (shutdown) that lets query jobs run while it
 	// waits.
 	JobAsync JobKind = "async"

@@ -39,6 +39,10 @@ const (
 type JobHooks struct {
 	Started  func(domain string, job domain.JobInfo)
 	Released func(domain string, job domain.JobInfo)
+	// Async is called when an async job enters its async phase (begins,
+	// right after Released) and when it ends (!begins, before the jobs
+	// it held back may start). job.Mask says what may run beside it.
+	Async func(domain string, job domain.JobInfo, begins bool)
 }
 
 // Config is what the driver gives each domain actor.
@@ -318,6 +322,7 @@ func (dom *domainActor) jobReleased(j *job) {
 	if h := dom.cfg.Hooks.Released; h != nil {
 		h(dom.name(), jobInfo(j.Info()))
 	}
+	dom.asyncPhase(j, true)
 }
 
 // destroy kills QEMU at once, cancels the running jobs and puts the

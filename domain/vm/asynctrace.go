@@ -44,3 +44,23 @@ func (dom *domainActor) traceNote(j *job, what, note string) {
 		ParentSpanID: j.Data.parentSpan, Kind: trace.KindMessage, Actor: actorName, Sender: actorName, MessageType: what,
 		Enqueued: now, Started: now, Ended: now, JobID: info.ID, Note: note})
 }
+
+// asyncPhase calls the Async hook when j enters its async phase (begins)
+// and when a job that was in it ends.
+func (dom *domainActor) asyncPhase(j *job, begins bool) {
+	d := j.Data
+	if d == nil {
+		return
+	}
+	switch {
+	case begins && dom.lane.Async() == j && !d.async:
+		d.async = true
+	case !begins && d.async:
+		d.async = false
+	default:
+		return
+	}
+	if h := dom.cfg.Hooks.Async; h != nil {
+		h(dom.name(), jobInfo(j.Info()), begins)
+	}
+}

@@ -65,6 +65,8 @@ type jobData struct {
 	release func() // the host resources of this start
 	// snap is a snapshot job's own data (snapshot.go).
 	snap *snapOp
+	// async is set while the job is the lane's async job.
+	async bool
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -149,6 +151,7 @@ func (dom *domainActor) makePlans() {
 	})
 
 	p.pause = dom.oneCommand("pause", "stop", (*raw.Monitor).Stop, func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
+	p.pause.Kind = actors.JobSuspend // a snapshot's mask lets it run beside
 	p.resume = dom.oneCommand("resume", "cont", (*raw.Monitor).Cont, func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
 	p.reset = dom.oneCommand("reset", "system_reset", (*raw.Monitor).SystemReset, nil)
 
@@ -580,6 +583,10 @@ func jobKind(k actors.JobKind) domain.JobKind {
 		return domain.JobDestroy
 	case actors.JobAsync:
 		return domain.JobAsync
+	case actors.JobSuspend:
+		return domain.JobSuspend
+	case actors.JobAbort:
+		return domain.JobAbort
 	}
 	return domain.JobModify
 }
@@ -587,6 +594,7 @@ func jobKind(k actors.JobKind) domain.JobKind {
 // jobEnded is the lane's Ended hook: the job's trace record and log line,
 // and a fresh snapshot and status before its waiters hear of it.
 func (dom *domainActor) jobEnded(j *job, err error) {
+	dom.asyncPhase(j, false)
 	info := j.Info()
 	if dom.cfg.Trace.Enabled() {
 		d := j.Data
