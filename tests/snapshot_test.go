@@ -91,34 +91,15 @@ func qemuTags(t *testing.T, dom *driver.Domain) (tags, jobs []string) {
 	if err != nil {
 		t.Fatalf("query-block: %v", err)
 	}
-	var devs []struct {
-		Inserted struct {
-			NodeName string `json:"node-name"`
-			Image    struct {
-				Snapshots []struct{ Name string } `json:"snapshots"`
-			} `json:"image"`
-		} `json:"inserted"`
-	}
-	if err := json.Unmarshal(ret, &devs); err != nil {
+	if tags, err = testkit.SnapshotTags(ret, "disk0"); err != nil {
 		t.Fatal(err)
-	}
-	for _, dv := range devs {
-		if dv.Inserted.NodeName == "disk0" {
-			for _, s := range dv.Inserted.Image.Snapshots {
-				tags = append(tags, s.Name)
-			}
-		}
 	}
 	ret, err = dom.QMP(ctxT(t, 60*time.Second), json.RawMessage(`{"execute":"query-jobs"}`))
 	if err != nil {
 		t.Fatalf("query-jobs: %v", err)
 	}
-	var qj []struct{ ID string }
-	if err := json.Unmarshal(ret, &qj); err != nil {
+	if jobs, err = testkit.JobIDs(ret); err != nil {
 		t.Fatal(err)
-	}
-	for _, j := range qj {
-		jobs = append(jobs, j.ID)
 	}
 	return tags, jobs
 }

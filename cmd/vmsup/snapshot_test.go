@@ -58,30 +58,12 @@ func (d *daemon) snapshotState(t *testing.T, name string) (list map[string]strin
 	for _, s := range snaps {
 		list[s.Name] = s.State
 	}
-	var devs []struct {
-		Inserted struct {
-			NodeName string `json:"node-name"`
-			Image    struct {
-				Snapshots []struct{ Name string } `json:"snapshots"`
-			} `json:"image"`
-		} `json:"inserted"`
-	}
-	if err := json.Unmarshal([]byte(d.ok(t, "qmp", name, `{"execute":"query-block"}`)), &devs); err != nil {
+	var err error
+	if tags, err = testkit.SnapshotTags(json.RawMessage(d.ok(t, "qmp", name, `{"execute":"query-block"}`)), "disk0"); err != nil {
 		t.Fatal(err)
 	}
-	for _, dv := range devs {
-		if dv.Inserted.NodeName == "disk0" {
-			for _, s := range dv.Inserted.Image.Snapshots {
-				tags = append(tags, s.Name)
-			}
-		}
-	}
-	var qj []struct{ ID string }
-	if err := json.Unmarshal([]byte(d.ok(t, "qmp", name, `{"execute":"query-jobs"}`)), &qj); err != nil {
+	if jobs, err = testkit.JobIDs(json.RawMessage(d.ok(t, "qmp", name, `{"execute":"query-jobs"}`))); err != nil {
 		t.Fatal(err)
-	}
-	for _, j := range qj {
-		jobs = append(jobs, j.ID)
 	}
 	return list, tags, jobs
 }
