@@ -135,68 +135,7 @@ func TestGuestSnapshotRevert(t *testing.T) {
 	}
 	qemu := in.PID
 	var wg sync.WaitGroup
-	var created chan error
-	var async *domain.JobInfo
-	// QEMU saves a small guest in a fraction of a second: try a few
-	// times to stop it while the job is in its async phase.
-	for attempt := 0; async == nil; attempt++ {
-		if attempt == 5 {
-			t.Fatal("the snapshot job was never caught in its async phase")
-		}
-		if attempt > 0 {
-			if err := dom.DeleteSnapshot(ctxT(t, time.Minute), "booted"); err != nil {
-				t.Fatal(err)
-			}
-		}
-		created = make(chan error, 1)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			created <- dom.CreateSnapshot(actors.WithRequestID(ctxT(t, 5*time.Minute), "trace-snapshot"), "booted")
-		}()
-		poll := ctxT(t, 60*time.Second)
-		for async == nil {
-			js, err := dom.Jobs(poll)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if js.Async != nil && js.Async.Name == "snapshot-save" {
-				if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
-					t.Fatal(err)
-				}
-				async = js.Async
-				break
-			}
-			select {
-			case err := <-created:
-				if err != nil {
-					t.Fatalf("snapshot create booted: %v", err)
-				}
-				created = nil
-			default:
-			}
-			if created == nil {
-				break
-			}
-		}
-		if async == nil {
-			continue
-		}
-		time.Sleep(100 * time.Millisecond) // what QEMU had on its way has come
-		js, err := dom.Jobs(ctxT(t, 5*time.Second))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if js.Async == nil {
-			async = nil
-			if err := syscall.Kill(qemu, syscall.SIGCONT); err != nil {
-				t.Fatal(err)
-			}
-			if err := <-created; err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	async, created := catchAsyncSnapshot(t, dom, qemu, "booted", "trace-snapshot", &wg)
 	stopped := true
 	defer func() {
 		if stopped {
@@ -351,5 +290,110 @@ func checkSnapshotTrace(t *testing.T, rec *trace.Recorder) {
 	}
 	if !bytes.Contains(chrome.Bytes(), []byte(`"lane.progress"`)) {
 		t.Error("the Perfetto export has no progress step")
+	}
+}
+
+// catchAsyncSnapshot creates the snapshot name and stops QEMU (SIGSTOP)
+// while the job is the lane's async job, so that it cannot end before the
+// test acts; QEMU saves a small guest in a fraction of a second, so it
+// tries a few times. created gets the create's result.
+func catchAsyncSnapshot(t *testing.T, dom *driver.Domain, qemu int, name, requestID string, wg *sync.WaitGroup) (async *domain.JobInfo, created chan error) {
+	t.Helper()
+	for attempt := 0; async == nil; attempt++ {
+		if attempt == 5 {
+			t.Fatal("the snapshot job was never caught in its async phase")
+		}
+		if attempt > 0 {
+			if err := dom.DeleteSnapshot(ctxT(t, time.Minute), name); err != nil {
+				t.Fatal(err)
+			}
+		}
+		created = make(chan error, 1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			created <- dom.CreateSnapshot(actors.WithRequestID(ctxT(t, 5*time.Minute), requestID), name)
+		}()
+		poll := ctxT(t, 60*time.Second)
+		ended := false
+		for async == nil && !ended {
+			js, err := dom.Jobs(poll)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if js.Async != nil && js.Async.Name == "snapshot-save" {
+				if err := syscall.Kill(qemu, syscall.SIGSTOP); err != nil {
+					t.Fatal(err)
+				}
+				async = js.Async
+				break
+			}
+			select {
+			case err := <-created:
+				if err != nil {
+					t.Fatalf("snapshot create %s: %v", name, err)
+				}
+				ended = true
+			default:
+			}
+		}
+		if async == nil {
+			continue
+		}
+		time.Sleep(100 * time.Millisecond) // what QEMU had on its way has come
+		js, err := dom.Jobs(ctxT(t, 5*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if js.Async == nil {
+			async = nil
+			if err := syscall.Kill(qemu, syscall.SIGCONT); err != nil {
+				t.Fatal(err)
+			}
+			if err := <-created; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return async, created
+}
+
+// TestGuestSnapshotAbortAsync: an abort while the snapshot job follows
+// QEMU's job sends job-cancel (an abort job, which the snapshot's mask
+// lets run beside it); whether QEMU cancels the save or concludes it
+// first, the snapshot is complete on the disk and in the list, or in
+// neither, and QEMU keeps no job.
+func TestGuestSnapshotAbortAsync(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, _ := snapshotGuest(t, d, "snapab", false)
+	in, err := dom.Info(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	_, created := catchAsyncSnapshot(t, dom, in.PID, "ab", "", &wg)
+	aborted := make(chan error, 1)
+	go func() { aborted <- dom.AbortJob(ctxT(t, 2*time.Minute)) }()
+	guestPoll(t, 10*time.Second, "the abort job beside the snapshot", func() bool {
+		js, err := dom.Jobs(ctxT(t, 5*time.Second))
+		return err == nil && js.Active != nil && js.Active.Name == "abort" && js.Active.Kind == domain.JobAbort
+	})
+	if err := syscall.Kill(in.PID, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	abortErr, createErr := <-aborted, <-created
+	wg.Wait()
+	t.Logf("abort: %v; create: %v", abortErr, createErr)
+	if abortErr == nil && createErr == nil {
+		t.Error("job-cancel was accepted but the snapshot job succeeded")
+	}
+	list := snapshotNames(t, dom)
+	tags, jobs := qemuTags(t, dom)
+	state, listed := list["ab"]
+	if listed != slices.Contains(tags, "ab") || (listed && state != domain.SnapshotComplete) || len(jobs) != 0 {
+		t.Fatalf("after the abort: list %v, disk0 tags %v, QEMU jobs %v", list, tags, jobs)
+	}
+	if (createErr == nil) != listed {
+		t.Fatalf("create returned %v but the list is %v", createErr, list)
 	}
 }
