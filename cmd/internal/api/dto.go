@@ -19,6 +19,11 @@
 //	POST   /v1/domains/{name}/reset       → Info
 //	POST   /v1/domains/{name}/qmp         body: {"execute": ..., "arguments": {...}} → QMPReply
 //	GET    /v1/domains/{name}/jobs        → Jobs
+//	POST   /v1/domains/{name}/jobs/abort  → Info (the async job was asked to stop)
+//	GET    /v1/domains/{name}/snapshots   → [Snapshot]
+//	POST   /v1/domains/{name}/snapshots/{snap}         → Info (created)
+//	POST   /v1/domains/{name}/snapshots/{snap}/revert  → Info
+//	DELETE /v1/domains/{name}/snapshots/{snap}         → Info
 //	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
 //	GET    /v1/jobs                       → [Jobs]
 //	GET    /v1/events                     ?domain=NAME → NDJSON stream of Event
@@ -41,8 +46,8 @@
 //
 // Every response carries an X-Request-Id header. A client may bound any call
 // with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
-// jobs wait up to 30 s for the VM's job lane, and shutdown waits its own
-// timeout plus 30 s.
+// jobs wait up to 30 s for the VM's job lane, shutdown waits its own
+// timeout plus 30 s, and a snapshot job 10 minutes.
 package api
 
 import "time"
