@@ -87,6 +87,9 @@ func MaskOf(kinds ...JobKind) JobMask {
 // Allows reports whether a job of kind k may start under the mask.
 func (m JobMask) Allows(k JobKind) bool { return m&(1<<k) != 0 }
 
+// List names the mask's kinds for people: "query, destroy, abort".
+func (m JobMask) List() string { return strings.ReplaceAll(m.String(), "|", ", ") }
+
 // String lists the mask's kinds, such as "query|destroy|abort".
 func (m JobMask) String() string {
 	var parts []string
@@ -133,9 +136,60 @@ type JobInfo struct {
 	Steps []string `json:"steps,omitempty"`
 	Step  string   `json:"step,omitempty"`
 	// Call is the command the job waits on, if any.
-	Call  Call   `json:"call,omitzero"`
-	Error string `json:"error,omitempty"`
+	Call Call `json:"call,omitzero"`
+	// Mask is what may start beside the job in its async phase: set for
+	// a job of kind JobAsync.
+	Mask JobMask `json:"mask,omitempty"`
+	// Report is what an async job last reported of its progress, or nil.
+	Report *Progress `json:"report,omitempty"`
+	Error  string    `json:"error,omitempty"`
 }
+
+// Progress is what a long job reports of itself: its phase and, where
+// the work is measured (QEMU's query-jobs current-progress and
+// total-progress), how far it is. It is plain data.
+type Progress struct {
+	// Phase is what the job is doing now, such as "running" or "saving".
+	Phase string `json:"phase,omitempty"`
+	// Current and Total are the work done and the work to do, in Unit;
+	// Total is zero when unknown.
+	Current uint64 `json:"current,omitempty"`
+	Total   uint64 `json:"total,omitempty"`
+	// Unit names what Current and Total count ("bytes" when empty).
+	Unit string    `json:"unit,omitempty"`
+	At   time.Time `json:"at"`
+}
+
+// Percent is Current of Total in percent, and false when Total is unknown.
+func (p *Progress) Percent() (float64, bool) {
+	if p == nil || p.Total == 0 {
+		return 0, false
+	}
+	return float64(p.Current) * 100 / float64(p.Total), true
+}
+
+// String renders the progress: `saving, 42% (12.0 MiB of 28.5 MiB)`.
+func (p *Progress) String() string {
+	if p == nil {
+		return ""
+	}
+	s := p.Phase
+	if s == "" {
+		s = "running"
+	}
+	pct, ok := p.Percent()
+	switch {
+	case ok && (p.Unit == "" || p.Unit == "bytes"):
+		s += fmt.Sprintf(", %.0f%% (%s of %s)", pct, mib(p.Current), mib(p.Total))
+	case ok:
+		s += fmt.Sprintf(", %.0f%% (%d of %d %s)", pct, p.Current, p.Total, p.Unit)
+	case p.Current > 0:
+		s += fmt.Sprintf(", %s done", mib(p.Current))
+	}
+	return s
+}
+
+func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // Call is a command a job has sent and waits on: a QMP command, a guest
 // agent command.
@@ -162,6 +216,9 @@ func (j *JobInfo) Holder(now time.Time) string {
 	s := fmt.Sprintf("job %d %q (%s, trace %s) for %.1fs", j.ID, j.Name, j.Owner, j.RequestID, now.Sub(j.Started).Seconds())
 	if !j.Call.IsZero() {
 		s += fmt.Sprintf(", in %s %q for %.1fs", j.Call.via(), j.Call.Command, now.Sub(j.Call.Since).Seconds())
+	}
+	if j.Report != nil {
+		s += ", at " + j.Report.String()
 	}
 	return s
 }
@@ -309,4 +366,23 @@ func (w Waiter) send(c actor.SenderContext, reply any) {
 	case w.pid != nil:
 		c.Send(w.pid, reply)
 	}
+}
+
+// asyncMask is the mask a job of the plan shows: its mask for an async
+// plan, none for the others.
+func (p *Plan[T]) asyncMask() JobMask {
+	if p.Kind != JobAsync {
+		return 0
+	}
+	return p.mask()
+}
+
+// MaskDecision says why the mask of async, an async job, keeps a job
+// named name of kind k waiting, or "" when it allows it:
+// `reset waits: snapshot-save allows query, suspend, destroy, abort`.
+func MaskDecision(name string, k JobKind, async *JobInfo) string {
+	if async == nil || async.Mask == 0 || async.Mask.Allows(k) {
+		return ""
+	}
+	return fmt.Sprintf("%s waits: %s allows %s", name, async.Name, async.Mask.List())
 }

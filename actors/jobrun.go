@@ -39,6 +39,7 @@ type Job[T any] struct {
 	state   jobState
 	preempt bool // placed by Preempt: it ignores its caller's context
 	holding bool // between the Started and the Released hook
+	refused bool // the Refused hook has been called
 	watch   func() bool
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
@@ -159,6 +160,17 @@ func (r Run[T]) Calling(cmd string) {
 	j.lane.root.Send(j.lane.self, e)
 }
 
+// Report records p as the job's progress (its At set to now when zero).
+// The actor learns it by a message, so JobInfo, Jobs and the wait errors
+// show it.
+func (r Run[T]) Report(p Progress) {
+	if p.At.IsZero() {
+		p.At = time.Now()
+	}
+	j := r.j
+	j.lane.root.Send(j.lane.self, &jobEvent[T]{job: j, what: evProgress, report: &p, at: p.At})
+}
+
 type eventKind uint8
 
 const (
@@ -167,17 +179,19 @@ const (
 	evActorStep                      // the goroutine stopped at an InActor step
 	evDone                           // the job's goroutine finished it
 	evLeft                           // the caller's context ended while queued
+	evProgress                       // the job reported its progress
 )
 
 // jobEvent is what a job tells its lane, through the owning actor's
 // mailbox; Lane.Handle takes it.
 type jobEvent[T any] struct {
-	job   *Job[T]
-	what  eventKind
-	step  int
-	call  string
-	at    time.Time
-	stamp string // the trace middleware's stamp of this send
+	job    *Job[T]
+	what   eventKind
+	step   int
+	call   string
+	report *Progress
+	at     time.Time
+	stamp  string // the trace middleware's stamp of this send
 }
 
 // Header puts the event in the job's trace, under the job's span. It

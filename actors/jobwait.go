@@ -23,6 +23,10 @@ type Explanation struct {
 	Queued int `json:"queued"`
 	// Paused says why the lane starts no job, when it is paused.
 	Paused string `json:"paused,omitempty"`
+	// Async is the lane's async job, when one runs; Decision says why its
+	// mask kept the request's job waiting, when it did (MaskDecision).
+	Async    *JobInfo `json:"async,omitempty"`
+	Decision string   `json:"decision,omitempty"`
 }
 
 // Explain answers who holds the lane that the jobs of requestID wait for.
@@ -30,6 +34,16 @@ type Explanation struct {
 // now rather than when their context watcher's message arrives, so that
 // the caller's next look at the lane no longer shows them.
 func (l *Lane[T]) Explain(c actor.Context, requestID string) *Explanation {
+	x := &Explanation{Lane: l.cfg.Name}
+	if l.async != nil {
+		ai := l.async.info
+		x.Async = &ai
+		if mine := l.Find(func(j *Job[T]) bool { return j.state == jobQueued && j.info.RequestID == requestID }); mine != nil {
+			x.Decision = MaskDecision(mine.info.Name, mine.info.Kind, &ai)
+		} else if left, ok := l.leftQueue(requestID); ok {
+			x.Decision = MaskDecision(left.Name, left.Kind, &ai)
+		}
+	}
 	for {
 		j := l.Find(func(j *Job[T]) bool {
 			return j.state == jobQueued && !j.preempt && j.info.RequestID == requestID && j.reqCtx != nil && j.reqCtx.Err() != nil
@@ -41,7 +55,7 @@ func (l *Lane[T]) Explain(c actor.Context, requestID string) *Explanation {
 		l.finish(c, j, nil, l.leftErr(j), false)
 	}
 	l.pump(c)
-	x := &Explanation{Lane: l.cfg.Name, Queued: l.Len(), Paused: l.paused}
+	x.Queued, x.Paused = l.Len(), l.paused
 	if info, ok := l.Holder(); ok {
 		x.Holder = &info
 		x.Running = requestID != "" && info.RequestID == requestID
@@ -58,7 +72,7 @@ func (x *Explanation) Err(job string, waited time.Duration, now time.Time, cause
 		return fmt.Errorf("%s: %s: gave up after %s while its job %d was running (step %q): %w",
 			x.Lane, job, waited.Round(100*time.Millisecond), x.Holder.ID, x.Holder.Step, cause)
 	}
-	return &JobWaitError{Lane: x.Lane, Job: job, Waited: waited, Holder: x.Holder, Paused: x.Paused, At: now, Cause: cause}
+	return &JobWaitError{Lane: x.Lane, Job: job, Waited: waited, Holder: x.Holder, Paused: x.Paused, Decision: x.Decision, At: now, Cause: cause}
 }
 
 // JobWaitError is returned when a caller's context ended while its job
@@ -75,7 +89,10 @@ type JobWaitError struct {
 	Holder *JobInfo
 	// Paused says why the lane started nothing, when no job held it.
 	Paused string
-	At     time.Time
+	// Decision says why the async job's mask kept the job waiting, if it
+	// did: `reset waits: snapshot-save allows query, destroy, suspend, abort`.
+	Decision string
+	At       time.Time
 	// Cause is context.DeadlineExceeded or context.Canceled.
 	Cause error
 }
@@ -92,8 +109,26 @@ func (e *JobWaitError) Error() string {
 	case e.Paused != "":
 		s += ": the lane is paused: " + e.Paused
 	}
+	if e.Decision != "" {
+		s += "; " + e.Decision
+	}
 	return s
 }
 
 // Unwrap returns the context error.
 func (e *JobWaitError) Unwrap() error { return e.Cause }
+
+// leftQueue finds, among the recent jobs, the last one of requestID that
+// ended without starting (its caller gave up while it was queued).
+func (l *Lane[T]) leftQueue(requestID string) (JobInfo, bool) {
+	if requestID == "" {
+		return JobInfo{}, false
+	}
+	for i := 1; i <= l.recentLen; i++ {
+		ji := &l.recent[(l.recentNext-i+len(l.recent))%len(l.recent)]
+		if ji.RequestID == requestID && ji.Started.IsZero() {
+			return *ji, true
+		}
+	}
+	return JobInfo{}, false
+}

@@ -32,6 +32,13 @@ type LaneConfig[T any] struct {
 	// Ended is called when a job ends, after its plan's End and before its
 	// waiters hear of it, with what they get: publish state here.
 	Ended func(j *Job[T], err error)
+	// Progressed is called when a running job reports its progress
+	// (Run.Report): trace it here.
+	Progressed func(j *Job[T], p Progress)
+	// Refused is called once for a job that reaches the head of the queue
+	// and must wait because the mask of async, the async job, does not
+	// allow its kind (MaskDecision says it in words).
+	Refused func(j, async *Job[T])
 }
 
 // Lane is the job lane of an actor: it owns the whole queue policy, so
@@ -168,7 +175,7 @@ func (l *Lane[T]) newJob(plan *Plan[T], req Request, data T, w Waiter) *Job[T] {
 	return &Job[T]{
 		Data: data, lane: l, plan: plan, reqCtx: req.Ctx, parent: req.ParentID, waiter: w,
 		info: JobInfo{ID: l.seq, Name: plan.Name, Kind: plan.Kind, Owner: owner, RequestID: req.RequestID,
-			Enqueued: time.Now(), Steps: names},
+			Enqueued: time.Now(), Steps: names, Mask: plan.asyncMask()},
 	}
 }
 
@@ -228,6 +235,10 @@ func (l *Lane[T]) pump(c actor.Context) {
 	for l.active == nil && l.paused == "" && l.closed == nil && l.head < len(l.queue) {
 		j := l.queue[l.head]
 		if l.async != nil && !l.async.plan.mask().Allows(j.info.Kind) {
+			if !j.refused && l.cfg.Refused != nil {
+				j.refused = true
+				l.cfg.Refused(j, l.async)
+			}
 			return
 		}
 		l.pop()
@@ -461,6 +472,13 @@ func (l *Lane[T]) Handle(c actor.Context, msg any) bool {
 				j.info.Call = Call{}
 			} else {
 				j.info.Call = Call{Via: j.plan.Via, Command: e.call, Since: e.at}
+			}
+		}
+	case evProgress:
+		if j.Running() {
+			j.info.Report = e.report
+			if l.cfg.Progressed != nil {
+				l.cfg.Progressed(j, *e.report)
 			}
 		}
 	case evActorStep:

@@ -650,7 +650,7 @@ func TestLaneExplainNamesTheHolder(t *testing.T) {
 		t.Fatalf("explanation %+v: holder must be job 1, and m gone from the queue", x)
 	}
 	werr := x.Err("modify", time.Since(began), time.Now(), context.DeadlineExceeded)
-	re := regexp.MustCompile(`^domain "t": timed out after 100ms waiting for job "modify": held by job 1 "shutdown" \(api shutdown, trace req-sd\) for 0\.\ds$`)
+	re := regexp.MustCompile(`^domain "t": timed out after 100ms waiting for job "modify": held by job 1 "shutdown" \(api shutdown, trace req-sd\) for 0\.\ds; modify waits: shutdown allows query, destroy, abort$`)
 	if !re.MatchString(werr.Error()) {
 		t.Fatalf("error %q does not match %s", werr, re)
 	}

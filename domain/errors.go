@@ -32,8 +32,11 @@ type JobWaitError struct {
 	Job    string // the job that waited
 	Waited time.Duration
 	Holder *JobInfo
-	At     time.Time
-	Cause  error // context.DeadlineExceeded or context.Canceled
+	// Decision says why an async job's mask kept the job waiting, if it
+	// did: `reset waits: snapshot-save allows query, destroy, suspend, abort`.
+	Decision string
+	At       time.Time
+	Cause    error // context.DeadlineExceeded or context.Canceled
 }
 
 func (e *JobWaitError) Error() string {
@@ -44,6 +47,9 @@ func (e *JobWaitError) Error() string {
 	s := fmt.Sprintf("domain %q: %s after %s waiting for job %q", e.Domain, verb, e.Waited.Round(100*time.Millisecond), e.Job)
 	if e.Holder != nil {
 		s += ": held by " + e.Holder.Holder(e.At)
+	}
+	if e.Decision != "" {
+		s += "; " + e.Decision
 	}
 	return s
 }
@@ -57,4 +63,9 @@ type WaitExplanation struct {
 	Running bool
 	// Holder is the job that held the domain, or nil.
 	Holder *JobInfo
+	// Decision says why an async job's mask kept the job waiting, if it did.
+	Decision string `json:",omitempty"`
 }
+
+// ErrNoSnapshot is wrapped when a domain has no snapshot of the name given.
+var ErrNoSnapshot = errors.New("no such snapshot")

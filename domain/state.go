@@ -61,6 +61,10 @@ const (
 	JobModify JobKind = "modify"
 	// JobDestroy is the preempting hard stop.
 	JobDestroy JobKind = "destroy"
+	// JobSuspend pauses the guest (pause); a snapshot's mask allows it.
+	JobSuspend JobKind = "suspend"
+	// JobAbort asks the async job to stop; every async mask allows it.
+	JobAbort JobKind = "abort"
 	// JobAsync is a long job (shutdown) that lets query jobs run while it
 	// waits.
 	JobAsync JobKind = "async"
@@ -158,7 +162,25 @@ type JobInfo struct {
 	// `start: prepare → spawn → attach → [query-status] → cont`.
 	Progress string       `json:"progress,omitempty"`
 	QMP      *QMPInFlight `json:"qmp"`
-	Error    string       `json:"error,omitempty"`
+	// Mask lists what may start beside an async job in its async phase
+	// ("query|destroy|suspend|abort"); empty for other jobs.
+	Mask string `json:"mask,omitempty"`
+	// Report is what an async job last reported of its progress.
+	Report *JobProgress `json:"report,omitempty"`
+	Error  string       `json:"error,omitempty"`
+}
+
+// JobProgress is an async job's progress: its phase and, where QEMU
+// measures it, the work done of the work to do.
+type JobProgress struct {
+	Phase   string `json:"phase,omitempty"`
+	Current uint64 `json:"current,omitempty"`
+	Total   uint64 `json:"total,omitempty"`
+	// Percent is Current of Total; nil when Total is unknown.
+	Percent *float64 `json:"percent,omitempty"`
+	// Text renders it: `saving, 42% (12.0 MiB of 28.5 MiB)`.
+	Text string    `json:"text"`
+	At   time.Time `json:"at"`
 }
 
 // QMPInFlight is the QMP command a job waits on.
@@ -183,6 +205,9 @@ func (j *JobInfo) Holder(now time.Time) string {
 	s := fmt.Sprintf("job %d %q (%s, trace %s) for %.1fs", j.ID, j.Name, j.Owner, j.RequestID, now.Sub(j.Started).Seconds())
 	if j.QMP != nil {
 		s += fmt.Sprintf(", in QMP %q for %.1fs", j.QMP.Command, now.Sub(j.QMP.Since).Seconds())
+	}
+	if j.Report != nil {
+		s += ", at " + j.Report.Text
 	}
 	return s
 }

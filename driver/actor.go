@@ -16,6 +16,7 @@ import (
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/hostres"
+	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
@@ -112,6 +113,8 @@ type actorConfig struct {
 	// definition is written (a test hook: it may block to hold the lane).
 	beforeWrite func(name string)
 	host        *hostres.Manager
+	snapshotDir string
+	qemuImg     overlay.QemuImg
 }
 
 // recovered is a definition loaded at Open, with what was found of its QEMU.
@@ -449,6 +452,8 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		SaveStatus:       status.Put,
 		Reload:           d.reloader(spec.Name),
 		Host:             d.cfg.host,
+		SnapshotDir:      d.cfg.snapshotDir,
+		QemuImg:          d.cfg.qemuImg,
 	}), fmt.Sprintf("%s@%d", spec.Name, d.life.gen))
 	if err != nil {
 		status.Close()

@@ -105,6 +105,64 @@ func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMess
 	return ret, nil
 }
 
+// DefaultSnapshotTimeout bounds a snapshot call whose context has no
+// deadline: the wait for the lane and QEMU's job together.
+const DefaultSnapshotTimeout = 10 * time.Minute
+
+// CreateSnapshot saves the running VM (its vCPU and device state in the
+// first disk) and every writable disk under the tag name, as an async job
+// beside which query, suspend, destroy and abort jobs run. Every writable
+// disk must be qcow2.
+func (h *Domain) CreateSnapshot(ctx context.Context, name string) error {
+	return h.snapshot(ctx, "create", name)
+}
+
+// RevertSnapshot loads the snapshot name: the VM state and every disk go
+// back to that instant.
+func (h *Domain) RevertSnapshot(ctx context.Context, name string) error {
+	return h.snapshot(ctx, "revert", name)
+}
+
+// DeleteSnapshot removes the snapshot name from every disk and its record.
+func (h *Domain) DeleteSnapshot(ctx context.Context, name string) error {
+	return h.snapshot(ctx, "delete", name)
+}
+
+// Snapshots lists the domain's snapshots, its records settled against the
+// tags on its disks (QEMU's for a running domain, qemu-img's otherwise).
+func (h *Domain) Snapshots(ctx context.Context) ([]domain.Snapshot, error) {
+	v, err := h.job(ctx, "snapshot-list", func(r actors.Request) any { return vm.SnapshotJob(r, "list", "") })
+	if err != nil {
+		return nil, err
+	}
+	snaps, ok := vm.SnapshotsOf(v)
+	if !ok {
+		return nil, fmt.Errorf("domain %q: snapshot list: unexpected reply %T", h.name, v)
+	}
+	return snaps, nil
+}
+
+// AbortJob asks the domain's async job to stop cleanly: job-cancel for a
+// QEMU job (a snapshot), the end of the wait for a shutdown. It returns
+// once the request is made; the job ends on its own.
+func (h *Domain) AbortJob(ctx context.Context) error {
+	_, err := h.job(ctx, "abort", func(r actors.Request) any { return vm.AbortJob(r) })
+	return err
+}
+
+func (h *Domain) snapshot(ctx context.Context, op, name string) error {
+	if err := domain.ValidateSnapshotName(name); err != nil {
+		return fmt.Errorf("domain %q: snapshot %s: %w", h.name, op, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, DefaultSnapshotTimeout)
+		defer cancel()
+	}
+	_, err := h.job(ctx, "snapshot-"+op, func(r actors.Request) any { return vm.SnapshotJob(r, op, name) })
+	return err
+}
+
 // Info returns the domain's state, reason, pid and job, answered at once
 // even while a job runs.
 func (h *Domain) Info(ctx context.Context) (*domain.Info, error) {
@@ -205,7 +263,7 @@ func (h *Domain) explainWait(req actors.Request, name string, began time.Time, c
 		return fmt.Errorf("domain %q: %s: gave up after %s while its job %d was running (step %q): %w",
 			h.name, name, waited.Round(100*time.Millisecond), w.Holder.ID, w.Holder.Step, cause)
 	}
-	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, At: time.Now(), Cause: cause}
+	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, Decision: w.Decision, At: time.Now(), Cause: cause}
 }
 
 // explain asks the domain actor who holds the job that req waits for.

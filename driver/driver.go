@@ -294,6 +294,8 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
 			confine:      cfg.Confine,
+			snapshotDir:  filepath.Join(stateDir, "snapshots"),
+			qemuImg:      cfg.QemuImg,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")

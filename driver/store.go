@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/internal/atomicfile"
 )
 
 // store keeps definitions as files under <state>/domains/<name>.json. Every
@@ -157,36 +158,7 @@ func (s *store) removeStaleTemps() (removed []string, problems []error) {
 	return removed, problems
 }
 
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	// CreateTemp opens with O_EXCL: it never follows a planted symlink.
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	cleanup := func(err error) error {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		return cleanup(err)
-	}
-	if err := tmp.Chmod(0o600); err != nil {
-		return cleanup(err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return cleanup(err)
-	}
-	if err := tmp.Close(); err != nil {
-		return cleanup(err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
+func writeFileAtomic(path string, data []byte) error { return atomicfile.WriteFile(path, data) }
 
 // readFileNoFollow reads a regular file without following a symlink at
 // its last component, so a link planted in the state dir is refused.
@@ -212,14 +184,4 @@ func readFileNoFollow(path string) ([]byte, error) {
 // maxStateFile bounds a definition or status file read from disk.
 const maxStateFile = 16 << 20
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", dir, err)
-	}
-	return nil
-}
+func syncDir(dir string) error { return atomicfile.SyncDir(dir) }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -128,6 +129,10 @@ func (j chaosJob) String() string {
 type jobSlot struct {
 	mu     sync.Mutex
 	active []chaosJob
+	// async is the job in its async phase, if any, and mask what it lets
+	// start beside it.
+	async *chaosJob
+	mask  string
 }
 
 // chaosStats counts what happened.
@@ -169,6 +174,7 @@ type chaos struct {
 
 	seenTwo   sync.Map // "pid,pid" already reported
 	jobsRun   atomic.Int64
+	asyncRun  atomic.Int64
 	stats     chaosStats
 	panicLog  map[string][]time.Time
 	lastSwap  time.Time
@@ -443,6 +449,9 @@ func (c *chaos) hooks(gen int) vm.JobHooks {
 			cj := chaosJob{gen: gen, id: j.ID, name: j.Name, owner: j.Owner, request: j.RequestID, started: time.Now()}
 			s.mu.Lock()
 			s.active = append(s.active, cj)
+			if s.async != nil && s.async.gen == gen && !slices.Contains(strings.Split(s.mask, "|"), string(j.Kind)) {
+				c.violate("mask", "domain %s: %s (kind %s) started beside async %s, whose mask allows only %s%s", name, cj, j.Kind, s.async, s.mask, c.recentFaults())
+			}
 			if len(s.active) > 1 {
 				var others []string
 				for _, o := range s.active[:len(s.active)-1] {
@@ -469,6 +478,26 @@ func (c *chaos) hooks(gen int) vm.JobHooks {
 				}
 			}
 			c.violate("hooks", "domain %s: gen %d job %d %q released but never started", name, gen, j.ID, j.Name)
+		},
+		Async: func(name string, j domain.JobInfo, begins bool) {
+			s := c.slots[name]
+			if s == nil {
+				return
+			}
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			cj := chaosJob{gen: gen, id: j.ID, name: j.Name, owner: j.Owner, request: j.RequestID, started: time.Now()}
+			switch {
+			case begins && s.async != nil && s.async.gen == gen:
+				c.violate("two-async", "domain %s: %s entered its async phase beside async %s", name, cj, s.async)
+			case begins && j.Mask == "":
+				c.violate("mask", "domain %s: async %s has no mask", name, cj)
+			case begins:
+				s.async, s.mask = &cj, j.Mask
+				c.asyncRun.Add(1)
+			case s.async != nil && s.async.id == j.ID && s.async.gen == gen:
+				s.async, s.mask = nil, ""
+			}
 		},
 	}
 }
@@ -619,6 +648,9 @@ var chaosOps = []chaosOp{
 			c.violate("bad-reply", "jobs of %s name domain %q", vm.name, js.Domain)
 		}
 		return err
+	}},
+	{"abort", 2, func(ctx context.Context, _ *chaos, d *driver.Driver, vm *chaosVM, _ *rand.Rand) error {
+		return d.Domain(vm.name).AbortJob(ctx)
 	}},
 	{"define", 2, func(ctx context.Context, c *chaos, d *driver.Driver, vm *chaosVM, _ *rand.Rand) error {
 		res, err := d.Define(ctx, vm.spec.Clone())
@@ -1525,7 +1557,7 @@ func (c *chaos) summary() {
 		total += n
 		fmt.Fprintf(&b, "    %-18s %5d: %s (max %s)\n", op, n, strings.Join(parts, ", "), c.stats.maxLat[op].Round(time.Millisecond))
 	}
-	fmt.Fprintf(&b, "  %d calls, %d jobs started\n  faults:\n", total, c.jobsRun.Load())
+	fmt.Fprintf(&b, "  %d calls, %d jobs started, %d async phases\n  faults:\n", total, c.jobsRun.Load(), c.asyncRun.Load())
 	var fs []string
 	for f, k := range c.stats.faults {
 		if strings.HasPrefix(f, "= ") {

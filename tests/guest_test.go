@@ -126,7 +126,7 @@ func TestGuestShutdownGraceful(t *testing.T) {
 // TestGuestShutdownTimeout uses a guest that ignores ACPI (q35 with no
 // kernel and no disk: SeaBIOS finds nothing to boot). Shutdown fails at its
 // timeout and the domain keeps running. While such a shutdown waits (an
-// async job), a query job runs alongside it, and a modify job (pause)
+// async job), a query job runs alongside it, and a suspend job (pause)
 // queues behind it and runs once it ends.
 func TestGuestShutdownTimeout(t *testing.T) {
 	d := openDriver(t, nil)
@@ -193,7 +193,7 @@ func TestGuestShutdownTimeout(t *testing.T) {
 			t.Fatalf("job %d %q became active while the shutdown waits: %+v", jobs.Active.ID, jobs.Active.Name, jobs)
 		}
 		for _, q := range jobs.Queued {
-			if q.Name == "pause" && q.Kind == domain.JobModify {
+			if q.Name == "pause" && q.Kind == domain.JobSuspend {
 				var query *domain.JobInfo
 				for i := range jobs.Recent {
 					if r := &jobs.Recent[i]; r.Name == "qmp" && r.Kind == domain.JobQuery && r.Started.After(shutdownJob.Started) {

@@ -497,7 +497,7 @@ func TestCLIHolderViews(t *testing.T) {
 		t.Fatalf("jobs --json: active %+v", a)
 	}
 	q := lane.Queued[0]
-	if q.Owner != "api pause" || q.Kind != "modify" || q.Trace == "" || q.Trace == a.Trace {
+	if q.Owner != "api pause" || q.Kind != "suspend" || q.Trace == "" || q.Trace == a.Trace {
 		t.Fatalf("jobs --json: queued %+v", q)
 	}
 	holderTrace := a.Trace
@@ -506,7 +506,7 @@ func TestCLIHolderViews(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^held:$`,
 		fmt.Sprintf(`(?m)^  active: job %d query \(api qmp\) for \d+\.\ds, in QMP "query-qmp-schema" for \d+\.\ds, trace %s$`, a.ID, regexp.QuoteMeta(holderTrace)),
-		fmt.Sprintf(`(?m)^  queued: job %d modify \(api pause\), waiting \d+\.\ds, trace %s$`, q.ID, regexp.QuoteMeta(q.Trace)),
+		fmt.Sprintf(`(?m)^  queued: job %d suspend \(api pause\), waiting \d+\.\ds, trace %s$`, q.ID, regexp.QuoteMeta(q.Trace)),
 	} {
 		if !regexp.MustCompile(re).MatchString(text) {
 			t.Errorf("vmsup jobs does not match %s:\n%s", re, text)

@@ -19,6 +19,7 @@ import (
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
+	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/monitor"
@@ -38,6 +39,10 @@ const (
 type JobHooks struct {
 	Started  func(domain string, job domain.JobInfo)
 	Released func(domain string, job domain.JobInfo)
+	// Async is called when an async job enters its async phase (begins,
+	// right after Released) and when it ends (!begins, before the jobs
+	// it held back may start). job.Mask says what may run beside it.
+	Async func(domain string, job domain.JobInfo, begins bool)
 }
 
 // Config is what the driver gives each domain actor.
@@ -81,6 +86,11 @@ type Config struct {
 	// Host makes the host side of each start (forwards, taps, the files
 	// behind image disks and the seed); nil means qemuargs.PlainHost.
 	Host HostResources
+	// SnapshotDir holds the snapshot records (SnapshotDir/NAME.json);
+	// empty turns snapshots off.
+	SnapshotDir string
+	// QemuImg reads a stopped domain's snapshot tags.
+	QemuImg overlay.QemuImg
 }
 
 // HostResources is the host side of a domain's starts (hostres.Manager).
@@ -110,6 +120,8 @@ func Props(cfg Config) *actor.Props {
 			Started:    dom.jobStarted,
 			Released:   dom.jobReleased,
 			Ended:      dom.jobEnded,
+			Progressed: dom.jobProgressed,
+			Refused:    dom.jobRefused,
 		})
 		dom.makePlans()
 		return dom
@@ -138,8 +150,11 @@ type domainActor struct {
 	link   *monitor.Link
 	monErr error
 
-	lane       *actors.Lane[*jobData]
-	plans      plans
+	lane  *actors.Lane[*jobData]
+	plans plans
+	snap  snapshotPlans
+	// qemuJobs are the QEMU jobs that snapshot jobs follow, by QEMU's id.
+	qemuJobs   map[string]chan string
 	destroying *job
 
 	sawShutdown       bool
@@ -199,7 +214,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		// the caller hears back.
 		x := dom.lane.Explain(ctx, msg.RequestID)
 		dom.publish()
-		ctx.Respond(&domain.WaitExplanation{Running: x.Running, Holder: jobInfoPtr(x.Holder)})
+		ctx.Respond(&domain.WaitExplanation{Running: x.Running, Holder: jobInfoPtr(x.Holder), Decision: x.Decision})
 	case *protocol.StartRequest:
 		dom.stopRestartTimer()
 		p := dom.plans.start
@@ -223,6 +238,10 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.enqueue(ctx, p, msg.Request, &jobData{execute: msg.Execute, args: msg.Arguments})
 	case *protocol.DestroyRequest:
 		dom.destroy(ctx, msg)
+	case *protocol.SnapshotRequest:
+		dom.onSnapshot(ctx, msg)
+	case *protocol.AbortJobRequest:
+		dom.abortJob(ctx, msg)
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)
@@ -299,12 +318,14 @@ func (dom *domainActor) jobStarted(j *job) {
 	if h := dom.cfg.Hooks.Started; h != nil {
 		h(dom.name(), jobInfo(info))
 	}
+	dom.traceBeside(j)
 }
 
 func (dom *domainActor) jobReleased(j *job) {
 	if h := dom.cfg.Hooks.Released; h != nil {
 		h(dom.name(), jobInfo(j.Info()))
 	}
+	dom.asyncPhase(j, true)
 }
 
 // destroy kills QEMU at once, cancels the running jobs and puts the
@@ -402,6 +423,8 @@ func (dom *domainActor) onQMPEvent(ev *monitor.Event) {
 		if dom.destroying == nil {
 			dom.setState(domain.StateShutdown, domain.ReasonUser, ev.ID)
 		}
+	case "JOB_STATUS_CHANGE":
+		dom.onJobStatus(ev)
 	case "GUEST_PANICKED":
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, ev.ID)

@@ -103,3 +103,24 @@ func PrepareUndefine(ctx actor.SenderContext, pid *actor.PID, timeout time.Durat
 func CancelUndefine(ctx actor.SenderContext, pid *actor.PID) {
 	ctx.Send(pid, &protocol.CancelUndefine{})
 }
+
+// SnapshotJob is the message of a snapshot job: op "create", "revert" or
+// "delete" of the snapshot name, or "list" (name unused), whose reply
+// SnapshotsOf reads.
+func SnapshotJob(r actors.Request, op, name string) any {
+	return &protocol.SnapshotRequest{Request: r, Op: op, Name: name}
+}
+
+// SnapshotsOf returns the snapshots from the reply to a "list"
+// SnapshotJob; ok is false when reply is something else.
+func SnapshotsOf(reply any) (snaps []domain.Snapshot, ok bool) {
+	l, ok := reply.(*protocol.SnapshotList)
+	if !ok {
+		return nil, false
+	}
+	return l.Snapshots, true
+}
+
+// AbortJob is the message that asks the domain's async job to stop
+// cleanly (job-cancel for a QEMU job).
+func AbortJob(r actors.Request) any { return &protocol.AbortJobRequest{Request: r} }

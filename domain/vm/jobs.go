@@ -66,6 +66,10 @@ type jobData struct {
 	status  string
 	release func() // the host resources of this start
 	cgroup  *confine.Cgroup
+	// snap is a snapshot job's own data (snapshot.go).
+	snap *snapOp
+	// async is set while the job is the lane's async job.
+	async bool
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -150,6 +154,7 @@ func (dom *domainActor) makePlans() {
 	})
 
 	p.pause = dom.oneCommand("pause", "stop", (*raw.Monitor).Stop, func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
+	p.pause.Kind = actors.JobSuspend // a snapshot's mask lets it run beside
 	p.resume = dom.oneCommand("resume", "cont", (*raw.Monitor).Cont, func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
 	p.reset = dom.oneCommand("reset", "system_reset", (*raw.Monitor).SystemReset, nil)
 
@@ -186,6 +191,8 @@ func (dom *domainActor) makePlans() {
 			return err
 		})
 	}})
+	dom.makeSnapshotPlans()
+
 	p.reconnect.Start = dom.runningPrecondition
 	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
 		if err == nil && dom.proc != nil {
@@ -575,6 +582,15 @@ func fillJobInfo(out *domain.JobInfo, qmp *domain.QMPInFlight, ji actors.JobInfo
 		*qmp = domain.QMPInFlight{Command: ji.Call.Command, Since: ji.Call.Since}
 		out.QMP = qmp
 	}
+	if ji.Mask != 0 {
+		out.Mask = ji.Mask.String()
+	}
+	if p := ji.Report; p != nil {
+		out.Report = &domain.JobProgress{Phase: p.Phase, Current: p.Current, Total: p.Total, Text: p.String(), At: p.At}
+		if pct, ok := p.Percent(); ok {
+			out.Report.Percent = &pct
+		}
+	}
 }
 
 func jobInfoPtr(ji *actors.JobInfo) *domain.JobInfo {
@@ -593,6 +609,10 @@ func jobKind(k actors.JobKind) domain.JobKind {
 		return domain.JobDestroy
 	case actors.JobAsync:
 		return domain.JobAsync
+	case actors.JobSuspend:
+		return domain.JobSuspend
+	case actors.JobAbort:
+		return domain.JobAbort
 	}
 	return domain.JobModify
 }
@@ -600,6 +620,7 @@ func jobKind(k actors.JobKind) domain.JobKind {
 // jobEnded is the lane's Ended hook: the job's trace record and log line,
 // and a fresh snapshot and status before its waiters hear of it.
 func (dom *domainActor) jobEnded(j *job, err error) {
+	dom.asyncPhase(j, false)
 	info := j.Info()
 	if dom.cfg.Trace.Enabled() {
 		d := j.Data

@@ -59,6 +59,7 @@ func (dom *domainActor) recover(ctx actor.Context) {
 	}
 	dom.cfg.Logger.Info().Str("domain", dom.name()).Int("pid", proc.PID()).Msg(rec.Found)
 	dom.enqueueReconnect(ctx)
+	dom.enqueueSnapshotReconcile(ctx)
 }
 
 // enqueueReconnect queues a job that resyncs the state from query-status.

@@ -19,6 +19,11 @@
 //	POST   /v1/domains/{name}/reset       → Info
 //	POST   /v1/domains/{name}/qmp         body: {"execute": ..., "arguments": {...}} → QMPReply
 //	GET    /v1/domains/{name}/jobs        → Jobs
+//	POST   /v1/domains/{name}/jobs/abort  → Info (the async job was asked to stop)
+//	GET    /v1/domains/{name}/snapshots   → [Snapshot]
+//	POST   /v1/domains/{name}/snapshots/{snap}         → Info (created)
+//	POST   /v1/domains/{name}/snapshots/{snap}/revert  → Info
+//	DELETE /v1/domains/{name}/snapshots/{snap}         → Info
 //	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
 //	GET    /v1/jobs                       → [Jobs]
 //	GET    /v1/events                     ?domain=NAME → NDJSON stream of Event
@@ -41,8 +46,8 @@
 //
 // Every response carries an X-Request-Id header. A client may bound any call
 // with an X-Vmsup-Timeout header (a Go duration such as "45s"); without it,
-// jobs wait up to 30 s for the VM's job lane, and shutdown waits its own
-// timeout plus 30 s.
+// jobs wait up to 30 s for the VM's job lane, shutdown waits its own
+// timeout plus 30 s, and a snapshot job 10 minutes.
 package api
 
 import "time"
@@ -151,6 +156,34 @@ type JobInfo struct {
 	// Progress shows the job's steps, the current one in brackets:
 	// `start: prepare → spawn → attach → [query-status] → cont`.
 	Progress string `json:"progress,omitempty"`
+	// Mask lists what may start beside an async job
+	// ("query|destroy|suspend|abort").
+	Mask string `json:"mask,omitempty"`
+	// Report is what an async job last reported of its progress.
+	Report *JobProgress `json:"report,omitempty"`
+}
+
+// JobProgress is an async job's progress: its phase and, where QEMU
+// measures it, the work done of the work to do, with the percent.
+type JobProgress struct {
+	Phase   string    `json:"phase,omitempty"`
+	Current uint64    `json:"current,omitempty"`
+	Total   uint64    `json:"total,omitempty"`
+	Percent *float64  `json:"percent,omitempty"`
+	Text    string    `json:"text"`
+	At      time.Time `json:"at"`
+}
+
+// Snapshot is one snapshot of a VM (GET /v1/domains/NAME/snapshots):
+// State is "creating" while its job runs, then "complete"; Job is 0 for
+// a tag made outside vmsup.
+type Snapshot struct {
+	Name    string    `json:"name"`
+	State   string    `json:"state"`
+	Created time.Time `json:"created,omitzero"`
+	VMState string    `json:"vmstate,omitempty"`
+	Disks   []string  `json:"disks"`
+	Job     uint64    `json:"job,omitempty"`
 }
 
 // QMPInFlight is the QMP command a job waits on: {"command","since"}.

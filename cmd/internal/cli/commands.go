@@ -437,6 +437,12 @@ func (a *app) jobsCommand() *cobra.Command {
 					if h.job.Progress != "" {
 						fmt.Fprintf(a.stdout, "          steps %s\n", h.job.Progress)
 					}
+					if h.job.Mask != "" {
+						fmt.Fprintf(a.stdout, "          mask %s\n", h.job.Mask)
+					}
+					if h.job.Report != nil {
+						fmt.Fprintf(a.stdout, "          progress %s\n", h.job.Report.Text)
+					}
 				}
 				for _, q := range j.Queued {
 					fmt.Fprintf(a.stdout, "  queued: job %d %s (%s), waiting %s%s\n", q.ID, q.Kind, q.Owner, age(q.Enqueued, now), traceSuffix(q.Trace))

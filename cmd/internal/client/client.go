@@ -496,3 +496,32 @@ func (c *Client) FollowTrace(ctx context.Context, domain string, started func(),
 		return fn(rec)
 	})
 }
+
+// Snapshots lists a VM's snapshots.
+func (c *Client) Snapshots(ctx context.Context, name string) ([]api.Snapshot, error) {
+	var out []api.Snapshot
+	return out, c.call(ctx, http.MethodGet, domainPath(name, "snapshots"), nil, nil, "", &out)
+}
+
+// CreateSnapshot snapshots a running VM under the tag snap.
+func (c *Client) CreateSnapshot(ctx context.Context, name, snap string) (*api.Info, error) {
+	var out api.Info
+	return &out, c.call(ctx, http.MethodPost, domainPath(name, "snapshots", url.PathEscape(snap)), nil, nil, "", &out)
+}
+
+// RevertSnapshot loads the snapshot snap of a running VM.
+func (c *Client) RevertSnapshot(ctx context.Context, name, snap string) (*api.Info, error) {
+	var out api.Info
+	return &out, c.call(ctx, http.MethodPost, domainPath(name, "snapshots", url.PathEscape(snap), "revert"), nil, nil, "", &out)
+}
+
+// DeleteSnapshot removes the snapshot snap of a running VM.
+func (c *Client) DeleteSnapshot(ctx context.Context, name, snap string) (*api.Info, error) {
+	var out api.Info
+	return &out, c.call(ctx, http.MethodDelete, domainPath(name, "snapshots", url.PathEscape(snap)), nil, nil, "", &out)
+}
+
+// AbortJob asks a VM's async job to stop cleanly.
+func (c *Client) AbortJob(ctx context.Context, name string) (*api.Info, error) {
+	return c.action(ctx, name, "jobs/abort", nil)
+}

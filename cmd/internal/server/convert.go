@@ -69,9 +69,13 @@ func fromJob(j *domain.JobInfo) *api.JobInfo {
 	if j == nil {
 		return nil
 	}
-	out := &api.JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID, Progress: j.Progress}
+	out := &api.JobInfo{ID: j.ID, Kind: string(j.Kind), Owner: j.Owner, Started: j.Started, Trace: j.RequestID, Progress: j.Progress,
+		Mask: j.Mask}
 	if j.QMP != nil {
 		out.QMP = &api.QMPInFlight{Command: j.QMP.Command, Since: j.QMP.Since}
+	}
+	if p := j.Report; p != nil {
+		out.Report = &api.JobProgress{Phase: p.Phase, Current: p.Current, Total: p.Total, Percent: p.Percent, Text: p.Text, At: p.At}
 	}
 	return out
 }

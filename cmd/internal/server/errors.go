@@ -56,7 +56,7 @@ func StatusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, policy.ErrRefused):
 		return http.StatusForbidden
-	case errors.Is(err, driver.ErrNotFound):
+	case errors.Is(err, driver.ErrNotFound), errors.Is(err, domain.ErrNoSnapshot):
 		return http.StatusNotFound
 	case errors.As(err, &qe):
 		return http.StatusBadGateway

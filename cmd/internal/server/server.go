@@ -111,6 +111,11 @@ func (s *Server) routes() {
 	s.handle("POST /v1/domains/{name}/reset", admin, s.named(s.action("reset", (*driver.Domain).Reset)))
 	s.handle("POST /v1/domains/{name}/qmp", admin, s.named(s.qmp))
 	s.handle("GET /v1/domains/{name}/jobs", read, s.named(s.jobs))
+	s.handle("POST /v1/domains/{name}/jobs/abort", admin, s.named(s.action("abort", (*driver.Domain).AbortJob)))
+	s.handle("GET /v1/domains/{name}/snapshots", read, s.named(s.snapshots))
+	s.handle("POST /v1/domains/{name}/snapshots/{snap}", admin, s.named(s.snapshotOp("create", (*driver.Domain).CreateSnapshot)))
+	s.handle("POST /v1/domains/{name}/snapshots/{snap}/revert", admin, s.named(s.snapshotOp("revert", (*driver.Domain).RevertSnapshot)))
+	s.handle("DELETE /v1/domains/{name}/snapshots/{snap}", admin, s.named(s.snapshotOp("delete", (*driver.Domain).DeleteSnapshot)))
 	// The console writes to the guest: it is not a read.
 	s.handle("GET /v1/domains/{name}/console", admin, s.named(s.console))
 	s.handle("GET /v1/jobs", read, s.allJobs)

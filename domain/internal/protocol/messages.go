@@ -104,3 +104,21 @@ type ConsoleTarget struct {
 type InjectMonitorPanic struct {
 	Reason string
 }
+
+// SnapshotRequest runs a snapshot job: Op "create", "revert" or "delete"
+// (async jobs), or "list" (a query job, answered with a SnapshotList).
+type SnapshotRequest struct {
+	actors.Request
+	Op   string
+	Name string
+}
+
+// SnapshotList is the reply to a SnapshotRequest of Op "list".
+type SnapshotList struct {
+	Snapshots []domain.Snapshot
+}
+
+// AbortJobRequest asks the async job to stop cleanly (job-cancel for a
+// QEMU job); the reply comes once the request is made, not when the job
+// has ended.
+type AbortJobRequest struct{ actors.Request }

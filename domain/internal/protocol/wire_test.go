@@ -21,7 +21,8 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	t0 := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
 	job := domain.JobInfo{ID: 17, Name: "shutdown", Kind: domain.JobAsync, Owner: "api shutdown", RequestID: "5f3a1c-9",
 		Enqueued: t0, Started: t0.Add(time.Millisecond), Ended: t0.Add(time.Second), Step: "wait",
-		QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: t0.Add(2 * time.Millisecond)}, Error: "x"}
+		QMP: &domain.QMPInFlight{Command: "system_powerdown", Since: t0.Add(2 * time.Millisecond)}, Error: "x",
+		Mask: "query|destroy|suspend|abort", Report: &domain.JobProgress{Phase: "running", Current: 1, Total: 2, Percent: new(float64), Text: "running, 50%", At: t0}}
 	data, err := os.ReadFile("../../testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +51,9 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		&protocol.ConsoleRequest{},
 		&protocol.ConsoleTarget{Path: "/run/vmsup/web1/console.sock"},
 		&protocol.InjectMonitorPanic{Reason: "test"},
+		&protocol.SnapshotRequest{Request: req, Op: "create", Name: "before-upgrade"},
+		&protocol.SnapshotList{Snapshots: []domain.Snapshot{{Name: "s1", State: domain.SnapshotComplete, Created: time.Unix(1700000000, 0).UTC(), VMState: "disk0", Disks: []string{"disk0"}, Job: 3}}},
+		&protocol.AbortJobRequest{Request: req},
 	)
 	// The replies the API reads.
 	for _, reply := range []any{
@@ -60,7 +64,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 			Confinement: &domain.Confinement{User: "vmsup-qemu", UID: 998, Cgroup: "/sys/fs/cgroup/vmsup-1/web1", MemoryMax: 1 << 30, Note: "n"},
 			Problem:     "definition web1.json: unexpected EOF"},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
-		&domain.WaitExplanation{Running: true, Holder: &job},
+		&domain.WaitExplanation{Running: true, Holder: &job, Decision: "reset waits: snapshot-save allows query, destroy, suspend, abort"},
 	} {
 		testkit.CheckWire(t, reply)
 	}

@@ -46,7 +46,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		Steps: []string{"write", "register"}, Step: "write", Call: actors.Call{Command: "x", Since: t0}, Error: "x"}
 	for _, reply := range []any{
 		&driver.DefineResult{Name: "web1", UUID: spec.UUID, Created: true},
-		&actors.Explanation{Lane: "driver", Running: true, Holder: &job, Queued: 2, Paused: "x"},
+		&actors.Explanation{Lane: "driver", Running: true, Holder: &job, Queued: 2, Paused: "x", Async: &job, Decision: "define waits: x allows query"},
 		&actors.LaneSnapshot{Active: &job, Async: &job, Queued: []actors.JobInfo{job}, Recent: []actors.JobInfo{job}, Paused: "x"},
 	} {
 		testkit.CheckWire(t, reply)
