@@ -58,3 +58,12 @@ type WaitExplanation struct {
 	// Holder is the job that held the domain, or nil.
 	Holder *JobInfo
 }
+
+// ErrNoDevice is returned by a detach whose target names no device of
+// the definition it acts on.
+var ErrNoDevice = errors.New("no such device")
+
+// ErrDetachTimeout is returned by a detach whose device QEMU did not
+// remove (no DEVICE_DELETED event) before the deadline: the guest did
+// not release it. The device stays attached.
+var ErrDetachTimeout = errors.New("device not removed by the guest before the deadline")

@@ -75,6 +75,10 @@ type Info struct {
 	// NICs are the NICs of the running QEMU, with the host ports its
 	// forwards really use; nil while the domain is not running.
 	NICs []NIC `json:"nics,omitempty"`
+	// Live is the running definition's disks and NICs (hot-plugged ones
+	// included); nil while the domain is not running. It is shared: do not
+	// change it.
+	Live *Live `json:"live,omitempty"`
 }
 
 // NIC is one NIC of a running domain.
