@@ -135,8 +135,13 @@ type domainActor struct {
 	link   *monitor.Link
 	monErr error
 
-	lane       *actors.Lane[*jobData]
-	plans      plans
+	lane  *actors.Lane[*jobData]
+	plans plans
+	hot   hotplugPlans
+	// live is the running definition's devices (nil while no QEMU runs);
+	// deleted are the detach jobs waiting for DEVICE_DELETED, by device.
+	live       *domain.Live
+	deleted    map[string]chan struct{}
 	destroying *job
 
 	sawShutdown       bool
@@ -220,6 +225,14 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.enqueue(ctx, p, msg.Request, &jobData{execute: msg.Execute, args: msg.Arguments})
 	case *protocol.DestroyRequest:
 		dom.destroy(ctx, msg)
+	case *protocol.AttachDiskRequest:
+		dom.enqueue(ctx, dom.hot.attachDisk, msg.Request, &jobData{hp: &hotplug{disk: domain.LiveDisk{Path: msg.Path, Format: msg.Format, ReadOnly: msg.ReadOnly}}})
+	case *protocol.DetachDiskRequest:
+		dom.enqueue(ctx, dom.hot.detachDisk, msg.Request, &jobData{hp: &hotplug{disk: domain.LiveDisk{Node: msg.Target}, timeout: msg.Timeout}})
+	case *protocol.AttachNICRequest:
+		dom.enqueue(ctx, dom.hot.attachNIC, msg.Request, &jobData{hp: &hotplug{nic: domain.LiveNIC{Type: msg.Type, MAC: msg.MAC, Forwards: msg.Forwards}}})
+	case *protocol.DetachNICRequest:
+		dom.enqueue(ctx, dom.hot.detachNIC, msg.Request, &jobData{hp: &hotplug{nic: domain.LiveNIC{Device: msg.Target}, timeout: msg.Timeout}})
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)
@@ -234,6 +247,9 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.onExit(ctx, msg.proc)
 	case *monitor.Event:
 		dom.onQMPEvent(msg)
+		if msg.Name == "DEVICE_DELETED" && dom.proc != nil {
+			dom.onDeviceDeleted(ctx, msg.Data)
+		}
 		dom.cfg.Broker.PublishQMP(domain.QMPEvent{Domain: dom.name(), ID: msg.ID, Name: msg.Name, Data: msg.Data, Time: msg.Time})
 	case *monitor.Connected:
 		dom.monErr = nil
@@ -348,6 +364,11 @@ func (dom *domainActor) onExit(ctx actor.Context, p *process.Process) {
 		return
 	}
 	dom.proc = nil
+	dom.live = nil
+	for dev, ch := range dom.deleted {
+		close(ch) // QEMU is gone, and the device with it
+		delete(dom.deleted, dev)
+	}
 	if dom.mon != nil {
 		ctx.Stop(dom.mon)
 		dom.mon, dom.link = nil, nil
@@ -510,6 +531,7 @@ func (dom *domainActor) info() *domain.Info {
 		if dom.cfg.Host != nil {
 			in.NICs = dom.cfg.Host.NICs(dom.spec.Name)
 		}
+		in.Live = dom.live
 	}
 	if info, ok := dom.lane.Holder(); ok {
 		fillJobInfo(&box.job, &box.qmp, info)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -44,6 +45,8 @@ type jobData struct {
 	// after runs in the actor after the plan's End (the on_crash restart
 	// counts its outcome here).
 	after func(c actor.Context, dom *domainActor, err error)
+	// hp is a hot-plug job's device (hotplug.go).
+	hp *hotplug
 	// The trace: the span of the message that queued the job, and when.
 	parentSpan string
 	enqueuedAt time.Time
@@ -63,6 +66,7 @@ type jobData struct {
 	argv    []string
 	status  string
 	release func() // the host resources of this start
+	live    *domain.Live
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -183,6 +187,8 @@ func (dom *domainActor) makePlans() {
 			return err
 		})
 	}})
+	dom.makeHotplugPlans()
+
 	p.reconnect.Start = dom.runningPrecondition
 	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
 		if err == nil && dom.proc != nil {
@@ -313,6 +319,11 @@ func stepPrepare(ctx context.Context, r run) error {
 		return d.fail("command line", err)
 	}
 	d.argv = argv
+	// The running definition of this QEMU, for hot-plug and adoption.
+	d.live = qemuargs.LiveDevices(&d.spec, host)
+	if err := writeLive(filepath.Join(paths.Dir, liveFileName), d.live); err != nil {
+		return d.fail("record devices", err)
+	}
 	return nil
 }
 
@@ -357,6 +368,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 	}
 	dom.proc, dom.paths, dom.monConnected, dom.runningSerial = d.proc, d.paths, false, d.spec.Serial
 	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
+	dom.live, dom.deleted = d.live, nil
 	dom.setState(domain.StatePaused, domain.ReasonStartingUp, "")
 	if err := dom.spawnMonitor(c, d.paths, d.proc.PID()); err != nil {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))

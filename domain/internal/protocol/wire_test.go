@@ -37,6 +37,12 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		&protocol.PauseRequest{Request: req},
 		&protocol.ResumeRequest{Request: req},
 		&protocol.ResetRequest{Request: req},
+		&protocol.AttachDiskRequest{Request: req, Path: "/img/data.qcow2", Format: "qcow2", ReadOnly: true},
+		&protocol.DetachDiskRequest{Request: req, Target: "hot0", Timeout: 5 * time.Second},
+		&protocol.AttachNICRequest{Request: req, Type: "user", MAC: "52:54:00:12:34:56", Forwards: []string{"tcp::2222-:22"}},
+		&protocol.DetachNICRequest{Request: req, Target: "hnic1", Timeout: time.Second},
+		&protocol.DeviceReply{Disk: &domain.LiveDisk{Node: "hot0", Path: "/img/d", Format: "raw", Bus: "hp0", Hotplugged: true}},
+		&protocol.DeviceReply{NIC: &domain.LiveNIC{Device: "hnic1", Netdev: "hnet1", Type: "user", MAC: "52:54:00:12:34:56", Forwards: []string{"tcp::2222-:22"}}},
 		&protocol.QMPRequest{Request: req, Execute: "query-status", Arguments: json.RawMessage(`{"a":[1,"b"]}`)},
 		&protocol.QMPReply{Return: json.RawMessage(`{"status":"running","running":true}`)},
 		&protocol.JobDone{Job: job},
@@ -54,7 +60,9 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	// The replies the API reads.
 	for _, reply := range []any{
 		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
-			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK}},
+			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
+			Live: &domain.Live{Disks: []domain.LiveDisk{{Node: "disk0", Path: "/img/a", Format: "raw"}}, NICs: []domain.LiveNIC{{Device: "nic0", Netdev: "net0", Type: "user", MAC: "52:54:00:12:34:56"}},
+				Ports: []string{"hp0"}, Next: 1}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
 		&domain.WaitExplanation{Running: true, Holder: &job},
 	} {
