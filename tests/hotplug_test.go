@@ -1,0 +1,159 @@
+package tests
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/driver"
+)
+
+// rawDisk makes a raw disk file of size bytes in dir.
+func rawDisk(t testing.TB, dir, name string, size int64) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// qmpText runs a query on dom and returns its reply as text.
+func qmpText(t testing.TB, dom *driver.Domain, execute string) string {
+	t.Helper()
+	ret, err := dom.QMP(ctxT(t, 30*time.Second), json.RawMessage(`{"execute":"`+execute+`"}`))
+	if err != nil {
+		t.Fatalf("qmp %s: %v", execute, err)
+	}
+	return string(ret)
+}
+
+// blockNodes returns the names of QEMU's block nodes.
+func blockNodes(t testing.TB, dom *driver.Domain) map[string]bool {
+	t.Helper()
+	var nodes []struct {
+		Name string `json:"node-name"`
+	}
+	if err := json.Unmarshal([]byte(qmpText(t, dom, "query-named-block-nodes")), &nodes); err != nil {
+		t.Fatalf("query-named-block-nodes: %v", err)
+	}
+	out := map[string]bool{}
+	for _, n := range nodes {
+		out[n.Name] = true
+	}
+	return out
+}
+
+// serialCount counts marker in the serial log.
+func serialCount(path, marker string) int {
+	data, _ := os.ReadFile(path)
+	return bytes.Count(data, []byte(marker))
+}
+
+// bootGuest defines and starts the tiny guest and waits for its ready line.
+func bootGuest(t testing.TB, d *testDriver, name string) (*driver.Domain, string) {
+	t.Helper()
+	serial := filepath.Join(d.dir, name+".serial.log")
+	dom := d.defineGuest(t, name, serial)
+	if err := dom.Start(ctxT(t, 60*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	waitGuestSerial(t, serial, guestReadyMarker, 90*time.Second)
+	return dom, serial
+}
+
+// TestHotplugDiskAndNIC attaches a disk and a NIC to a running tiny guest,
+// which sees them come (its watcher's console lines), then detaches both:
+// the guest sees them go, and QEMU no longer has the block nodes, the
+// netdev or the PCI devices.
+func TestHotplugDiskAndNIC(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := bootGuest(t, d, "hot")
+	disk := rawDisk(t, d.dir, "data.img", 8<<20)
+
+	res, err := dom.AttachDisk(ctxT(t, 60*time.Second), disk, driver.DiskOptions{})
+	if err != nil {
+		t.Fatalf("attach-disk: %v", err)
+	}
+	if !res.Live || res.Config || res.Disk == nil || res.Disk.Node != "hot0" || res.Disk.Bus != "hp0" {
+		t.Fatalf("attach-disk result %+v (disk %+v), want live hot0 on hp0", res, res.Disk)
+	}
+	waitGuestSerial(t, serial, "vmsup-guest: block vda added", 60*time.Second)
+	if nodes := blockNodes(t, dom); !nodes["hot0"] || !nodes["hot0-file"] {
+		t.Errorf("block nodes after attach lack hot0/hot0-file: %v", nodes)
+	}
+	in, err := dom.Info(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Live == nil || len(in.Live.Disks) != 1 || in.Live.Disks[0].Path != disk {
+		t.Fatalf("info live after attach-disk = %+v", in.Live)
+	}
+
+	nres, err := dom.AttachNIC(ctxT(t, 60*time.Second), domain.Network{Forwards: []string{"tcp:127.0.0.1:0-:8080"}}, driver.DeviceOptions{})
+	if err != nil {
+		t.Fatalf("attach-nic: %v", err)
+	}
+	nic := nres.NIC
+	if nic == nil || nic.Device != "hnic1" || nic.Netdev != "hnet1" || len(nic.Forwards) != 1 || strings.Contains(nic.Forwards[0], ":0-") {
+		t.Fatalf("attach-nic result %+v, want hnic1 on hnet1 with a resolved forward", nic)
+	}
+	waitGuestSerial(t, serial, "vmsup-guest: net eth0 added (mac "+nic.MAC+")", 60*time.Second)
+	if pci := qmpText(t, dom, "query-pci"); !strings.Contains(pci, `"virtio-hot0"`) || !strings.Contains(pci, `"hnic1"`) {
+		t.Errorf("query-pci lacks virtio-hot0 or hnic1: %.600s", pci)
+	}
+
+	// A second attach of the same file is refused, naming the field.
+	if _, err := dom.AttachDisk(ctxT(t, 30*time.Second), disk, driver.DiskOptions{}); err == nil || !strings.Contains(err.Error(), "path") || !strings.Contains(err.Error(), "already attached") {
+		t.Errorf("attach of an attached file: %v", err)
+	}
+
+	began := time.Now()
+	if _, err := dom.DetachDisk(ctxT(t, 90*time.Second), "hot0", driver.DeviceOptions{}); err != nil {
+		t.Fatalf("detach-disk: %v", err)
+	}
+	t.Logf("detach-disk (device_del to DEVICE_DELETED and blockdev-del): %s", time.Since(began).Round(10*time.Millisecond))
+	waitGuestSerial(t, serial, "vmsup-guest: block vda removed", 30*time.Second)
+	if nodes := blockNodes(t, dom); nodes["hot0"] || nodes["hot0-file"] {
+		t.Errorf("block nodes after detach still have hot0: %v", nodes)
+	}
+	if blk := qmpText(t, dom, "query-block"); strings.Contains(blk, "virtio-hot0") {
+		t.Errorf("query-block after detach still has virtio-hot0: %.400s", blk)
+	}
+
+	if _, err := dom.DetachNIC(ctxT(t, 90*time.Second), nic.MAC, driver.DeviceOptions{}); err != nil {
+		t.Fatalf("detach-nic: %v", err)
+	}
+	waitGuestSerial(t, serial, "vmsup-guest: net eth0 removed", 30*time.Second)
+	if pci := qmpText(t, dom, "query-pci"); strings.Contains(pci, "virtio-hot0") || strings.Contains(pci, `"hnic1"`) {
+		t.Errorf("query-pci after detach still has a hot-plugged device: %.600s", pci)
+	}
+	in, err = dom.Info(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Live == nil || len(in.Live.Disks) != 0 || len(in.Live.NICs) != 0 {
+		t.Errorf("info live after the detaches = %+v", in.Live)
+	}
+	// An unknown target names itself.
+	if _, err := dom.DetachDisk(ctxT(t, 30*time.Second), "hot0", driver.DeviceOptions{}); !errors.Is(err, domain.ErrNoDevice) || !strings.Contains(err.Error(), `"hot0"`) {
+		t.Errorf("detach of a detached disk: %v", err)
+	}
+	// The persistent definition never changed.
+	if n := serialCount(serial, "vmsup-guest: block vda added"); n != 1 {
+		t.Errorf("%d block-added lines, want 1", n)
+	}
+}
