@@ -7,11 +7,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/monitor"
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // rawDisk makes a raw disk file of size bytes in dir.
@@ -155,5 +160,117 @@ func TestHotplugDiskAndNIC(t *testing.T) {
 	// The persistent definition never changed.
 	if n := serialCount(serial, "vmsup-guest: block vda added"); n != 1 {
 		t.Errorf("%d block-added lines, want 1", n)
+	}
+}
+
+// TestHotplugDetachDeadline runs a domain on the scripted QMP server, which
+// answers device_del but never sends DEVICE_DELETED, as QEMU does when the
+// guest ignores the unplug request: the detach fails at its deadline with
+// an error naming the device, and the disk stays in the running
+// definition. When the event comes later, a job removes the disk's block
+// nodes and the disk leaves the running definition.
+func TestHotplugDetachDeadline(t *testing.T) {
+	fake := testkit.NewQMPServer(t, testkit.ShortSocketPath(t), "vmsup-")
+	var nextPID atomic.Int64
+	nextPID.Store(1 << 23)
+	d := openDriver(t, func(cfg *driver.Config) {
+		cfg.Launcher = func(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+			p, _ := process.NewSimulatedProcess(int(nextPID.Add(1)))
+			return p, nil
+		}
+		cfg.DialMonitor = func(string) monitor.Conn { return monitor.NewTransport(fake.Path(), monitor.TransportOptions{}) }
+	})
+	sendDeleted := make(chan string)
+	commands := make(chan string, 64)
+	fake.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		lines := make(chan testkit.QMPCommand)
+		go func() {
+			for {
+				cmd, err := c.ReadCommandErr()
+				if err != nil {
+					close(lines)
+					return
+				}
+				lines <- cmd
+			}
+		}()
+		for {
+			select {
+			case cmd, ok := <-lines:
+				if !ok {
+					return
+				}
+				commands <- cmd.Execute + " " + string(cmd.Arguments)
+				switch cmd.Execute {
+				case "query-status":
+					c.Reply(cmd, `{"status":"running","running":true}`)
+				default:
+					c.Reply(cmd, `{}`) // device_del included, and never a DEVICE_DELETED
+				}
+			case dev := <-sendDeleted:
+				c.Send(`{"event":"DEVICE_DELETED","data":{"device":"` + dev + `","path":"/machine/peripheral/` + dev + `"},"timestamp":{"seconds":1,"microseconds":0}}`)
+			case <-c.Stopped():
+				return
+			}
+		}
+	})
+	if _, err := d.Define(ctxT(t, 10*time.Second), &domain.Spec{Name: "fake", Machine: "pc", Accel: domain.AccelTCG, Memory: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	dom := d.Domain("fake")
+	if err := dom.Start(ctxT(t, 30*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	disk := rawDisk(t, d.dir, "data.img", 1<<20)
+	if _, err := dom.AttachDisk(ctxT(t, 30*time.Second), disk, driver.DiskOptions{Format: "raw", ReadOnly: true}); err != nil {
+		t.Fatalf("attach-disk: %v", err)
+	}
+	began := time.Now()
+	_, err := dom.DetachDisk(ctxT(t, 30*time.Second), disk, driver.DeviceOptions{Timeout: time.Second})
+	if !errors.Is(err, domain.ErrDetachTimeout) || !strings.Contains(err.Error(), `"virtio-hot0"`) || !strings.Contains(err.Error(), "stays attached") {
+		t.Fatalf("detach without DEVICE_DELETED: %v", err)
+	}
+	if waited := time.Since(began); waited < time.Second || waited > 20*time.Second {
+		t.Errorf("detach gave up after %s, want its 1s deadline", waited)
+	}
+	in, err := dom.Info(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Live == nil || len(in.Live.Disks) != 1 || in.Live.Disks[0].Node != "hot0" {
+		t.Fatalf("after the deadline the disk left the running definition: %+v", in.Live)
+	}
+	var sent []string
+	for len(commands) > 0 {
+		sent = append(sent, <-commands)
+	}
+	want := []string{`blockdev-add {"discard":"unmap","driver":"file","filename":"` + disk + `","node-name":"hot0-file","read-only":true}`,
+		`blockdev-add {"discard":"unmap","driver":"raw","file":"hot0-file","node-name":"hot0","read-only":true}`,
+		`device_add {"drive":"hot0","driver":"virtio-blk-pci","id":"virtio-hot0"}`,
+		`device_del {"id":"virtio-hot0"}`}
+	if len(sent) < len(want) || strings.Join(sent[len(sent)-len(want):], "\n") != strings.Join(want, "\n") {
+		t.Fatalf("commands sent:\n%s\nwant them to end with:\n%s", strings.Join(sent, "\n"), strings.Join(want, "\n"))
+	}
+	for _, c := range sent {
+		if strings.HasPrefix(c, "blockdev-del") {
+			t.Errorf("blockdev-del sent although the device was not deleted: %s", c)
+		}
+	}
+
+	// The guest lets go late: vmsup removes the backend and the disk.
+	sendDeleted <- "virtio-hot0"
+	guestPoll(t, 20*time.Second, "the late DEVICE_DELETED to remove the disk", func() bool {
+		in, err := dom.Info(ctxT(t, 5*time.Second))
+		return err == nil && in.Live != nil && len(in.Live.Disks) == 0
+	})
+	var dels []string
+	for len(commands) > 0 {
+		if c := <-commands; strings.HasPrefix(c, "blockdev-del") {
+			dels = append(dels, c)
+		}
+	}
+	if strings.Join(dels, "\n") != `blockdev-del {"node-name":"hot0"}`+"\n"+`blockdev-del {"node-name":"hot0-file"}` {
+		t.Errorf("after the late event, blockdev-del commands: %q", dels)
 	}
 }
