@@ -382,3 +382,18 @@ func checkTarget(target string) error {
 	}
 	return nil
 }
+
+// Definition returns a copy of the persistent definition, as written by
+// the last define (or --config change).
+func (h *Domain) Definition(ctx context.Context) (*domain.Spec, error) {
+	if err := domain.ValidateName(h.name); err != nil {
+		return nil, err
+	}
+	if err := h.d.checkOpen(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return h.persistent()
+}

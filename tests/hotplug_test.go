@@ -77,6 +77,8 @@ func bootGuest(t testing.TB, d *testDriver, name string) (*driver.Domain, string
 		t.Fatalf("start: %v", err)
 	}
 	waitGuestSerial(t, serial, guestReadyMarker, 90*time.Second)
+	// The watcher's snapshot is taken: changes from now on are printed.
+	waitGuestSerial(t, serial, "vmsup-guest: watching devices", 30*time.Second)
 	return dom, serial
 }
 
@@ -272,5 +274,120 @@ func TestHotplugDetachDeadline(t *testing.T) {
 	}
 	if strings.Join(dels, "\n") != `blockdev-del {"node-name":"hot0"}`+"\n"+`blockdev-del {"node-name":"hot0-file"}` {
 		t.Errorf("after the late event, blockdev-del commands: %q", dels)
+	}
+}
+
+// TestHotplugConfigAppliesAtNextStart: a --config change leaves the
+// running guest alone and is in the next start; a --live --config change
+// is in both, with the same MAC.
+func TestHotplugConfigAppliesAtNextStart(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := bootGuest(t, d, "cfg")
+	disk := rawDisk(t, d.dir, "cfg.img", 4<<20)
+
+	res, err := dom.AttachDisk(ctxT(t, 30*time.Second), disk, driver.DiskOptions{DeviceOptions: driver.DeviceOptions{Config: true}})
+	if err != nil {
+		t.Fatalf("attach-disk --config: %v", err)
+	}
+	if res.Live || !res.Config || res.Disk != nil {
+		t.Fatalf("attach-disk --config result %+v", res)
+	}
+	nres, err := dom.AttachNIC(ctxT(t, 60*time.Second), domain.Network{}, driver.DeviceOptions{Live: true, Config: true})
+	if err != nil {
+		t.Fatalf("attach-nic --live --config: %v", err)
+	}
+	if !nres.Live || !nres.Config || nres.NIC == nil {
+		t.Fatalf("attach-nic result %+v", nres)
+	}
+	mac := nres.NIC.MAC
+	waitGuestSerial(t, serial, "vmsup-guest: net eth0 added (mac "+mac+")", 60*time.Second)
+	if nodes := blockNodes(t, dom); nodes["disk0"] || nodes["hot0"] {
+		t.Errorf("a --config disk reached the running QEMU: %v", nodes)
+	}
+	in, _ := dom.Info(ctxT(t, 5*time.Second))
+	if in.Live == nil || len(in.Live.Disks) != 0 || len(in.Live.NICs) != 1 {
+		t.Fatalf("running definition %+v, want no disk and one NIC", in.Live)
+	}
+	spec, err := dom.Definition(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Disks) != 1 || spec.Disks[0].Path != disk || len(spec.Networks) != 1 || spec.Networks[0].MAC != mac {
+		t.Fatalf("persistent definition disks %+v networks %+v, want the disk and the NIC with mac %s", spec.Disks, spec.Networks, mac)
+	}
+	// A live-only detach on a shut-off domain is refused.
+	if err := dom.Destroy(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dom.DetachDisk(ctxT(t, 10*time.Second), "disk0", driver.DeviceOptions{Live: true}); !errors.Is(err, domain.ErrNotRunning) {
+		t.Errorf("detach-disk --live on a shut-off domain: %v", err)
+	}
+	if err := dom.Start(ctxT(t, 60*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatalf("restart: %v", err)
+	}
+	if nodes := blockNodes(t, dom); !nodes["disk0"] {
+		t.Errorf("the --config disk is not in the next start: %v", nodes)
+	}
+	in, _ = dom.Info(ctxT(t, 5*time.Second))
+	if in.Live == nil || len(in.Live.Disks) != 1 || in.Live.Disks[0].Path != disk || len(in.Live.NICs) != 1 || in.Live.NICs[0].MAC != mac || in.Live.NICs[0].Device != "nic0" {
+		t.Fatalf("running definition after the next start %+v", in.Live)
+	}
+	// With no flag, a shut-off domain's change is --config.
+	if err := dom.Destroy(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	res, err = dom.DetachNIC(ctxT(t, 10*time.Second), mac, driver.DeviceOptions{})
+	if err != nil || res.Live || !res.Config {
+		t.Fatalf("detach-nic on a shut-off domain: %+v, %v", res, err)
+	}
+	if spec, _ := dom.Definition(ctxT(t, 5*time.Second)); len(spec.Networks) != 0 || len(spec.Disks) != 1 {
+		t.Errorf("persistent definition after detach-nic: %+v", spec)
+	}
+}
+
+// TestHotplugSurvivesDaemonRestart: a --live disk and a --config NIC, then
+// the driver closes and a new one adopts the QEMU. It knows the running
+// definition (the hot-plugged disk, which it can detach) and the
+// persistent one (the NIC, not the disk).
+func TestHotplugSurvivesDaemonRestart(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := bootGuest(t, d, "keep")
+	disk := rawDisk(t, d.dir, "keep.img", 4<<20)
+	if _, err := dom.AttachDisk(ctxT(t, 60*time.Second), disk, driver.DiskOptions{}); err != nil {
+		t.Fatalf("attach-disk: %v", err)
+	}
+	waitGuestSerial(t, serial, "vmsup-guest: block vda added", 60*time.Second)
+	if _, err := dom.AttachNIC(ctxT(t, 30*time.Second), domain.Network{MAC: "52:54:00:aa:bb:cc"}, driver.DeviceOptions{Config: true}); err != nil {
+		t.Fatalf("attach-nic --config: %v", err)
+	}
+	in, _ := dom.Info(ctxT(t, 5*time.Second))
+	pid := in.PID
+	d.close(t)
+
+	d2 := d.reopen(t)
+	dom = d2.Domain("keep")
+	guestPoll(t, 30*time.Second, "the adopted domain to run", func() bool {
+		in, _ = dom.Info(ctxT(t, 5*time.Second))
+		return in != nil && in.State == domain.StateRunning
+	})
+	if in.PID != pid {
+		t.Fatalf("pid %d after the restart, want the adopted %d", in.PID, pid)
+	}
+	if in.Live == nil || len(in.Live.Disks) != 1 || in.Live.Disks[0].Node != "hot0" || in.Live.Disks[0].Path != disk || len(in.Live.NICs) != 0 {
+		t.Fatalf("running definition after the restart %+v", in.Live)
+	}
+	spec, err := dom.Definition(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(spec.Disks) != 0 || len(spec.Networks) != 1 || spec.Networks[0].MAC != "52:54:00:aa:bb:cc" {
+		t.Fatalf("persistent definition after the restart: disks %+v networks %+v", spec.Disks, spec.Networks)
+	}
+	if _, err := dom.DetachDisk(ctxT(t, 90*time.Second), "hot0", driver.DeviceOptions{}); err != nil {
+		t.Fatalf("detach-disk after the restart: %v", err)
+	}
+	waitGuestSerial(t, serial, "vmsup-guest: block vda removed", 30*time.Second)
+	if nodes := blockNodes(t, dom); nodes["hot0"] {
+		t.Errorf("hot0 still a block node: %v", nodes)
 	}
 }
