@@ -185,6 +185,8 @@ func (h *Domain) DetachDisk(ctx context.Context, target string, opts DeviceOptio
 	}
 	res := &DeviceResult{}
 	if opts.Live {
+		ctx, cancel := detachContext(ctx, opts.Timeout)
+		defer cancel()
 		v, err := h.job(ctx, job, func(r actors.Request) any { return vm.DetachDiskJob(r, target, opts.Timeout) })
 		if err != nil {
 			return nil, err
@@ -319,6 +321,8 @@ func (h *Domain) DetachNIC(ctx context.Context, target string, opts DeviceOption
 	}
 	res := &DeviceResult{}
 	if opts.Live {
+		ctx, cancel := detachContext(ctx, opts.Timeout)
+		defer cancel()
 		v, err := h.job(ctx, job, func(r actors.Request) any { return vm.DetachNICJob(r, target, opts.Timeout) })
 		if err != nil {
 			return nil, err
@@ -396,4 +400,16 @@ func (h *Domain) Definition(ctx context.Context) (*domain.Spec, error) {
 		return nil, err
 	}
 	return h.persistent()
+}
+
+// detachContext gives a detach without a deadline of its own one that
+// outlasts its wait for the guest (a job's default is 30 s).
+func detachContext(ctx context.Context, wait time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	if wait <= 0 {
+		wait = vm.DefaultDetachTimeout
+	}
+	return context.WithTimeout(ctx, wait+actors.DefaultTimeout)
 }

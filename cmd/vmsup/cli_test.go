@@ -78,8 +78,12 @@ func TestCLILifecycle(t *testing.T) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	if strings.Join(names, ",") != "control,job,name,pid,queued,reason,restarts,state,uuid" || string(fields["job"]) != "null" {
-		t.Fatalf("info object %s: want name, uuid, state, reason, pid, job (null), queued, restarts and control", raw)
+	if strings.Join(names, ",") != "control,job,live,name,pid,queued,reason,restarts,state,uuid" || string(fields["job"]) != "null" {
+		t.Fatalf("info object %s: want name, uuid, state, reason, pid, job (null), queued, restarts, control and live", raw)
+	}
+	var live map[string]json.RawMessage
+	if err := json.Unmarshal(fields["live"], &live); err != nil || string(live["disks"]) != "[]" || string(live["nics"]) != "[]" || string(live["next"]) != "0" {
+		t.Fatalf("live of a running VM without devices: %s, want {disks: [], nics: [], next: 0}", fields["live"])
 	}
 	var control map[string]any
 	if err := json.Unmarshal(fields["control"], &control); err != nil || len(control) != 4 ||

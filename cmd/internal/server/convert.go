@@ -18,6 +18,7 @@ func fromInfo(in *domain.Info) api.Info {
 		Restarts: in.Restarts,
 		Control:  fromControl(in.Control),
 		NICs:     fromNICs(in.NICs),
+		Live:     fromLive(in.Live),
 	}
 }
 

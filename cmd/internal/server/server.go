@@ -111,6 +111,11 @@ func (s *Server) routes() {
 	s.handle("POST /v1/domains/{name}/reset", admin, s.named(s.action("reset", (*driver.Domain).Reset)))
 	s.handle("POST /v1/domains/{name}/qmp", admin, s.named(s.qmp))
 	s.handle("GET /v1/domains/{name}/jobs", read, s.named(s.jobs))
+	s.handle("GET /v1/domains/{name}/definition", admin, s.named(s.definition))
+	s.handle("POST /v1/domains/{name}/disks", admin, s.named(s.attachDisk))
+	s.handle("POST /v1/domains/{name}/disks/detach", admin, s.named(s.detach(true)))
+	s.handle("POST /v1/domains/{name}/nics", admin, s.named(s.attachNIC))
+	s.handle("POST /v1/domains/{name}/nics/detach", admin, s.named(s.detach(false)))
 	// The console writes to the guest: it is not a read.
 	s.handle("GET /v1/domains/{name}/console", admin, s.named(s.console))
 	s.handle("GET /v1/jobs", read, s.allJobs)
