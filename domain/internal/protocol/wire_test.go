@@ -63,7 +63,8 @@ func TestMessagesCrossTheWire(t *testing.T) {
 			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
 			Live: &domain.Live{Disks: []domain.LiveDisk{{Node: "disk0", Path: "/img/a", Format: "raw"}}, NICs: []domain.LiveNIC{{Device: "nic0", Netdev: "net0", Type: "user", MAC: "52:54:00:12:34:56"}},
 				Ports: []string{"hp0"}, Next: 1},
-			NICs: []domain.NIC{{Index: 0, Type: "user", MAC: "52:54:00:12:34:56", Forwards: []domain.PortForward{{Proto: "tcp", HostPort: 2222, GuestPort: 22}}}}},
+			NICs: []domain.NIC{{Index: 0, Type: "tap", MAC: "52:54:00:12:34:56", Tap: "vmsup0", Bridge: "br0", GuestIP: "10.0.2.15",
+				Forwards: []domain.PortForward{{Field: "networks[0].forwards[0]", Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestAddr: "10.0.2.15", GuestPort: 22}}}}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
 		&domain.WaitExplanation{Running: true, Holder: &job},
 	} {
