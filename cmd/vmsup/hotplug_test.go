@@ -41,6 +41,9 @@ func TestCLIHotplugTinyGuest(t *testing.T) {
 	if len(in.Live.Disks) != 1 || in.Live.Disks[0].Node != "hot0" || in.Live.Disks[0].Path != disk {
 		t.Fatalf("info live disks %+v", in.Live.Disks)
 	}
+	if text := d.ok(t, "info", "tiny"); !regexp.MustCompile(`Disk hot0:\s+` + regexp.QuoteMeta(disk) + ` \(raw, hot-plugged on hp0\)`).MatchString(text) {
+		t.Errorf("info text lacks the hot-plugged disk:\n%s", text)
+	}
 
 	outside, err := os.MkdirTemp("", "vsout")
 	if err != nil {

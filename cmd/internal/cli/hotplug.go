@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"time"
@@ -48,6 +49,37 @@ func (a *app) printDevice(verb string, res *api.DeviceResult) error {
 	}
 	_, err := fmt.Fprintf(a.stdout, "%s%s: %s\n", verb, what, strings.Join(where, " and "))
 	return err
+}
+
+// printLive adds the running definition's devices to the info text.
+func printLive(w io.Writer, l *api.Live) {
+	if l == nil {
+		return
+	}
+	for _, d := range l.Disks {
+		s := d.Path + " (" + d.Format
+		if d.ReadOnly {
+			s += ", read-only"
+		}
+		if d.Hotplugged {
+			s += ", hot-plugged on " + busText(d.Bus)
+		}
+		fmt.Fprintf(w, "Disk %s:\t%s)\n", d.Node, s)
+	}
+	for _, n := range l.NICs {
+		s := n.Type + " " + n.MAC
+		if n.Hotplugged {
+			s += ", hot-plugged on " + busText(n.Bus)
+		}
+		fmt.Fprintf(w, "Device %s:\t%s\n", n.Device, s)
+	}
+}
+
+func busText(bus string) string {
+	if bus == "" {
+		return "the root bus"
+	}
+	return bus
 }
 
 func (a *app) attachDiskCommand() *cobra.Command {
