@@ -319,11 +319,9 @@ func stepPrepare(ctx context.Context, r run) error {
 		return d.fail("command line", err)
 	}
 	d.argv = argv
-	// The running definition of this QEMU, for hot-plug and adoption.
+	// The running definition of this QEMU, for hot-plug and adoption
+	// (written once it runs, in stepSpawn).
 	d.live = qemuargs.LiveDevices(&d.spec, host)
-	if err := writeLive(filepath.Join(paths.Dir, liveFileName), d.live); err != nil {
-		return d.fail("record devices", err)
-	}
 	return nil
 }
 
@@ -351,6 +349,9 @@ func stepSpawn(_ context.Context, r run) error {
 		}
 		return nil
 	})
+	if err := writeLive(filepath.Join(d.paths.Dir, liveFileName), d.live); err != nil {
+		return d.fail("record devices", err)
+	}
 	return nil
 }
 
