@@ -91,7 +91,10 @@ func (dom *domainActor) resync(status string) {
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
 	default: // paused, prelaunch, suspended, io-error, ...
-		if dom.state != domain.StatePaused {
+		// A QEMU adopted in the middle of its start (prelaunch, the
+		// start job gone with the old daemon) is paused, no longer
+		// starting up: nothing will continue it but the user.
+		if dom.state != domain.StatePaused || dom.reason == domain.ReasonStartingUp {
 			dom.setState(domain.StatePaused, domain.ReasonUser, "")
 		}
 	}
