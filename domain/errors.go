@@ -69,3 +69,12 @@ type WaitExplanation struct {
 
 // ErrNoSnapshot is wrapped when a domain has no snapshot of the name given.
 var ErrNoSnapshot = errors.New("no such snapshot")
+
+// ErrNoDevice is returned by a detach whose target names no device of
+// the definition it acts on.
+var ErrNoDevice = errors.New("no such device")
+
+// ErrDetachTimeout is returned by a detach whose device QEMU did not
+// remove (no DEVICE_DELETED event) before the deadline: the guest did
+// not release it. The device stays attached.
+var ErrDetachTimeout = errors.New("device not removed by the guest before the deadline")

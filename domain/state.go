@@ -86,6 +86,10 @@ type Info struct {
 	// NICs are the NICs of the running QEMU, with the host ports its
 	// forwards really use; nil while the domain is not running.
 	NICs []NIC `json:"nics,omitempty"`
+	// Live is the running definition's disks and NICs (hot-plugged ones
+	// included); nil while the domain is not running. It is shared: do not
+	// change it.
+	Live *Live `json:"live,omitempty"`
 	// Confinement is what keeps the running QEMU away from the host
 	// beyond its seccomp sandbox; nil when nothing does (a daemon that
 	// is not root runs QEMU as itself) or the domain is not running.

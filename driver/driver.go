@@ -192,6 +192,10 @@ type Driver struct {
 	// host makes and releases the domains' overlays, seeds, forwards
 	// and taps.
 	host *hostres.Manager
+	// store reads definitions for hot-plug's --config changes, which
+	// configMu makes one read-modify-define at a time.
+	store    *store
+	configMu sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -272,7 +276,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		// system's root context.
 		system.Root.WithSenderMiddleware(trace.SenderMiddleware(cfg.Trace))
 	}
-	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, life: &driverLife{}, done: make(chan struct{}), host: host}
+	d := &Driver{cfg: cfg, system: system, root: system.Root, broker: domain.NewBroker(), logger: logger, domains: &registry{}, dispatcher: dispatcher, life: &driverLife{}, done: make(chan struct{}), host: host, store: st}
 	life := d.life
 	props := actor.PropsFromProducer(func() actor.Actor {
 		return newDriverActor(actorConfig{

@@ -78,13 +78,17 @@ func TestCLILifecycle(t *testing.T) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	want := "control,job,name,pid,queued,reason,restarts,state,uuid"
+	want := "control,job,live,name,pid,queued,reason,restarts,state,uuid"
 	if os.Geteuid() == 0 {
 		// A root daemon runs QEMU confined, and says how.
 		want = "confinement," + want
 	}
 	if strings.Join(names, ",") != want || string(fields["job"]) != "null" {
 		t.Fatalf("info object %s: want %s, job null", raw, want)
+	}
+	var live map[string]json.RawMessage
+	if err := json.Unmarshal(fields["live"], &live); err != nil || string(live["disks"]) != "[]" || string(live["nics"]) != "[]" || string(live["next"]) != "0" {
+		t.Fatalf("live of a running VM without devices: %s, want {disks: [], nics: [], next: 0}", fields["live"])
 	}
 	var control map[string]any
 	if err := json.Unmarshal(fields["control"], &control); err != nil || len(control) != 4 ||

@@ -66,6 +66,8 @@ cloud_init: {hostname: h}
 		"-device", "virtio-net-pci,netdev=net0,mac=" + mac0.String() + ",id=nic0",
 		"-netdev", "tap,id=net1,ifname=vmsupabcdef0101,script=no,downscript=no",
 		"-device", "virtio-net-pci,netdev=net1,mac=52:54:00:00:00:07,id=nic1",
+		"-device", "pcie-root-port,id=hp0,bus=pcie.0,chassis=1", "-device", "pcie-root-port,id=hp1,bus=pcie.0,chassis=2",
+		"-device", "pcie-root-port,id=hp2,bus=pcie.0,chassis=3", "-device", "pcie-root-port,id=hp3,bus=pcie.0,chassis=4",
 	}
 	if got := hostTestAfter(t, s, host); !slices.Equal(got, want) {
 		t.Fatalf("args:\n got %q\nwant %q", got, want)

@@ -178,7 +178,8 @@ const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 // -pidfile, then -kernel/-initrd/-append, each disk as two -blockdev nodes
 // (file, then format; node names from DiskNode) and a virtio-blk-pci
 // device, the seed the same way (read-only), each NIC as a -netdev (user
-// with hostfwd, or tap) and a virtio-net-pci device, the serial port, and
+// with hostfwd, or tap) and a virtio-net-pci device, on q35 the
+// HotplugPorts root ports for hot-plug, the serial port, and
 // finally spec.ExtraArgs. QEMU starts paused (-S); the domain continues it
 // over QMP. Commas in paths are doubled where QEMU parses the value as an
 // option list.
@@ -269,6 +270,7 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		}
 		args = append(args, "-device", "virtio-net-pci,netdev="+id+",mac="+nic.MAC.String()+",id=nic"+strconv.Itoa(i))
 	}
+	args = appendHotplugPorts(args, spec.Machine)
 	serial := spec.Serial
 	if serial == nil {
 		// The default serves both users: a console socket to attach to,

@@ -147,6 +147,8 @@ func TestBuildArgsMinimal(t *testing.T) {
 		"-mon", "chardev=qmp,mode=control",
 		"-pidfile", "/run/vmsup/tiny/qemu.pid",
 		"-device", "pvpanic",
+		"-device", "pcie-root-port,id=hp0,bus=pcie.0,chassis=1", "-device", "pcie-root-port,id=hp1,bus=pcie.0,chassis=2",
+		"-device", "pcie-root-port,id=hp2,bus=pcie.0,chassis=3", "-device", "pcie-root-port,id=hp3,bus=pcie.0,chassis=4",
 		"-chardev", "socket,id=serial0,path=/run/vmsup/tiny/console.sock,server=on,wait=off,logfile=/run/vmsup/tiny/serial.log,logappend=on", "-serial", "chardev:serial0",
 	}
 	if !slices.Equal(got, want) {
@@ -171,7 +173,15 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 		if len(rest) >= 2 && rest[0] == "-device" && rest[1] == "pvpanic" {
 			rest = rest[2:] // checked by TestBuildArgsPanicDevice
 		}
-		return rest
+		var out []string // without the root ports (TestBuildArgsHotplugPorts)
+		for i := 0; i < len(rest); i++ {
+			if rest[i] == "-device" && i+1 < len(rest) && strings.HasPrefix(rest[i+1], "pcie-root-port,") {
+				i++
+				continue
+			}
+			out = append(out, rest[i])
+		}
+		return out
 	}
 	cases := []struct {
 		name   string
@@ -501,4 +511,52 @@ func specTestRead(t testing.TB, name string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func TestBuildArgsHotplugPorts(t *testing.T) {
+	paths, err := qemuargs.NewRunPaths("/run/vmsup", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		machine string
+		ports   int
+	}{{"q35", qemuargs.HotplugPorts}, {"pc-q35-7.2", qemuargs.HotplugPorts}, {"pc", 0}, {"none", 0}} {
+		s := &domain.Spec{Name: "a", UUID: "0f8fad5b-d9cb-469f-a165-70867728950e", Machine: c.machine}
+		s.ApplyDefaults()
+		s.Networks = []domain.Network{{Type: "user"}}
+		if c.machine == "none" {
+			s.Networks = nil
+		}
+		if err := s.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		args := buildArgs(t, s, paths, domain.AccelTCG)
+		var ports []string
+		lastNIC, firstPort := -1, -1
+		for i, a := range args {
+			if strings.HasPrefix(a, "pcie-root-port,") {
+				ports = append(ports, a)
+				if firstPort < 0 {
+					firstPort = i
+				}
+			}
+			if strings.HasPrefix(a, "virtio-net-pci,") {
+				lastNIC = i
+			}
+		}
+		if len(ports) != c.ports {
+			t.Errorf("machine %s: %d root ports %q, want %d", c.machine, len(ports), ports, c.ports)
+		}
+		if c.ports > 0 && (ports[0] != "pcie-root-port,id=hp0,bus=pcie.0,chassis=1" || firstPort < lastNIC) {
+			t.Errorf("machine %s: first port %q at %d, last NIC at %d: want hp0 after the NICs", c.machine, ports[0], firstPort, lastNIC)
+		}
+		live := qemuargs.LiveDevices(s, nil)
+		if len(live.Ports) != c.ports {
+			t.Errorf("machine %s: LiveDevices ports %q", c.machine, live.Ports)
+		}
+		if len(live.NICs) != len(s.Networks) || (len(live.NICs) == 1 && (live.NICs[0].Device != "nic0" || live.NICs[0].Netdev != "net0" || live.NICs[0].MAC == "")) {
+			t.Errorf("machine %s: LiveDevices NICs %+v", c.machine, live.NICs)
+		}
+	}
 }

@@ -154,7 +154,12 @@ type domainActor struct {
 	plans plans
 	snap  snapshotPlans
 	// qemuJobs are the QEMU jobs that snapshot jobs follow, by QEMU's id.
-	qemuJobs   map[string]chan string
+	qemuJobs map[string]chan string
+	hot      hotplugPlans
+	// live is the running definition's devices (nil while no QEMU runs);
+	// deleted are the detach jobs waiting for DEVICE_DELETED, by device.
+	live       *domain.Live
+	deleted    map[string]chan struct{}
 	destroying *job
 
 	sawShutdown       bool
@@ -242,6 +247,14 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.onSnapshot(ctx, msg)
 	case *protocol.AbortJobRequest:
 		dom.abortJob(ctx, msg)
+	case *protocol.AttachDiskRequest:
+		dom.enqueue(ctx, dom.hot.attachDisk, msg.Request, &jobData{hp: &hotplug{disk: domain.LiveDisk{Path: msg.Path, Format: msg.Format, ReadOnly: msg.ReadOnly}}})
+	case *protocol.DetachDiskRequest:
+		dom.enqueue(ctx, dom.hot.detachDisk, msg.Request, &jobData{hp: &hotplug{disk: domain.LiveDisk{Node: msg.Target}, timeout: msg.Timeout}})
+	case *protocol.AttachNICRequest:
+		dom.enqueue(ctx, dom.hot.attachNIC, msg.Request, &jobData{hp: &hotplug{nic: domain.LiveNIC{Type: msg.Type, MAC: msg.MAC, Forwards: msg.Forwards}}})
+	case *protocol.DetachNICRequest:
+		dom.enqueue(ctx, dom.hot.detachNIC, msg.Request, &jobData{hp: &hotplug{nic: domain.LiveNIC{Device: msg.Target}, timeout: msg.Timeout}})
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)
@@ -256,6 +269,9 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.onExit(ctx, msg.proc)
 	case *monitor.Event:
 		dom.onQMPEvent(msg)
+		if msg.Name == "DEVICE_DELETED" && dom.proc != nil {
+			dom.onDeviceDeleted(ctx, msg.Data)
+		}
 		dom.cfg.Broker.PublishQMP(domain.QMPEvent{Domain: dom.name(), ID: msg.ID, Name: msg.Name, Data: msg.Data, Time: msg.Time})
 	case *monitor.Connected:
 		dom.monErr = nil
@@ -372,6 +388,11 @@ func (dom *domainActor) onExit(ctx actor.Context, p *process.Process) {
 		return
 	}
 	dom.proc = nil
+	dom.live = nil
+	for dev, ch := range dom.deleted {
+		close(ch) // QEMU is gone, and the device with it
+		delete(dom.deleted, dev)
+	}
 	if dom.mon != nil {
 		ctx.Stop(dom.mon)
 		dom.mon, dom.link = nil, nil
@@ -537,6 +558,7 @@ func (dom *domainActor) info() *domain.Info {
 		if dom.cfg.Host != nil {
 			in.NICs = dom.cfg.Host.NICs(dom.spec.Name)
 		}
+		in.Live = dom.live
 	}
 	if info, ok := dom.lane.Holder(); ok {
 		fillJobInfo(&box.job, &box.qmp, info)

@@ -44,6 +44,40 @@ func QMPJob(r actors.Request, execute string, args json.RawMessage) any {
 	return &protocol.QMPRequest{Request: r, Execute: execute, Arguments: args}
 }
 
+// AttachDiskJob is the message of a job that hot-plugs the disk file at
+// path. The caller has checked path against its policy.
+func AttachDiskJob(r actors.Request, path, format string, readOnly bool) any {
+	return &protocol.AttachDiskRequest{Request: r, Path: path, Format: format, ReadOnly: readOnly}
+}
+
+// DetachDiskJob is the message of a job that hot-unplugs the disk target
+// names (node, device id or path), waiting up to timeout for the guest.
+func DetachDiskJob(r actors.Request, target string, timeout time.Duration) any {
+	return &protocol.DetachDiskRequest{Request: r, Target: target, Timeout: timeout}
+}
+
+// AttachNICJob is the message of a job that hot-plugs a NIC. forwards
+// must be resolved (no host port 0).
+func AttachNICJob(r actors.Request, typ, mac string, forwards []string) any {
+	return &protocol.AttachNICRequest{Request: r, Type: typ, MAC: mac, Forwards: forwards}
+}
+
+// DetachNICJob is the message of a job that hot-unplugs the NIC target
+// names (MAC, device id or index), waiting up to timeout for the guest.
+func DetachNICJob(r actors.Request, target string, timeout time.Duration) any {
+	return &protocol.DetachNICRequest{Request: r, Target: target, Timeout: timeout}
+}
+
+// DeviceOf returns the device from the reply to a hot-plug job; ok is
+// false when reply is something else.
+func DeviceOf(reply any) (disk *domain.LiveDisk, nic *domain.LiveNIC, ok bool) {
+	r, ok := reply.(*protocol.DeviceReply)
+	if !ok {
+		return nil, nil, false
+	}
+	return r.Disk, r.NIC, true
+}
+
 // QMPReturn returns the "return" value from the reply to a QMPJob; ok is
 // false when reply is something else.
 func QMPReturn(reply any) (ret json.RawMessage, ok bool) {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -45,6 +46,8 @@ type jobData struct {
 	// after runs in the actor after the plan's End (the on_crash restart
 	// counts its outcome here).
 	after func(c actor.Context, dom *domainActor, err error)
+	// hp is a hot-plug job's device (hotplug.go).
+	hp *hotplug
 	// The trace: the span of the message that queued the job, and when.
 	parentSpan string
 	enqueuedAt time.Time
@@ -70,6 +73,7 @@ type jobData struct {
 	snap *snapOp
 	// async is set while the job is the lane's async job.
 	async bool
+	live  *domain.Live
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -192,6 +196,7 @@ func (dom *domainActor) makePlans() {
 		})
 	}})
 	dom.makeSnapshotPlans()
+	dom.makeHotplugPlans()
 
 	p.reconnect.Start = dom.runningPrecondition
 	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
@@ -342,6 +347,9 @@ func stepPrepare(ctx context.Context, r run) error {
 			})
 		}
 	}
+	// The running definition of this QEMU, for hot-plug and adoption
+	// (written once it runs, in stepSpawn).
+	d.live = qemuargs.LiveDevices(&d.spec, host)
 	return nil
 }
 
@@ -373,6 +381,9 @@ func stepSpawn(_ context.Context, r run) error {
 		}
 		return nil
 	})
+	if err := writeLive(filepath.Join(d.paths.Dir, liveFileName), d.live); err != nil {
+		return d.fail("record devices", err)
+	}
 	return nil
 }
 
@@ -390,6 +401,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 	}
 	dom.proc, dom.paths, dom.monConnected, dom.runningSerial = d.proc, d.paths, false, d.spec.Serial
 	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
+	dom.live, dom.deleted = d.live, nil
 	dom.setState(domain.StatePaused, domain.ReasonStartingUp, "")
 	if err := dom.spawnMonitor(c, d.paths, d.proc.PID()); err != nil {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))

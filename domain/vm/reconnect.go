@@ -51,6 +51,15 @@ func (dom *domainActor) recover(ctx actor.Context) {
 	proc := rec.Process()
 	dom.proc, dom.paths, dom.runningSerial, dom.monConnected = proc, paths, dom.spec.Serial, false
 	dom.state, dom.reason = state, reason // query-status will confirm it
+	// The running definition recorded at its start and after each
+	// hot-plug; a QEMU started by an older vmsup has none, and gets the
+	// devices its definition gives.
+	if live, err := readLive(paths.Dir); err == nil {
+		dom.live = live
+	} else {
+		dom.cfg.Logger.Warn().Err(err).Str("domain", dom.name()).Msg("adopted QEMU has no recorded devices; using the definition's")
+		dom.live = qemuargs.LiveDevices(dom.spec, nil)
+	}
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	proc.OnExit(func() { root.Send(self, processExited{proc: proc}) })
 	if err := dom.spawnMonitor(ctx, paths, proc.PID()); err != nil {
@@ -83,7 +92,10 @@ func (dom *domainActor) resync(status string) {
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, "")
 	default: // paused, prelaunch, suspended, io-error, ...
-		if dom.state != domain.StatePaused {
+		// A QEMU adopted in the middle of its start (prelaunch, the
+		// start job gone with the old daemon) is paused, no longer
+		// starting up: nothing will continue it but the user.
+		if dom.state != domain.StatePaused || dom.reason == domain.ReasonStartingUp {
 			dom.setState(domain.StatePaused, domain.ReasonUser, "")
 		}
 	}

@@ -84,6 +84,9 @@ type Info struct {
 	Control  *Control `json:"control"`
 	// NICs are the running VM's NICs; absent while it is not running.
 	NICs []NIC `json:"nics,omitempty"`
+	// Live is the running VM's disks and NICs, hot-plugged ones
+	// included; absent while it is not running.
+	Live *Live `json:"live,omitempty"`
 	// Tainted lists the uses of raw QEMU (extra_args, "qmp COMMAND")
 	// that the daemon's --allow-raw-qemu let through; absent when none.
 	Tainted []string `json:"tainted,omitempty"`

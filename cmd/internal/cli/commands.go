@@ -363,6 +363,7 @@ func (a *app) infoCommand() *cobra.Command {
 			for _, n := range in.NICs {
 				fmt.Fprintf(tw, "NIC %d:\t%s\n", n.Index, nicText(n))
 			}
+			printLive(tw, in.Live)
 			return tw.Flush()
 		},
 	}

@@ -20,6 +20,7 @@ func fromInfo(in *domain.Info) api.Info {
 		NICs:        fromNICs(in.NICs),
 		Confinement: fromConfinement(in.Confinement),
 		Problem:     in.Problem,
+		Live:        fromLive(in.Live),
 	}
 }
 

@@ -56,11 +56,12 @@ func StatusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, policy.ErrRefused):
 		return http.StatusForbidden
-	case errors.Is(err, driver.ErrNotFound), errors.Is(err, domain.ErrNoSnapshot):
+	case errors.Is(err, driver.ErrNotFound), errors.Is(err, domain.ErrNoSnapshot), errors.Is(err, domain.ErrNoDevice):
 		return http.StatusNotFound
 	case errors.As(err, &qe):
 		return http.StatusBadGateway
-	case errors.As(err, &we), errors.Is(err, domain.ErrShutdownTimeout), errors.Is(err, context.DeadlineExceeded):
+	case errors.As(err, &we), errors.Is(err, domain.ErrShutdownTimeout), errors.Is(err, domain.ErrDetachTimeout),
+		errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	case errors.Is(err, domain.ErrNotRunning), errors.Is(err, domain.ErrUndefining), errors.Is(err, domain.ErrWrongState),
 		errors.Is(err, domain.ErrNoConsole), errors.Is(err, driver.ErrConflict), errors.Is(err, driver.ErrBroken):

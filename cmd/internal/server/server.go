@@ -116,6 +116,11 @@ func (s *Server) routes() {
 	s.handle("POST /v1/domains/{name}/snapshots/{snap}", admin, s.named(s.snapshotOp("create", (*driver.Domain).CreateSnapshot)))
 	s.handle("POST /v1/domains/{name}/snapshots/{snap}/revert", admin, s.named(s.snapshotOp("revert", (*driver.Domain).RevertSnapshot)))
 	s.handle("DELETE /v1/domains/{name}/snapshots/{snap}", admin, s.named(s.snapshotOp("delete", (*driver.Domain).DeleteSnapshot)))
+	s.handle("GET /v1/domains/{name}/definition", admin, s.named(s.definition))
+	s.handle("POST /v1/domains/{name}/disks", admin, s.named(s.attachDisk))
+	s.handle("POST /v1/domains/{name}/disks/detach", admin, s.named(s.detach(true)))
+	s.handle("POST /v1/domains/{name}/nics", admin, s.named(s.attachNIC))
+	s.handle("POST /v1/domains/{name}/nics/detach", admin, s.named(s.detach(false)))
 	// The console writes to the guest: it is not a read.
 	s.handle("GET /v1/domains/{name}/console", admin, s.named(s.console))
 	s.handle("GET /v1/jobs", read, s.allJobs)

@@ -122,3 +122,45 @@ type SnapshotList struct {
 // QEMU job); the reply comes once the request is made, not when the job
 // has ended.
 type AbortJobRequest struct{ actors.Request }
+
+// AttachDiskRequest hot-plugs the file at Path (checked by the driver
+// against its policy) into the running QEMU: a modify job.
+type AttachDiskRequest struct {
+	actors.Request
+	Path     string
+	Format   string
+	ReadOnly bool
+}
+
+// DetachDiskRequest hot-unplugs the disk that Target names (its node,
+// device id or path) and waits up to Timeout (DefaultDetachTimeout when
+// zero) for the guest to release it.
+type DetachDiskRequest struct {
+	actors.Request
+	Target  string
+	Timeout time.Duration
+}
+
+// AttachNICRequest hot-plugs a NIC of Type ("user") with MAC and the
+// resolved Forwards (host port never 0) into the running QEMU.
+type AttachNICRequest struct {
+	actors.Request
+	Type     string
+	MAC      string
+	Forwards []string
+}
+
+// DetachNICRequest hot-unplugs the NIC that Target names (its MAC, device
+// id or index) and waits up to Timeout for the guest to release it.
+type DetachNICRequest struct {
+	actors.Request
+	Target  string
+	Timeout time.Duration
+}
+
+// DeviceReply is the reply to a hot-plug job: the device it attached or
+// detached.
+type DeviceReply struct {
+	Disk *domain.LiveDisk
+	NIC  *domain.LiveNIC
+}
