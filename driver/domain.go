@@ -1,12 +1,10 @@
 package driver
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
+	"github.com/vmsup/vmsup/monitor"
 )
 
 // Domain is a handle on one domain. Its methods are safe for concurrent use.
@@ -240,32 +239,12 @@ func askDomain[T any](ctx context.Context, h *Domain, ask func(context.Context, 
 // ParseQMPCommand checks a raw QMP command: exactly one JSON object whose
 // members are "execute" (a non-empty string) and optionally "arguments" (an
 // object), spelled exactly so — QMP's keys are case-sensitive, unlike
-// encoding/json's matching — with nothing after it.
+// encoding/json's matching — each once, with nothing after it
+// (monitor.ParseCommand). args is a slice of command.
 func ParseQMPCommand(command []byte) (execute string, args json.RawMessage, err error) {
-	bad := func(why string) (string, json.RawMessage, error) {
-		return "", nil, fmt.Errorf(`qmp: bad command %s: %s; send an object such as {"execute":"query-status","arguments":{}}`, truncate(command), why)
-	}
-	dec := json.NewDecoder(bytes.NewReader(command))
-	var members map[string]json.RawMessage
-	if err := dec.Decode(&members); err != nil || members == nil {
-		return bad("not a JSON object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return bad("trailing data after the object")
-	}
-	for k := range members {
-		if k != "execute" && k != "arguments" {
-			return bad(fmt.Sprintf("unknown member %q", k))
-		}
-	}
-	if err := json.Unmarshal(members["execute"], &execute); err != nil || execute == "" {
-		return bad(`"execute" must be a non-empty string`)
-	}
-	if a := bytes.TrimSpace(members["arguments"]); len(a) > 0 && !bytes.Equal(a, []byte("null")) {
-		if a[0] != '{' {
-			return bad(`"arguments" must be an object`)
-		}
-		args = a
+	execute, args, err = monitor.ParseCommand(command)
+	if err != nil {
+		return "", nil, fmt.Errorf(`qmp: %w; send an object such as {"execute":"query-status","arguments":{}}`, err)
 	}
 	return execute, args, nil
 }
