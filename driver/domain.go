@@ -166,7 +166,7 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 		ctx, cancel = context.WithTimeout(ctx, actors.DefaultTimeout)
 		defer cancel()
 	}
-	req := actors.NewRequest(ctx, "api "+name)
+	req := actors.NewRequest(ctx, apiOwner(name))
 	began := time.Now()
 	defer func(traceBegan time.Time) { h.d.apiRecord(req, traceBegan, err) }(trace.Now())
 	if err := domain.ValidateName(h.name); err != nil {
@@ -185,6 +185,24 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 		return nil, h.explainWait(req, name, began, err)
 	}
 	return v, err
+}
+
+// apiOwners are the owners of the API's jobs, made once.
+var apiOwners = func() map[string]string {
+	m := make(map[string]string)
+	for _, name := range []string{"start", "shutdown", "destroy", "pause", "resume", "reset", "qmp"} {
+		m[name] = "api " + name
+	}
+	return m
+}()
+
+// apiOwner is the owner of the API's job name, as traces and wait errors
+// show it.
+func apiOwner(name string) string {
+	if o, ok := apiOwners[name]; ok {
+		return o
+	}
+	return "api " + name
 }
 
 func (h *Domain) explainWait(req actors.Request, name string, began time.Time, cause error) error {

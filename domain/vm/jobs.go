@@ -63,6 +63,8 @@ type jobData struct {
 	argv    []string
 	status  string
 	release func() // the host resources of this start
+	// reply is a raw QMP job's reply, kept here to save an allocation.
+	reply protocol.QMPReply
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -157,7 +159,8 @@ func (dom *domainActor) makePlans() {
 			if err != nil {
 				return err
 			}
-			r.SetValue(&protocol.QMPReply{Return: ret})
+			d.reply.Return = ret
+			r.SetValue(&d.reply)
 			return nil
 		}})
 		rp.Start = func(c actor.Context, j *job) error {
