@@ -208,21 +208,19 @@ func apiOwner(name string) string {
 func (h *Domain) explainWait(req actors.Request, name string, began time.Time, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
-	w, err := h.explain(ctx, req)
+	x, err := h.explain(ctx, req)
 	waited := time.Since(began)
 	if err != nil {
 		return fmt.Errorf("domain %q: %s: gave up after %s: %w", h.name, name, waited.Round(100*time.Millisecond), cause)
 	}
-	if w.Running {
-		return fmt.Errorf("domain %q: %s: gave up after %s while its job %d was running (step %q): %w",
-			h.name, name, waited.Round(100*time.Millisecond), w.Holder.ID, w.Holder.Step, cause)
-	}
-	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, At: time.Now(), Cause: cause}
+	// The lane's own words: a *domain.JobWaitError (an
+	// actors.JobWaitError) that names the holder.
+	return x.Err(name, waited, time.Now(), cause)
 }
 
 // explain asks the domain actor who holds the job that req waits for.
-func (h *Domain) explain(ctx context.Context, req actors.Request) (*domain.WaitExplanation, error) {
-	return askDomain(ctx, h, func(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*domain.WaitExplanation, error) {
+func (h *Domain) explain(ctx context.Context, req actors.Request) (*actors.Explanation, error) {
+	return askDomain(ctx, h, func(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*actors.Explanation, error) {
 		return vm.ExplainWait(ctx, sender, pid, req.RequestID)
 	})
 }

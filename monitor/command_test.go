@@ -2,6 +2,7 @@ package monitor
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -72,7 +73,7 @@ func TestNameTableIsBounded(t *testing.T) {
 		names.mu.Unlock()
 	})
 	for i := range maxNames + 10 {
-		name := "x-hostile-" + strings.Repeat("a", i%50) + string(rune('a'+i%26)) + itoa(i)
+		name := "x-hostile-" + strings.Repeat("a", i%50) + string(rune('a'+i%26)) + strconv.Itoa(i)
 		got, _, err := ParseCommand([]byte(`{"execute":"` + name + `"}`))
 		if err != nil || got != name {
 			t.Fatalf("ParseCommand of %q = %q, %v", name, got, err)
@@ -83,17 +84,5 @@ func TestNameTableIsBounded(t *testing.T) {
 	names.mu.RUnlock()
 	if n > maxNames {
 		t.Errorf("the name table holds %d names, more than %d", n, maxNames)
-	}
-}
-
-func itoa(i int) string {
-	var b [20]byte
-	p := len(b)
-	for {
-		p--
-		b[p] = byte('0' + i%10)
-		if i /= 10; i == 0 {
-			return string(b[p:])
-		}
 	}
 }

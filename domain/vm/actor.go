@@ -204,7 +204,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		// the caller hears back.
 		x := dom.lane.Explain(ctx, msg.RequestID)
 		dom.publish()
-		ctx.Respond(&domain.WaitExplanation{Running: x.Running, Holder: jobInfoPtr(x.Holder)})
+		ctx.Respond(x)
 	case *protocol.StartRequest:
 		dom.stopRestartTimer()
 		p := dom.plans.start

@@ -56,7 +56,8 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
 			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
-		&domain.WaitExplanation{Running: true, Holder: &job},
+		&actors.Explanation{Lane: `domain "web1"`, Running: true, Holder: &actors.JobInfo{ID: 3, Name: "qmp", Kind: actors.JobQuery, Owner: "api qmp",
+			Steps: []string{"qmp"}, Step: "qmp", Call: actors.Call{Command: "query-status"}}, Queued: 1, Paused: "QMP is not connected yet"},
 	} {
 		testkit.CheckWire(t, reply)
 	}
