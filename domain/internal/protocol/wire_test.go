@@ -54,7 +54,9 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	// The replies the API reads.
 	for _, reply := range []any{
 		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
-			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK}},
+			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
+			NICs: []domain.NIC{{Index: 0, Type: "tap", MAC: "52:54:00:12:34:56", Tap: "vmsup0", Bridge: "br0", GuestIP: "10.0.2.15",
+				Forwards: []domain.PortForward{{Field: "networks[0].forwards[0]", Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestAddr: "10.0.2.15", GuestPort: 22}}}}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
 		&actors.Explanation{Lane: `domain "web1"`, Running: true, Holder: &actors.JobInfo{ID: 3, Name: "qmp", Kind: actors.JobQuery, Owner: "api qmp",
 			Steps: []string{"qmp"}, Step: "qmp", Call: actors.Call{Command: "query-status"}}, Queued: 1, Paused: "QMP is not connected yet"},
