@@ -3,7 +3,7 @@ package domain
 import (
 	"errors"
 
-	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/jobinfo"
 )
 
 // ErrNotRunning is returned by jobs that need a running QEMU.
@@ -27,5 +27,5 @@ var ErrNoConsole = errors.New("no console socket")
 // JobWaitError is returned when a caller's context ended while its job was
 // still waiting in the domain's lane. It names the holder, as libvirt
 // does; its Lane is `domain "NAME"`. It is the lane's own error: the
-// policy of explaining who holds a job is written once, in actors.
-type JobWaitError = actors.JobWaitError
+// policy of explaining who holds a job is written once, in the lane.
+type JobWaitError = jobinfo.JobWaitError

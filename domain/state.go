@@ -3,7 +3,7 @@ package domain
 import (
 	"time"
 
-	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/jobinfo"
 )
 
 // State is a domain's lifecycle state, named as in libvirt.
@@ -150,12 +150,12 @@ type Jobs struct {
 }
 
 // Holder describes who holds the job, as wait-timeout errors do (the
-// lane's actors.JobInfo.Holder):
+// lane's jobinfo.JobInfo.Holder):
 // `job 17 "shutdown" (api shutdown, trace 1a2b3c-17) for 31.2s, in QMP "system_powerdown" for 31.0s`.
 func (j *JobInfo) Holder(now time.Time) string {
-	lane := actors.JobInfo{ID: j.ID, Name: j.Name, Owner: j.Owner, RequestID: j.RequestID, Started: j.Started}
+	lane := jobinfo.JobInfo{ID: j.ID, Name: j.Name, Owner: j.Owner, RequestID: j.RequestID, Started: j.Started}
 	if j.QMP != nil {
-		lane.Call = actors.Call{Command: j.QMP.Command, Since: j.QMP.Since}
+		lane.Call = jobinfo.Call{Command: j.QMP.Command, Since: j.QMP.Since}
 	}
 	return lane.Holder(now)
 }
