@@ -173,8 +173,8 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 			m.connect(ctx)
 		}
 	case connLost:
-		if msg.from != m || msg.gen != m.gen {
-			return
+		if msg.from != m || msg.gen != m.gen || !m.connected {
+			return // an old connection, or the end of one this actor failed
 		}
 		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
 	case commandTimedOut:
@@ -233,7 +233,6 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 		m.cfg.Logger.Info().Str("domain", m.cfg.Domain).Int("attempts", m.attempt).Msg("QMP monitor reconnected")
 	}
 	m.err, m.attempt = nil, 0
-	m.link.up(m.conn, m.gen)
 	// Connected goes out before any event of this connection, so that
 	// the parent never gets an event before it.
 	var version string
@@ -274,6 +273,9 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 			lost()
 		}()
 	}
+	// Only now may job steps run commands on the connection: the events
+	// their commands cause already take the road to the domain.
+	m.link.up(m.conn, m.gen)
 }
 
 // fail marks the monitor broken: the connection is closed, every waiting

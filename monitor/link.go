@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -315,13 +316,17 @@ func (m *linkMonitor) Events(context.Context) (<-chan qmp.Event, error) {
 
 // Run runs cmd and returns the whole reply object, as qmp.Monitor does.
 func (m *linkMonitor) Run(cmd []byte) ([]byte, error) {
-	var hdr struct {
-		Execute string `json:"execute"`
-	}
-	if err := json.Unmarshal(cmd, &hdr); err != nil || hdr.Execute == "" {
+	// go-qemu built it; read only its name and whether it has an id.
+	obj := bytes.TrimSpace(cmd)
+	name, hasID, err := commandHeader(obj)
+	execute := jsonString(name)
+	switch {
+	case err != nil || execute == "":
 		return nil, fmt.Errorf("%w: no \"execute\" string member: %s", ErrBadCommand, quoteLine(cmd))
+	case hasID:
+		return nil, fmt.Errorf("%w: command %q already has an \"id\" member; the transport sets ids itself", ErrBadCommand, execute)
 	}
-	ret, err := m.l.Run(m.ctx, Call{Command: Command{Execute: hdr.Execute, Wire: cmd}, Req: m.req, JobID: m.job})
+	ret, err := m.l.Run(m.ctx, Call{Command: Command{Execute: execute, Wire: obj}, Req: m.req, JobID: m.job})
 	if err != nil {
 		return nil, err
 	}
