@@ -101,11 +101,11 @@ func TestLinkResendsALostQueryButNotACommand(t *testing.T) {
 	l := NewLink("vm1", nil)
 	l.connecting(func(any) {})
 	l.up(&closedConn{Simulated: NewSimulated(0), sent: true, replace: func() { l.up(NewSimulated(0), 2) }}, 1)
-	if _, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}); err != nil {
+	if _, err := l.Run(context.Background(), Call{Command: Command{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}}); err != nil {
 		t.Fatalf("a query across the monitor's new connection: %v", err)
 	}
 	l.up(&closedConn{Simulated: NewSimulated(0), sent: true, replace: func() { l.up(NewSimulated(0), 4) }}, 3)
-	if _, err := l.Run(context.Background(), Call{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)}); !errors.Is(err, ErrClosed) {
+	if _, err := l.Run(context.Background(), Call{Command: Command{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("stop whose reply was lost: %v, want ErrClosed (not sent again)", err)
 	}
 }
