@@ -264,10 +264,3 @@ func ParseQMPCommand(command []byte) (execute string, args json.RawMessage, err 
 	}
 	return execute, args, nil
 }
-
-func truncate(b []byte) string {
-	if len(b) > 80 {
-		return string(b[:80]) + "..."
-	}
-	return string(b)
-}
