@@ -13,7 +13,7 @@ test: vet
 # Runs every fuzz target for FUZZTIME each (their seeds in testdata/ also
 # run under make test). CI runs it briefly after make test.
 FUZZTIME ?= 10s
-FUZZ_TARGETS = ./domain:FuzzParseSpec ./monitor:FuzzTransportLines ./monitor:FuzzEncodeCommand \
+FUZZ_TARGETS = ./domain:FuzzParseSpec ./monitor:FuzzTransportLines ./monitor:FuzzParseCommand \
 	./cmd/internal/server:FuzzRequest ./cmd/internal/server:FuzzCheckQMPCommand ./domain/netcfg:FuzzParseForward
 # The access decision and the host policy's checks.
 FUZZ_TARGETS += ./cmd/internal/server:FuzzAuthorize ./cmd/internal/peer:FuzzDecide \

@@ -1,10 +1,9 @@
 package domain
 
 import (
-	"context"
 	"errors"
-	"fmt"
-	"time"
+
+	"github.com/vmsup/vmsup/actors/jobinfo"
 )
 
 // ErrNotRunning is returned by jobs that need a running QEMU.
@@ -26,46 +25,10 @@ var ErrShutdownTimeout = errors.New("shutdown timed out")
 var ErrNoConsole = errors.New("no console socket")
 
 // JobWaitError is returned when a caller's context ended while its job was
-// still waiting in the lane. It names the holder, as libvirt does.
-type JobWaitError struct {
-	Domain string
-	Job    string // the job that waited
-	Waited time.Duration
-	Holder *JobInfo
-	// Decision says why an async job's mask kept the job waiting, if it
-	// did: `reset waits: snapshot-save allows query, destroy, suspend, abort`.
-	Decision string
-	At       time.Time
-	Cause    error // context.DeadlineExceeded or context.Canceled
-}
-
-func (e *JobWaitError) Error() string {
-	verb := "timed out"
-	if errors.Is(e.Cause, context.Canceled) {
-		verb = "cancelled"
-	}
-	s := fmt.Sprintf("domain %q: %s after %s waiting for job %q", e.Domain, verb, e.Waited.Round(100*time.Millisecond), e.Job)
-	if e.Holder != nil {
-		s += ": held by " + e.Holder.Holder(e.At)
-	}
-	if e.Decision != "" {
-		s += "; " + e.Decision
-	}
-	return s
-}
-
-// Unwrap returns the context error.
-func (e *JobWaitError) Unwrap() error { return e.Cause }
-
-// WaitExplanation says whether a request's job ran, and who held the job.
-type WaitExplanation struct {
-	// Running is set when the request's own job is the active one.
-	Running bool
-	// Holder is the job that held the domain, or nil.
-	Holder *JobInfo
-	// Decision says why an async job's mask kept the job waiting, if it did.
-	Decision string `json:",omitempty"`
-}
+// still waiting in the domain's lane. It names the holder, as libvirt
+// does; its Lane is `domain "NAME"`. It is the lane's own error: the
+// policy of explaining who holds a job is written once, in the lane.
+type JobWaitError = jobinfo.JobWaitError
 
 // ErrNoSnapshot is wrapped when a domain has no snapshot of the name given.
 var ErrNoSnapshot = errors.New("no such snapshot")

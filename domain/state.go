@@ -1,8 +1,9 @@
 package domain
 
 import (
-	"fmt"
 	"time"
+
+	"github.com/vmsup/vmsup/actors/jobinfo"
 )
 
 // State is a domain's lifecycle state, named as in libvirt.
@@ -203,13 +204,15 @@ type Jobs struct {
 	Recent []JobInfo `json:"recent"`
 }
 
-// Holder describes who holds the job, for wait-timeout errors:
+// Holder describes who holds the job, as wait-timeout errors do (the
+// lane's jobinfo.JobInfo.Holder):
 // `job 17 "shutdown" (api shutdown, trace 1a2b3c-17) for 31.2s, in QMP "system_powerdown" for 31.0s`.
 func (j *JobInfo) Holder(now time.Time) string {
-	s := fmt.Sprintf("job %d %q (%s, trace %s) for %.1fs", j.ID, j.Name, j.Owner, j.RequestID, now.Sub(j.Started).Seconds())
+	lane := jobinfo.JobInfo{ID: j.ID, Name: j.Name, Owner: j.Owner, RequestID: j.RequestID, Started: j.Started}
 	if j.QMP != nil {
-		s += fmt.Sprintf(", in QMP %q for %.1fs", j.QMP.Command, now.Sub(j.QMP.Since).Seconds())
+		lane.Call = jobinfo.Call{Command: j.QMP.Command, Since: j.QMP.Since}
 	}
+	s := lane.Holder(now)
 	if j.Report != nil {
 		s += ", at " + j.Report.Text
 	}

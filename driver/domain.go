@@ -1,12 +1,10 @@
 package driver
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
+	"github.com/vmsup/vmsup/monitor"
 )
 
 // Domain is a handle on one domain. Its methods are safe for concurrent use.
@@ -230,7 +229,7 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 		ctx, cancel = context.WithTimeout(ctx, actors.DefaultTimeout)
 		defer cancel()
 	}
-	req := actors.NewRequest(ctx, "api "+name)
+	req := actors.NewRequest(ctx, apiOwner(name))
 	began := time.Now()
 	defer func(traceBegan time.Time) { h.d.apiRecord(req, traceBegan, err) }(trace.Now())
 	if err := domain.ValidateName(h.name); err != nil {
@@ -251,24 +250,40 @@ func (h *Domain) job(ctx context.Context, name string, build func(actors.Request
 	return v, err
 }
 
+// apiOwners are the owners of the API's jobs, made once.
+var apiOwners = func() map[string]string {
+	m := make(map[string]string)
+	for _, name := range []string{"start", "shutdown", "destroy", "pause", "resume", "reset", "qmp"} {
+		m[name] = "api " + name
+	}
+	return m
+}()
+
+// apiOwner is the owner of the API's job name, as traces and wait errors
+// show it.
+func apiOwner(name string) string {
+	if o, ok := apiOwners[name]; ok {
+		return o
+	}
+	return "api " + name
+}
+
 func (h *Domain) explainWait(req actors.Request, name string, began time.Time, cause error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 250*time.Millisecond)
 	defer cancel()
-	w, err := h.explain(ctx, req)
+	x, err := h.explain(ctx, req)
 	waited := time.Since(began)
 	if err != nil {
 		return fmt.Errorf("domain %q: %s: gave up after %s: %w", h.name, name, waited.Round(100*time.Millisecond), cause)
 	}
-	if w.Running {
-		return fmt.Errorf("domain %q: %s: gave up after %s while its job %d was running (step %q): %w",
-			h.name, name, waited.Round(100*time.Millisecond), w.Holder.ID, w.Holder.Step, cause)
-	}
-	return &domain.JobWaitError{Domain: h.name, Job: name, Waited: waited, Holder: w.Holder, Decision: w.Decision, At: time.Now(), Cause: cause}
+	// The lane's own words: a *domain.JobWaitError (an
+	// actors.JobWaitError) that names the holder.
+	return x.Err(name, waited, time.Now(), cause)
 }
 
 // explain asks the domain actor who holds the job that req waits for.
-func (h *Domain) explain(ctx context.Context, req actors.Request) (*domain.WaitExplanation, error) {
-	return askDomain(ctx, h, func(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*domain.WaitExplanation, error) {
+func (h *Domain) explain(ctx context.Context, req actors.Request) (*actors.Explanation, error) {
+	return askDomain(ctx, h, func(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (*actors.Explanation, error) {
 		return vm.ExplainWait(ctx, sender, pid, req.RequestID)
 	})
 }
@@ -303,39 +318,12 @@ func askDomain[T any](ctx context.Context, h *Domain, ask func(context.Context, 
 // ParseQMPCommand checks a raw QMP command: exactly one JSON object whose
 // members are "execute" (a non-empty string) and optionally "arguments" (an
 // object), spelled exactly so — QMP's keys are case-sensitive, unlike
-// encoding/json's matching — with nothing after it.
+// encoding/json's matching — each once, with nothing after it
+// (monitor.ParseCommand). args is a slice of command.
 func ParseQMPCommand(command []byte) (execute string, args json.RawMessage, err error) {
-	bad := func(why string) (string, json.RawMessage, error) {
-		return "", nil, fmt.Errorf(`qmp: bad command %s: %s; send an object such as {"execute":"query-status","arguments":{}}`, truncate(command), why)
-	}
-	dec := json.NewDecoder(bytes.NewReader(command))
-	var members map[string]json.RawMessage
-	if err := dec.Decode(&members); err != nil || members == nil {
-		return bad("not a JSON object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return bad("trailing data after the object")
-	}
-	for k := range members {
-		if k != "execute" && k != "arguments" {
-			return bad(fmt.Sprintf("unknown member %q", k))
-		}
-	}
-	if err := json.Unmarshal(members["execute"], &execute); err != nil || execute == "" {
-		return bad(`"execute" must be a non-empty string`)
-	}
-	if a := bytes.TrimSpace(members["arguments"]); len(a) > 0 && !bytes.Equal(a, []byte("null")) {
-		if a[0] != '{' {
-			return bad(`"arguments" must be an object`)
-		}
-		args = a
+	execute, args, err = monitor.ParseCommand(command)
+	if err != nil {
+		return "", nil, fmt.Errorf(`qmp: %w; send an object such as {"execute":"query-status","arguments":{}}`, err)
 	}
 	return execute, args, nil
-}
-
-func truncate(b []byte) string {
-	if len(b) > 80 {
-		return string(b[:80]) + "..."
-	}
-	return string(b)
 }

@@ -2,7 +2,6 @@ package monitor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -60,41 +59,13 @@ type Config struct {
 // domain actor: events, Connected and Disconnected go to the parent.
 func Props(cfg Config) *actor.Props {
 	return actor.PropsFromProducer(func() actor.Actor {
-		m := &monitorActor{cfg: cfg, plans: make(map[string]*actors.Plan[*command]), link: cfg.Link}
+		m := &monitorActor{cfg: cfg, link: cfg.Link}
 		if m.link == nil {
 			m.link = NewLink(cfg.Domain, cfg.Trace)
 		}
-		m.lane = actors.NewLane(actors.LaneConfig[*command]{
-			Name:       fmt.Sprintf("domain %q: monitor", cfg.Domain),
-			Dispatcher: cfg.Dispatcher,
-			Inflight:   &m.wg,
-		})
-		m.lane.Pause("QMP is not connected yet")
 		return m
 	},
 		append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...)...)
-}
-
-// Command asks the monitor actor to run one QMP command. It is a job of the
-// monitor: commands run one at a time, in FIFO order, each bounded by its
-// Timeout (CommandTimeout(Execute) when zero). The reply is a *Result or an
-// error that names the domain and the command.
-type Command struct {
-	actors.Request
-	// JobID is the domain job this command runs for, for the trace.
-	JobID uint64
-	// Execute is the QMP command name, for example "query-status".
-	Execute string
-	// Arguments is the JSON object of arguments, or empty.
-	Arguments json.RawMessage
-	// Timeout overrides the per-command deadline table.
-	Timeout time.Duration
-}
-
-// Result is the reply to a successful Command.
-type Result struct {
-	// Return is the "return" member of QEMU's reply.
-	Return json.RawMessage
 }
 
 // Event is a QMP event, told to the domain actor.
@@ -146,23 +117,6 @@ type Disconnected struct {
 	Err error
 }
 
-// command is one Command's job data.
-type command struct {
-	cmd     Command
-	wire    []byte
-	timeout time.Duration
-	// span is the span of the Command message, the parent of the QMP record.
-	span string
-	// Set when the job starts, from the actor.
-	link *Link
-	// Set by the step.
-	ret json.RawMessage
-}
-
-// maxPlans bounds the plans kept by command name; commands beyond it share
-// one plan named "qmp" (a hostile caller can send any name).
-const maxPlans = 256
-
 // The messages below come from goroutines and callbacks of one actor
 // instance. After a restart (a panic) the mailbox still holds those of the
 // old instance, so each one names its instance and the others are dropped.
@@ -191,9 +145,7 @@ type monitorActor struct {
 	conn      Conn
 	connected bool
 	err       error
-	lane      *actors.Lane[*command]
 	link      *Link
-	plans     map[string]*actors.Plan[*command]
 	stop      context.CancelFunc // cancels connect and commands in flight
 	runCtx    context.Context
 	wg        actors.Inflight
@@ -207,9 +159,6 @@ type monitorActor struct {
 
 func (m *monitorActor) Receive(ctx actor.Context) {
 	defer supervision.RecoverAndReply(ctx, "monitor/"+m.cfg.Domain)
-	if m.lane.Handle(ctx, ctx.Message()) {
-		return
-	}
 	switch msg := ctx.Message().(type) {
 	case *supervision.InjectPanic:
 		panic(fmt.Sprintf("injected panic in the monitor of %q: %s", m.cfg.Domain, msg.Reason))
@@ -224,11 +173,9 @@ func (m *monitorActor) Receive(ctx actor.Context) {
 			m.retry = nil
 			m.connect(ctx)
 		}
-	case *Command:
-		m.enqueue(ctx, msg)
 	case connLost:
-		if msg.from != m || msg.gen != m.gen {
-			return
+		if msg.from != m || msg.gen != m.gen || !m.connected {
+			return // an old connection, or the end of one this actor failed
 		}
 		m.fail(ctx, fmt.Errorf("domain %q: QMP connection lost: %w", m.cfg.Domain, msg.err))
 	case commandTimedOut:
@@ -290,7 +237,6 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 	// (fail): a QEMU that breaks every connection at once (an event flood)
 	// is retried ever more slowly.
 	m.err, m.upSince = nil, time.Now()
-	m.link.up(m.conn, m.gen)
 	// Connected goes out before any event of this connection, so that
 	// the parent never gets an event before it.
 	var version string
@@ -331,91 +277,9 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 			lost()
 		}()
 	}
-	m.lane.Resume(ctx)
-}
-
-// enqueue queues a Command as a job of the monitor's lane: commands run one
-// at a time, in FIFO order, while the connection is up.
-func (m *monitorActor) enqueue(ctx actor.Context, cmd *Command) {
-	if cmd.Execute == "" {
-		ctx.Respond(fmt.Errorf("domain %q: QMP command without a name", m.cfg.Domain))
-		return
-	}
-	if m.err != nil {
-		ctx.Respond(fmt.Errorf("QMP command %q not sent: %w", cmd.Execute, m.err))
-		return
-	}
-	wire, err := encodeCommand(*cmd)
-	if err != nil {
-		ctx.Respond(fmt.Errorf("domain %q: %w", m.cfg.Domain, err))
-		return
-	}
-	d := &command{cmd: *cmd, wire: wire, timeout: cmd.Timeout}
-	if d.timeout <= 0 {
-		d.timeout = CommandTimeout(cmd.Execute)
-	}
-	if m.cfg.Trace.Enabled() {
-		d.span = trace.Current(ctx).SpanID
-	}
-	m.lane.Enqueue(ctx, m.plan(cmd.Execute), cmd.Request, d, actors.ReplyTo(ctx.Sender()))
-}
-
-// plan is the plan of the jobs of one command name: one step, the command.
-func (m *monitorActor) plan(execute string) *actors.Plan[*command] {
-	if p, ok := m.plans[execute]; ok {
-		return p
-	}
-	name := execute
-	if len(m.plans) >= maxPlans {
-		name = "qmp"
-		if p, ok := m.plans[name]; ok {
-			return p
-		}
-	}
-	p := actors.NewPlan(name, actors.JobModify, actors.Step[*command]{Name: name, Do: runCommand})
-	p.Start = func(_ actor.Context, j *actors.Job[*command]) error {
-		d := j.Data
-		d.link = m.link
-		j.SetCall(d.cmd.Execute)
-		return nil
-	}
-	p.End = m.commandEnded
-	m.plans[name] = p
-	return p
-}
-
-// runCommand is a command's step: it runs the command on the link, in a
-// goroutine the lane owns.
-func runCommand(ctx context.Context, r actors.Run[*command]) error {
-	d := r.Data()
-	ret, err := d.link.Run(ctx, Call{Execute: d.cmd.Execute, Wire: d.wire, JobID: d.cmd.JobID, Timeout: d.timeout,
-		Req: actors.Request{RequestID: d.cmd.RequestID, ParentID: d.span, Owner: d.cmd.Owner}})
-	d.ret = ret
-	return err
-}
-
-// runRecovered runs one command on conn; a panic in the Conn (a custom
-// one, say) becomes the command's error instead of ending the process or
-// leaving the command without a reply.
-func runRecovered(ctx context.Context, conn Conn, wire []byte, execute string, ret *[]byte) (reply []byte, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			reply, err = nil, fmt.Errorf("QMP command %q: the connection panicked: %v", execute, r)
-		}
-	}()
-	if rr, ok := conn.(ReturnRunner); ok {
-		*ret, err = rr.RunReturn(ctx, wire)
-		return nil, err
-	}
-	return conn.RunContext(ctx, wire)
-}
-
-// commandEnded is the End of every command job: the caller's reply.
-func (m *monitorActor) commandEnded(_ actor.Context, j *actors.Job[*command], _ any, err error) (any, error) {
-	if err != nil {
-		return nil, err
-	}
-	return &Result{Return: j.Data.ret}, nil
+	// Only now may job steps run commands on the connection: the events
+	// their commands cause already take the road to the domain.
+	m.link.up(m.conn, m.gen)
 }
 
 // stableConnection is how long a connection must have stayed up for the
@@ -437,8 +301,6 @@ func (m *monitorActor) fail(ctx actor.Context, err error) {
 		_ = m.conn.Disconnect()
 	}
 	m.link.down(err)
-	m.lane.Pause(err.Error())
-	m.lane.FailQueued(ctx, fmt.Errorf("QMP command not sent: %w", err))
 	if first {
 		level := zerolog.WarnLevel
 		if errors.Is(err, io.EOF) {
@@ -480,29 +342,7 @@ func (m *monitorActor) shutdown(ctx actor.Context, restarting bool) {
 	if m.conn != nil {
 		_ = m.conn.Disconnect()
 	}
-	m.lane.Close(ctx, closed)
 	if !m.wg.Wait(DefaultConnectTimeout + 5*time.Second) {
 		m.cfg.Logger.Error().Str("domain", m.cfg.Domain).Msg("monitor goroutines still running after the stop deadline")
 	}
-}
-
-func encodeCommand(c Command) ([]byte, error) {
-	wire := struct {
-		Execute   string          `json:"execute"`
-		Arguments json.RawMessage `json:"arguments,omitempty"`
-	}{Execute: c.Execute, Arguments: c.Arguments}
-	if len(c.Arguments) > 0 {
-		var obj map[string]json.RawMessage
-		if err := json.Unmarshal(c.Arguments, &obj); err != nil {
-			return nil, fmt.Errorf("QMP command %q: arguments must be a JSON object: %w", c.Execute, err)
-		}
-		if obj == nil { // null decodes into a nil map without error
-			return nil, fmt.Errorf("QMP command %q: arguments must be a JSON object, not null", c.Execute)
-		}
-	}
-	b, err := json.Marshal(wire)
-	if err != nil {
-		return nil, fmt.Errorf("QMP command %q: %w", c.Execute, errors.Unwrap(err))
-	}
-	return b, nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -300,87 +301,111 @@ func allStacks() string {
 	return string(buf[:runtime.Stack(buf, true)])
 }
 
-// FuzzEncodeCommand checks the monitor actor's command encoding: whatever
-// it accepts is a JSON object with the same name and arguments, and the
-// transport accepts it and only adds an id; arguments that are a JSON
-// object are always accepted, and anything else is refused.
-func FuzzEncodeCommand(f *testing.F) {
+// FuzzParseCommand checks the edge's command check and the wire form the
+// transport sends:
+//   - ParseCommand accepts cmd exactly when a full decode does (one
+//     object, only "execute", a non-empty string, and "arguments", an
+//     object or null, keys spelled exactly), but for duplicate members,
+//     which it refuses; what it accepts reads the same as that decode;
+//   - the wire form of what it accepts (AppendCommand), and of any name
+//     with any object as arguments, parses back to the same command, and
+//     the transport sends it adding only an id.
+func FuzzParseCommand(f *testing.F) {
 	f.Add("query-status", []byte(nil))
 	f.Add("qom-get", []byte(`{"path": "/machine", "property": "type"}`))
 	f.Add("x", []byte(`null`))
 	f.Add("x", []byte(`[1]`))
+	f.Add("x", []byte(`{"execute":"stop","arguments":{"a":[1,{"b":"}"}]}}`))
+	f.Add("x", []byte(`{"execute":"stop","execute":"quit"}`))
+	f.Add("x", []byte(`{"\u0065xecute":"stop"}`))
 
 	tr := NewTransport("/nonexistent/qmp.sock", TransportOptions{})
-	f.Fuzz(func(t *testing.T, execute string, args []byte) {
-		wire, err := encodeCommand(Command{Execute: execute, Arguments: args})
-		isObject := len(args) > 0 && json.Valid(args) && bytes.TrimLeft(args, " \t\r\n")[0] == '{'
-		if err != nil {
-			if isObject {
-				t.Fatalf("encodeCommand(%q, %q) refused an object: %v", execute, args, err)
+	f.Fuzz(func(t *testing.T, execute string, cmd []byte) {
+		name, args, err := ParseCommand(cmd)
+		refName, refArgs, refErr := referenceParse(cmd)
+		switch {
+		case err == nil && refErr != nil:
+			t.Fatalf("ParseCommand(%q) accepted what a full decode refuses (%v)", cmd, refErr)
+		case err != nil && refErr == nil && !strings.Contains(err.Error(), "duplicate member"):
+			t.Fatalf("ParseCommand(%q) refused a good command: %v", cmd, err)
+		case err != nil && !errors.Is(err, ErrBadCommand):
+			t.Fatalf("ParseCommand(%q): %v does not wrap ErrBadCommand", cmd, err)
+		case err == nil:
+			if name != refName || !bytes.Equal(bytes.TrimSpace(args), bytes.TrimSpace(refArgs)) {
+				t.Fatalf("ParseCommand(%q) = %q %s, a full decode %q %s", cmd, name, args, refName, refArgs)
 			}
-			if !strings.Contains(err.Error(), fmt.Sprintf("%q", execute)) {
-				t.Errorf("error does not name the command %q: %v", execute, err)
-			}
-			return
+			checkWire(t, tr, name, args)
 		}
-		if len(args) > 0 && !isObject {
-			t.Fatalf("encodeCommand(%q, %q) accepted arguments that are not an object: %s", execute, args, wire)
-		}
-		var got struct {
-			Execute   *string         `json:"execute"`
-			Arguments json.RawMessage `json:"arguments"`
-		}
-		dec := json.NewDecoder(bytes.NewReader(wire))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&got); err != nil || got.Execute == nil {
-			t.Fatalf("encodeCommand(%q, %q) = %s, not a command object: %v", execute, args, wire, err)
-		}
-		if utf8.ValidString(execute) && *got.Execute != execute {
-			t.Errorf("execute %q came out as %q", execute, *got.Execute)
-		}
-		if len(args) == 0 {
-			if got.Arguments != nil {
-				t.Errorf("no arguments given, but the command has %s", got.Arguments)
-			}
-		} else if !jsonEqual(t, args, got.Arguments) {
-			t.Errorf("arguments %s came out as %s", args, got.Arguments)
-		}
-		again, err := encodeCommand(Command{Execute: execute, Arguments: args})
-		if err != nil || !bytes.Equal(again, wire) {
-			t.Errorf("encodeCommand is not deterministic: %s then %s (%v)", wire, again, err)
-		}
-
-		// The transport takes what the actor encodes, adding only an id.
-		if *got.Execute == "" {
-			return // the actor refuses unnamed commands before encoding
-		}
-		name, id, line, err := tr.prepare(wire)
-		if err != nil {
-			t.Fatalf("transport refused the encoded command %s: %v", wire, err)
-		}
-		if name != *got.Execute {
-			t.Errorf("transport read the name %q from %s", name, wire)
-		}
-		var sent map[string]json.RawMessage
-		if !bytes.HasSuffix(line, []byte("}\n")) || json.Unmarshal(line, &sent) != nil {
-			t.Fatalf("transport line %q is not one JSON object", line)
-		}
-		var sentID string
-		if json.Unmarshal(sent["id"], &sentID) != nil || sentID != id || !strings.HasPrefix(id, idPrefix) {
-			t.Errorf("transport line %s does not carry id %q", line, id)
-		}
-		delete(sent, "id")
-		var orig map[string]json.RawMessage
-		_ = json.Unmarshal(wire, &orig)
-		if len(sent) != len(orig) {
-			t.Errorf("transport changed the members: %s became %s", wire, line)
-		}
-		for k, v := range orig {
-			if !jsonEqual(t, v, sent[k]) {
-				t.Errorf("transport changed member %q: %s became %s", k, v, sent[k])
-			}
+		if isObject := len(cmd) > 0 && json.Valid(cmd) && bytes.TrimLeft(cmd, " \t\r\n")[0] == '{'; isObject && execute != "" && utf8.ValidString(execute) {
+			checkWire(t, tr, execute, cmd)
 		}
 	})
+}
+
+// checkWire checks the wire form of a command named execute with args (an
+// object, or empty): it parses back to the same, and the transport adds
+// only an id.
+func checkWire(t *testing.T, tr *Transport, execute string, args []byte) {
+	t.Helper()
+	wire := AppendCommand(nil, execute, args)
+	name, back, err := ParseCommand(wire)
+	if err != nil || name != execute || (len(args) > 0) != (len(back) > 0) || len(args) > 0 && !jsonEqual(t, args, back) {
+		t.Fatalf("AppendCommand(%q, %s) = %s, which parses as %q %s (%v)", execute, args, wire, name, back, err)
+	}
+	name, id, line, err := tr.prepare(wire)
+	if err != nil || name != execute {
+		t.Fatalf("transport refused the command %s or misread its name %q: %v", wire, name, err)
+	}
+	var sent map[string]json.RawMessage
+	if !bytes.HasSuffix(line, []byte("}\n")) || json.Unmarshal(line, &sent) != nil {
+		t.Fatalf("transport line %q is not one JSON object", line)
+	}
+	var sentID string
+	if json.Unmarshal(sent["id"], &sentID) != nil || sentID != id || !strings.HasPrefix(id, idPrefix) {
+		t.Errorf("transport line %s does not carry id %q", line, id)
+	}
+	delete(sent, "id")
+	var orig map[string]json.RawMessage
+	_ = json.Unmarshal(wire, &orig)
+	if len(sent) != len(orig) {
+		t.Errorf("transport changed the members: %s became %s", wire, line)
+	}
+	for k, v := range orig {
+		if !jsonEqual(t, v, sent[k]) {
+			t.Errorf("transport changed member %q: %s became %s", k, v, sent[k])
+		}
+	}
+}
+
+// referenceParse is the edge's check done with a full decode (the
+// implementation ParseCommand replaced); it keeps the last of duplicate
+// members.
+func referenceParse(command []byte) (string, json.RawMessage, error) {
+	dec := json.NewDecoder(bytes.NewReader(command))
+	var members map[string]json.RawMessage
+	if err := dec.Decode(&members); err != nil || members == nil {
+		return "", nil, errors.New("not a JSON object")
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return "", nil, errors.New("trailing data")
+	}
+	for k := range members {
+		if k != "execute" && k != "arguments" {
+			return "", nil, fmt.Errorf("unknown member %q", k)
+		}
+	}
+	var execute string
+	if err := json.Unmarshal(members["execute"], &execute); err != nil || execute == "" {
+		return "", nil, errors.New("bad execute")
+	}
+	var args json.RawMessage
+	if a := bytes.TrimSpace(members["arguments"]); len(a) > 0 && !bytes.Equal(a, []byte("null")) {
+		if a[0] != '{' {
+			return "", nil, errors.New("bad arguments")
+		}
+		args = a
+	}
+	return execute, args, nil
 }
 
 // jsonEqual reports whether a and b hold the same JSON value.

@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -90,12 +91,33 @@ func (l *Link) open() {
 	}
 }
 
-// Call is one command to run on a link.
-type Call struct {
+// Command is one QMP command, checked by whoever built it (ParseCommand
+// at the edge, or the domain's own code): its name, and its arguments or
+// its whole wire form. The connection writes it with its id without
+// decoding it again.
+type Command struct {
 	// Execute is the command's name, for its deadline, errors and trace.
 	Execute string
-	// Wire is the command, a JSON object without "id".
+	// Arguments is the command's "arguments", a JSON object, or empty.
+	// It is not used when Wire is set.
+	Arguments json.RawMessage
+	// Wire, when set, is the whole command, a JSON object without "id"
+	// (one that go-qemu built, say); otherwise the connection writes
+	// {"execute":Execute,"arguments":Arguments}.
 	Wire []byte
+}
+
+// AppendWire appends the command as a JSON object without "id".
+func (c Command) AppendWire(dst []byte) []byte {
+	if c.Wire != nil {
+		return append(dst, c.Wire...)
+	}
+	return AppendCommand(dst, c.Execute, c.Arguments)
+}
+
+// Call is one command to run on a link.
+type Call struct {
+	Command
 	// Req is the job's request: the trace and the parent span of the
 	// command's record.
 	Req actors.Request
@@ -117,19 +139,22 @@ func (l *Link) Run(ctx context.Context, c Call) (json.RawMessage, error) {
 	if timeout <= 0 {
 		timeout = CommandTimeout(c.Execute)
 	}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var reply, ret []byte
+	if ctx.Err() != nil {
+		// The job ended (its caller gave up, a destroy): send nothing.
+		return nil, fmt.Errorf("domain %q: QMP command %q %w: %w", l.domain, c.Execute, ErrNotSent, context.Cause(ctx))
+	}
+	deadline := time.Now().Add(timeout)
+	var ret json.RawMessage
 	var start time.Time
 	var took time.Duration
 	var gen uint64
 	for attempt := 0; ; attempt++ {
-		conn, g, epoch, err := l.await(cctx, c.Execute)
+		conn, g, epoch, err := l.await(ctx, c.Execute, deadline)
 		if err != nil {
 			return nil, err
 		}
 		gen, start = g, time.Now()
-		reply, err = runRecovered(cctx, conn, c.Wire, c.Execute, &ret)
+		ret, err = runRecovered(ctx, conn, c, deadline)
 		took = time.Since(start)
 		// A connection that the monitor replaced (it restarted, or
 		// reconnected) under a command that was not sent, or under a
@@ -142,25 +167,43 @@ func (l *Link) Run(ctx context.Context, c Call) (json.RawMessage, error) {
 			if err != nil {
 				return l.failed(ctx, c, gen, err)
 			}
-			break
+			return ret, nil
 		}
 	}
-	if ret != nil {
-		return ret, nil
+}
+
+// runRecovered runs one command on conn; a panic in the Conn (a custom
+// one, say) becomes the command's error instead of ending the process or
+// leaving the command without a reply.
+func runRecovered(ctx context.Context, conn Conn, c Call, deadline time.Time) (ret json.RawMessage, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			ret, err = nil, fmt.Errorf("QMP command %q: the connection panicked: %v", c.Execute, r)
+		}
+	}()
+	if cr, ok := conn.(CommandRunner); ok {
+		return cr.RunCommand(ctx, c.Command, deadline)
 	}
-	ret, err := replyReturn(reply)
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	reply, err := conn.RunContext(cctx, c.AppendWire(nil))
 	if err != nil {
-		return nil, fmt.Errorf("domain %q: QMP command %q: malformed reply: %w", l.domain, c.Execute, err)
+		return nil, err
+	}
+	if ret, err = replyReturn(reply); err != nil {
+		return nil, fmt.Errorf("QMP command %q: malformed reply: %w", c.Execute, err)
 	}
 	return ret, nil
 }
 
-// ReturnRunner is a Conn that hands out a reply's "return" member, which
-// it has cut out of the reply already (Transport and Simulated are): a
-// reply is then decoded once. The link prefers RunReturn to RunContext,
-// so a wrapper that changes RunContext must change RunReturn too.
-type ReturnRunner interface {
-	RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error)
+// CommandRunner is a Conn that runs a command its caller has checked
+// until deadline or ctx's end, without decoding it again and without a
+// context of its own, and returns the reply's "return" member, cut out of
+// the reply by its reader (Transport and Simulated are). The link prefers
+// RunCommand to RunContext, so a wrapper that changes RunContext must
+// change RunCommand too.
+type CommandRunner interface {
+	RunCommand(ctx context.Context, cmd Command, deadline time.Time) (json.RawMessage, error)
 }
 
 // replaced reports whether the connection of epoch is no longer the link's.
@@ -185,8 +228,9 @@ func (l *Link) failed(ctx context.Context, c Call, gen uint64, err error) (json.
 	return nil, fmt.Errorf("domain %q: %w", l.domain, err)
 }
 
-// await returns the connection, once there is one.
-func (l *Link) await(ctx context.Context, execute string) (conn Conn, gen, epoch uint64, err error) {
+// await returns the connection, once there is one, waiting at most
+// until deadline.
+func (l *Link) await(ctx context.Context, execute string, deadline time.Time) (conn Conn, gen, epoch uint64, err error) {
 	for {
 		l.mu.Lock()
 		conn, gen, epoch, err, ready := l.conn, l.gen, l.epoch, l.err, l.ready
@@ -197,11 +241,23 @@ func (l *Link) await(ctx context.Context, execute string) (conn Conn, gen, epoch
 		case conn != nil:
 			return conn, gen, epoch, nil
 		}
-		select {
-		case <-ready:
-		case <-ctx.Done():
-			return nil, 0, 0, fmt.Errorf("domain %q: QMP command %q %w: the monitor did not connect: %w", l.domain, execute, ErrNotSent, context.Cause(ctx))
+		if err := l.waitReady(ctx, ready, deadline); err != nil {
+			return nil, 0, 0, fmt.Errorf("domain %q: QMP command %q %w: the monitor did not connect: %w", l.domain, execute, ErrNotSent, err)
 		}
+	}
+}
+
+// waitReady waits for ready until deadline or ctx's end.
+func (l *Link) waitReady(ctx context.Context, ready <-chan struct{}, deadline time.Time) error {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-ready:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	case <-timer.C:
+		return context.DeadlineExceeded
 	}
 }
 
@@ -263,13 +319,17 @@ func (m *linkMonitor) Events(context.Context) (<-chan qmp.Event, error) {
 
 // Run runs cmd and returns the whole reply object, as qmp.Monitor does.
 func (m *linkMonitor) Run(cmd []byte) ([]byte, error) {
-	var hdr struct {
-		Execute string `json:"execute"`
-	}
-	if err := json.Unmarshal(cmd, &hdr); err != nil || hdr.Execute == "" {
+	// go-qemu built it; read only its name and whether it has an id.
+	obj := bytes.TrimSpace(cmd)
+	name, hasID, err := commandHeader(obj)
+	execute := jsonString(name)
+	switch {
+	case err != nil || execute == "":
 		return nil, fmt.Errorf("%w: no \"execute\" string member: %s", ErrBadCommand, quoteLine(cmd))
+	case hasID:
+		return nil, fmt.Errorf("%w: command %q already has an \"id\" member; the transport sets ids itself", ErrBadCommand, execute)
 	}
-	ret, err := m.l.Run(m.ctx, Call{Execute: hdr.Execute, Wire: cmd, Req: m.req, JobID: m.job})
+	ret, err := m.l.Run(m.ctx, Call{Command: Command{Execute: execute, Wire: obj}, Req: m.req, JobID: m.job})
 	if err != nil {
 		return nil, err
 	}

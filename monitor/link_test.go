@@ -22,8 +22,8 @@ type closedConn struct {
 	sent bool
 }
 
-func (c *closedConn) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
-	_, err := c.RunContext(ctx, cmd)
+func (c *closedConn) RunCommand(ctx context.Context, cmd Command, _ time.Time) (json.RawMessage, error) {
+	_, err := c.RunContext(ctx, cmd.AppendWire(nil))
 	return nil, err
 }
 
@@ -45,7 +45,7 @@ func TestLinkWaitsForTheConnection(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		ret, err := l.Run(ctx, Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)})
+		ret, err := l.Run(ctx, Call{Command: Command{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}})
 		if err == nil && !strings.Contains(string(ret), `"status":"paused"`) {
 			err = fmt.Errorf("return %s", ret)
 		}
@@ -65,14 +65,14 @@ func TestLinkWaitsForTheConnection(t *testing.T) {
 	l.connecting(func(any) {})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	_, err := l.Run(ctx, Call{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)})
+	_, err := l.Run(ctx, Call{Command: Command{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)}})
 	if !errors.Is(err, ErrNotSent) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), `domain "vm1"`) {
 		t.Fatalf("Run while connecting: %v", err)
 	}
 
 	// A broken monitor fails a command at once, naming why.
 	l.down(errors.New("monitor marked broken"))
-	_, err = l.Run(context.Background(), Call{Execute: "cont", Wire: []byte(`{"execute":"cont"}`)})
+	_, err = l.Run(context.Background(), Call{Command: Command{Execute: "cont", Wire: []byte(`{"execute":"cont"}`)}})
 	if !errors.Is(err, ErrNotSent) || !strings.Contains(err.Error(), `"cont"`) || !strings.Contains(err.Error(), "marked broken") {
 		t.Fatalf("Run while broken: %v", err)
 	}
@@ -84,12 +84,12 @@ func TestLinkResendsWhatWasNotSentOnTheNewConnection(t *testing.T) {
 	fresh := NewSimulated(0)
 	old := &closedConn{Simulated: NewSimulated(0), replace: func() { l.up(fresh, 2) }}
 	l.up(old, 1)
-	if _, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}); err != nil {
+	if _, err := l.Run(context.Background(), Call{Command: Command{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}}); err != nil {
 		t.Fatalf("Run across the monitor's new connection: %v", err)
 	}
 	// On a connection that is still the link's, the error stands.
 	l.up(&closedConn{Simulated: NewSimulated(0)}, 3)
-	if _, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}); !errors.Is(err, ErrClosed) {
+	if _, err := l.Run(context.Background(), Call{Command: Command{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Run on a closed connection: %v", err)
 	}
 }
@@ -101,11 +101,11 @@ func TestLinkResendsALostQueryButNotACommand(t *testing.T) {
 	l := NewLink("vm1", nil)
 	l.connecting(func(any) {})
 	l.up(&closedConn{Simulated: NewSimulated(0), sent: true, replace: func() { l.up(NewSimulated(0), 2) }}, 1)
-	if _, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}); err != nil {
+	if _, err := l.Run(context.Background(), Call{Command: Command{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}}); err != nil {
 		t.Fatalf("a query across the monitor's new connection: %v", err)
 	}
 	l.up(&closedConn{Simulated: NewSimulated(0), sent: true, replace: func() { l.up(NewSimulated(0), 4) }}, 3)
-	if _, err := l.Run(context.Background(), Call{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)}); !errors.Is(err, ErrClosed) {
+	if _, err := l.Run(context.Background(), Call{Command: Command{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)}}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("stop whose reply was lost: %v, want ErrClosed (not sent again)", err)
 	}
 }
@@ -117,7 +117,7 @@ func TestLinkTimeoutTellsTheMonitor(t *testing.T) {
 	sim := NewSimulated(0)
 	sim.Slow = func(string) time.Duration { return time.Hour }
 	l.up(sim, 7)
-	_, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`), Timeout: 30 * time.Millisecond})
+	_, err := l.Run(context.Background(), Call{Command: Command{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}, Timeout: 30 * time.Millisecond})
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "monitor marked broken") {
 		t.Fatalf("Run past its deadline: %v", err)
 	}

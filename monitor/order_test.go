@@ -11,11 +11,14 @@ import (
 	"github.com/vmsup/vmsup/actors"
 )
 
-// orderParent runs commands through its monitor child one after another
-// and checks that the event each command causes (STOP for stop, RESUME for
-// cont) reached it before the command's reply, as QEMU sent them.
+// orderParent runs commands on its monitor child's link one after another,
+// each from a goroutine that tells it the reply (as a domain's job step
+// does), and checks that the event each command causes (STOP for stop,
+// RESUME for cont) reached it before the command's reply, as QEMU sent
+// them.
 type orderParent struct {
 	props    *actor.Props
+	link     *Link
 	mon      *actor.PID
 	left     int
 	sent     string
@@ -31,8 +34,18 @@ func (p *orderParent) send(ctx actor.Context) {
 		p.sent = "cont"
 	}
 	p.left--
-	ctx.Request(p.mon, &Command{Request: actors.NewRequest(context.Background(), "order test"), Execute: p.sent})
+	root, self, sent := ctx.ActorSystem().Root, ctx.Self(), p.sent
+	go func() {
+		ret, err := p.link.Run(context.Background(), Call{Command: Command{Execute: sent}})
+		if err != nil {
+			root.Send(self, err)
+			return
+		}
+		root.Send(self, orderReply(ret))
+	}()
 }
+
+type orderReply []byte
 
 func (p *orderParent) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
@@ -43,7 +56,7 @@ func (p *orderParent) Receive(ctx actor.Context) {
 	case *Event:
 		p.events++
 		p.lastSeen = msg.Name
-	case *Result:
+	case orderReply:
 		p.replies++
 		want := map[string]string{"stop": "STOP", "cont": "RESUME"}[p.sent]
 		if p.events != p.replies || p.lastSeen != want {
@@ -60,16 +73,17 @@ func (p *orderParent) Receive(ctx actor.Context) {
 	}
 }
 
-// TestMonitorKeepsEventsBeforeTheirReply: events and replies reach the
-// monitor on different goroutines (the event pump and the command's); the
-// domain must still get each event before the reply that QEMU sent after
-// it, or a late RESUME would undo the pause that followed it.
+// TestMonitorKeepsEventsBeforeTheirReply: events reach the domain from
+// the connection's reader, replies through the job step that waits on the
+// link; the domain must still get each event before the reply that QEMU
+// sent after it, or a late RESUME would undo the pause that followed it.
 func TestMonitorKeepsEventsBeforeTheirReply(t *testing.T) {
 	system := actors.NewSystem(nil)
 	done := make(chan error, 1)
-	props := Props(Config{Domain: "order", NoReconnect: true, Dial: func() Conn { return NewSimulated(0) }})
+	link := NewLink("order", nil)
+	props := Props(Config{Domain: "order", NoReconnect: true, Dial: func() Conn { return NewSimulated(0) }, Link: link})
 	parent := system.Root.Spawn(actor.PropsFromProducer(func() actor.Actor {
-		return &orderParent{props: props, left: 2000, done: done}
+		return &orderParent{props: props, link: link, left: 2000, done: done}
 	}))
 	defer func() {
 		if err := system.Root.StopFuture(parent).Wait(); err != nil {

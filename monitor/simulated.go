@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -70,56 +71,75 @@ const (
 
 var (
 	simReturns = [...]string{`{}`, `{"status":"paused","running":false,"singlestep":false}`, `{"status":"running","running":true,"singlestep":false}`}
-	simLines   = [...]string{`{"return":{}}`, `{"return":` + simReturns[simPaused] + `}`, `{"return":` + simReturns[simRunning] + `}`}
+	// simReturnBytes are the returns as RunCommand hands them out: shared,
+	// so callers must not change them (the three-index slices make an
+	// append copy).
+	simReturnBytes = [...]json.RawMessage{
+		json.RawMessage(simReturns[simEmpty])[:len(simReturns[simEmpty]):len(simReturns[simEmpty])],
+		json.RawMessage(simReturns[simPaused])[:len(simReturns[simPaused]):len(simReturns[simPaused])],
+		json.RawMessage(simReturns[simRunning])[:len(simReturns[simRunning]):len(simReturns[simRunning])],
+	}
+	simLines = [...]string{`{"return":{}}`, `{"return":` + simReturns[simPaused] + `}`, `{"return":` + simReturns[simRunning] + `}`}
 )
 
 // RunContext answers cmd after Latency (plus Slow), or fails at ctx's end.
 func (s *Simulated) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
-	r, err := s.answer(ctx, cmd)
+	r, err := s.answer(ctx, cmd, "", time.Time{})
 	if err != nil {
 		return nil, err
 	}
 	return []byte(simLines[r]), nil
 }
 
-// RunReturn is RunContext that returns only the reply's "return" member.
-func (s *Simulated) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
-	r, err := s.answer(ctx, cmd)
+// RunCommand answers a command whose name its caller read already (a
+// CommandRunner), after Latency (plus Slow), or fails at deadline or ctx's
+// end.
+func (s *Simulated) RunCommand(ctx context.Context, cmd Command, deadline time.Time) (json.RawMessage, error) {
+	r, err := s.answer(ctx, cmd.Wire, cmd.Execute, deadline)
 	if err != nil {
 		return nil, err
 	}
-	return json.RawMessage(simReturns[r]), nil
+	return simReturnBytes[r], nil
 }
 
-// answer runs cmd on the simulation and says which reply it gets.
-func (s *Simulated) answer(ctx context.Context, cmd []byte) (int, error) {
-	var c struct {
-		Execute string `json:"execute"`
-	}
-	if err := json.Unmarshal(cmd, &c); err != nil || c.Execute == "" {
-		return 0, fmt.Errorf("%w: %s", ErrBadCommand, cmd)
+// answer runs a command on the simulation and says which reply it gets.
+// The command is named by execute, or read from cmd when execute is "".
+func (s *Simulated) answer(ctx context.Context, cmd []byte, execute string, deadline time.Time) (int, error) {
+	if execute == "" {
+		name, _, err := commandHeader(bytes.TrimSpace(cmd))
+		if execute = jsonString(name); err != nil || execute == "" {
+			return 0, fmt.Errorf("%w: %s", ErrBadCommand, cmd)
+		}
 	}
 	delay := s.Latency
 	if s.Slow != nil {
-		delay += s.Slow(c.Execute)
+		delay += s.Slow(execute)
 	}
 	if delay > 0 {
 		timer := time.NewTimer(delay)
 		defer timer.Stop()
+		var expire <-chan time.Time
+		if !deadline.IsZero() {
+			expiry := time.NewTimer(time.Until(deadline))
+			defer expiry.Stop()
+			expire = expiry.C
+		}
 		select {
 		case <-timer.C:
 		case <-ctx.Done():
-			return 0, fmt.Errorf("QMP command %q timed out: %w", c.Execute, ctx.Err())
+			return 0, fmt.Errorf("QMP command %q timed out: %w", execute, ctx.Err())
+		case <-expire:
+			return 0, fmt.Errorf("QMP command %q timed out: %w", execute, context.DeadlineExceeded)
 		case <-s.done:
-			return 0, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
+			return 0, fmt.Errorf("QMP command %q: %w", execute, ErrClosed)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return 0, fmt.Errorf("QMP command %q: %w", c.Execute, ErrClosed)
+		return 0, fmt.Errorf("QMP command %q: %w", execute, ErrClosed)
 	}
-	switch c.Execute {
+	switch execute {
 	case "query-status":
 		if s.running {
 			return simRunning, nil

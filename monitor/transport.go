@@ -457,13 +457,40 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpRes
 	if err != nil {
 		return qmpResult{}, err
 	}
-	start := time.Now()
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, CommandTimeout(name))
-		defer cancel()
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(CommandTimeout(name))
 	}
-	deadline, _ := ctx.Deadline()
+	return t.send(ctx, name, id, wire, deadline, handshake)
+}
+
+// RunCommand runs a command that its caller has checked already (the
+// monitor's Link, with a command from ParseCommand or the domain's own
+// code). The transport writes it with its id, without decoding it again,
+// and returns the reply's "return" member. The wait ends at deadline or
+// when ctx ends, whichever is first, without a context of its own; see
+// RunContext for the errors.
+func (t *Transport) RunCommand(ctx context.Context, cmd Command, deadline time.Time) (json.RawMessage, error) {
+	n := t.nextID.Add(1)
+	wire := make([]byte, 0, len(cmd.Execute)+len(cmd.Arguments)+len(cmd.Wire)+64)
+	wire = cmd.AppendWire(wire)
+	obj := bytes.TrimSpace(wire)
+	if len(obj) < 2 || obj[0] != '{' || obj[len(obj)-1] != '}' {
+		return nil, fmt.Errorf("%w: not a JSON object: %s", ErrBadCommand, quoteLine(wire))
+	}
+	// Add the id in place: the closing brace becomes its member.
+	wire = appendID(obj[:len(obj)-1], len(obj) > 2, n)
+	r, err := t.send(ctx, cmd.Execute, idString(n), wire, deadline, false)
+	return r.ret, err
+}
+
+// send registers the command id and writes wire, then waits for the reply
+// until deadline or ctx's end.
+func (t *Transport) send(ctx context.Context, name, id string, wire []byte, deadline time.Time, handshake bool) (qmpResult, error) {
+	start := time.Now()
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	budget := deadline.Sub(start)
 
 	p := &qmpPending{id: id, name: name, reply: make(chan qmpResult, 1)}
@@ -487,11 +514,13 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpRes
 		defer t.big.Add(-1)
 	}
 
-	switch n, werr := t.write(ctx, conn, wire); {
+	timer := getTimer(budget)
+	defer putTimer(timer)
+	switch n, werr := t.write(ctx, conn, wire, deadline, timer.C); {
 	case werr == nil:
 	case errors.Is(werr, errTransportDone):
 		// fail has already answered p.
-	case n == 0 && (ctx.Err() != nil || errors.Is(werr, os.ErrDeadlineExceeded)):
+	case n == 0 && (ctx.Err() != nil || errors.Is(werr, errExpired) || errors.Is(werr, os.ErrDeadlineExceeded)):
 		// Nothing was written: the stream is intact; just give up.
 		if t.forget(p) {
 			return qmpResult{}, timeoutError(ctx, name, budget)
@@ -504,13 +533,37 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpRes
 	case r := <-p.reply:
 		return r, r.err
 	case <-ctx.Done():
-		if t.forget(p) {
-			return qmpResult{}, timeoutError(ctx, name, budget)
-		}
-		// The reply (or the failure) was delivered meanwhile.
-		r := <-p.reply
-		return r, r.err
+	case <-timer.C:
 	}
+	if t.forget(p) {
+		return qmpResult{}, timeoutError(ctx, name, budget)
+	}
+	// The reply (or the failure) was delivered meanwhile.
+	r := <-p.reply
+	return r, r.err
+}
+
+// errExpired tells send that the command's deadline passed while it
+// waited to write.
+var errExpired = errors.New("command deadline passed")
+
+// timerPool keeps the timers of commands' deadlines: a command waits on
+// one without a context of its own.
+var timerPool sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timerPool.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+// putTimer stops t and keeps it; since Go 1.23 a stopped timer's channel
+// holds no stale value.
+func putTimer(t *time.Timer) {
+	t.Stop()
+	timerPool.Put(t)
 }
 
 // errTransportDone tells run that the connection ended while it waited to
@@ -518,17 +571,19 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpRes
 var errTransportDone = errors.New("transport done")
 
 // write sends one command line, serialized with other writers and bounded by
-// ctx's deadline. It returns how many bytes were written.
-func (t *Transport) write(ctx context.Context, conn net.Conn, wire []byte) (int, error) {
+// deadline (expire fires then) and ctx. It returns how many bytes were
+// written.
+func (t *Transport) write(ctx context.Context, conn net.Conn, wire []byte, deadline time.Time, expire <-chan time.Time) (int, error) {
 	select {
 	case t.writeSem <- struct{}{}:
 	case <-ctx.Done():
 		return 0, ctx.Err()
+	case <-expire:
+		return 0, errExpired
 	case <-t.done:
 		return 0, errTransportDone
 	}
 	defer func() { <-t.writeSem }()
-	deadline, _ := ctx.Deadline()
 	if err := conn.SetWriteDeadline(deadline); err != nil {
 		return 0, err
 	}
@@ -547,11 +602,10 @@ func (t *Transport) forget(p *qmpPending) bool {
 	return false
 }
 
-// timeoutError is the error of a command whose context ended before its
-// reply came.
+// timeoutError is the error of a command whose context ended, or whose
+// deadline passed, before its reply came.
 func timeoutError(ctx context.Context, name string, budget time.Duration) error {
-	cause := ctx.Err()
-	if errors.Is(cause, context.Canceled) {
+	if cause := ctx.Err(); errors.Is(cause, context.Canceled) {
 		return fmt.Errorf("QMP command %q canceled: %w", name, cause)
 	}
 	return fmt.Errorf("QMP command %q timed out after %s: %w", name, roundBudget(budget), context.DeadlineExceeded)
@@ -571,35 +625,42 @@ func roundBudget(d time.Duration) time.Duration {
 // an "id" member added before its closing brace, and a newline.
 func (t *Transport) prepare(cmd []byte) (name, id string, wire []byte, err error) {
 	obj := bytes.TrimSpace(cmd)
-	if len(obj) == 0 || obj[0] != '{' || !json.Valid(obj) {
+	nameRaw, hasID, err := commandHeader(obj)
+	if err != nil {
 		return "", "", nil, fmt.Errorf("%w: not a JSON object: %s", ErrBadCommand, quoteLine(cmd))
 	}
-	var hdr struct {
-		Execute json.RawMessage `json:"execute"`
-		ExecOOB json.RawMessage `json:"exec-oob"`
-		ID      json.RawMessage `json:"id"`
-	}
-	if err := json.Unmarshal(obj, &hdr); err != nil {
-		return "", "", nil, fmt.Errorf("%w: %v", ErrBadCommand, err)
-	}
-	nameRaw := hdr.Execute
-	if nameRaw == nil {
-		nameRaw = hdr.ExecOOB
-	}
-	if json.Unmarshal(nameRaw, &name) != nil || name == "" {
+	if name = jsonString(nameRaw); name == "" {
 		return "", "", nil, fmt.Errorf("%w: no \"execute\" string member: %s", ErrBadCommand, quoteLine(cmd))
 	}
-	if hdr.ID != nil {
+	if hasID {
 		return "", "", nil, fmt.Errorf("%w: command %q already has an \"id\" member; the transport sets ids itself", ErrBadCommand, name)
 	}
-	id = idPrefix + strconv.FormatUint(t.nextID.Add(1), 10)
-	// obj is a valid object with at least one member and ends with '}'.
-	wire = make([]byte, 0, len(obj)+len(id)+10)
-	wire = append(wire, obj[:len(obj)-1]...)
-	wire = append(wire, `,"id":"`...)
-	wire = append(wire, id...)
-	wire = append(wire, "\"}\n"...)
-	return name, id, wire, nil
+	n := t.nextID.Add(1)
+	wire = make([]byte, 0, len(obj)+32)
+	return name, idString(n), appendWithID(wire, obj, n), nil
+}
+
+// appendWithID appends obj, a JSON object, with the member "id":"vmsup-N"
+// added before its closing brace, and a newline.
+func appendWithID(dst, obj []byte, n uint64) []byte {
+	dst = append(dst, obj[:len(obj)-1]...)
+	return appendID(dst, len(bytes.TrimSpace(obj[1:len(obj)-1])) > 0, n)
+}
+
+// appendID closes an object whose members so far are in dst (an object
+// without its closing brace) with the member "id":"vmsup-N" and a newline.
+func appendID(dst []byte, members bool, n uint64) []byte {
+	if members {
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"id":"`+idPrefix...)
+	dst = strconv.AppendUint(dst, n, 10)
+	return append(dst, "\"}\n"...)
+}
+
+// idString is the id of command n.
+func idString(n uint64) string {
+	return idPrefix + strconv.FormatUint(n, 10)
 }
 
 // Events returns the channel of QMP events. Every call returns the same

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver"
@@ -189,7 +190,7 @@ func TestJobWaitTimeoutNamesHolder(t *testing.T) {
 			t.Errorf("error %q does not contain %q", msg, want)
 		}
 	}
-	if we.Holder == nil || we.Holder.ID != held.Job.ID || we.Holder.Kind != domain.JobQuery {
+	if we.Holder == nil || we.Holder.ID != held.Job.ID || we.Holder.Kind != actors.JobQuery {
 		t.Errorf("holder = %+v, want job %d (query)", we.Holder, held.Job.ID)
 	}
 	// The stuck command itself fails at its QMP deadline, naming it.

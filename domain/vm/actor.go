@@ -112,7 +112,8 @@ func Props(cfg Config) *actor.Props {
 	}
 	life := &lineage{}
 	return actor.PropsFromProducer(func() actor.Actor {
-		dom := &domainActor{cfg: cfg, spec: cfg.Spec, state: domain.StateShutoff, reason: domain.ReasonUnknown, life: life}
+		dom := &domainActor{cfg: cfg, spec: cfg.Spec, state: domain.StateShutoff, reason: domain.ReasonUnknown, life: life,
+			who: "domain/" + cfg.Spec.Name}
 		dom.lane = actors.NewLane(actors.LaneConfig[*jobData]{
 			Name:       fmt.Sprintf("domain %q", cfg.Spec.Name),
 			Dispatcher: cfg.Dispatcher,
@@ -139,6 +140,7 @@ type processExited struct{ proc *process.Process }
 
 type domainActor struct {
 	cfg    Config
+	who    string // "domain/NAME": the actor in panics and the trace
 	spec   *domain.Spec
 	state  domain.State
 	reason domain.Reason
@@ -177,14 +179,20 @@ type domainActor struct {
 	restartSeq   uint64
 	monErrAt     time.Time
 	restartTimer *time.Timer
+	// published says that the snapshot was published in this turn and
+	// nothing the lane did since changed it.
+	published bool
 }
 
 func (dom *domainActor) name() string { return dom.spec.Name }
 
 func (dom *domainActor) Receive(ctx actor.Context) {
-	defer supervision.RecoverAndReply(ctx, "domain/"+dom.name())
+	defer supervision.RecoverAndReply(ctx, dom.who)
+	dom.published = false
 	if dom.lane.Handle(ctx, ctx.Message()) {
-		dom.publish()
+		if !dom.published { // the job's end published it already
+			dom.publish()
+		}
 		dom.saveStatus()
 		return
 	}
@@ -219,7 +227,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		// the caller hears back.
 		x := dom.lane.Explain(ctx, msg.RequestID)
 		dom.publish()
-		ctx.Respond(&domain.WaitExplanation{Running: x.Running, Holder: jobInfoPtr(x.Holder), Decision: x.Decision})
+		ctx.Respond(x)
 	case *protocol.StartRequest:
 		dom.stopRestartTimer()
 		p := dom.plans.start
@@ -306,6 +314,7 @@ func (dom *domainActor) publish() {
 	if dom.cfg.Snapshot != nil {
 		dom.cfg.Snapshot.Store(dom.info())
 	}
+	dom.published = true
 }
 
 // saveStatus hands the status to the driver's writer when it changed.
@@ -328,6 +337,7 @@ func (dom *domainActor) saveStatus() {
 // jobStarted and jobReleased are the lane's hooks: the job took the lane,
 // and gave it back.
 func (dom *domainActor) jobStarted(j *job) {
+	dom.published = false
 	info := j.Info()
 	dom.cfg.Logger.Debug().Str("domain", dom.name()).Uint64("job", info.ID).Str("name", info.Name).
 		Str("request", info.RequestID).Dur("waited", info.Started.Sub(info.Enqueued)).Msg("job started")
@@ -338,6 +348,7 @@ func (dom *domainActor) jobStarted(j *job) {
 }
 
 func (dom *domainActor) jobReleased(j *job) {
+	dom.published = false
 	if h := dom.cfg.Hooks.Released; h != nil {
 		h(dom.name(), jobInfo(j.Info()))
 	}

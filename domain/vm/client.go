@@ -110,8 +110,8 @@ func ConsolePath(ctx context.Context, sender actor.SenderContext, pid *actor.PID
 
 // ExplainWait asks the domain actor pid what the request with requestID
 // waits for, after the wait for its job ended.
-func ExplainWait(ctx context.Context, sender actor.SenderContext, pid *actor.PID, requestID string) (*domain.WaitExplanation, error) {
-	return actors.AskAs[*domain.WaitExplanation](ctx, sender, pid, &protocol.ExplainWaitRequest{RequestID: requestID})
+func ExplainWait(ctx context.Context, sender actor.SenderContext, pid *actor.PID, requestID string) (*actors.Explanation, error) {
+	return actors.AskAs[*actors.Explanation](ctx, sender, pid, &protocol.ExplainWaitRequest{RequestID: requestID})
 }
 
 // InjectMonitorPanic makes the monitor actor of domain pid panic: a

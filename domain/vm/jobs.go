@@ -74,6 +74,8 @@ type jobData struct {
 	// async is set while the job is the lane's async job.
 	async bool
 	live  *domain.Live
+	// reply is a raw QMP job's reply, kept here to save an allocation.
+	reply protocol.QMPReply
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -169,7 +171,8 @@ func (dom *domainActor) makePlans() {
 			if err != nil {
 				return err
 			}
-			r.SetValue(&protocol.QMPReply{Return: ret})
+			d.reply.Return = ret
+			r.SetValue(&d.reply)
 			return nil
 		}})
 		rp.Start = func(c actor.Context, j *job) error {
@@ -491,15 +494,12 @@ func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawM
 	if d.link == nil {
 		return nil, fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
 	}
-	wire := make([]byte, 0, len(execute)+len(args)+32)
-	wire = append(wire, `{"execute":`...)
-	wire = strconv.AppendQuote(wire, execute)
-	if len(args) > 0 {
-		wire = append(wire, `,"arguments":`...)
-		wire = append(wire, args...)
+	if len(args) > 0 && (args[0] != '{' || !json.Valid(args)) {
+		// The edge checked it; a message from elsewhere must not smuggle
+		// members into the command.
+		return nil, fmt.Errorf("domain %q: job %d %q: QMP command %q: arguments are not one JSON object", d.domain, r.ID(), r.Name(), execute)
 	}
-	wire = append(wire, '}')
-	ret, err := d.link.Run(ctx, monitor.Call{Execute: execute, Wire: wire, Req: r.Header(), JobID: r.ID()})
+	ret, err := d.link.Run(ctx, monitor.Call{Command: monitor.Command{Execute: execute, Arguments: args}, Req: r.Header(), JobID: r.ID()})
 	return ret, d.failed(ctx, r, err)
 }
 

@@ -456,14 +456,10 @@ func (d *jobData) queryJobs(ctx context.Context, r run) ([]qemuJob, error) {
 // longQMP runs a command that QEMU answers only after a snapshot's
 // main-loop work, with a deadline to match.
 func (d *jobData) longQMP(ctx context.Context, r run, execute string, args json.RawMessage) (json.RawMessage, error) {
-	wire, _ := json.Marshal(struct {
-		Execute   string          `json:"execute"`
-		Arguments json.RawMessage `json:"arguments,omitempty"`
-	}{execute, args})
 	if d.link == nil {
 		return nil, fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
 	}
-	ret, err := d.link.Run(ctx, monitor.Call{Execute: execute, Wire: wire, Req: r.Header(), JobID: r.ID(), Timeout: snapshotJobTimeout})
+	ret, err := d.link.Run(ctx, monitor.Call{Command: monitor.Command{Execute: execute, Arguments: args}, Req: r.Header(), JobID: r.ID(), Timeout: snapshotJobTimeout})
 	return ret, d.failed(ctx, r, err)
 }
 

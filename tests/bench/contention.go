@@ -362,14 +362,16 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 	if cv, cl := closedCPU[0], closedCPU[1]; cv > 0 && cl > 0 {
 		sec.Notes = append(sec.Notes, fmt.Sprintf("**Why vmsup loses the closed loop.** The closed loop keeps the cores busy, so throughput is set by the CPU each call costs "+
 			"and the Info p99 by how long a call queues for a core. Measured in the 200 µs windows: vmsup spends %s of CPU per call, the lock baseline %s. "+
-			"vmsup's Info is now a read of the snapshot the domain publishes (no message, one allocation), so the difference is in the jobs: "+
-			"a vmsup job is an ask to the domain actor (found in the registry), a Command to the monitor actor, a command goroutine, the transport's reply, "+
-			"and the reply back through the monitor and the domain to the caller — about seven goroutine hand-offs and a hundred allocations (7.6 KB, `go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
+			"vmsup's Info is a read of the snapshot the domain publishes (no message, one allocation), so the difference is in the jobs: "+
+			"a vmsup job is an ask to the domain actor (found in the registry), a pooled job goroutine that runs the command on the monitor's link, the transport's reply, "+
+			"and the lane's done message back through the domain actor to the caller — five goroutine hand-offs and 13 allocations on simulated QMP (`go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
 			"where the lock baseline's job runs on the caller's goroutine. "+
-			"A CPU profile of the vmsup side of this mix (`go test ./tests/bench -run '^$' -bench 'Mixed/vmsup' -cpuprofile cpu.prof`), taken when this page was written: "+
-			"memory allocation 23%% and background GC marking 13%% (assists another 6%%), the domain actor's handlers 22%% and the monitor actor's 12%%, "+
-			"the caller's side of a job 12%%, Info 9%%. Before this round of work the same profile showed protoactor's goroutine-per-mailbox-run stack growth at 20%% and "+
-			"the driver lookup ask at 17%%; the pooled dispatcher and the published registry removed both. "+
+			"A CPU profile of the vmsup side of this mix (`go test ./tests/bench -run '^$' -bench 'Mixed/vmsup' -cpuprofile cpu.prof`, then `go tool pprof -top -cum`), taken when this page was written: "+
+			"the domain actor's handlers 26%% (the lane's bookkeeping, publishing Info 7%%), the pooled job segments 19%%, memory allocation 18%% with background GC marking 8%% and assists 4%%, "+
+			"the caller's side of a job 12%% (`actors.Ask` 4%%), the reset job's go-qemu typed command 12%% (its JSON marshal and unmarshal 5%%; the rest is the link and the simulated reply), "+
+			"Info reads 10%% (`Info.Fresh`, the caller's copy, 7%%), and the benchmark's reply clock thread 8%%. "+
+			"Before the command was parsed once at the edge the driver's parse, the transport's second decode and the command's own deadline context cost about 35 more allocations a job; "+
+			"before that, protoactor's goroutine-per-mailbox-run stack growth (20%%) and the driver lookup ask (17%%), which the pooled dispatcher and the published registry removed. "+
 			"The lock baseline's Info is two mutexes and a copy; its job runs on the caller's goroutine.",
 			Dur(cv), Dur(cl)))
 	}

@@ -76,22 +76,23 @@ type timedConn struct {
 }
 
 func (c *timedConn) RunContext(ctx context.Context, cmd []byte) ([]byte, error) {
-	if err := c.wait(ctx, cmd); err != nil {
+	if err := c.wait(ctx, "", cmd); err != nil {
 		return nil, err
 	}
 	return c.Simulated.RunContext(ctx, cmd)
 }
 
-// RunReturn is RunContext's, for the monitor's Link (monitor.ReturnRunner).
-func (c *timedConn) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
-	if err := c.wait(ctx, cmd); err != nil {
+// RunCommand is RunContext's, for the monitor's Link
+// (monitor.CommandRunner).
+func (c *timedConn) RunCommand(ctx context.Context, cmd monitor.Command, deadline time.Time) (json.RawMessage, error) {
+	if err := c.wait(ctx, cmd.Execute, nil); err != nil {
 		return nil, err
 	}
-	return c.Simulated.RunReturn(ctx, cmd)
+	return c.Simulated.RunCommand(ctx, cmd, deadline)
 }
 
-// wait holds a command for its reply time.
-func (c *timedConn) wait(ctx context.Context, cmd []byte) error {
+// wait holds a command, named name or given as cmd, for its reply time.
+func (c *timedConn) wait(ctx context.Context, name string, cmd []byte) error {
 	t := time.Now()
 	defer func() {
 		c.stats.n.Add(1)
@@ -100,30 +101,31 @@ func (c *timedConn) wait(ctx context.Context, cmd []byte) error {
 	// Whichever fires first: the reply clock is on time when the process
 	// is idle, a Go timer when it is busy (the scheduler checks timers on
 	// every switch, while the clock's thread must wait for a free P).
-	d := c.mons.delay(cmd)
+	d := c.mons.delay(name, cmd)
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
 	case <-clock.After(d):
 	case <-timer.C:
 	case <-ctx.Done():
-		return fmt.Errorf("QMP command %s timed out: %w", cmd, ctx.Err())
+		return fmt.Errorf("QMP command %s%s timed out: %w", name, cmd, ctx.Err())
 	case <-c.Simulated.Done():
-		return fmt.Errorf("QMP command %s: %w", cmd, monitor.ErrClosed)
+		return fmt.Errorf("QMP command %s%s: %w", name, cmd, monitor.ErrClosed)
 	}
 	return nil
 }
 
 func (c *timedConn) Run(cmd []byte) ([]byte, error) { return c.RunContext(context.Background(), cmd) }
 
-// delay is how long a command waits for its reply.
-func (m *Monitors) delay(cmd []byte) time.Duration {
-	return m.Latency + m.slow(cmd)
+// delay is how long a command, named name or given as cmd, waits for its
+// reply.
+func (m *Monitors) delay(name string, cmd []byte) time.Duration {
+	return m.Latency + m.slow(name, cmd)
 }
 
-func (m *Monitors) slow(cmd []byte) time.Duration {
+func (m *Monitors) slow(name string, cmd []byte) time.Duration {
 	m.commands.Add(1)
-	if bytes.Contains(cmd, []byte(`"`+StuckCommand+`"`)) {
+	if name == StuckCommand || name == "" && bytes.Contains(cmd, []byte(`"`+StuckCommand+`"`)) {
 		return m.StuckFor
 	}
 	if p := m.slowPermille.Load(); p > 0 && rand.IntN(1000) < int(p) {

@@ -109,7 +109,7 @@ func TestStatusOf(t *testing.T) {
 		{fmt.Errorf("domain %q: pause: %w", "x", domain.ErrNotRunning), http.StatusConflict},
 		{fmt.Errorf("x: %w", domain.ErrUndefining), http.StatusConflict},
 		{fmt.Errorf("domain %q: qmp: %w", "x", qmpErr), http.StatusBadGateway},
-		{&domain.JobWaitError{Domain: "x", Job: "reset", Cause: context.DeadlineExceeded}, http.StatusGatewayTimeout},
+		{&domain.JobWaitError{Lane: `domain "x"`, Job: "reset", Cause: context.DeadlineExceeded}, http.StatusGatewayTimeout},
 		{fmt.Errorf("x: %w", context.DeadlineExceeded), http.StatusGatewayTimeout},
 		{fmt.Errorf("define: %w", &domain.FieldError{Field: "memory", Problem: "bad"}), http.StatusBadRequest},
 		{errors.Join(&domain.FieldError{Field: "a", Problem: "b"}, &domain.FieldError{Field: "c", Problem: "d"}), http.StatusBadRequest},

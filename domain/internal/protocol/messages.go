@@ -67,7 +67,7 @@ type InfoRequest struct{}
 type JobsRequest struct{}
 
 // ExplainWaitRequest asks what the request with RequestID is waiting for.
-// It is answered at once with a *WaitExplanation. The API sends it after a
+// It is answered at once with the lane's *actors.Explanation. The API sends it after a
 // job wait timed out, to name the holder.
 type ExplainWaitRequest struct {
 	RequestID string

@@ -72,7 +72,9 @@ func TestMessagesCrossTheWire(t *testing.T) {
 			Confinement: &domain.Confinement{User: "vmsup-qemu", UID: 998, Cgroup: "/sys/fs/cgroup/vmsup-1/web1", MemoryMax: 1 << 30, Note: "n"},
 			Problem:     "definition web1.json: unexpected EOF"},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
-		&domain.WaitExplanation{Running: true, Holder: &job, Decision: "reset waits: snapshot-save allows query, destroy, suspend, abort"},
+		&actors.Explanation{Lane: `domain "web1"`, Running: true, Holder: &actors.JobInfo{ID: 3, Name: "qmp", Kind: actors.JobQuery, Owner: "api qmp",
+			Steps: []string{"qmp"}, Step: "qmp", Call: actors.Call{Command: "query-status"}}, Queued: 1, Paused: "QMP is not connected yet",
+			Async: &actors.JobInfo{ID: 2, Name: "snapshot-save", Kind: actors.JobAsync, Owner: "api snapshot"}, Decision: "reset waits: snapshot-save allows query, destroy, suspend, abort"},
 	} {
 		testkit.CheckWire(t, reply)
 	}
