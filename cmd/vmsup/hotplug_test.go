@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vmsup/vmsup/tests/testkit"
 )
 
 // TestCLIHotplugTinyGuest: attach-disk, attach-nic, detach-disk and
@@ -26,6 +28,12 @@ func TestCLIHotplugTinyGuest(t *testing.T) {
 	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if os.Geteuid() == 0 {
+		// A root daemon's QEMU runs as its own user: a file it may not
+		// open is refused with a clear error, before QEMU tries.
+		d.fails(t, 1, []string{"attach-disk", disk, "may not read and write it"}, "attach-disk", "tiny", disk)
+	}
+	testkit.GiveToQEMUUser(t, disk)
 	out := d.ok(t, "attach-disk", "tiny", disk)
 	if !strings.Contains(out, "attached disk hot0 ("+disk+", raw): running VM") {
 		t.Fatalf("attach-disk output %q", out)

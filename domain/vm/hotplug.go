@@ -297,6 +297,13 @@ func (dom *domainActor) onDeviceDeleted(c actor.Context, data map[string]any) {
 func stepBlockdevAdd(ctx context.Context, r run) error {
 	d := r.Data()
 	disk := d.hp.disk
+	// A confined QEMU opens the file as its own user: say so before QEMU
+	// says "Permission denied".
+	if d.conf != nil && d.conf.User != nil {
+		if err := d.conf.User.CanOpen(disk.Path, !disk.ReadOnly); err != nil {
+			return fmt.Errorf("domain %q: attach-disk: %w", d.domain, err)
+		}
+	}
 	file := map[string]any{"driver": "file", "node-name": disk.FileNode(), "filename": disk.Path, "read-only": disk.ReadOnly, "discard": "unmap"}
 	if err := d.hotQMP(ctx, r, "blockdev-add", file); err != nil {
 		return err
