@@ -285,7 +285,7 @@ func stepPrepare(ctx context.Context, r run) error {
 	if pid, ok := process.StillRunning(paths.PIDFile, d.spec.UUID); ok {
 		return d.fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
 	}
-	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
+	for _, stale := range []string{paths.QMPSocket, paths.AgentSocket, paths.PIDFile} {
 		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return d.fail("remove stale "+stale, err)
 		}
