@@ -75,6 +75,9 @@ type Info struct {
 	// NICs are the NICs of the running QEMU, with the host ports its
 	// forwards really use; nil while the domain is not running.
 	NICs []NIC `json:"nics,omitempty"`
+	// Agent is the guest agent's status while QEMU runs with an agent
+	// channel; nil otherwise.
+	Agent *AgentStatus `json:"agent,omitempty"`
 }
 
 // NIC is one NIC of a running domain.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/agent"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 )
 
@@ -102,4 +103,21 @@ func PrepareUndefine(ctx actor.SenderContext, pid *actor.PID, timeout time.Durat
 // CancelUndefine reverts PrepareUndefine after an undefine failed.
 func CancelUndefine(ctx actor.SenderContext, pid *actor.PID) {
 	ctx.Send(pid, &protocol.CancelUndefine{})
+}
+
+// AgentJob is the message of one guest agent command: the domain forwards
+// it to its agent actor, whose lane runs it and answers the sender. args
+// are a JSON object or empty.
+func AgentJob(r actors.Request, command string, args json.RawMessage) any {
+	return &protocol.AgentRequest{Request: r, Command: command, Arguments: args}
+}
+
+// AgentReturn returns the agent's return value from the reply to an
+// AgentJob; ok is false when reply is something else.
+func AgentReturn(reply any) (ret json.RawMessage, ok bool) {
+	r, ok := reply.(*agent.CommandReply)
+	if !ok {
+		return nil, false
+	}
+	return r.Return, true
 }

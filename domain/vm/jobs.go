@@ -355,6 +355,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 		c.Stop(dom.mon)
 		dom.mon, dom.link = nil, nil
 	}
+	dom.stopAgent(c)
 	dom.proc, dom.paths, dom.monConnected, dom.runningSerial = d.proc, d.paths, false, d.spec.Serial
 	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
 	dom.setState(domain.StatePaused, domain.ReasonStartingUp, "")
@@ -362,6 +363,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))
 	}
 	d.link = dom.link
+	dom.spawnAgent(c, &d.spec, d.paths, d.proc.PID())
 	return nil
 }
 

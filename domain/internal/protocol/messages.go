@@ -50,6 +50,16 @@ type QMPRequest struct {
 	Arguments json.RawMessage
 }
 
+// AgentRequest runs one guest agent command. The domain forwards it to
+// its agent actor, a job of the agent's own lane, which answers the
+// sender: a hung agent never holds the domain's lane. Arguments are a
+// JSON object or empty.
+type AgentRequest struct {
+	actors.Request
+	Command   string
+	Arguments json.RawMessage
+}
+
 // QMPReply is the "return" value of a raw QMP command.
 type QMPReply struct {
 	Return json.RawMessage

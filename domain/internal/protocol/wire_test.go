@@ -38,6 +38,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 		&protocol.ResumeRequest{Request: req},
 		&protocol.ResetRequest{Request: req},
 		&protocol.QMPRequest{Request: req, Execute: "query-status", Arguments: json.RawMessage(`{"a":[1,"b"]}`)},
+		&protocol.AgentRequest{Request: req, Command: "guest-exec", Arguments: json.RawMessage(`{"path":"/bin/true"}`)},
 		&protocol.QMPReply{Return: json.RawMessage(`{"status":"running","running":true}`)},
 		&protocol.JobDone{Job: job},
 		&protocol.InfoRequest{},
@@ -54,7 +55,9 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	// The replies the API reads.
 	for _, reply := range []any{
 		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
-			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK}},
+			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
+			NICs:  []domain.NIC{{Index: 0, Type: "user", MAC: "52:54:00:12:34:56", GuestIP: "10.0.2.15"}},
+			Agent: &domain.AgentStatus{State: domain.AgentAvailable, Version: "7.2.0", Since: t0}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
 		&domain.WaitExplanation{Running: true, Holder: &job},
 	} {
