@@ -71,6 +71,10 @@ type CommandReply struct {
 	Return json.RawMessage `json:"return,omitempty"`
 }
 
+// StatusChanged tells the agent actor's parent (the domain) that the
+// published Status changed, so that it publishes a fresh Info.
+type StatusChanged struct{}
+
 // StatusRequest asks for the agent's status and its lane (jobs).
 type StatusRequest struct{}
 
@@ -93,6 +97,9 @@ type agentActor struct {
 	status *atomic.Pointer[Status]
 	// conn is touched only by job steps, which run one at a time.
 	conn *Conn
+	// parent hears StatusChanged; set at Started, before any job.
+	parent *actor.PID
+	root   *actor.RootContext
 }
 
 // command is the data of one agent job.
@@ -134,6 +141,8 @@ func (ag *agentActor) Receive(c actor.Context) {
 		return
 	}
 	switch m := c.Message().(type) {
+	case *actor.Started:
+		ag.parent, ag.root = c.Parent(), c.ActorSystem().Root
 	case *CommandRequest:
 		if err := checkCommand(m.Command); err != nil {
 			c.Respond(fmt.Errorf("domain %q: %w", ag.cfg.Domain, err))
@@ -283,6 +292,14 @@ func (ag *agentActor) setAvailable(version string) {
 		since = time.Now()
 	}
 	ag.status.Store(&Status{State: StateAvailable, Version: version, Since: since})
+	ag.changed()
+}
+
+// changed tells the parent that the status changed.
+func (ag *agentActor) changed() {
+	if ag.parent != nil {
+		ag.root.Send(ag.parent, &StatusChanged{})
+	}
 }
 
 func (ag *agentActor) setUnavailable(cmd string, err error) {
@@ -293,4 +310,5 @@ func (ag *agentActor) setUnavailable(cmd string, err error) {
 		ag.cfg.Logger.Warn().Str("domain", ag.cfg.Domain).Str("command", cmd).Err(err).Msg("guest agent unavailable")
 	}
 	ag.status.Store(&Status{State: StateUnavailable, Reason: err.Error(), Version: old.Version, Since: since})
+	ag.changed()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/agent"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
@@ -231,6 +232,8 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.forwardAgent(ctx, msg)
 	case guestAddrs:
 		dom.setGuestAddrs(msg)
+	case *agent.StatusChanged:
+		// Published below: Info shows the agent's new status.
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)

@@ -1,0 +1,193 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/tests/testkit"
+)
+
+// defineAgentGuest defines and starts the test guest (which runs qemu-ga on
+// the agent channel unless appendArgs says vmsup.agent=0) with one user
+// NIC.
+func defineAgentGuest(t *testing.T, d *testDriver, name, appendArgs string) (*driver.Domain, string) {
+	t.Helper()
+	img := testkit.RequireGuest(t)
+	serial := filepath.Join(d.dir, name+".serial.log")
+	spec := &domain.Spec{
+		Name: name, Machine: "q35", Accel: domain.AccelTCG, Memory: 256 * domain.MiB,
+		Kernel: img.Kernel, Initrd: img.Initrd,
+		Append:   "console=ttyS0 panic=-1 vmsup.shell=0 vmsup.http=0 " + appendArgs,
+		Serial:   &domain.Serial{Type: domain.SerialFile, Path: serial},
+		Networks: []domain.Network{{}},
+	}
+	if _, err := d.Define(ctxT(t, 30*time.Second), spec); err != nil {
+		t.Fatalf("define %s: %v", name, err)
+	}
+	dom := d.Domain(name)
+	if err := dom.Start(ctxT(t, 60*time.Second), driver.StartOptions{}); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	return dom, serial
+}
+
+// waitInfo polls Info until ok accepts it, or fails after within.
+func waitInfo(t *testing.T, dom *driver.Domain, what string, within time.Duration, ok func(*domain.Info) bool) *domain.Info {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	var in *domain.Info
+	for time.Now().Before(deadline) {
+		var err error
+		in, err = dom.Info(ctxT(t, time.Second))
+		if err == nil && ok(in) {
+			return in
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	b, _ := json.Marshal(in)
+	t.Fatalf("no %s after %s; info: %s", what, within, b)
+	return nil
+}
+
+// answersAtOnce checks that query-status over QMP and Info answer within
+// a generous bound while an agent command hangs.
+func answersAtOnce(t *testing.T, dom *driver.Domain) {
+	t.Helper()
+	began := time.Now()
+	if _, err := dom.QMP(ctxT(t, 5*time.Second), json.RawMessage(`{"execute":"query-status"}`)); err != nil {
+		t.Fatalf("query-status while the agent hangs: %v", err)
+	}
+	if _, err := dom.Info(ctxT(t, 5*time.Second)); err != nil {
+		t.Fatalf("info while the agent hangs: %v", err)
+	}
+	if took := time.Since(began); took > 2*time.Second {
+		t.Fatalf("query-status and info took %s while the agent hung; they must not wait for it", took)
+	}
+}
+
+// TestGuestAgent: on the test guest's qemu-ga, Info shows the agent
+// available and the guest's IP on its NIC; Exec returns the exit code and
+// the output; a raw command returns its value and guest-sync is refused;
+// with qemu-ga stopped (SIGSTOP, sent through the agent itself), agent
+// commands fail at their deadline naming the command, Info shows the
+// agent unavailable, and QMP and Info answer at once meanwhile.
+func TestGuestAgent(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := defineAgentGuest(t, d, "ga", "")
+	waitGuestSerial(t, serial, "vmsup-guest: agent on", 120*time.Second)
+	in := waitInfo(t, dom, "available agent", 60*time.Second, func(in *domain.Info) bool {
+		return in.Agent != nil && in.Agent.State == domain.AgentAvailable && in.Agent.Version != ""
+	})
+	t.Logf("agent %+v", *in.Agent)
+
+	res, err := dom.Exec(ctxT(t, 60*time.Second), "/bin/sh", []string{"-c", "uname -s; echo oops >&2; exit 3"}, nil)
+	if err != nil {
+		t.Fatalf("exec: %v", err)
+	}
+	if res.ExitCode != 3 || string(res.Stdout) != "Linux\n" || string(res.Stderr) != "oops\n" {
+		t.Fatalf("exec = code %d stdout %q stderr %q, want 3, Linux, oops", res.ExitCode, res.Stdout, res.Stderr)
+	}
+	res, err = dom.Exec(ctxT(t, 60*time.Second), "/bin/cat", nil, []byte("to stdin\n"))
+	if err != nil || res.ExitCode != 0 || string(res.Stdout) != "to stdin\n" {
+		t.Fatalf("exec cat = %+v, %v", res, err)
+	}
+
+	// The guest's DHCP lease from QEMU's user network shows on the NIC.
+	in = waitInfo(t, dom, "guest IP on nics[0]", 90*time.Second, func(in *domain.Info) bool {
+		return len(in.NICs) == 1 && in.NICs[0].GuestIP != ""
+	})
+	if ip := in.NICs[0].GuestIP; !strings.HasPrefix(ip, "10.0.2.") {
+		t.Fatalf("guest IP %q, want QEMU's user network 10.0.2.x", ip)
+	}
+
+	raw, err := dom.Agent(ctxT(t, 30*time.Second), "guest-info", nil)
+	if err != nil || !strings.Contains(string(raw), `"supported_commands"`) {
+		t.Fatalf("raw guest-info = %.200s, %v", raw, err)
+	}
+	if _, err := dom.Agent(ctxT(t, 5*time.Second), "guest-sync-delimited", json.RawMessage(`{"id":1}`)); err == nil || !strings.Contains(err.Error(), "synchronises") {
+		t.Fatalf("raw guest-sync-delimited = %v, want refused", err)
+	}
+
+	// Stop qemu-ga from inside: the child stops its parent after the
+	// agent has answered guest-exec.
+	if _, err := dom.Agent(ctxT(t, 30*time.Second), "guest-exec",
+		json.RawMessage(`{"path":"/bin/sh","arg":["-c","sleep 1; kill -STOP $(cat /var/run/qemu-ga.pid)"]}`)); err != nil {
+		t.Fatalf("guest-exec kill -STOP: %v", err)
+	}
+	time.Sleep(2 * time.Second)
+	errc := make(chan error, 1)
+	began := time.Now()
+	go func() {
+		_, err := dom.Agent(context.Background(), "guest-ping", nil)
+		errc <- err
+	}()
+	time.Sleep(300 * time.Millisecond) // the ping is on the agent's lane now
+	answersAtOnce(t, dom)
+	select {
+	case err = <-errc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("guest-ping to a stopped agent did not fail within 30s")
+	}
+	took := time.Since(began)
+	if err == nil || !strings.Contains(err.Error(), `"guest-ping"`) || !strings.Contains(err.Error(), "deadline") {
+		t.Fatalf("guest-ping to a stopped agent = %v, want a deadline error naming it", err)
+	}
+	if took > 15*time.Second {
+		t.Fatalf("guest-ping failed after %s, want about its 3s deadline", took)
+	}
+	in = expectInfo(t, dom)
+	if in.Agent == nil || in.Agent.State != domain.AgentUnavailable || !strings.Contains(in.Agent.Reason, "guest-ping") {
+		t.Fatalf("info agent = %+v, want unavailable naming guest-ping", in.Agent)
+	}
+	answersAtOnce(t, dom)
+}
+
+// TestGuestAgentMissing: a guest without qemu-ga (vmsup.agent=0) shows
+// its agent unavailable; an agent command fails at its deadline naming
+// it, and QMP and Info answer at once meanwhile.
+func TestGuestAgentMissing(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := defineAgentGuest(t, d, "noga", "vmsup.agent=0")
+	waitGuestSerial(t, serial, guestReadyMarker, 120*time.Second)
+	errc := make(chan error, 1)
+	began := time.Now()
+	go func() {
+		_, err := dom.Agent(context.Background(), "guest-info", nil)
+		errc <- err
+	}()
+	time.Sleep(300 * time.Millisecond)
+	answersAtOnce(t, dom)
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(60 * time.Second):
+		t.Fatal("guest-info without an agent did not fail within 60s")
+	}
+	if err == nil || !strings.Contains(err.Error(), `"guest-`) {
+		t.Fatalf("guest-info without an agent = %v, want an error naming the command", err)
+	}
+	// It may have queued behind the watcher's ping; each has its deadline.
+	if took := time.Since(began); took > 30*time.Second {
+		t.Fatalf("guest-info failed after %s", took)
+	}
+	in := expectInfo(t, dom)
+	if in.Agent == nil || in.Agent.State != domain.AgentUnavailable {
+		t.Fatalf("info agent = %+v, want unavailable", in.Agent)
+	}
+	t.Logf("missing agent: %v; info reason %q", err, in.Agent.Reason)
+}
+
+func expectInfo(t *testing.T, dom *driver.Domain) *domain.Info {
+	t.Helper()
+	in, err := dom.Info(ctxT(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
