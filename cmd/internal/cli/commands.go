@@ -347,9 +347,27 @@ func (a *app) infoCommand() *cobra.Command {
 			for _, n := range in.NICs {
 				fmt.Fprintf(tw, "NIC %d:\t%s\n", n.Index, nicText(n))
 			}
+			if in.Agent != nil {
+				fmt.Fprintf(tw, "Agent:\t%s\n", agentText(in.Agent, time.Now()))
+			}
 			return tw.Flush()
 		},
 	}
+}
+
+// agentText describes the guest agent's status on one line.
+func agentText(s *api.AgentStatus, now time.Time) string {
+	out := s.State
+	if s.Version != "" {
+		out += " (qemu-ga " + s.Version + ")"
+	}
+	if !s.Since.IsZero() {
+		out += " for " + age(s.Since, now)
+	}
+	if s.Reason != "" {
+		out += ": " + s.Reason
+	}
+	return out
 }
 
 // nicText describes a NIC on one line: type, MAC, tap and its forwards.

@@ -287,6 +287,30 @@ func (c *Client) QMP(ctx context.Context, name string, command []byte) (json.Raw
 	return out.Return, nil
 }
 
+// Agent sends one raw guest agent command, {"execute": ..., "arguments":
+// {...}}, and returns the agent's "return" value. An error reply of the
+// agent is an *Error with status 502 and Class and Desc set.
+func (c *Client) Agent(ctx context.Context, name string, command []byte) (json.RawMessage, error) {
+	var out struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := c.call(ctx, http.MethodPost, domainPath(name, "agent"), nil, command, "application/json", &out); err != nil {
+		return nil, err
+	}
+	return out.Return, nil
+}
+
+// Exec runs a command in the guest through its agent and returns how it
+// ended, with its output, once it has exited.
+func (c *Client) Exec(ctx context.Context, name string, req api.ExecRequest) (*api.ExecReply, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var out api.ExecReply
+	return &out, c.call(ctx, http.MethodPost, domainPath(name, "exec"), nil, body, "application/json", &out)
+}
+
 // Jobs returns a VM's job lane.
 func (c *Client) Jobs(ctx context.Context, name string) (*api.Jobs, error) {
 	var out api.Jobs

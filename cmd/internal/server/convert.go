@@ -18,7 +18,15 @@ func fromInfo(in *domain.Info) api.Info {
 		Restarts: in.Restarts,
 		Control:  fromControl(in.Control),
 		NICs:     fromNICs(in.NICs),
+		Agent:    fromAgent(in.Agent),
 	}
+}
+
+func fromAgent(a *domain.AgentStatus) *api.AgentStatus {
+	if a == nil {
+		return nil
+	}
+	return &api.AgentStatus{State: string(a.State), Reason: a.Reason, Version: a.Version, Since: a.Since}
 }
 
 func fromNICs(nics []domain.NIC) []api.NIC {
