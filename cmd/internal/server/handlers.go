@@ -365,7 +365,7 @@ func (s *Server) agent(w http.ResponseWriter, r *http.Request, name string) {
 	}
 	execute, args, err := driver.ParseQMPCommand(data)
 	if err != nil {
-		writeError(w, badRequest(errors.New("agent: " + strings.TrimPrefix(err.Error(), "qmp: "))))
+		writeError(w, badRequest(errors.New("agent: "+strings.TrimPrefix(err.Error(), "qmp: "))))
 		return
 	}
 	if strings.HasPrefix(execute, "guest-sync") {
