@@ -1,6 +1,9 @@
 package domain
 
-import "time"
+import (
+	"fmt"
+	"time"
+)
 
 // AgentState says whether a domain's guest agent answers.
 type AgentState string
@@ -41,4 +44,34 @@ type ExecResult struct {
 	Stderr []byte `json:"stderr,omitempty"`
 	// Truncated reports that the agent cut the output at its limit.
 	Truncated bool `json:"truncated,omitempty"`
+}
+
+// ShutdownMode says how a shutdown asks the guest to power off.
+type ShutdownMode string
+
+// Shutdown modes.
+const (
+	// ShutdownACPI presses the ACPI power button (QMP system_powerdown),
+	// again every few seconds until the deadline: a press before the
+	// guest's OS is up is lost. The zero mode is ShutdownACPI.
+	ShutdownACPI ShutdownMode = "acpi"
+	// ShutdownAgent asks the guest agent (guest-shutdown); it fails when
+	// the agent does not take the request.
+	ShutdownAgent ShutdownMode = "agent"
+	// ShutdownAuto uses the agent when it answers guest-ping, else ACPI.
+	ShutdownAuto ShutdownMode = "auto"
+)
+
+// ParseShutdownMode checks a shutdown mode; "" is ShutdownACPI.
+func ParseShutdownMode(s string) (ShutdownMode, error) {
+	switch m := ShutdownMode(s); m {
+	case "":
+		return ShutdownACPI, nil
+	case ShutdownACPI, ShutdownAgent, ShutdownAuto:
+		return m, nil
+	}
+	if len(s) > 32 {
+		s = s[:32] + "..."
+	}
+	return "", fmt.Errorf("shutdown mode %q: want acpi, agent or auto", s)
 }

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -190,4 +191,80 @@ func expectInfo(t *testing.T, dom *driver.Domain) *domain.Info {
 		t.Fatal(err)
 	}
 	return in
+}
+
+// installShutdownShim gives the tiny guest the /sbin/shutdown that qemu-ga
+// runs for guest-shutdown (busybox has none): it says so on the console
+// and powers off.
+func installShutdownShim(t *testing.T, dom *driver.Domain) {
+	t.Helper()
+	res, err := dom.Exec(ctxT(t, 60*time.Second), "/bin/sh", []string{"-c",
+		`printf '#!/bin/sh\necho "vmsup-guest: shutdown shim $*" >/dev/console\nexec poweroff -f\n' >/sbin/shutdown && chmod 0755 /sbin/shutdown`}, nil)
+	if err != nil || res.ExitCode != 0 {
+		t.Fatalf("install /sbin/shutdown: %+v, %v", res, err)
+	}
+}
+
+// TestGuestShutdownAutoUsesAgent: shutdown --mode auto on a guest whose
+// agent answers goes through guest-shutdown (the guest's shutdown program
+// runs) and ends shutoff/shutdown.
+func TestGuestShutdownAutoUsesAgent(t *testing.T) {
+	d := openDriver(t, nil)
+	// acpid off and no polling: only the agent can power it off.
+	dom, serial := defineAgentGuest(t, d, "sdagent", "vmsup.acpid=0 vmsup.poll=0")
+	waitInfo(t, dom, "available agent", 120*time.Second, func(in *domain.Info) bool {
+		return in.Agent != nil && in.Agent.State == domain.AgentAvailable
+	})
+	installShutdownShim(t, dom)
+	if err := dom.Shutdown(ctxT(t, 90*time.Second), driver.ShutdownOptions{Timeout: 60 * time.Second, Mode: domain.ShutdownAuto}); err != nil {
+		t.Fatalf("shutdown --mode auto: %v", err)
+	}
+	expectState(t, dom, domain.StateShutoff, domain.ReasonShutdown)
+	waitGuestSerial(t, serial, "vmsup-guest: shutdown shim -h -P +0", 5*time.Second)
+}
+
+// TestGuestShutdownACPIResent: an ACPI shutdown sent right after start,
+// before the guest's OS handles the power button, still powers the guest
+// off, because the press is repeated until the deadline.
+func TestGuestShutdownACPIResent(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := defineAgentGuest(t, d, "sdacpi", "vmsup.agent=0")
+	began := time.Now()
+	if err := dom.Shutdown(ctxT(t, 90*time.Second), driver.ShutdownOptions{Timeout: 60 * time.Second}); err != nil {
+		t.Fatalf("shutdown right after start: %v", err)
+	}
+	expectState(t, dom, domain.StateShutoff, domain.ReasonShutdown)
+	// The first press came before the guest was ready for it.
+	waitGuestSerial(t, serial, guestReadyMarker, time.Second)
+	t.Logf("start to power-off: %s", time.Since(began).Round(10*time.Millisecond))
+}
+
+// TestGuestShutdownAutoFallbackForce: shutdown --mode auto on a guest
+// without an agent falls back to ACPI, pressed again and again; a guest
+// that ignores it is destroyed at the one deadline with Force, and ends
+// shutoff/destroyed with no crashed event.
+func TestGuestShutdownAutoFallbackForce(t *testing.T) {
+	d := openDriver(t, nil)
+	dom, serial := defineAgentGuest(t, d, "sdforce", "vmsup.agent=0 vmsup.acpid=0 vmsup.poll=0")
+	events := recordEvents(t, dom.Subscribe(ctxT(t, 5*time.Minute), 0))
+	waitGuestSerial(t, serial, guestReadyMarker, 120*time.Second)
+	// Without Force: the error names ACPI and its presses.
+	err := dom.Shutdown(ctxT(t, 60*time.Second), driver.ShutdownOptions{Timeout: 8 * time.Second, Mode: domain.ShutdownAuto})
+	if err == nil || !errors.Is(err, domain.ErrShutdownTimeout) || !strings.Contains(err.Error(), "ACPI powerdown (pressed") || strings.Contains(err.Error(), "pressed 1 times") {
+		t.Fatalf("shutdown of a guest ignoring ACPI = %v, want a timeout after several ACPI presses", err)
+	}
+	began := time.Now()
+	if err := dom.Shutdown(ctxT(t, 60*time.Second), driver.ShutdownOptions{Timeout: 5 * time.Second, Mode: domain.ShutdownAuto, Force: true}); err != nil {
+		t.Fatalf("shutdown --force: %v", err)
+	}
+	if took := time.Since(began); took > 30*time.Second {
+		t.Fatalf("shutdown --force took %s with a 5s deadline", took)
+	}
+	expectState(t, dom, domain.StateShutoff, domain.ReasonDestroyed)
+	events.waitFor(t, domain.EventStopped, 5*time.Second)
+	for _, typ := range events.types() {
+		if typ == domain.EventCrashed {
+			t.Fatalf("a forced shutdown published a crashed event: %v", events.types())
+		}
+	}
 }

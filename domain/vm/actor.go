@@ -213,7 +213,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		}
 		dom.enqueue(ctx, p, msg.Request, nil)
 	case *protocol.ShutdownRequest:
-		dom.enqueue(ctx, dom.plans.shutdown, msg.Request, &jobData{timeout: msg.Timeout})
+		dom.enqueue(ctx, dom.plans.shutdown, msg.Request, &jobData{timeout: msg.Timeout, mode: msg.Mode})
 	case *protocol.PauseRequest:
 		dom.enqueue(ctx, dom.plans.pause, msg.Request, nil)
 	case *protocol.ResumeRequest:

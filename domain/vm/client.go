@@ -22,10 +22,11 @@ func StartJob(r actors.Request, paused bool) any {
 	return &protocol.StartRequest{Request: r, Paused: paused}
 }
 
-// ShutdownJob is the message of a shutdown job that waits up to timeout
-// (DefaultShutdownTimeout when zero) for the guest to power off.
-func ShutdownJob(r actors.Request, timeout time.Duration) any {
-	return &protocol.ShutdownRequest{Request: r, Timeout: timeout}
+// ShutdownJob is the message of a shutdown job that asks the guest to
+// power off as mode says and waits up to timeout (DefaultShutdownTimeout
+// when zero), one deadline for all of it.
+func ShutdownJob(r actors.Request, timeout time.Duration, mode domain.ShutdownMode) any {
+	return &protocol.ShutdownRequest{Request: r, Timeout: timeout, Mode: mode}
 }
 
 // DestroyJob is the message of a destroy, which preempts every job.

@@ -12,7 +12,7 @@
 //	GET    /v1/domains/{name}             → Info
 //	DELETE /v1/domains/{name}             → Undefined
 //	POST   /v1/domains/{name}/start       ?paused=1 → Info
-//	POST   /v1/domains/{name}/shutdown    ?timeout=60s → Info
+//	POST   /v1/domains/{name}/shutdown    ?timeout=60s&mode=acpi|agent|auto&force=1 → Info
 //	POST   /v1/domains/{name}/destroy     → Info
 //	POST   /v1/domains/{name}/pause       → Info
 //	POST   /v1/domains/{name}/resume      → Info

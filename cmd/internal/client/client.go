@@ -243,9 +243,18 @@ func (c *Client) Start(ctx context.Context, name string, paused bool) (*api.Info
 // Shutdown asks the guest to power off and waits up to timeout (0: the
 // daemon's default, 60s).
 func (c *Client) Shutdown(ctx context.Context, name string, timeout time.Duration) (*api.Info, error) {
-	var q url.Values
+	return c.ShutdownMode(ctx, name, timeout, "")
+}
+
+// ShutdownMode is Shutdown asking the guest as mode says: "acpi" (the
+// default when empty), "agent" or "auto".
+func (c *Client) ShutdownMode(ctx context.Context, name string, timeout time.Duration, mode string) (*api.Info, error) {
+	q := url.Values{}
 	if timeout > 0 {
-		q = url.Values{"timeout": {timeout.String()}}
+		q.Set("timeout", timeout.String())
+	}
+	if mode != "" {
+		q.Set("mode", mode)
 	}
 	return c.action(ctx, name, "shutdown", q)
 }

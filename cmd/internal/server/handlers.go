@@ -175,7 +175,17 @@ func boolParam(q map[string][]string, key string) (bool, error) {
 }
 
 func (s *Server) shutdown(w http.ResponseWriter, r *http.Request, name string) {
-	q, err := query(r, "timeout")
+	q, err := query(r, "timeout", "mode", "force")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	mode, err := domain.ParseShutdownMode(q.Get("mode"))
+	if err != nil {
+		writeError(w, badRequest(fmt.Errorf("query parameter mode: %w", err)))
+		return
+	}
+	force, err := boolParam(q, "force")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -195,7 +205,7 @@ func (s *Server) shutdown(w http.ResponseWriter, r *http.Request, name string) {
 		ctx, cancel = context.WithTimeout(ctx, timeout+actors.DefaultTimeout)
 		defer cancel()
 	}
-	if err := s.drv.Domain(name).Shutdown(ctx, driver.ShutdownOptions{Timeout: timeout}); err != nil {
+	if err := s.drv.Domain(name).Shutdown(ctx, driver.ShutdownOptions{Timeout: timeout, Mode: mode, Force: force}); err != nil {
 		// A guest that did not power off in time is a 504, which tells
 		// the CLI that --force may destroy it.
 		writeError(w, err)

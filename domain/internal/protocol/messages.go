@@ -24,6 +24,8 @@ type StartRequest struct {
 type ShutdownRequest struct {
 	actors.Request
 	Timeout time.Duration
+	// Mode says how to ask the guest ("" is acpi).
+	Mode domain.ShutdownMode
 }
 
 // DestroyRequest kills QEMU: SIGTERM, then SIGKILL after the grace period.

@@ -32,7 +32,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	}
 	testkit.CheckWireAll(t, ".",
 		&protocol.StartRequest{Request: req, Paused: true},
-		&protocol.ShutdownRequest{Request: req, Timeout: time.Minute},
+		&protocol.ShutdownRequest{Request: req, Timeout: time.Minute, Mode: domain.ShutdownAuto},
 		&protocol.DestroyRequest{Request: req},
 		&protocol.PauseRequest{Request: req},
 		&protocol.ResumeRequest{Request: req},
