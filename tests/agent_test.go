@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/tests/testkit"
@@ -79,7 +81,8 @@ func answersAtOnce(t *testing.T, dom *driver.Domain) {
 // commands fail at their deadline naming the command, Info shows the
 // agent unavailable, and QMP and Info answer at once meanwhile.
 func TestGuestAgent(t *testing.T) {
-	d := openDriver(t, nil)
+	rec := trace.New(trace.Options{})
+	d := openDriver(t, func(c *driver.Config) { c.Trace = rec })
 	dom, serial := defineAgentGuest(t, d, "ga", "")
 	waitGuestSerial(t, serial, "vmsup-guest: agent on", 120*time.Second)
 	in := waitInfo(t, dom, "available agent", 60*time.Second, func(in *domain.Info) bool {
@@ -94,9 +97,20 @@ func TestGuestAgent(t *testing.T) {
 	if res.ExitCode != 3 || string(res.Stdout) != "Linux\n" || string(res.Stderr) != "oops\n" {
 		t.Fatalf("exec = code %d stdout %q stderr %q, want 3, Linux, oops", res.ExitCode, res.Stdout, res.Stderr)
 	}
-	res, err = dom.Exec(ctxT(t, 60*time.Second), "/bin/cat", nil, []byte("to stdin\n"))
+	res, err = dom.Exec(actors.WithRequestID(ctxT(t, 60*time.Second), "trace-exec"), "/bin/cat", nil, []byte("to stdin\n"))
 	if err != nil || res.ExitCode != 0 || string(res.Stdout) != "to stdin\n" {
 		t.Fatalf("exec cat = %+v, %v", res, err)
+	}
+	// The exec's agent commands are in its trace, as QMP commands are,
+	// each under the API call's span.
+	var cmds []string
+	for _, r := range rec.ByTrace("trace-exec") {
+		if r.Kind == trace.KindQMP && r.Actor == "agent/ga" && r.QMP != nil && r.QMP.Outcome == trace.OutcomeOK && r.ParentSpanID == "trace-exec" {
+			cmds = append(cmds, r.QMP.Command)
+		}
+	}
+	if len(cmds) < 2 || cmds[0] != "guest-exec" || cmds[len(cmds)-1] != "guest-exec-status" {
+		t.Fatalf("trace of the exec: agent commands %v, want guest-exec then guest-exec-status", cmds)
 	}
 
 	// The guest's DHCP lease from QEMU's user network shows on the NIC.
