@@ -132,9 +132,12 @@ func (l *Link) Run(ctx context.Context, c Call) (json.RawMessage, error) {
 		reply, err = runRecovered(cctx, conn, c.Wire, c.Execute, &ret)
 		took = time.Since(start)
 		// A connection that the monitor replaced (it restarted, or
-		// reconnected) under a command that was not sent: send it on the
-		// new one.
-		if err == nil || attempt >= 2 || !errors.Is(err, ErrNotSent) || !l.replaced(epoch) {
+		// reconnected) under a command that was not sent, or under a
+		// query whose reply the closing connection lost (a query changes
+		// nothing, so running it twice is harmless): send it on the new
+		// one.
+		resend := errors.Is(err, ErrNotSent) || (errors.Is(err, ErrClosed) && strings.HasPrefix(c.Execute, "query-"))
+		if err == nil || attempt >= 2 || !resend || !l.replaced(epoch) {
 			l.record(c, took, err)
 			if err != nil {
 				return l.failed(ctx, c, gen, err)

@@ -17,6 +17,9 @@ import (
 type closedConn struct {
 	*Simulated
 	replace func()
+	// sent makes the command fail as one that reached QEMU before the
+	// connection closed (its reply lost).
+	sent bool
 }
 
 func (c *closedConn) RunReturn(ctx context.Context, cmd []byte) (json.RawMessage, error) {
@@ -28,6 +31,9 @@ func (c *closedConn) RunContext(context.Context, []byte) ([]byte, error) {
 	if c.replace != nil {
 		c.replace()
 		c.replace = nil
+	}
+	if c.sent {
+		return nil, fmt.Errorf("QMP command \"query-status\": no reply: %w", ErrClosed)
 	}
 	return nil, fmt.Errorf("QMP command \"query-status\" %w: %w", ErrNotSent, ErrClosed)
 }
@@ -85,6 +91,22 @@ func TestLinkResendsWhatWasNotSentOnTheNewConnection(t *testing.T) {
 	l.up(&closedConn{Simulated: NewSimulated(0)}, 3)
 	if _, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Run on a closed connection: %v", err)
+	}
+}
+
+// A query whose reply a closing connection lost is sent again on the
+// monitor's new connection (a restarted monitor closes the old one); a
+// command that changes state is not, since QEMU may have run it.
+func TestLinkResendsALostQueryButNotACommand(t *testing.T) {
+	l := NewLink("vm1", nil)
+	l.connecting(func(any) {})
+	l.up(&closedConn{Simulated: NewSimulated(0), sent: true, replace: func() { l.up(NewSimulated(0), 2) }}, 1)
+	if _, err := l.Run(context.Background(), Call{Execute: "query-status", Wire: []byte(`{"execute":"query-status"}`)}); err != nil {
+		t.Fatalf("a query across the monitor's new connection: %v", err)
+	}
+	l.up(&closedConn{Simulated: NewSimulated(0), sent: true, replace: func() { l.up(NewSimulated(0), 4) }}, 3)
+	if _, err := l.Run(context.Background(), Call{Execute: "stop", Wire: []byte(`{"execute":"stop"}`)}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("stop whose reply was lost: %v, want ErrClosed (not sent again)", err)
 	}
 }
 

@@ -56,7 +56,8 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	for _, reply := range []any{
 		&domain.Info{Name: "web1", UUID: spec.UUID, State: domain.StateRunning, Reason: domain.ReasonBooted, PID: 42,
 			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
-			NICs:  []domain.NIC{{Index: 0, Type: "user", MAC: "52:54:00:12:34:56", GuestIP: "10.0.2.15"}},
+			NICs: []domain.NIC{{Index: 0, Type: "tap", MAC: "52:54:00:12:34:56", Tap: "vmsup0", Bridge: "br0", GuestIP: "10.0.2.15",
+				Forwards: []domain.PortForward{{Field: "networks[0].forwards[0]", Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestAddr: "10.0.2.15", GuestPort: 22}}}},
 			Agent: &domain.AgentStatus{State: domain.AgentAvailable, Version: "7.2.0", Since: t0}},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
 		&domain.WaitExplanation{Running: true, Holder: &job},
