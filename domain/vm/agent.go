@@ -3,6 +3,7 @@ package vm
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -145,7 +146,7 @@ func (w *agentWatch) readAddrs(ctx context.Context, publish func(map[string]stri
 		if err != nil {
 			continue
 		}
-		byMAC, complete := GuestAddrs(ifs)
+		byMAC, complete := guestAddrsOf(ifs)
 		publish(byMAC)
 		if complete {
 			return
@@ -153,17 +154,18 @@ func (w *agentWatch) readAddrs(ctx context.Context, publish func(map[string]stri
 	}
 }
 
-// GuestAddrs picks each guest interface's address, keyed by its MAC in
+// guestAddrsOf picks each guest interface's address, keyed by its MAC in
 // lower case: the first IPv4 address that is not loopback or link-local,
 // else the first such IPv6 address. complete reports whether every
 // interface with a MAC (but loopback) has one. The agent's answer is
 // hostile input: unparsable addresses and MACs are left out.
-func GuestAddrs(ifs []agent.Interface) (byMAC map[string]string, complete bool) {
+func guestAddrsOf(ifs []agent.Interface) (byMAC map[string]string, complete bool) {
 	byMAC = map[string]string{}
 	complete = true
 	for _, i := range ifs {
-		mac := strings.ToLower(i.MAC)
-		if len(mac) != 17 || mac == "00:00:00:00:00:00" {
+		hw, err := net.ParseMAC(i.MAC)
+		mac := hw.String()
+		if err != nil || len(hw) != 6 || mac == "00:00:00:00:00:00" {
 			continue
 		}
 		var v4, v6 string
