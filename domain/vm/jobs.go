@@ -420,8 +420,12 @@ func stepShutdownRequest(ctx context.Context, r run) error {
 	defer cancel()
 	useAgent := d.mode == domain.ShutdownAgent
 	if d.mode == domain.ShutdownAuto && d.agent != nil {
+		// The ping's deadline covers its wait on the agent's lane too,
+		// so that a busy or missing agent costs ACPI at most that.
 		r.Calling("guest-ping")
-		_, err := d.agentCommand(ctx, r, "guest-ping", nil)
+		pctx, pcancel := context.WithTimeout(ctx, agent.Deadline("guest-ping"))
+		_, err := d.agentCommand(pctx, r, "guest-ping", nil)
+		pcancel()
 		useAgent = err == nil
 	}
 	if useAgent {
