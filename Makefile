@@ -58,8 +58,13 @@ vmsup:
 	$(GO) build -o $(BIN)/ ./cmd/vmsup ./cmd/vmsupd
 
 # QEMU must be installed: as root it is installed with apt-get; otherwise the
-# exact command is printed and make fails.
+# exact command is printed and make fails. A root daemon runs QEMU as the
+# system user vmsup-qemu: as root it is created when missing.
 qemu:
+	@if [ "$$(id -u)" = 0 ] && ! id vmsup-qemu >/dev/null 2>&1; then \
+		echo "creating the QEMU user: useradd --system --no-create-home --shell /usr/sbin/nologin vmsup-qemu"; \
+		useradd --system --no-create-home --shell /usr/sbin/nologin vmsup-qemu; \
+	fi
 	@if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			echo "installing QEMU: apt-get install -y --no-install-recommends qemu-system-x86"; \
@@ -88,6 +93,7 @@ demo-tiny: qemu guest vmsup
 	@$(MAKE) --no-print-directory demo-run DEMO_SPEC=examples/tiny.yaml DEMO_NAME=tiny
 demo-run:
 	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/vmsup-demo.XXXXXX"); \
+	chmod 711 "$$dir"; \
 	export VMSUP_SOCKET="$$dir/vmsup.sock"; \
 	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --image-root "$(CURDIR)/.cache" --log-format console 2>"$$dir/daemon.log" & \
 	daemon=$$!; \

@@ -15,6 +15,10 @@ const (
 	StatePaused   State = "paused"
 	StateShutdown State = "shutdown" // the guest is powering off
 	StateCrashed  State = "crashed"
+	// StateBroken is a definition on disk that cannot be read or
+	// parsed: Info.Problem says why. It runs nothing; define --force
+	// replaces it, undefine removes it.
+	StateBroken State = "broken"
 )
 
 // Reason says why a domain is in its state, named as in libvirt.
@@ -40,6 +44,9 @@ const (
 
 	// crashed
 	ReasonPanicked Reason = "panicked"
+
+	// broken
+	ReasonCorrupt Reason = "corrupt"
 )
 
 // JobKind classifies a job, as libvirt's job types do.
@@ -78,6 +85,28 @@ type Info struct {
 	// Agent is the guest agent's status while QEMU runs with an agent
 	// channel; nil otherwise.
 	Agent *AgentStatus `json:"agent,omitempty"`
+	// Confinement is what keeps the running QEMU away from the host
+	// beyond its seccomp sandbox; nil when nothing does (a daemon that
+	// is not root runs QEMU as itself) or the domain is not running.
+	Confinement *Confinement `json:"confinement,omitempty"`
+	// Problem says why a broken definition cannot be used (state
+	// broken); empty otherwise.
+	Problem string `json:"problem,omitempty"`
+}
+
+// Confinement is what applies to a QEMU that a root daemon started.
+type Confinement struct {
+	// User and UID are the unprivileged user QEMU runs as.
+	User string `json:"user,omitempty"`
+	UID  uint32 `json:"uid,omitempty"`
+	// Cgroup is QEMU's own cgroup v2; empty when cgroup v2 is not
+	// writable here (Note says why).
+	Cgroup string `json:"cgroup,omitempty"`
+	// MemoryMax is the cgroup's memory.max in bytes; 0 when no limit
+	// applies (Note says why).
+	MemoryMax uint64 `json:"memory_max,omitempty"`
+	// Note says which part does not apply, and why.
+	Note string `json:"note,omitempty"`
 }
 
 // NIC is one NIC of a running domain.

@@ -39,8 +39,8 @@ func (d *driverActor) reloader(name string) func() (*domain.Spec, *domain.Status
 
 // reload reads every definition and status from disk and adopts running
 // QEMUs, as Open does.
-func (d *driverActor) reload() []recovered {
-	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.host, d.cfg.logger)
+func (d *driverActor) reload() ([]recovered, []brokenDef) {
+	return recoverAll(d.cfg.store, d.cfg.runDir, d.cfg.host, d.cfg.confine, d.cfg.logger)
 }
 
 // ErrNotFound is wrapped by errors about unknown domains.
@@ -48,6 +48,10 @@ var ErrNotFound = errors.New("not found")
 
 // ErrClosed is returned by every call made after Driver.Close.
 var ErrClosed = errors.New("driver: closed")
+
+// ErrBroken is wrapped when a define would replace a definition on disk
+// that cannot be read or parsed, without force.
+var ErrBroken = errors.New("broken definition")
 
 // ErrConflict is wrapped when a definition clashes with another: a UUID
 // that belongs to another domain, or a redefinition with another UUID.
@@ -74,9 +78,13 @@ type driverJob struct {
 	// Start has run.
 	spec *domain.Spec
 	// name is the domain an undefine removes; entry is its registry
-	// entry, found at the job's start.
+	// entry, found at the job's start (nil for a broken definition).
 	name  string
 	entry *entry
+	// force lets a define replace a broken definition; existed says the
+	// domain was defined when the define started (its host files are
+	// then not removed if the define fails).
+	force, existed bool
 	// span is the job's trace span, parent the span of the request that
 	// queued it, enqueued when (trace clock); empty when not tracing.
 	span, parent string
@@ -92,10 +100,12 @@ type actorConfig struct {
 	monitor      monitor.TransportOptions
 	reconnect    supervision.Backoff
 	launcher     process.Launcher
+	confine      *vm.Confine
 	dialMonitor  func(string) monitor.Conn
 	trace        *trace.Recorder
 	logger       zerolog.Logger
 	initial      []recovered
+	broken       []brokenDef
 	registry     *registry
 	dispatcher   actor.Dispatcher
 	// beforeWrite, when set, runs in a define job's goroutine before the
@@ -119,9 +129,12 @@ type driverActor struct {
 	life    *driverLife
 	domains map[string]*entry
 	uuids   map[string]string
-	lane    *actors.Lane[*driverJob]
-	define  *actors.Plan[*driverJob]
-	remove  *actors.Plan[*driverJob]
+	// broken are the definitions on disk that cannot be used, by name,
+	// with the reason.
+	broken map[string]string
+	lane   *actors.Lane[*driverJob]
+	define *actors.Plan[*driverJob]
+	remove *actors.Plan[*driverJob]
 }
 
 // driverLife is what the driver keeps across restarts of its actor.
@@ -137,7 +150,7 @@ type driverLife struct {
 }
 
 func newDriverActor(cfg actorConfig, life *driverLife) actor.Actor {
-	d := &driverActor{cfg: cfg, life: life, domains: map[string]*entry{}, uuids: map[string]string{}}
+	d := &driverActor{cfg: cfg, life: life, domains: map[string]*entry{}, uuids: map[string]string{}, broken: map[string]string{}}
 	d.lane = actors.NewLane(actors.LaneConfig[*driverJob]{Name: "driver", Dispatcher: cfg.dispatcher, Inflight: &life.inflight, Ended: d.recordJob})
 	d.define = d.definePlan()
 	d.remove = d.undefinePlan()
@@ -152,7 +165,7 @@ func (d *driverActor) Receive(ctx actor.Context) {
 	}
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
-		initial := d.cfg.initial
+		initial, broken := d.cfg.initial, d.cfg.broken
 		if d.life.started {
 			// Restarted after a panic: the old domain actors have stopped
 			// (protoactor stops children first); rebuild from disk.
@@ -163,9 +176,12 @@ func (d *driverActor) Receive(ctx actor.Context) {
 			// Readers fall back to asking this actor until it has
 			// spawned the new domain actors.
 			d.cfg.registry.clear()
-			initial = d.reload()
+			initial, broken = d.reload()
 		}
 		d.life.started = true
+		for _, b := range broken {
+			d.broken[b.name] = b.problem
+		}
 		for _, r := range initial {
 			if err := d.spawn(ctx, r.spec, r.recovery); err != nil {
 				r.recovery.Release()
@@ -214,7 +230,7 @@ func (d *driverActor) Receive(ctx actor.Context) {
 		s := d.lane.Snapshot()
 		ctx.Respond(&s)
 	case *protocol.DefineRequest:
-		d.enqueue(ctx, d.define, msg.Request, &driverJob{spec: msg.Spec})
+		d.enqueue(ctx, d.define, msg.Request, &driverJob{spec: msg.Spec, force: msg.Force})
 	case *protocol.UndefineRequest:
 		d.enqueue(ctx, d.remove, msg.Request, &driverJob{name: msg.Name})
 	}
@@ -276,17 +292,21 @@ func (d *driverActor) list() []domain.Info {
 			out = append(out, domain.Info{Name: e.name, UUID: e.uuid, State: domain.StateShutoff, Reason: domain.ReasonUnknown})
 		}
 	}
+	for name, problem := range d.broken {
+		out = append(out, domain.Info{Name: name, State: domain.StateBroken, Reason: domain.ReasonCorrupt, Problem: problem})
+	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
 // definePlan is the define job: check the spec against the registry (at
-// the job's start, in the actor), write it (in the job's goroutine), then
-// spawn or update the domain actor (in the actor). A step that prepares
-// host resources for the domain (an overlay, say) goes between check and
-// write, as a Do step that pushes its undo with Run.Defer.
+// the job's start, in the actor), make its host files (overlays and seed)
+// and write it (in the job's goroutine), then spawn or update the domain
+// actor (in the actor). Defines of one name are serialised by the lane, so
+// a failed first define removes only the files it made itself.
 func (d *driverActor) definePlan() *actors.Plan[*driverJob] {
 	p := actors.NewPlan("define", actors.JobModify,
+		actors.Step[*driverJob]{Name: "host", Do: d.defineHost},
 		actors.Step[*driverJob]{Name: "write", Do: d.writeDefinition},
 		actors.Step[*driverJob]{Name: "register", InActor: d.registerDefinition},
 	)
@@ -305,7 +325,13 @@ func (d *driverActor) checkDefinition(_ actor.Context, j *actors.Job[*driverJob]
 	if spec.Name == "" {
 		return errors.New(`define: spec field "name": is required`)
 	}
-	if e, ok := d.domains[spec.Name]; ok {
+	if problem, ok := d.broken[spec.Name]; ok && !j.Data.force {
+		return fmt.Errorf("define %q: its definition on disk is broken (%s); define with force (vmsup define --force) to replace it, or undefine it: %w",
+			spec.Name, problem, ErrBroken)
+	}
+	e, existed := d.domains[spec.Name]
+	j.Data.existed = existed
+	if existed {
 		if spec.UUID != "" && spec.UUID != e.uuid {
 			return fmt.Errorf("define: domain %q exists with uuid %s, not %s: %w", spec.Name, e.uuid, spec.UUID, ErrConflict)
 		}
@@ -321,6 +347,31 @@ func (d *driverActor) checkDefinition(_ actor.Context, j *actors.Job[*driverJob]
 		return fmt.Errorf("define %q: uuid %s already belongs to domain %q: %w", spec.Name, spec.UUID, other, ErrConflict)
 	}
 	j.Data.spec = spec
+	return nil
+}
+
+// defineHost makes the overlays of the spec's image disks and its seed.
+// When the domain was not defined before, a failed define removes them.
+func (d *driverActor) defineHost(ctx context.Context, r actors.Run[*driverJob]) error {
+	data := r.Data()
+	spec := data.spec
+	if d.cfg.host == nil {
+		return nil
+	}
+	if !data.existed {
+		host, name := d.cfg.host, spec.Name
+		r.Defer("remove the disks of a failed define", func(jobErr error) error {
+			if jobErr != nil {
+				if err := host.Undefine(name); err != nil {
+					return fmt.Errorf("removing the disks of a failed define: %w", err)
+				}
+			}
+			return nil
+		})
+	}
+	if err := d.cfg.host.Define(ctx, spec); err != nil {
+		return fmt.Errorf("define %q: %w", spec.Name, err)
+	}
 	return nil
 }
 
@@ -340,6 +391,7 @@ func (d *driverActor) writeDefinition(_ context.Context, r actors.Run[*driverJob
 func (d *driverActor) registerDefinition(ctx actor.Context, r actors.Run[*driverJob]) error {
 	spec := r.Data().spec
 	created := false
+	delete(d.broken, spec.Name)
 	if e, ok := d.domains[spec.Name]; ok {
 		vm.UpdateSpec(ctx, e.pid, spec)
 	} else {
@@ -387,6 +439,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		Monitor:          d.cfg.monitor,
 		MonitorReconnect: d.cfg.reconnect,
 		Launcher:         d.cfg.launcher,
+		Confine:          d.cfg.confine,
 		DialMonitor:      d.cfg.dialMonitor,
 		Trace:            d.cfg.trace,
 		Snapshot:         snap,
@@ -426,6 +479,9 @@ func (d *driverActor) undefinePlan() *actors.Plan[*driverJob] {
 		startJob(j)
 		e, ok := d.domains[j.Data.name]
 		if !ok {
+			if _, broken := d.broken[j.Data.name]; broken {
+				return nil // only its file goes
+			}
 			return fmt.Errorf("undefine: %w", notFound(j.Data.name))
 		}
 		j.Data.entry = e
@@ -435,6 +491,9 @@ func (d *driverActor) undefinePlan() *actors.Plan[*driverJob] {
 }
 
 func (d *driverActor) prepareUndefine(ctx context.Context, r actors.Run[*driverJob]) error {
+	if r.Data().entry == nil {
+		return nil // a broken definition: no domain actor
+	}
 	name, pid := r.Data().name, r.Data().entry.pid
 	res, err := vm.PrepareUndefine(r.Root(), pid, undefineAsk).Result()
 	if err == nil {
@@ -464,6 +523,11 @@ func (d *driverActor) removeDefinition(_ context.Context, r actors.Run[*driverJo
 
 func (d *driverActor) unregister(ctx actor.Context, r actors.Run[*driverJob]) error {
 	name, e := r.Data().name, r.Data().entry
+	if e == nil {
+		delete(d.broken, name)
+		r.SetValue(&protocol.Undefined{Name: name})
+		return nil
+	}
 	if d.domains[name] != e {
 		return fmt.Errorf("undefine: %w", notFound(name))
 	}

@@ -103,6 +103,11 @@ func (h *Domain) QMP(ctx context.Context, command json.RawMessage) (json.RawMess
 	if err != nil {
 		return nil, fmt.Errorf("domain %q: %w", h.name, err)
 	}
+	// Config.Policy decides raw QMP here too, for embedders as for the
+	// API (refused, or allowed and tainted).
+	if err := h.d.CheckQMP(h.name, execute); err != nil {
+		return nil, err
+	}
 	v, err := h.job(ctx, "qmp", func(r actors.Request) any {
 		return vm.QMPJob(r, execute, args)
 	})

@@ -24,16 +24,17 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"github.com/google/uuid"
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/hostres"
 	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/domain/process"
+	"github.com/vmsup/vmsup/domain/tap"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver/internal/protocol"
 	"github.com/vmsup/vmsup/monitor"
@@ -42,10 +43,14 @@ import (
 
 // recoverAll loads every definition with its saved status and adopts the
 // QEMUs still running for them. Unreadable files are logged and skipped.
-func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.Logger) []recovered {
-	specs, problems := st.loadAll()
+func recoverAll(st *store, runDir string, host *hostres.Manager, conf *vm.Confine, logger zerolog.Logger) ([]recovered, []brokenDef) {
+	var qemuUser *confine.User
+	if conf != nil {
+		qemuUser = conf.User
+	}
+	specs, broken, problems := st.loadAll()
 	for _, p := range problems {
-		logger.Error().Err(p).Msg("skipping definition")
+		logger.Error().Err(p).Msg("skipping definition (list shows it as broken)")
 	}
 	out := make([]recovered, 0, len(specs))
 	for _, spec := range specs {
@@ -53,7 +58,10 @@ func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.
 		if err != nil {
 			logger.Error().Err(err).Str("domain", spec.Name).Msg("ignoring saved status")
 		}
-		rec := process.Recover(spec, runDir, saved)
+		rec := process.Recover(spec, runDir, saved, qemuUser)
+		if conf != nil {
+			rec.Confine(conf.User, conf.Cgroups, conf.CgroupNote)
+		}
 		// Taps a crash or a stopped daemon left are removed; an adopted
 		// QEMU's are released when it exits.
 		if release := host.Recover(spec, rec.Adopted()); release != nil {
@@ -68,7 +76,7 @@ func recoverAll(st *store, runDir string, host *hostres.Manager, logger zerolog.
 		}
 		out = append(out, recovered{spec: spec, recovery: rec})
 	}
-	return out
+	return out, broken
 }
 
 // processRuns reports whether pid is a live process (not a zombie).
@@ -151,6 +159,12 @@ type Config struct {
 	// entirely; a disabled recorder costs one atomic load per message.
 	Trace *trace.Recorder
 
+	// Confine, when set, runs each QEMU as Confine.User in its own
+	// cgroup: what a daemon run as root does. Nil runs QEMU as this
+	// process. Open makes the state and run dirs traversable (0711) and
+	// checks that the user can reach them.
+	Confine *vm.Confine
+
 	// beforeWrite is a test hook: see actorConfig.beforeWrite.
 	beforeWrite func(name string)
 }
@@ -223,7 +237,14 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
 	}
-	host := hostres.New(hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger})
+	hcfg := hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger}
+	if cfg.Confine != nil {
+		if err := traversable(cfg.Confine.User, stateDir, cfg.RunDir, filepath.Join(stateDir, "disks")); err != nil {
+			return nil, fmt.Errorf("driver: %w", err)
+		}
+		hcfg.TapOwner = &tap.Owner{UID: cfg.Confine.User.UID, GID: cfg.Confine.User.GID}
+	}
+	host := hostres.New(hcfg)
 	if cfg.Policy != nil {
 		cfg.Launcher = checkedLauncher(cfg.Policy, cfg.Launcher)
 	}
@@ -240,7 +261,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		logger.Error().Err(p).Msg("stale temp files")
 	}
 	// Find the QEMUs a previous vmsup left running, before any actor runs.
-	initial := recoverAll(st, cfg.RunDir, host, logger)
+	initial, broken := recoverAll(st, cfg.RunDir, host, cfg.Confine, logger)
 	dispatcher, err := actors.NewDispatcher()
 	if err != nil {
 		return nil, fmt.Errorf("driver: %w", err)
@@ -269,8 +290,10 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			registry:     d.domains,
 			dispatcher:   dispatcher,
 			initial:      initial,
+			broken:       broken,
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
+			confine:      cfg.Confine,
 		}, life)
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 	d.pid, err = system.Root.SpawnNamed(props, "driver")
@@ -346,6 +369,19 @@ const jobWait = 10 * time.Second
 // one (the change takes effect at its next start). The definition is
 // written atomically under the state dir before Define returns.
 func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, error) {
+	return d.DefineWith(ctx, spec, DefineOptions{})
+}
+
+// DefineOptions tune DefineWith.
+type DefineOptions struct {
+	// Force replaces a broken definition of the same name (one on disk
+	// that cannot be read or parsed; List shows it as broken). Without
+	// it such a define fails with ErrBroken.
+	Force bool
+}
+
+// DefineWith is Define with options.
+func (d *Driver) DefineWith(ctx context.Context, spec *domain.Spec, opts DefineOptions) (*DefineResult, error) {
 	if spec == nil {
 		return nil, errors.New("define: no spec given")
 	}
@@ -357,19 +393,9 @@ func (d *Driver) Define(ctx context.Context, spec *domain.Spec) (*DefineResult, 
 		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
 	}
 	req, began := actors.NewRequest(ctx, "api define"), trace.Now()
-	spec, existed, err := d.prepareHost(ctx, spec)
-	if err != nil {
-		d.apiRecord(req, began, err)
-		return nil, fmt.Errorf("define %q: %w", spec.Name, err)
-	}
 	waited := time.Now()
-	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec})
+	res, err := actors.AskAs[*DefineResult](ctx, d.root, d.pid, &protocol.DefineRequest{Request: req, Spec: spec, Force: opts.Force})
 	err = d.explainWait(req, "define", waited, err)
-	if err != nil && !existed {
-		if uerr := d.host.Undefine(spec.Name); uerr != nil {
-			d.logger.Warn().Err(uerr).Str("domain", spec.Name).Msg("removing the disks of a failed define")
-		}
-	}
 	d.apiRecord(req, began, err)
 	if err == nil {
 		for _, t := range taints {
@@ -398,34 +424,6 @@ func (d *Driver) explainWait(req actors.Request, job string, began time.Time, er
 		return fmt.Errorf("driver: %s: gave up after %s: %w", job, waited.Round(100*time.Millisecond), err)
 	}
 	return x.Err(job, waited, time.Now(), err)
-}
-
-// prepareHost makes the overlays and the seed of spec before its
-// definition is written, in the caller's goroutine (qemu-img may take a
-// while; it must not hold the driver's lane or run in a handler). The seed
-// carries the UUID, so a spec without one takes the existing domain's, or
-// a new one; it returns the spec to define.
-func (d *Driver) prepareHost(ctx context.Context, spec *domain.Spec) (_ *domain.Spec, existed bool, err error) {
-	e, existed := d.domains.get(spec.Name)
-	needs := spec.CloudInit != nil
-	for _, disk := range spec.Disks {
-		needs = needs || disk.Image != ""
-	}
-	if !needs && !existed {
-		return spec, false, nil
-	}
-	if existed && spec.UUID != "" && spec.UUID != e.uuid {
-		return spec, existed, nil // the driver refuses it as a conflict
-	}
-	if spec.UUID == "" {
-		spec = spec.Clone()
-		if existed {
-			spec.UUID = e.uuid
-		} else {
-			spec.UUID = uuid.NewString()
-		}
-	}
-	return spec, existed, d.host.Define(ctx, spec)
 }
 
 // Undefine removes a domain that is shut off.
@@ -480,4 +478,29 @@ func (d *Driver) subscribe(ctx context.Context, name string, buffer int) *domain
 	sub := d.broker.Subscribe(name, buffer)
 	context.AfterFunc(ctx, sub.Close)
 	return sub
+}
+
+// traversable makes dirs (created when missing) searchable by the QEMU
+// user, and no more: mode 0711, or what they have if that is tighter for
+// group and others but already lets others search. Their parents must let
+// the user through too.
+func traversable(u *confine.User, dirs ...string) error {
+	for _, dir := range dirs {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		fi, err := os.Lstat(dir)
+		if err != nil {
+			return err
+		}
+		if perm := fi.Mode().Perm(); perm&0o001 == 0 {
+			if err := os.Chmod(dir, perm|0o011); err != nil {
+				return fmt.Errorf("let the QEMU user %q into %s: %w", u.Name, dir, err)
+			}
+		}
+		if err := u.CanEnter(dir); err != nil {
+			return fmt.Errorf("QEMU runs as %q and must reach its files under %s: %w", u.Name, dir, err)
+		}
+	}
+	return nil
 }

@@ -163,7 +163,7 @@ func TestDriverUndefineSteps(t *testing.T) {
 	if u.Name != "undefine" || u.Error != "" || strings.Join(u.Steps, ",") != "prepare,remove,unregister" || u.Progress() != "undefine: prepare → remove → unregister" {
 		t.Errorf("undefine job %+v (%s)", u, u.Progress())
 	}
-	if df := s.Recent[1]; df.Name != "define" || strings.Join(df.Steps, ",") != "write,register" {
+	if df := s.Recent[1]; df.Name != "define" || strings.Join(df.Steps, ",") != "host,write,register" {
 		t.Errorf("define job %+v", df)
 	}
 	if _, err := d.Domain("gone").Info(ctx); !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), `domain "gone" not found`) {

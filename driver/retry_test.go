@@ -11,7 +11,6 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/process"
-	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -32,8 +31,8 @@ func startWithGarbled(t *testing.T, garbled int32) (*domain.Info, []int, error) 
 	var mu sync.Mutex
 	var pids []int
 	launch := cfg.Launcher
-	cfg.Launcher = func(emulator string, args []string, paths qemuargs.RunPaths) (*process.Process, error) {
-		p, err := launch(emulator, args, paths)
+	cfg.Launcher = func(l process.Launch) (*process.Process, error) {
+		p, err := launch(l)
 		mu.Lock()
 		pids = append(pids, len(pids)+1)
 		mu.Unlock()

@@ -11,7 +11,6 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/process"
-	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -29,7 +28,7 @@ func simulatedConfig(t testing.TB, latency time.Duration) driver.Config {
 	nextPID.Store(1 << 23)
 	return driver.Config{
 		StateDir: dir,
-		Launcher: func(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+		Launcher: func(process.Launch) (*process.Process, error) {
 			p, _ := process.NewSimulatedProcess(int(nextPID.Add(1)))
 			return p, nil
 		},

@@ -72,12 +72,20 @@ func (s *store) load(name string) (*domain.Spec, error) {
 	return spec, nil
 }
 
+// brokenDef is a definition file that cannot be used: List shows it as
+// broken, define --force replaces it, undefine removes it.
+type brokenDef struct {
+	name    string
+	problem string
+}
+
 // loadAll reads every definition. A file that does not parse, or whose name
-// does not match its content, is reported in problems and left on disk.
-func (s *store) loadAll() (specs []*domain.Spec, problems []error) {
+// does not match its content, is reported in broken (when its file name is
+// a domain name) or problems, and left on disk.
+func (s *store) loadAll() (specs []*domain.Spec, broken []brokenDef, problems []error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
-		return nil, []error{fmt.Errorf("read %s: %w", s.dir, err)}
+		return nil, nil, []error{fmt.Errorf("read %s: %w", s.dir, err)}
 	}
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), ".json")
@@ -85,23 +93,29 @@ func (s *store) loadAll() (specs []*domain.Spec, problems []error) {
 			continue
 		}
 		path := filepath.Join(s.dir, e.Name())
+		bad := func(err error) {
+			problems = append(problems, err)
+			if domain.ValidateName(name) == nil {
+				broken = append(broken, brokenDef{name: name, problem: err.Error()})
+			}
+		}
 		data, err := readFileNoFollow(path)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("definition %s: %w", path, err))
+			bad(fmt.Errorf("definition %s: %w", path, err))
 			continue
 		}
 		spec, err := domain.ParseSpec(data)
 		if err != nil {
-			problems = append(problems, fmt.Errorf("definition %s: %w", path, err))
+			bad(fmt.Errorf("definition %s: %w", path, err))
 			continue
 		}
 		if spec.Name != name {
-			problems = append(problems, fmt.Errorf("definition %s: names domain %q, not %q", path, spec.Name, name))
+			bad(fmt.Errorf("definition %s: names domain %q, not %q", path, spec.Name, name))
 			continue
 		}
 		specs = append(specs, spec)
 	}
-	return specs, problems
+	return specs, broken, problems
 }
 
 // tempInfix marks writeFileAtomic's temp files: ".NAME.json.tmp-RANDOM".

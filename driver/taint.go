@@ -155,10 +155,10 @@ func checkedLauncher(p *policy.Policy, launch process.Launcher) process.Launcher
 	if launch == nil {
 		launch = process.LaunchQEMU
 	}
-	return func(emulator string, args []string, rp qemuargs.RunPaths) (*process.Process, error) {
-		if err := p.CheckEmulator(emulator); err != nil {
+	return func(l process.Launch) (*process.Process, error) {
+		if err := p.CheckEmulator(l.Emulator); err != nil {
 			return nil, err
 		}
-		return launch(emulator, args, rp)
+		return launch(l)
 	}
 }

@@ -199,7 +199,8 @@ type monitorActor struct {
 	wg        actors.Inflight
 
 	gen      uint64      // connection generation; messages of older ones are stale
-	attempt  int         // reconnect attempts since the last good connection
+	attempt  int         // reconnect attempts since the last stable connection
+	upSince  time.Time   // when the current connection came up
 	retry    *time.Timer // pending reconnect
 	stopping bool
 }
@@ -285,7 +286,10 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 	if m.err != nil {
 		m.cfg.Logger.Info().Str("domain", m.cfg.Domain).Int("attempts", m.attempt).Msg("QMP monitor reconnected")
 	}
-	m.err, m.attempt = nil, 0
+	// The backoff is reset once this connection has stayed up for a while
+	// (fail): a QEMU that breaks every connection at once (an event flood)
+	// is retried ever more slowly.
+	m.err, m.upSince = nil, time.Now()
 	m.link.up(m.conn, m.gen)
 	// Connected goes out before any event of this connection, so that
 	// the parent never gets an event before it.
@@ -414,12 +418,19 @@ func (m *monitorActor) commandEnded(_ actor.Context, j *actors.Job[*command], _ 
 	return &Result{Return: j.Data.ret}, nil
 }
 
+// stableConnection is how long a connection must have stayed up for the
+// reconnect backoff to start again from its first delay.
+const stableConnection = 10 * time.Second
+
 // fail marks the monitor broken: the connection is closed, every waiting
 // command fails, the domain is told (control: error), and a reconnect is
 // scheduled with backoff. The command in flight fails on its own when the
 // connection closes.
 func (m *monitorActor) fail(ctx actor.Context, err error) {
 	first := m.err == nil
+	if m.connected && time.Since(m.upSince) >= stableConnection {
+		m.attempt = 0
+	}
 	m.connected = false
 	m.err = err
 	if m.conn != nil {

@@ -1,6 +1,7 @@
 package monitor
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -1118,4 +1119,41 @@ func TestMonitorActorOverTransport(t *testing.T) {
 	expectErr(t, "query-status without QEMU", err, `domain "vm2"`, path, `"query-status"`)
 	d = waitMsg[*Disconnected](h)
 	expectErr(t, "Disconnected without QEMU", d.Err, path)
+}
+
+// A QEMU that floods events breaks its monitor with a clear reason, and a
+// QEMU that floods again on every new connection is retried ever more
+// slowly: the backoff starts again only after a stable connection.
+func TestMonitorActorEventFloodReconnectsWithBackoff(t *testing.T) {
+	f := newFakeQMP(t)
+	flood := func(c *testkit.QMPConn) {
+		c.Handshake()
+		// The flood comes once the monitor is up (Connected), as a
+		// guest's would.
+		time.Sleep(50 * time.Millisecond)
+		var b bytes.Buffer
+		for i := range 200 {
+			fmt.Fprintf(&b, `{"timestamp": {"seconds": %d, "microseconds": 0}, "event": "STOP"}`+"\r\n", i)
+		}
+		_ = c.Conn().SetWriteDeadline(time.Now().Add(fakeWait))
+		_, _ = c.Conn().Write(b.Bytes())
+	}
+	const initial = 200 * time.Millisecond
+	h := startMonitor(t, Config{Domain: "vm1", SocketPath: f.Path(),
+		Transport: TransportOptions{ConnectTimeout: fakeWait, EventRate: 1, EventBurst: 20},
+		Reconnect: supervision.Backoff{Initial: initial, Max: 10 * initial, Factor: 2}}, 1024)
+	var ups []time.Time
+	for i := range 3 {
+		f.Serve(flood)
+		waitMsg[*Connected](h)
+		ups = append(ups, time.Now())
+		d := waitMsg[*Disconnected](h)
+		if !errors.Is(d.Err, ErrEventFlood) || !strings.Contains(d.Err.Error(), `domain "vm1"`) || !strings.Contains(d.Err.Error(), "faster than 1 a second (burst 20)") {
+			t.Fatalf("connection %d: Disconnected.Err = %v, want the event flood named", i, d.Err)
+		}
+		f.Wait()
+	}
+	if gap1, gap2 := ups[1].Sub(ups[0]), ups[2].Sub(ups[1]); gap1 < initial || gap2 < 2*initial {
+		t.Errorf("reconnects after %s and %s, want at least %s and %s (the backoff grows while every connection breaks at once)", gap1, gap2, initial, 2*initial)
+	}
 }

@@ -37,8 +37,14 @@
 //     command that timed out is dropped;
 //   - reads every line, the handshake included, in one reader goroutine,
 //     which tells greetings, replies and events apart;
-//   - accepts lines up to TransportOptions.MaxLineBytes (32 MiB by default)
-//     and fails the connection with ErrLineTooLong beyond that;
+//   - accepts lines up to TransportOptions.MaxLineBytes (1 MiB by default),
+//     or MaxBigLineBytes (32 MiB) while a command that answers big
+//     (query-qmp-schema, AnswersBig) is in flight, and fails the
+//     connection with ErrLineTooLong beyond that;
+//   - bounds the rate of events (EventRate, EventBurst: 500 a second,
+//     bursts of 2000) and fails the connection with ErrEventFlood past
+//     it; the monitor actor reconnects with backoff, which starts again
+//     only after a connection stayed up 10 s;
 //   - delivers events through a buffered channel that the reader never
 //     blocks on: when it is full, events are dropped and counted
 //     (DroppedEvents), and replies keep flowing; or, after RouteEvents, to
@@ -48,10 +54,11 @@
 //     table in CommandTimeout or by the caller's context.
 //
 // Input from QEMU is treated as hostile: lines that are not JSON objects,
-// replies with unknown ids and events of odd shapes are logged and dropped;
-// only an over-long line or a bad greeting fails the connection.
+// replies with unknown ids and events of odd shapes are logged (at most
+// MalformedLogBurst a second) and dropped; only an over-long line, an event
+// flood or a bad greeting fails the connection.
 //
-// Errors wrap sentinels (ErrClosed, ErrNotSent, ErrNotConnected, ErrLineTooLong,
+// Errors wrap sentinels (ErrClosed, ErrNotSent, ErrNotConnected, ErrLineTooLong, ErrEventFlood,
 // ErrProtocol, ErrBadCommand, io.EOF, context.DeadlineExceeded) with %w and
 // name the command involved. A QMP error reply is a *QMPError.
 package monitor

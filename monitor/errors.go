@@ -22,9 +22,15 @@ var (
 	ErrNotConnected = errors.New("QMP transport not connected")
 
 	// ErrLineTooLong means QEMU sent a line longer than
-	// TransportOptions.MaxLineBytes. The connection is failed, because the
+	// TransportOptions.MaxLineBytes (MaxBigLineBytes while a command that
+	// answers big is in flight). The connection is failed, because the
 	// rest of the stream can no longer be trusted.
 	ErrLineTooLong = errors.New("QMP line too long")
+
+	// ErrEventFlood means QEMU sent events faster than
+	// TransportOptions.EventRate allows. The connection is failed; the
+	// monitor actor reconnects with backoff.
+	ErrEventFlood = errors.New("QMP event flood")
 
 	// ErrProtocol means QEMU broke the QMP protocol in a way the transport
 	// cannot recover from, for example a first line that is not a greeting.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 	"github.com/rs/zerolog"
+	"golang.org/x/time/rate"
 )
 
 // Defaults applied by NewTransport to zero (or negative) TransportOptions
@@ -26,9 +27,20 @@ const (
 	// DefaultConnectTimeout bounds Connect: dial, greeting and
 	// qmp_capabilities together.
 	DefaultConnectTimeout = 10 * time.Second
-	// DefaultMaxLineBytes is the longest line accepted from QEMU. The
-	// largest real reply, query-qmp-schema, is about 200 KB.
-	DefaultMaxLineBytes = 32 << 20
+	// DefaultMaxLineBytes is the longest ordinary line accepted from
+	// QEMU. Ordinary replies and events are a few KB at most.
+	DefaultMaxLineBytes = 1 << 20
+	// DefaultMaxBigLineBytes is the longest line accepted while a command
+	// known to answer big (BigReplyCommands) is in flight. The largest
+	// real reply, query-qmp-schema, is about 200 KB.
+	DefaultMaxBigLineBytes = 32 << 20
+	// DefaultEventRate and DefaultEventBurst bound the events a QEMU may
+	// send: a token bucket of DefaultEventBurst events refilled at
+	// DefaultEventRate a second. A guest that makes QEMU flood events
+	// (STOP/RESUME in a loop) breaks its monitor instead of taking a core
+	// of the daemon; the monitor reconnects with backoff.
+	DefaultEventRate  = 500
+	DefaultEventBurst = 2000
 	// DefaultEventBuffer is the capacity of the events channel.
 	DefaultEventBuffer = 128
 )
@@ -43,19 +55,41 @@ type TransportOptions struct {
 	// greeting and running qmp_capabilities. Default 10s.
 	ConnectTimeout time.Duration
 	// MaxLineBytes is the longest line (without its newline) accepted from
-	// QEMU. A longer line fails the connection with ErrLineTooLong.
-	// Default 32 MiB.
+	// QEMU while no command of BigReplyCommands is in flight. A longer
+	// line fails the connection with ErrLineTooLong. Default 1 MiB.
 	MaxLineBytes int
+	// MaxBigLineBytes is the longest line accepted while a command of
+	// BigReplyCommands is in flight. Default 32 MiB (never less than
+	// MaxLineBytes).
+	MaxBigLineBytes int
+	// EventRate is how many events a second QEMU may send on average, and
+	// EventBurst how many at once; past them the connection fails with
+	// ErrEventFlood. Defaults DefaultEventRate, DefaultEventBurst.
+	EventRate  float64
+	EventBurst int
 	// EventBuffer is the capacity of the channel returned by Events. When
 	// it is full, new events are dropped and counted (see DroppedEvents).
 	// Default 128: the monitor actor drains it continuously into the
 	// domain's mailbox.
 	EventBuffer int
 	// Logger receives warnings about hostile or unexpected input (lines
-	// that are not JSON objects, replies with unknown ids, dropped events).
-	// Nil means no logging.
+	// that are not JSON objects, replies with unknown ids, dropped events),
+	// at most MalformedLogBurst of them a second. Nil means no logging.
 	Logger *zerolog.Logger
 }
+
+// MalformedLogBurst is how many warnings about malformed QMP a transport
+// logs a second; the rest of that second's are dropped, so a hostile QEMU
+// cannot flood the daemon's log.
+const MalformedLogBurst = 5
+
+// BigReplyCommands are the commands whose reply may be longer than
+// MaxLineBytes (up to MaxBigLineBytes).
+var bigReplyCommands = map[string]bool{"query-qmp-schema": true}
+
+// AnswersBig reports whether command name may answer with a line longer
+// than TransportOptions.MaxLineBytes.
+func AnswersBig(name string) bool { return bigReplyCommands[name] }
 
 // transportState is the life cycle of a Transport. It only moves forward:
 // a Transport is connected at most once.
@@ -119,6 +153,13 @@ type Transport struct {
 
 	nextID  atomic.Uint64
 	dropped atomic.Uint64
+	// big counts the commands of BigReplyCommands in flight: while it is
+	// not zero, lines may be MaxBigLineBytes long.
+	big atomic.Int32
+	// eventLimit bounds the rate of events (reader goroutine only).
+	eventLimit *rate.Limiter
+	// bad logs malformed input, sampled.
+	bad zerolog.Logger
 
 	// evMu orders handing an event over with RouteEvents switching the
 	// road; onEvent, when set, takes events instead of the channel.
@@ -156,22 +197,33 @@ func NewTransport(socketPath string, opts TransportOptions) *Transport {
 	if opts.MaxLineBytes <= 0 {
 		opts.MaxLineBytes = DefaultMaxLineBytes
 	}
+	if opts.MaxBigLineBytes < opts.MaxLineBytes {
+		opts.MaxBigLineBytes = max(DefaultMaxBigLineBytes, opts.MaxLineBytes)
+	}
 	if opts.EventBuffer <= 0 {
 		opts.EventBuffer = DefaultEventBuffer
+	}
+	if opts.EventRate <= 0 {
+		opts.EventRate = DefaultEventRate
+	}
+	if opts.EventBurst <= 0 {
+		opts.EventBurst = DefaultEventBurst
 	}
 	log := zerolog.Nop()
 	if opts.Logger != nil {
 		log = opts.Logger.With().Str("qmp_socket", socketPath).Logger()
 	}
 	return &Transport{
-		path:     socketPath,
-		opts:     opts,
-		log:      log,
-		events:   make(chan qmp.Event, opts.EventBuffer),
-		done:     make(chan struct{}),
-		greeted:  make(chan struct{}),
-		writeSem: make(chan struct{}, 1),
-		pending:  make(map[string]*qmpPending),
+		path:       socketPath,
+		opts:       opts,
+		log:        log,
+		bad:        log.Sample(&zerolog.BurstSampler{Burst: MalformedLogBurst, Period: time.Second}),
+		eventLimit: rate.NewLimiter(rate.Limit(opts.EventRate), opts.EventBurst),
+		events:     make(chan qmp.Event, opts.EventBuffer),
+		done:       make(chan struct{}),
+		greeted:    make(chan struct{}),
+		writeSem:   make(chan struct{}, 1),
+		pending:    make(map[string]*qmpPending),
 	}
 }
 
@@ -429,6 +481,11 @@ func (t *Transport) run(ctx context.Context, cmd []byte, handshake bool) (qmpRes
 	conn := t.conn
 	t.pending[id] = p
 	t.mu.Unlock()
+	if AnswersBig(name) {
+		// Before the write: the reply cannot come before it.
+		t.big.Add(1)
+		defer t.big.Add(-1)
+	}
 
 	switch n, werr := t.write(ctx, conn, wire); {
 	case werr == nil:
@@ -626,7 +683,7 @@ func (t *Transport) readLoop(conn net.Conn) {
 	br := bufio.NewReaderSize(conn, 4<<10)
 	greeted := false
 	for {
-		line, err := readQMPLine(br, t.opts.MaxLineBytes)
+		line, err := t.readLine(br)
 		if err != nil {
 			t.fail(readError(err))
 			return
@@ -660,9 +717,32 @@ func readError(err error) error {
 	}
 }
 
+// readLine reads one line within the limit of the moment: MaxLineBytes,
+// or MaxBigLineBytes while a command of BigReplyCommands is in flight. The
+// limit is looked at as the line grows: the reader waits for a reply's
+// first byte before its command is sent.
+func (t *Transport) readLine(br *bufio.Reader) ([]byte, error) {
+	line, err := readLimited(br, func() int {
+		if t.big.Load() > 0 {
+			return t.opts.MaxBigLineBytes
+		}
+		return t.opts.MaxLineBytes
+	})
+	if errors.Is(err, ErrLineTooLong) && t.big.Load() == 0 {
+		err = fmt.Errorf("%w (no command that answers big, such as query-qmp-schema, was in flight)", err)
+	}
+	return line, err
+}
+
 // readQMPLine reads one line of at most limit bytes (not counting the
 // newline). It never buffers more than limit bytes plus one read buffer.
 func readQMPLine(br *bufio.Reader, limit int) ([]byte, error) {
+	return readLimited(br, func() int { return limit })
+}
+
+// readLimited reads one line of at most limit() bytes, asking limit again
+// as the line grows.
+func readLimited(br *bufio.Reader, limit func() int) ([]byte, error) {
 	var line []byte
 	for {
 		frag, err := br.ReadSlice('\n')
@@ -670,8 +750,8 @@ func readQMPLine(br *bufio.Reader, limit int) ([]byte, error) {
 		if err == nil {
 			n-- // the newline
 		}
-		if n > limit {
-			return nil, fmt.Errorf("%w: QEMU sent a line of more than %d bytes (TransportOptions.MaxLineBytes)", ErrLineTooLong, limit)
+		if lim := limit(); n > lim {
+			return nil, fmt.Errorf("%w: QEMU sent a line of more than %d bytes (TransportOptions.MaxLineBytes)", ErrLineTooLong, lim)
 		}
 		switch {
 		case err == nil:
@@ -719,23 +799,23 @@ func (t *Transport) handleGreeting(line []byte) error {
 // here can fail the connection: bad lines are logged and dropped.
 func (t *Transport) handleLine(line []byte) {
 	if line[0] != '{' {
-		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a line that is not a JSON object")
+		t.bad.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a line that is not a JSON object")
 		return
 	}
 	var env qmpEnvelope
 	if err := json.Unmarshal(line, &env); err != nil {
-		t.log.Warn().Err(err).Str("line", quoteLine(line)).Msg("QMP: ignoring an undecodable line")
+		t.bad.Warn().Err(err).Str("line", quoteLine(line)).Msg("QMP: ignoring an undecodable line")
 		return
 	}
 	switch {
 	case env.QMP != nil:
-		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a second greeting")
+		t.bad.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a second greeting")
 	case len(env.Return) > 0 || isSet(env.Error):
 		t.handleReply(line, &env)
 	case env.Event != nil:
 		t.handleEvent(line, &env)
 	default:
-		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a line that is neither a reply nor an event")
+		t.bad.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring a line that is neither a reply nor an event")
 	}
 }
 
@@ -785,17 +865,22 @@ func decodeQMPError(name string, raw json.RawMessage) *QMPError {
 }
 
 // handleEvent decodes an event and offers it to the events channel without
-// ever blocking.
+// ever blocking. An event past the rate limit fails the connection.
 func (t *Transport) handleEvent(line []byte, env *qmpEnvelope) {
+	if !t.eventLimit.Allow() {
+		t.fail(fmt.Errorf("%w: QEMU sent events faster than %g a second (burst %d); the monitor is broken rather than let it take the daemon's CPU",
+			ErrEventFlood, t.opts.EventRate, t.opts.EventBurst))
+		return
+	}
 	var ev qmp.Event
 	if json.Unmarshal(env.Event, &ev.Event) != nil || ev.Event == "" {
-		t.log.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring an event without a name")
+		t.bad.Warn().Str("line", quoteLine(line)).Msg("QMP: ignoring an event without a name")
 		return
 	}
 	if isSet(env.Data) {
 		if err := json.Unmarshal(env.Data, &ev.Data); err != nil {
 			ev.Data = nil
-			t.log.Warn().Str("event", ev.Event).Str("line", quoteLine(line)).Msg("QMP: event data is not an object; delivering the event without data")
+			t.bad.Warn().Str("event", ev.Event).Str("line", quoteLine(line)).Msg("QMP: event data is not an object; delivering the event without data")
 		}
 	}
 	if isSet(env.Timestamp) {

@@ -357,3 +357,20 @@ func TestQEMUSocketMonitorFailsOnSchema(t *testing.T) {
 	}
 	t.Logf("go-qemu SocketMonitor query-qmp-schema: %v", err)
 }
+
+// Against real QEMU, a line over MaxLineBytes passes only as the answer of
+// query-qmp-schema: qom-list-types, an ordinary command with a long
+// answer, breaks the connection.
+func TestQEMUTransportBigLineOnlyForSchema(t *testing.T) {
+	q := startQEMUForTransport(t)
+	tr := q.connect(t, TransportOptions{MaxLineBytes: 8 << 10})
+	reply, err := tr.Run([]byte(`{"execute":"query-qmp-schema"}`))
+	if err != nil || len(reply) <= 8<<10 {
+		t.Fatalf("query-qmp-schema under an 8 KiB ordinary limit: %d bytes, %v", len(reply), err)
+	}
+	_, err = tr.Run([]byte(`{"execute":"qom-list-types"}`))
+	if !errors.Is(err, ErrLineTooLong) {
+		t.Fatalf("qom-list-types under an 8 KiB limit: %v, want ErrLineTooLong", err)
+	}
+	t.Logf("qom-list-types: %v", err)
+}

@@ -267,22 +267,61 @@ func TestTransportOutOfOrderRepliesMatchedByID(t *testing.T) {
 	}
 }
 
-func TestTransportOneMiBReply(t *testing.T) {
-	big := strings.Repeat("a", 1<<20)
+// Lines over MaxLineBytes pass only while a command that answers big
+// (query-qmp-schema) is in flight; otherwise they break the connection.
+func TestTransportBigLinesOnlyForBigCommands(t *testing.T) {
+	big := strings.Repeat("a", 2<<20)
 	f := newFakeQMP(t)
 	f.Serve(func(c *testkit.QMPConn) {
 		c.Handshake()
-		c.Reply(c.Expect("query-big"), fmt.Sprintf(`{"blob": %q}`, big))
+		c.Reply(c.Expect("query-qmp-schema"), fmt.Sprintf(`[{"blob": %q}]`, big))
+		cmd := c.Expect("query-big")
+		_ = c.Conn().SetWriteDeadline(time.Now().Add(fakeWait))
+		_, _ = c.Conn().Write([]byte(fmt.Sprintf(`{"return": {"blob": %q}, "id": %q}`+"\r\n", strings.Repeat("b", 1<<20), cmd.ID)))
 	})
 	tr := connectFake(t, f, TransportOptions{})
-	reply, err := runCtx(tr, `{"execute":"query-big"}`)
+	reply, err := runCtx(tr, `{"execute":"query-qmp-schema"}`)
 	if err != nil {
-		t.Fatalf("query-big: %v", err)
+		t.Fatalf("query-qmp-schema: %v", err)
 	}
-	var ret struct{ Blob string }
+	var ret []struct{ Blob string }
 	returnOf(t, reply, &ret)
-	if ret.Blob != big {
-		t.Errorf("blob of %d bytes, want %d", len(ret.Blob), len(big))
+	if len(ret) != 1 || ret[0].Blob != big {
+		t.Fatalf("schema reply of %d entries, want one blob of %d bytes", len(ret), len(big))
+	}
+	_, err = runCtx(tr, `{"execute":"query-big"}`)
+	if !errors.Is(err, ErrLineTooLong) || !strings.Contains(err.Error(), "more than 1048576 bytes") || !strings.Contains(err.Error(), "query-qmp-schema") {
+		t.Fatalf("a 1 MiB reply to an ordinary command: %v, want ErrLineTooLong naming the limit", err)
+	}
+	waitDone(t, tr)
+	f.Wait()
+}
+
+// A flood of events past the rate limit fails the connection with
+// ErrEventFlood; events within it flow.
+func TestTransportEventFloodFailsConnection(t *testing.T) {
+	f := newFakeQMP(t)
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		var b bytes.Buffer
+		for i := range 1000 {
+			fmt.Fprintf(&b, `{"timestamp": {"seconds": %d, "microseconds": 0}, "event": "STOP"}`+"\r\n", i)
+		}
+		_ = c.Conn().SetWriteDeadline(time.Now().Add(fakeWait))
+		_, _ = c.Conn().Write(b.Bytes())
+	})
+	tr := connectFake(t, f, TransportOptions{EventRate: 10, EventBurst: 100, EventBuffer: 1000})
+	waitDone(t, tr)
+	if !errors.Is(tr.Err(), ErrEventFlood) || !strings.Contains(tr.Err().Error(), "faster than 10 a second (burst 100)") {
+		t.Fatalf("Err = %v, want ErrEventFlood with the limit", tr.Err())
+	}
+	ch, _ := tr.Events(context.Background())
+	n := 0
+	for range ch {
+		n++
+	}
+	if n < 100 || n > 110 {
+		t.Errorf("%d events delivered before the flood broke the connection, want the burst (100) and a few", n)
 	}
 	f.Wait()
 }
@@ -414,7 +453,7 @@ func TestTransportFullEventsChannelDoesNotBlockReply(t *testing.T) {
 		c.SendRaw(b.Bytes())
 		c.Reply(cmd, `{"status": "running", "singlestep": false, "running": true}`)
 	})
-	tr := connectFake(t, f, TransportOptions{})
+	tr := connectFake(t, f, TransportOptions{EventBurst: 2 * events})
 	// Nobody reads the events.
 	if _, err := runCtx(tr, `{"execute":"query-status"}`); err != nil {
 		t.Fatalf("query-status behind %d unread events: %v", events, err)
@@ -1005,4 +1044,32 @@ func TestCommandTimeoutTable(t *testing.T) {
 
 func TestTransportImplementsQMPMonitor(t *testing.T) {
 	var _ qmp.Monitor = NewTransport("x", TransportOptions{})
+}
+
+// Malformed lines are logged, at most MalformedLogBurst a second, and the
+// connection keeps working.
+func TestTransportMalformedQMPLoggedWithRateLimit(t *testing.T) {
+	f := newFakeQMP(t)
+	f.Serve(func(c *testkit.QMPConn) {
+		c.Handshake()
+		cmd := c.Expect("query-status")
+		for i := range 100 {
+			c.Send(fmt.Sprintf(`not json %d`, i))
+		}
+		c.Reply(cmd, `{"status": "running", "singlestep": false, "running": true}`)
+	})
+	var logs testkit.SyncBuffer
+	logger := zerolog.New(&logs)
+	tr := connectFake(t, f, TransportOptions{Logger: &logger})
+	if _, err := runCtx(tr, `{"execute":"query-status"}`); err != nil {
+		t.Fatalf("query-status after malformed lines: %v", err)
+	}
+	n := strings.Count(logs.String(), "ignoring a line that is not a JSON object")
+	if n < 1 || n > MalformedLogBurst {
+		t.Fatalf("%d warnings logged for 100 malformed lines, want 1 to %d:\n%s", n, MalformedLogBurst, logs.String())
+	}
+	if !strings.Contains(logs.String(), `not json 0`) {
+		t.Errorf("the first malformed line is not quoted in the log:\n%s", logs.String())
+	}
+	f.Wait()
 }

@@ -297,6 +297,9 @@ func newChaos(t *testing.T) *chaos {
 			MonitorReconnect: supervision.Backoff{
 				Initial: 100 * time.Millisecond, Max: time.Second,
 			},
+			// As root, QEMU runs as the unprivileged user in its own
+			// cgroup, as the daemon runs it.
+			Confine: confinement(t, dir),
 		},
 		stats: chaosStats{
 			ops:      map[string]map[string]int{},

@@ -59,7 +59,14 @@ func TestCLIRunsDaemonBinary(t *testing.T) {
 	testkit.RequireQEMU(t)
 	dir := testkit.ShortDir(t)
 	socket := filepath.Join(dir, "d.sock")
-	cmd := exec.Command(vmsupBin, "--socket", socket, "daemon", "--state-dir", filepath.Join(dir, "state"), "--log-format", "json")
+	args := []string{"--socket", socket, "daemon", "--state-dir", filepath.Join(dir, "state"), "--log-format", "json"}
+	if os.Geteuid() == 0 {
+		args = append(args, "--qemu-user", testkit.QEMUUserName())
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(vmsupBin, args...)
 	cmd.Env = cliEnv()
 	var stderr testkit.SyncBuffer
 	cmd.Stdout, cmd.Stderr = &stderr, &stderr

@@ -78,8 +78,13 @@ func TestCLILifecycle(t *testing.T) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	if strings.Join(names, ",") != "control,job,name,pid,queued,reason,restarts,state,uuid" || string(fields["job"]) != "null" {
-		t.Fatalf("info object %s: want name, uuid, state, reason, pid, job (null), queued, restarts and control", raw)
+	want := "control,job,name,pid,queued,reason,restarts,state,uuid"
+	if os.Geteuid() == 0 {
+		// A root daemon runs QEMU confined, and says how.
+		want = "confinement," + want
+	}
+	if strings.Join(names, ",") != want || string(fields["job"]) != "null" {
+		t.Fatalf("info object %s: want %s, job null", raw, want)
 	}
 	var control map[string]any
 	if err := json.Unmarshal(fields["control"], &control); err != nil || len(control) != 4 ||
@@ -555,5 +560,42 @@ func TestResolveRelativeSpecPaths(t *testing.T) {
 	cmd.Env = append(cliEnv(), "VMSUP_SOCKET="+d.socket)
 	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "rel\n" {
 		t.Fatalf("define from another dir: %v %s", err, out)
+	}
+}
+
+// A corrupt definition shows in list as broken with its reason; define
+// replaces it only with --force.
+func TestCLIBrokenDefinition(t *testing.T) {
+	t.Parallel()
+	d := newDaemon(t)
+	if err := os.MkdirAll(filepath.Join(d.state, "domains"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(d.state, "domains", "vm1.json"), []byte("{truncated"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start(t)
+	out := d.ok(t, "list")
+	if !regexp.MustCompile(`vm1\s+broken\s+corrupt`).MatchString(out) {
+		t.Fatalf("list does not show vm1 broken:\n%s", out)
+	}
+	if !strings.Contains(out, "vm1.json") || !strings.Contains(out, "define --force") {
+		t.Errorf("list does not say why vm1 is broken and how to replace it:\n%s", out)
+	}
+	var infos []map[string]any
+	d.okJSON(t, &infos, "list")
+	if len(infos) == 0 {
+		t.Fatal("list --json is empty")
+	}
+	if problem, _ := infos[0]["problem"].(string); len(infos) != 1 || infos[0]["state"] != "broken" || !strings.Contains(problem, "vm1.json") {
+		t.Errorf("list --json: %v, want vm1 broken with its problem", infos)
+	}
+	spec := writeSpec(t, d.dir, "vm1")
+	d.fails(t, 1, []string{"broken", "--force"}, "define", spec)
+	if got := strings.TrimSpace(d.ok(t, "define", "--force", spec)); got != "vm1" {
+		t.Fatalf("define --force printed %q", got)
+	}
+	if out := d.ok(t, "list"); !regexp.MustCompile(`vm1\s+shutoff`).MatchString(out) {
+		t.Fatalf("list after define --force:\n%s", out)
 	}
 }

@@ -90,6 +90,14 @@ func (d *daemon) start(t *testing.T) {
 	d.stderr = &testkit.SyncBuffer{}
 	d.exited = make(chan struct{})
 	args := []string{"daemon", "--state-dir", d.state, "--socket", d.socket, "--log-format", "json", "--log-level", "debug", "--image-root", d.dir}
+	if os.Geteuid() == 0 {
+		// A root daemon runs QEMU as the unprivileged user, which must
+		// reach its files under the test's dir.
+		args = append(args, "--qemu-user", testkit.QEMUUserName())
+		if err := os.Chmod(d.dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if root, err := testkit.RepoRoot(); err == nil {
 		args = append(args, "--image-root", filepath.Join(root, ".cache"))
 	}

@@ -241,3 +241,31 @@ func (c *Cgroup) Member(pid int) (bool, error) {
 	}
 	return false, nil
 }
+
+// Adopt returns the cgroup of domain name that a previous vmsup made, when
+// pid (an adopted QEMU) is in it, so that it is removed once that QEMU
+// exits.
+func (g *Cgroups) Adopt(name string, pid int) (*Cgroup, error) {
+	if !cgroupName.MatchString(name) {
+		return nil, fmt.Errorf("cgroup of domain %q: not a plain name", name)
+	}
+	c := &Cgroup{Path: filepath.Join(g.Dir, name)}
+	if in, err := c.Member(pid); err != nil || !in {
+		return nil, fmt.Errorf("cgroup %s does not hold QEMU pid %d (%v)", c.Path, pid, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(c.Path, "memory.max")); err == nil {
+		c.MemoryMax, _ = strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	}
+	if c.MemoryMax == 0 {
+		c.Note = "no memory limit"
+		if !g.Memory {
+			c.Note += ": " + g.MemoryNote
+		}
+	}
+	d, err := os.Open(c.Path)
+	if err != nil {
+		return nil, fmt.Errorf("cgroup %s: %w", c.Path, err)
+	}
+	c.dir = d
+	return c, nil
+}

@@ -128,3 +128,21 @@ func (u *User) allows(fi os.FileInfo, want uint32) bool {
 		return perm&want == want
 	}
 }
+
+// CanEnter reports whether u may search dir and every directory above it,
+// so that it can reach what vmsup gives it there. The error names the
+// first directory it may not enter.
+func (u *User) CanEnter(dir string) error {
+	for d := dir; ; d = parent(d) {
+		di, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if !u.allows(di, 1) {
+			return fmt.Errorf("the QEMU user %q (uid %d) may not enter %s (mode %v; it needs o+x or to own it)", u.Name, u.UID, d, di.Mode().Perm())
+		}
+		if d == "/" || d == "." {
+			return nil
+		}
+	}
+}

@@ -4,9 +4,10 @@
 // taps of its tap NICs; at QEMU's exit, it releases the taps again, and at
 // driver start it removes the taps that a crash or a stopped daemon left.
 //
-// Nothing here runs in an actor's handler: Define runs in the define
-// caller's goroutine, Acquire in the start job's, and qemu-img always runs
-// with a deadline (overlay.QemuImg).
+// Nothing here runs in an actor's handler: Define runs in the goroutine of
+// the driver's define job (so defines of one name are serialised), Acquire
+// in the start job's, and qemu-img always runs with a deadline
+// (overlay.QemuImg).
 package hostres
 
 import (
@@ -43,6 +44,9 @@ type Config struct {
 	QemuImg overlay.QemuImg
 	// Logger receives what could not be released.
 	Logger zerolog.Logger
+	// TapOwner, when set, owns the taps made for tap NICs: the user a
+	// root daemon runs QEMU as.
+	TapOwner *tap.Owner
 }
 
 // Manager makes and releases the host resources of every domain of one
@@ -307,7 +311,7 @@ func (m *Manager) Acquire(ctx context.Context, spec *domain.Spec) (host *qemuarg
 				return nil, nil, fieldErr(domain.NetworkField(i), "%v", err)
 			}
 			hostMAC := netcfg.HostTapMAC(mac)
-			if _, err := tap.Create(tap.Config{Name: name, Bridge: n.Bridge, Tag: tag, MAC: hostMAC[:]}); err != nil {
+			if _, err := tap.Create(tap.Config{Name: name, Bridge: n.Bridge, Tag: tag, MAC: hostMAC[:], Owner: m.cfg.TapOwner}); err != nil {
 				undo()
 				if errors.Is(err, tap.ErrPermission) {
 					return nil, nil, fieldErr(domain.NetworkField(i)+".type", "a tap network needs root (CAP_NET_ADMIN): %v", err)

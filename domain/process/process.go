@@ -5,6 +5,7 @@ package process
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +19,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
@@ -45,6 +48,23 @@ type Process struct {
 	onExit []func() // called once when the process has ended
 	// simulate receives the signals of a simulated process.
 	simulate func(syscall.Signal)
+
+	// confinement is what applies to a QEMU vmsup started as root;
+	// cgroup is removed after the process has ended, before done closes.
+	confinement *domain.Confinement
+	cgroup      *confine.Cgroup
+	cgroupErr   error // guarded by mu
+	released    bool  // guarded by mu: an adopted QEMU no longer watched
+}
+
+// Confinement is what keeps the process away from the rest of the host,
+// or nil when nothing does (a daemon that is not root, a QEMU an older
+// vmsup started unconfined). It is set at launch or adoption and never
+// changes after: callers must not modify it.
+func (p *Process) Confinement() *domain.Confinement {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.confinement
 }
 
 // OnExit calls fn once the process has ended (at once if it has). fn runs
@@ -123,16 +143,37 @@ func waitPidfd(f *os.File) error {
 	return err
 }
 
-// Launcher starts a domain's VM process from the emulator and the argv
-// that BuildArgs made. The default, LaunchQEMU, runs QEMU; benchmarks of
-// the actors use simulated processes.
-type Launcher func(emulator string, args []string, paths qemuargs.RunPaths) (*Process, error)
+// Launch is what a Launcher starts: the emulator, the argv that BuildArgs
+// made, the run paths, and the confinement of a daemon run as root.
+type Launch struct {
+	Emulator string
+	Args     []string
+	Paths    qemuargs.RunPaths
+	// User, when set, is the unprivileged user QEMU runs as: privileges
+	// are dropped before exec (QEMU's -runas is forbidden by
+	// -sandbox elevateprivileges=deny).
+	User *confine.User
+	// Cgroup, when set, is the cgroup QEMU is started in (clone3 with
+	// CLONE_INTO_CGROUP, so it never runs outside it). The process owns
+	// it from then on and removes it once QEMU has ended.
+	Cgroup *confine.Cgroup
+	// Note says why a part of the confinement does not apply (no
+	// cgroup v2 here, no memory limit), for Info.
+	Note string
+}
+
+// Launcher starts a domain's VM process. The default, LaunchQEMU, runs
+// QEMU; benchmarks of the actors use simulated processes.
+type Launcher func(l Launch) (*Process, error)
 
 // LaunchQEMU starts QEMU as a child in its own session, logging to
-// paths.QEMULog, with the QMP socket listening on fd QMPListenFD and, when
-// args have the guest agent's channel, its socket on fd AgentListenFD.
-func LaunchQEMU(emulator string, args []string, paths qemuargs.RunPaths) (*Process, error) {
-	fds, err := ListenFDs(paths, args)
+// l.Paths.QEMULog, with the QMP socket listening on fd QMPListenFD and,
+// when the args have the guest agent's channel, its socket on fd
+// AgentListenFD, as l.User in l.Cgroup when they are set. vmsup binds both
+// sockets, so they are vmsup's whoever QEMU runs as.
+func LaunchQEMU(l Launch) (*Process, error) {
+	paths := l.Paths
+	fds, err := ListenFDs(paths, l.Args)
 	if err != nil {
 		return nil, err
 	}
@@ -141,7 +182,7 @@ func LaunchQEMU(emulator string, args []string, paths qemuargs.RunPaths) (*Proce
 			f.Close()
 		}
 	}()
-	p, err := startProcess(emulator, args, paths.QEMULog, fds...)
+	p, err := startProcess(l, fds...)
 	if err != nil {
 		return nil, err
 	}
@@ -150,7 +191,7 @@ func LaunchQEMU(emulator string, args []string, paths qemuargs.RunPaths) (*Proce
 	// adopted: stop it.
 	id, err := ReadIdentity(p.pid)
 	if err == nil {
-		id.UUID = argAfter(args, "-uuid")
+		id.UUID = argAfter(l.Args, "-uuid")
 		err = writeIdentity(paths.Identity, id)
 	}
 	if err != nil {
@@ -241,8 +282,9 @@ func NewSimulatedProcess(pid int) (p *Process, exit func()) {
 }
 
 // startProcess starts QEMU in its own session with stdout and stderr going to
-// logPath.
-func startProcess(emulator string, args []string, logPath string, extra ...*os.File) (*Process, error) {
+// l.Paths.QEMULog, confined as l says.
+func startProcess(l Launch, extra ...*os.File) (*Process, error) {
+	logPath := l.Paths.QEMULog
 	// Never through a symlink: one planted in the run dir would have QEMU's
 	// log truncate the file it points at.
 	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
@@ -253,16 +295,33 @@ func startProcess(emulator string, args []string, logPath string, extra ...*os.F
 		return nil, fmt.Errorf("open QEMU log: %w", err)
 	}
 	defer logFile.Close()
-	cmd := exec.Command(emulator, args...)
+	cmd := exec.Command(l.Emulator, l.Args...)
 	cmd.Stdin = nil
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.ExtraFiles = extra
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", emulator, err)
+	attr := &syscall.SysProcAttr{Setsid: true}
+	var conf *domain.Confinement
+	if l.User != nil || l.Cgroup != nil {
+		conf = &domain.Confinement{Note: l.Note}
 	}
-	p := &Process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{})}
+	if l.User != nil {
+		attr.Credential = l.User.Credential()
+		conf.User, conf.UID = l.User.Name, l.User.UID
+	}
+	if l.Cgroup != nil {
+		attr.UseCgroupFD, attr.CgroupFD = true, l.Cgroup.FD()
+		conf.Cgroup, conf.MemoryMax = l.Cgroup.Path, l.Cgroup.MemoryMax
+		if l.Cgroup.Note != "" {
+			conf.Note = strings.TrimPrefix(conf.Note+"; "+l.Cgroup.Note, "; ")
+		}
+	}
+	cmd.SysProcAttr = attr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", l.Emulator, err)
+	}
+	p := &Process{cmd: cmd, pid: cmd.Process.Pid, logPath: logPath, started: time.Now(), done: make(chan struct{}),
+		confinement: conf, cgroup: l.Cgroup}
 	// The child cannot be reaped before Wait, so its pid is still its own.
 	if f, err := openPidfd(p.pid); err == nil {
 		p.pidfd = f
@@ -276,9 +335,41 @@ func startProcess(emulator string, args []string, logPath string, extra ...*os.F
 		if p.pidfd != nil {
 			p.pidfd.Close()
 		}
+		p.removeCgroup()
 		p.markEnded()
 	}()
 	return p, nil
+}
+
+// cgroupRemoveTimeout bounds the removal of an ended QEMU's cgroup (the
+// kill of anything left in it included).
+const cgroupRemoveTimeout = 10 * time.Second
+
+// removeCgroup removes the cgroup of a process that has ended, killing
+// whatever it left there. A failure is kept (CgroupError): the next
+// start of the domain removes a stale cgroup before it makes a new one.
+func (p *Process) removeCgroup() {
+	p.mu.Lock()
+	cg, released := p.cgroup, p.released
+	p.mu.Unlock()
+	if cg == nil || released {
+		return // a released QEMU runs on in its cgroup
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cgroupRemoveTimeout)
+	defer cancel()
+	if err := cg.Remove(ctx); err != nil {
+		p.mu.Lock()
+		p.cgroupErr = err
+		p.mu.Unlock()
+	}
+}
+
+// CgroupError is why the cgroup of an ended process could not be
+// removed, or nil.
+func (p *Process) CgroupError() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cgroupErr
 }
 
 // adoptProcess watches a QEMU that is not our child through a pidfd. The
@@ -292,6 +383,7 @@ func adoptProcess(pid int, logPath string) (*Process, error) {
 	go func() {
 		_ = waitPidfd(f)
 		f.Close()
+		p.removeCgroup()
 		p.markEnded()
 	}()
 	return p, nil

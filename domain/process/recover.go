@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
@@ -65,8 +66,10 @@ func (r *Recovery) Release() {
 // is still running: the pid in its pidfile (or in the saved status) must be
 // alive and its /proc/<pid>/cmdline must carry the domain's UUID, so that a
 // reused pid is never taken for the VM. Such a QEMU is adopted and watched
-// through a pidfd.
-func Recover(spec *domain.Spec, runDir string, saved *domain.Status) *Recovery {
+// through a pidfd. user is the unprivileged user a root daemon runs QEMU
+// as (nil: QEMU runs as the daemon): the process must run as it, or as the
+// daemon itself (a QEMU started before confinement was switched on).
+func Recover(spec *domain.Spec, runDir string, saved *domain.Status, user *confine.User) *Recovery {
 	rec := &Recovery{Saved: saved}
 	paths, err := qemuargs.NewRunPaths(runDir, spec.Name)
 	if err != nil {
@@ -90,7 +93,7 @@ func Recover(spec *domain.Spec, runDir string, saved *domain.Status) *Recovery {
 		var p *Process
 		var err error
 		if idErr == nil {
-			p, err = adoptIfIdentical(pid, spec.UUID, paths.QEMULog, recorded)
+			p, err = adoptIfIdentical(pid, spec.UUID, paths.QEMULog, recorded, user)
 		} else {
 			p, err = adoptIfOurs(pid, spec.UUID, paths.QEMULog)
 		}
@@ -111,9 +114,18 @@ func Recover(spec *domain.Spec, runDir string, saved *domain.Status) *Recovery {
 // process recorded at launch: same start time and boot id (so the same
 // process, not a reused pid), same executable, same uid, and -uuid in its
 // command line.
-func adoptIfIdentical(pid int, uuid, logPath string, recorded Identity) (*Process, error) {
+func adoptIfIdentical(pid int, uuid, logPath string, recorded Identity, user *confine.User) (*Process, error) {
 	if recorded.UUID != uuid {
 		return nil, fmt.Errorf("pid %d: the recorded QEMU identity is of UUID %q, not this domain's %s", pid, recorded.UUID, uuid)
+	}
+	// The record lies in a run dir that the QEMU user owns: it must name
+	// a uid QEMU runs as, never another one.
+	if recorded.UID != uint32(os.Getuid()) && (user == nil || recorded.UID != user.UID) {
+		want := fmt.Sprintf("the daemon's uid %d", os.Getuid())
+		if user != nil {
+			want = fmt.Sprintf("the QEMU user %q (uid %d) or %s", user.Name, user.UID, want)
+		}
+		return nil, fmt.Errorf("pid %d: the recorded QEMU identity runs as uid %d, not as %s", pid, recorded.UID, want)
 	}
 	p, err := adoptProcess(pid, logPath)
 	if err != nil {
@@ -192,9 +204,39 @@ func readPIDFile(path string) (int, error) {
 // process may still run: it is no longer this vmsup's.
 func (p *Process) release() {
 	if p.cmd == nil && p.pidfd != nil {
+		p.mu.Lock()
+		p.released = true
+		p.mu.Unlock()
 		p.pidfd.Close()
 		<-p.done
 	}
+}
+
+// Confine notes what confines an adopted QEMU, for Info: the QEMU user
+// when the process runs as it, and its cgroup under cgroups (nil: none),
+// which is removed once the QEMU exits. note says why a part is missing.
+// Call it before the process is handed to its domain.
+func (r *Recovery) Confine(user *confine.User, cgroups *confine.Cgroups, note string) {
+	if !r.Adopted() || user == nil {
+		return
+	}
+	p := r.proc
+	now, err := ReadIdentity(p.pid)
+	if err != nil || now.UID != user.UID {
+		return // a QEMU started unconfined, by an older vmsup
+	}
+	conf := &domain.Confinement{User: user.Name, UID: user.UID, Note: note}
+	var cg *confine.Cgroup
+	if cgroups != nil {
+		if cg, err = cgroups.Adopt(filepath.Base(filepath.Dir(p.logPath)), p.pid); err != nil {
+			conf.Note = err.Error()
+		} else {
+			conf.Cgroup, conf.MemoryMax, conf.Note = cg.Path, cg.MemoryMax, cg.Note
+		}
+	}
+	p.mu.Lock()
+	p.confinement, p.cgroup = conf, cg
+	p.mu.Unlock()
 }
 
 // Process is the adopted QEMU, or nil.

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/tests/testkit"
 )
@@ -71,7 +72,7 @@ func TestRecoverRefusesNobody(t *testing.T) {
 	pid := fakeQEMU(t, &syscall.Credential{Uid: testkit.Nobody, Gid: testkit.Nobody})
 	writePID(t, rp, pid)
 
-	rec := Recover(spec, runDir, &domain.Status{Name: "vm1", UUID: testUUID, State: domain.StateRunning, PID: pid})
+	rec := Recover(spec, runDir, &domain.Status{Name: "vm1", UUID: testUUID, State: domain.StateRunning, PID: pid}, nil)
 	if rec.Adopted() {
 		rec.Release()
 		t.Fatalf("adopted nobody's process %d without an identity record", pid)
@@ -95,7 +96,7 @@ func TestRecoverRefusesNobody(t *testing.T) {
 	if err := writeIdentity(rp.Identity, id); err != nil {
 		t.Fatal(err)
 	}
-	rec = Recover(spec, runDir, nil)
+	rec = Recover(spec, runDir, nil, nil)
 	// The two processes may have started in the same clock tick: the uid
 	// tells them apart then, and pid + start time does in real life (a pid
 	// is not reused within a tick).
@@ -127,7 +128,7 @@ func TestRecoverIdentity(t *testing.T) {
 	if err := writeIdentity(rp.Identity, id); err != nil {
 		t.Fatal(err)
 	}
-	rec := Recover(spec, runDir, nil)
+	rec := Recover(spec, runDir, nil, nil)
 	if !rec.Adopted() || rec.PID() != pid {
 		t.Fatalf("the recorded process was not adopted: %s", rec.Found)
 	}
@@ -140,7 +141,7 @@ func TestRecoverIdentity(t *testing.T) {
 		{func(i *Identity) { i.StartTime++ }, "started at tick"},
 		{func(i *Identity) { i.BootID = "00000000-0000-0000-0000-000000000000" }, "rebooted"},
 		{func(i *Identity) { i.Exe = "/usr/bin/qemu-system-x86_64" }, "runs " + id.Exe},
-		{func(i *Identity) { i.UID = 4242 }, "recorded 4242"},
+		{func(i *Identity) { i.UID = 4242 }, "runs as uid 4242, not as the daemon's uid"},
 		{func(i *Identity) { i.UUID = "11111111-2222-3333-4444-555555555555" }, "identity is of UUID"},
 	} {
 		bad := id
@@ -148,7 +149,7 @@ func TestRecoverIdentity(t *testing.T) {
 		if err := writeIdentity(rp.Identity, bad); err != nil {
 			t.Fatal(err)
 		}
-		rec := Recover(spec, runDir, nil)
+		rec := Recover(spec, runDir, nil, nil)
 		if rec.Adopted() {
 			rec.Release()
 			t.Errorf("adopted against %+v", bad)
@@ -157,6 +158,21 @@ func TestRecoverIdentity(t *testing.T) {
 		if !strings.Contains(rec.Found, c.want) {
 			t.Errorf("Found = %q, want %q", rec.Found, c.want)
 		}
+	}
+	// A record naming the QEMU user's uid passes that check, and the
+	// process must then really run as it.
+	bad := id
+	bad.UID = 4242
+	if err := writeIdentity(rp.Identity, bad); err != nil {
+		t.Fatal(err)
+	}
+	rec = Recover(spec, runDir, nil, &confine.User{Name: "qemu-test", UID: 4242, GID: 4242})
+	if rec.Adopted() {
+		rec.Release()
+		t.Fatal("adopted a process whose uid is not the recorded one")
+	}
+	if !strings.Contains(rec.Found, "runs as uid "+strconv.Itoa(os.Getuid())+", recorded 4242") {
+		t.Errorf("Found = %q, want the uid mismatch", rec.Found)
 	}
 }
 
@@ -185,7 +201,7 @@ func TestQEMULogSymlink(t *testing.T) {
 	if err := os.Symlink(victim, rp.QEMULog); err != nil {
 		t.Fatal(err)
 	}
-	p, err := LaunchQEMU("/bin/true", nil, rp)
+	p, err := LaunchQEMU(Launch{Emulator: "/bin/true", Paths: rp})
 	if err == nil {
 		p.Kill()
 		t.Fatal("launched with a symlinked qemu.log")

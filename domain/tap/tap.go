@@ -58,7 +58,14 @@ type Config struct {
 	// MAC is the host side's address; nil leaves the kernel's random one.
 	// Give it a high first octet (0xfe) so the bridge does not adopt it.
 	MAC net.HardwareAddr
+	// Owner is who may open the tap by name; nil is this process's
+	// effective uid and gid. A root daemon that runs QEMU as an
+	// unprivileged user gives the tap to that user.
+	Owner *Owner
 }
+
+// Owner is the uid and gid of a tap's owner.
+type Owner struct{ UID, GID uint32 }
 
 // Info describes an existing tap.
 type Info struct {
@@ -77,9 +84,9 @@ type Info struct {
 	Persistent bool
 }
 
-// Create creates the persistent tap cfg.Name, owned by this process's
-// effective uid and gid (so QEMU started by this process may open it by
-// name), tags it, sets its address, enslaves it to cfg.Bridge and brings it
+// Create creates the persistent tap cfg.Name, owned by cfg.Owner or this
+// process's effective uid and gid (so QEMU started by this process may open
+// it by name), tags it, sets its address, enslaves it to cfg.Bridge and brings it
 // up. On any error it removes the tap again. It refuses a name that is
 // taken (ErrExist), even by a tap of the same tag: call DeleteStale first to
 // clear taps that a crash left behind.
@@ -114,6 +121,9 @@ func Create(cfg Config) (*Info, error) {
 		Flags: netlink.TUNTAP_TUN_EXCL | netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR,
 		Owner: uint32(os.Geteuid()),
 		Group: uint32(os.Getegid()),
+	}
+	if cfg.Owner != nil {
+		t.Owner, t.Group = cfg.Owner.UID, cfg.Owner.GID
 	}
 	if err := netlink.LinkAdd(t); err != nil {
 		// netlink reports the ioctl's errno as text only: an interface

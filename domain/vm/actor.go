@@ -51,6 +51,9 @@ type Config struct {
 	Monitor      monitor.TransportOptions
 	// Launcher starts the VM process; nil means LaunchQEMU.
 	Launcher process.Launcher
+	// Confine, when set, runs each QEMU as an unprivileged user in its
+	// own cgroup (a daemon run as root).
+	Confine *Confine
 	// DialMonitor makes the QMP connection for a socket path; nil means
 	// monitor.NewTransport. Benchmarks put a simulated monitor here.
 	DialMonitor func(socketPath string) monitor.Conn
@@ -526,6 +529,7 @@ func (dom *domainActor) info() *domain.Info {
 	dom.control(&box.ctl, time.Now())
 	if dom.proc != nil {
 		in.PID = dom.proc.PID()
+		in.Confinement = dom.proc.Confinement()
 		if dom.cfg.Host != nil {
 			in.NICs = dom.withGuestIPs(dom.cfg.Host.NICs(dom.spec.Name))
 		}
@@ -594,6 +598,12 @@ func (dom *domainActor) monitorConfig(paths qemuargs.RunPaths) monitor.Config {
 		Transport:  dom.cfg.Monitor,
 		Reconnect:  dom.cfg.MonitorReconnect,
 		Logger:     dom.cfg.Logger,
+	}
+	if cfg.Transport.Logger == nil {
+		// Malformed QMP goes to the daemon's log (sampled by the
+		// transport), with the domain's name.
+		l := dom.cfg.Logger.With().Str("domain", dom.name()).Logger()
+		cfg.Transport.Logger = &l
 	}
 	if dial := dom.cfg.DialMonitor; dial != nil {
 		socket := paths.QMPSocket

@@ -16,6 +16,7 @@ import (
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/agent"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/domain/qemuargs"
@@ -60,6 +61,7 @@ type jobData struct {
 	link   *monitor.Link
 	host   HostResources
 	agent  *actor.PID // the guest agent actor, nil when none
+	conf   *Confine
 
 	// Found by the steps.
 	paths   qemuargs.RunPaths
@@ -69,6 +71,7 @@ type jobData struct {
 	// deadline ends the whole shutdown; viaAgent says the agent took it.
 	deadline time.Time
 	viaAgent bool
+	cgroup  *confine.Cgroup
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -254,6 +257,7 @@ func (dom *domainActor) load(j *job) {
 	if dom.agent != nil {
 		d.agent = dom.agent.pid
 	}
+	d.proc, d.link, d.host, d.conf = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
 	}
@@ -333,6 +337,25 @@ func stepPrepare(ctx context.Context, r run) error {
 		return d.fail("command line", err)
 	}
 	d.argv = argv
+	d.cgroup = nil
+	if d.conf != nil {
+		cg, err := d.conf.prepare(ctx, &d.spec, paths, host)
+		if err != nil {
+			return d.fail("confine QEMU", err)
+		}
+		if cg != nil {
+			d.cgroup = cg
+			// The process owns it once QEMU is started in it.
+			r.Defer("remove the cgroup of a start without QEMU", func(error) error {
+				if d.proc == nil {
+					rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					return cg.Remove(rctx)
+				}
+				return nil
+			})
+		}
+	}
 	return nil
 }
 
@@ -344,7 +367,11 @@ func stepSpawn(_ context.Context, r run) error {
 	if launch == nil {
 		launch = process.LaunchQEMU
 	}
-	proc, err := launch(d.spec.EmulatorPath(), d.argv, d.paths)
+	l := process.Launch{Emulator: d.spec.EmulatorPath(), Args: d.argv, Paths: d.paths}
+	if d.conf != nil {
+		l.User, l.Cgroup, l.Note = d.conf.User, d.cgroup, d.conf.CgroupNote
+	}
+	proc, err := launch(l)
 	if err != nil {
 		return d.fail("spawn QEMU", err)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/process"
 	"github.com/vmsup/vmsup/supervision"
 )
@@ -170,6 +171,13 @@ func (dom *domainActor) rebuild(ctx actor.Context) {
 	} else if spec != nil {
 		dom.spec = spec
 	}
-	dom.cfg.Recovery = process.Recover(dom.spec, dom.cfg.RunDir, status)
+	var user *confine.User
+	if dom.cfg.Confine != nil {
+		user = dom.cfg.Confine.User
+	}
+	dom.cfg.Recovery = process.Recover(dom.spec, dom.cfg.RunDir, status, user)
+	if c := dom.cfg.Confine; c != nil {
+		dom.cfg.Recovery.Confine(c.User, c.Cgroups, c.CgroupNote)
+	}
 	dom.recover(ctx)
 }

@@ -31,6 +31,7 @@ func Steps() []Step {
 		{Key: "trace", Title: "Trace: the cost of tracing on a job round trip", Run: TraceCost, Budget: 2 * time.Minute},
 		{Key: "overlay", Title: "6. Guests: define with an overlay", Run: Overlay, Budget: 2 * time.Minute},
 		{Key: "ssh", Title: "6. Guests: up to SSH", Run: UpToSSH, Budget: 12 * time.Minute},
+		{Key: "security", Title: "7. Security: the cost of the protections", Run: Security, Budget: 3 * time.Minute},
 	}
 }
 

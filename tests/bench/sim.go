@@ -13,7 +13,6 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/process"
-	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 	"github.com/vmsup/vmsup/tests/bench/lockbase"
@@ -140,7 +139,7 @@ var simPIDs atomic.Int64
 func init() { simPIDs.Store(1 << 23) }
 
 // launchSimulated is a driver Launcher of simulated processes.
-func launchSimulated(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+func launchSimulated(process.Launch) (*process.Process, error) {
 	p, _ := process.NewSimulatedProcess(int(simPIDs.Add(1)))
 	return p, nil
 }

@@ -5,13 +5,13 @@
 # `vmsup up`, which must shut the guest down through ACPI. The guest's key
 # is the one vmsup generates under its cache (HOME is a temp dir).
 #
-#   tests/image/e2e.sh [--timeout SECONDS]    (default 420: TCG, 2 loaded cores)
+#   tests/image/e2e.sh [--timeout SECONDS]    (default 900: TCG on 2 shared cores can take minutes)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 cache=${VMSUP_CACHE:-$repo/.cache}
 bin=${BIN:-$repo/bin}
-timeout=420
+timeout=900
 [ "${1:-}" = --timeout ] && timeout=$2
 
 for f in debian-12.qcow2 vmlinuz initrd.img; do

@@ -44,11 +44,12 @@ type QMPServer struct {
 	idPrefix string
 	ln       *net.UnixListener
 
-	mu    sync.Mutex
-	conns []net.Conn
-	wg    sync.WaitGroup
-	stop  chan struct{}
-	done  chan struct{} // closed when the last served script returned
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+	stop   chan struct{}
+	done   chan struct{} // closed when the script of the last Serve returned
+	served int           // Serve calls so far
 }
 
 // NewQMPServer listens on path. A command whose id does not start with
@@ -92,12 +93,20 @@ func (f *QMPServer) close() {
 
 // Serve accepts one connection and runs script on it. After the script
 // returns, the connection stays open until the test ends (or the script
-// closed it). Wait reports when the script is over.
+// closed it). Wait reports when the script is over. Serve again, after
+// Wait, to accept the next connection (a client that reconnects).
 func (f *QMPServer) Serve(script func(c *QMPConn)) {
+	f.mu.Lock()
+	if f.served > 0 {
+		f.done = make(chan struct{})
+	}
+	f.served++
+	done := f.done
+	f.mu.Unlock()
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		defer close(f.done)
+		defer close(done)
 		_ = f.ln.SetDeadline(time.Now().Add(2 * QMPWait))
 		nc, err := f.ln.Accept()
 		if err != nil {
@@ -124,8 +133,11 @@ func (f *QMPServer) Serve(script func(c *QMPConn)) {
 // Wait waits (bounded) for the script started by Serve to return.
 func (f *QMPServer) Wait() {
 	f.t.Helper()
+	f.mu.Lock()
+	done := f.done
+	f.mu.Unlock()
 	select {
-	case <-f.done:
+	case <-done:
 	case <-time.After(2 * QMPWait):
 		f.t.Fatalf("fake QMP script did not finish within %s", 2*QMPWait)
 	}

@@ -88,6 +88,22 @@ type Info struct {
 	// Tainted lists the uses of raw QEMU (extra_args, "qmp COMMAND")
 	// that the daemon's --allow-raw-qemu let through; absent when none.
 	Tainted []string `json:"tainted,omitempty"`
+	// Confinement is what confines the running QEMU beyond its seccomp
+	// sandbox (a daemon run as root); absent when nothing does.
+	Confinement *Confinement `json:"confinement,omitempty"`
+	// Problem says why a broken definition (state "broken") cannot be
+	// used; absent otherwise.
+	Problem string `json:"problem,omitempty"`
+}
+
+// Confinement is what applies to a VM's QEMU:
+// {"user","uid","cgroup","memory_max","note"}.
+type Confinement struct {
+	User      string `json:"user,omitempty"`
+	UID       uint32 `json:"uid,omitempty"`
+	Cgroup    string `json:"cgroup,omitempty"`
+	MemoryMax uint64 `json:"memory_max,omitempty"`
+	Note      string `json:"note,omitempty"`
 }
 
 // NIC is one NIC of a running VM:

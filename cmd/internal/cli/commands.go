@@ -20,7 +20,8 @@ import (
 )
 
 func (a *app) defineCommand() *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:   "define FILE",
 		Short: "Define or update a VM from a YAML or JSON spec, and print its name",
 		Long: `Define a VM from a YAML or JSON spec file ("-" reads stdin), or update the
@@ -28,7 +29,10 @@ definition of an existing VM (the change takes effect at its next start).
 Prints the VM's name.
 
 Relative paths in the spec (kernel, initrd, disks[].path, serial.path) are
-resolved against the spec file's directory before the spec is sent.`,
+resolved against the spec file's directory before the spec is sent.
+
+A definition on disk that cannot be read or parsed shows as "broken" in
+list; --force replaces it.`,
 		Example: `  vmsup define examples/tiny.yaml`,
 		Args:    cmdline.ExactArgs(1, "one spec FILE"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -40,7 +44,7 @@ resolved against the spec file's directory before the spec is sent.`,
 			if err != nil {
 				return err
 			}
-			res, err := c.Define(cmd.Context(), spec)
+			res, err := c.Define(cmd.Context(), spec, force)
 			if err != nil {
 				return a.specError(err)
 			}
@@ -51,6 +55,8 @@ resolved against the spec file's directory before the spec is sent.`,
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "replace a broken definition of the same name")
+	return cmd
 }
 
 // specError names every bad field of a rejected spec.
@@ -245,10 +251,20 @@ func (a *app) listCommand() *cobra.Command {
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tSTATE\tREASON\tPID\tJOB")
 			now := time.Now()
+			var broken []api.Info
 			for _, in := range infos {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", in.Name, in.State, in.Reason, pidText(in.PID), shortJob(in.Job, now))
+				if in.Problem != "" {
+					broken = append(broken, in)
+				}
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, in := range broken {
+				fmt.Fprintf(a.stdout, "%s: %s (define --force replaces it; undefine removes it)\n", in.Name, in.Problem)
+			}
+			return nil
 		},
 	}
 }

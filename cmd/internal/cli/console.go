@@ -250,7 +250,7 @@ SIGINT or SIGTERM, which shut it down in the same way.`,
 				}
 				spec = withAuthorizedKey(spec, pub)
 			}
-			res, err := c.Define(ctx, spec)
+			res, err := c.Define(ctx, spec, false)
 			if err != nil {
 				return a.specError(err)
 			}

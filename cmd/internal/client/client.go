@@ -214,10 +214,15 @@ func (c *Client) List(ctx context.Context) ([]api.Info, error) {
 	return out, c.call(ctx, http.MethodGet, api.Prefix+"/domains", nil, nil, "", &out)
 }
 
-// Define defines or updates a VM from a YAML or JSON spec.
-func (c *Client) Define(ctx context.Context, spec []byte) (*api.DefineResult, error) {
+// Define defines or updates a VM from a YAML or JSON spec; force replaces
+// a broken definition of the same name.
+func (c *Client) Define(ctx context.Context, spec []byte, force bool) (*api.DefineResult, error) {
 	var out api.DefineResult
-	return &out, c.call(ctx, http.MethodPost, api.Prefix+"/domains", nil, spec, "application/yaml", &out)
+	var q url.Values
+	if force {
+		q = url.Values{"force": {"1"}}
+	}
+	return &out, c.call(ctx, http.MethodPost, api.Prefix+"/domains", q, spec, "application/yaml", &out)
 }
 
 // Undefine removes a VM that is shut off.

@@ -10,6 +10,7 @@ import (
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/cmd/internal/cmdline"
 	"github.com/vmsup/vmsup/cmd/internal/server"
+	"github.com/vmsup/vmsup/domain/confine"
 )
 
 // maxTraceCapacity bounds --trace-capacity: a record takes a few hundred
@@ -20,7 +21,7 @@ const maxTraceCapacity = 1 << 22
 // ("vmsupd", or "vmsup daemon" when the CLI runs it): its flags make a
 // Config for Run. Logs go to stderr.
 func Command(name string, stdout, stderr io.Writer) *cobra.Command {
-	var socketFlag, stateDir, logFormat, logLevel, traceLog, adminGroup, readerGroup string
+	var socketFlag, stateDir, logFormat, logLevel, traceLog, adminGroup, readerGroup, qemuUser string
 	var traceOn, allowRaw bool
 	var emulators, imageRoots []string
 	var traceCapacity, maxConns int
@@ -49,6 +50,14 @@ paths must lie under an --image-root (default: the state dir and the image
 cache, /var/cache/vmsup for root); serial files and sockets live in the VM's
 run dir. extra_args and raw QMP beyond query-* and a safe list need
 --allow-raw-qemu, and mark the VM tainted.
+
+A daemon run as root runs each QEMU as --qemu-user (default vmsup-qemu;
+create it with useradd --system), in a cgroup v2 of its own when cgroup v2
+is writable, with the spec's memory limit when the memory controller is
+there. The state and run dirs are made traversable (0711) for that user,
+and the files QEMU writes are given to it; disks, kernel and initrd the
+spec names must be readable (and writable for read-write disks) by it.
+A daemon that is not root runs QEMU as itself.
 
 SIGTERM or SIGINT stops the daemon and leaves the VMs running.
 
@@ -116,6 +125,7 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 				Emulators:          emulators,
 				ImageRoots:         imageRoots,
 				BodyTimeout:        bodyTimeout,
+				QEMUUser:           qemuUser,
 			})
 		},
 	}
@@ -133,6 +143,7 @@ Exit codes: 0 stopped, 1 error, 2 usage.`,
 	f.BoolVar(&allowRaw, "allow-raw-qemu", false, "allow extra_args in specs and any raw QMP command; a VM that uses them is marked tainted")
 	f.StringArrayVar(&emulators, "emulator", nil, "a QEMU binary specs may name (`PATH`, repeatable; default qemu-system-x86_64 from PATH)")
 	f.StringArrayVar(&imageRoots, "image-root", nil, "a `DIR` that kernel, initrd and disk paths must lie under (repeatable; default the state dir and the image cache)")
+	f.StringVar(&qemuUser, "qemu-user", confine.DefaultUser, "the unprivileged `USER` a root daemon runs QEMU as (ignored when the daemon is not root)")
 	f.IntVar(&maxConns, "max-connections", DefaultMaxConnections, "connections held at once; past it a client gets 503")
 	f.DurationVar(&bodyTimeout, "body-timeout", server.DefaultBodyTimeout, "how long a request body may take to arrive (408 past it)")
 	return cmd

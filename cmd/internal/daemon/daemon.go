@@ -5,6 +5,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -26,7 +28,9 @@ import (
 	"github.com/vmsup/vmsup/cmd/internal/peer"
 	"github.com/vmsup/vmsup/cmd/internal/server"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/policy"
+	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/driver"
 )
 
@@ -79,6 +83,9 @@ type Config struct {
 	// TraceLog, when set, is a file that gets every trace record as a
 	// zerolog JSON line (appended; created with mode 0600).
 	TraceLog string
+	// QEMUUser is the unprivileged user a daemon run as root runs QEMU
+	// as (confine.DefaultUser when empty). Ignored when not root.
+	QEMUUser string
 }
 
 // Socket and lock permissions. The socket is open to everyone (the peer
@@ -161,12 +168,17 @@ func Run(ctx context.Context, cfg Config) error {
 	// Runs after the driver is closed: the sink writes what it received.
 	defer closeTrace()
 
+	conf, err := buildConfinement(cfg, stateDir, log)
+	if err != nil {
+		return err
+	}
 	drv, err := driver.Open(ctx, driver.Config{
 		StateDir: stateDir,
 		RunDir:   runDir,
 		Logger:   &log,
 		Trace:    rec,
 		Policy:   pol,
+		Confine:  conf,
 	})
 	if err != nil {
 		return fmt.Errorf("open driver: %w", err)
@@ -451,6 +463,44 @@ func (l *socketListener) Close() error {
 	err := l.UnixListener.Close()
 	l.once.Do(func() { _ = os.Remove(l.path) })
 	return err
+}
+
+// buildConfinement is what confines QEMU when the daemon is root: the QEMU
+// user (which must exist), and a cgroup v2 parent of this daemon's own
+// (named after the state dir, so that two daemons never share one) when
+// cgroup v2 is writable. A daemon that is not root confines nothing more
+// than the sandbox: QEMU runs as itself.
+func buildConfinement(cfg Config, stateDir string, log zerolog.Logger) (*vm.Confine, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	name := cfg.QEMUUser
+	if name == "" {
+		name = confine.DefaultUser
+	}
+	u, err := confine.LookupUser(name)
+	if err != nil {
+		return nil, fmt.Errorf("--qemu-user: %w", err)
+	}
+	conf := &vm.Confine{User: u}
+	sum := sha256.Sum256([]byte(stateDir))
+	cg, err := confine.DetectCgroups("vmsup-" + hex.EncodeToString(sum[:6]))
+	if err != nil {
+		conf.CgroupNote = "no cgroup: " + err.Error()
+	} else {
+		conf.Cgroups = cg
+	}
+	ev := log.Info().Str("qemu_user", u.Name).Uint32("qemu_uid", u.UID)
+	if conf.Cgroups != nil {
+		ev = ev.Str("cgroups", conf.Cgroups.Dir).Bool("memory_limit", conf.Cgroups.Memory)
+		if !conf.Cgroups.Memory {
+			ev = ev.Str("memory_note", conf.Cgroups.MemoryNote)
+		}
+	} else {
+		ev = ev.Str("cgroup_note", conf.CgroupNote)
+	}
+	ev.Msg("QEMU confined: unprivileged user, seccomp sandbox, cgroup")
+	return conf, nil
 }
 
 // CheckDir refuses a directory that is a symlink, is not owned by this

@@ -28,6 +28,12 @@ func runDaemon(t *testing.T, cfg Config) string {
 		cfg.StateDir = filepath.Join(dir, "state")
 	}
 	cfg.Socket = filepath.Join(dir, "sock", "v.sock")
+	if os.Geteuid() == 0 {
+		cfg.QEMUUser = testkit.QEMUUserName()
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg.Logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	ready := make(chan struct{})
 	cfg.OnReady = func() { close(ready) }

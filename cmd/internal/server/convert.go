@@ -8,18 +8,27 @@ import (
 // fromInfo maps a domain snapshot to the API's info object.
 func fromInfo(in *domain.Info) api.Info {
 	return api.Info{
-		Name:     in.Name,
-		UUID:     in.UUID,
-		State:    string(in.State),
-		Reason:   string(in.Reason),
-		PID:      in.PID,
-		Job:      fromJob(in.Job),
-		Queued:   in.Queued,
-		Restarts: in.Restarts,
-		Control:  fromControl(in.Control),
-		NICs:     fromNICs(in.NICs),
-		Agent:    fromAgent(in.Agent),
+		Name:        in.Name,
+		UUID:        in.UUID,
+		State:       string(in.State),
+		Reason:      string(in.Reason),
+		PID:         in.PID,
+		Job:         fromJob(in.Job),
+		Queued:      in.Queued,
+		Restarts:    in.Restarts,
+		Control:     fromControl(in.Control),
+		NICs:        fromNICs(in.NICs),
+		Confinement: fromConfinement(in.Confinement),
+		Problem:     in.Problem,
+		Agent:       fromAgent(in.Agent),
 	}
+}
+
+func fromConfinement(c *domain.Confinement) *api.Confinement {
+	if c == nil {
+		return nil
+	}
+	return &api.Confinement{User: c.User, UID: c.UID, Cgroup: c.Cgroup, MemoryMax: c.MemoryMax, Note: c.Note}
 }
 
 func fromAgent(a *domain.AgentStatus) *api.AgentStatus {

@@ -38,7 +38,7 @@ func withStatus(status int, err error) error { return &httpError{status: status,
 //	400 bad input (spec field errors, bad QMP command, bad name)
 //	404 driver.ErrNotFound
 //	409 domain.ErrNotRunning, ErrUndefining, ErrWrongState, ErrNoConsole,
-//	    driver.ErrConflict
+//	    driver.ErrConflict, driver.ErrBroken
 //	403 a spec field or QMP command the host's policy refuses
 //	413 body over MaxBodyBytes
 //	502 *monitor.QMPError, *agent.Error (the guest agent's error reply,
@@ -68,7 +68,7 @@ func StatusOf(err error) int {
 	case errors.As(err, &ae):
 		return http.StatusBadGateway
 	case errors.Is(err, domain.ErrNotRunning), errors.Is(err, domain.ErrUndefining), errors.Is(err, domain.ErrWrongState),
-		errors.Is(err, domain.ErrNoConsole), errors.Is(err, driver.ErrConflict):
+		errors.Is(err, domain.ErrNoConsole), errors.Is(err, driver.ErrConflict), errors.Is(err, driver.ErrBroken):
 		return http.StatusConflict
 	case errors.Is(err, monitor.ErrBadCommand), len(domain.FieldErrors(err)) > 0:
 		return http.StatusBadRequest

@@ -16,7 +16,6 @@ import (
 	"github.com/vmsup/vmsup/cmd/internal/peer"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/process"
-	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
 )
@@ -35,7 +34,7 @@ func fuzzServer(f *testing.F) *Server {
 	defer cancel()
 	drv, err := driver.Open(ctx, driver.Config{
 		StateDir: dir,
-		Launcher: func(string, []string, qemuargs.RunPaths) (*process.Process, error) {
+		Launcher: func(process.Launch) (*process.Process, error) {
 			p, _ := process.NewSimulatedProcess(int(pids.Add(1)))
 			return p, nil
 		},

@@ -65,7 +65,13 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 }
 
 func (s *Server) define(w http.ResponseWriter, r *http.Request) {
-	if _, err := query(r); err != nil {
+	q, err := query(r, "force")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	force, err := boolParam(q, "force")
+	if err != nil {
 		writeError(w, err)
 		return
 	}
@@ -85,7 +91,7 @@ func (s *Server) define(w http.ResponseWriter, r *http.Request) {
 	if !hasKey(data, "uuid") {
 		spec.UUID = ""
 	}
-	res, err := s.drv.Define(r.Context(), spec)
+	res, err := s.drv.DefineWith(r.Context(), spec, driver.DefineOptions{Force: force})
 	if err != nil {
 		writeError(w, err)
 		return
@@ -238,15 +244,11 @@ func (s *Server) qmp(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, err)
 		return
 	}
-	execute, err := checkQMPCommand(data)
-	if err != nil {
+	if _, err := checkQMPCommand(data); err != nil {
 		writeError(w, badRequest(err))
 		return
 	}
-	if err := s.drv.CheckQMP(name, execute); err != nil {
-		writeError(w, err)
-		return
-	}
+	// Domain.QMP checks the command against the daemon's policy.
 	ret, err := s.drv.Domain(name).QMP(r.Context(), json.RawMessage(data))
 	if err != nil {
 		writeError(w, err)

@@ -23,6 +23,8 @@ type InjectPanicIn struct {
 type DefineRequest struct {
 	actors.Request
 	Spec *domain.Spec
+	// Force replaces a broken definition of the same name.
+	Force bool
 }
 
 // UndefineRequest removes a shut-off domain (a driver job).

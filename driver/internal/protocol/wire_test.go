@@ -31,7 +31,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 	}
 	testkit.CheckWireAll(t, ".",
 		&protocol.InjectPanicIn{Domain: "web1", InjectPanic: supervision.InjectPanic{Reason: "test"}},
-		&protocol.DefineRequest{Request: req, Spec: spec},
+		&protocol.DefineRequest{Request: req, Spec: spec, Force: true},
 		&protocol.UndefineRequest{Request: req, Name: "web1"},
 		&protocol.Undefined{Name: "web1"},
 		&protocol.LookupRequest{Request: req, Name: "web1"},

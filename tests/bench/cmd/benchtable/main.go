@@ -25,7 +25,7 @@ import (
 
 func main() {
 	out := flag.String("out", "", "write the report (markdown) to this file, for example docs/BENCHMARKS.md")
-	only := flag.String("only", "", "comma-separated row groups to run (job, floor, info, daemon, contention, scale, real100, lifecycle, trace, overlay, ssh); all when empty")
+	only := flag.String("only", "", "comma-separated row groups to run (job, floor, info, daemon, contention, scale, real100, lifecycle, trace, overlay, ssh, security); all when empty")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run to this file")
 	heapprofile := flag.String("heapprofile", "", "write a heap profile taken while vmsup runs 100 real QEMUs (real100) to this file")
 	vmsupBin := flag.String("vmsup", "", "a built cmd/vmsup, with cmd/vmsupd next to it, for the daemon rows (default: build both)")
