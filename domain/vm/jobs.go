@@ -71,7 +71,7 @@ type jobData struct {
 	// deadline ends the whole shutdown; viaAgent says the agent took it.
 	deadline time.Time
 	viaAgent bool
-	cgroup  *confine.Cgroup
+	cgroup   *confine.Cgroup
 }
 
 // plans are the domain actor's jobs. They are made once per actor

@@ -58,7 +58,7 @@ func TestMessagesCrossTheWire(t *testing.T) {
 			Job: &job, Queued: 2, Restarts: 1, Control: &domain.Control{State: domain.ControlOK},
 			NICs: []domain.NIC{{Index: 0, Type: "tap", MAC: "52:54:00:12:34:56", Tap: "vmsup0", Bridge: "br0", GuestIP: "10.0.2.15",
 				Forwards: []domain.PortForward{{Field: "networks[0].forwards[0]", Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestAddr: "10.0.2.15", GuestPort: 22}}}},
-			Agent: &domain.AgentStatus{State: domain.AgentAvailable, Version: "7.2.0", Since: t0},
+			Agent:       &domain.AgentStatus{State: domain.AgentAvailable, Version: "7.2.0", Since: t0},
 			Confinement: &domain.Confinement{User: "vmsup-qemu", UID: 998, Cgroup: "/sys/fs/cgroup/vmsup-1/web1", MemoryMax: 1 << 30, Note: "n"},
 			Problem:     "definition web1.json: unexpected EOF"},
 		&domain.Jobs{Domain: "web1", Active: &job, Async: &job, Queued: []domain.JobInfo{job}, Recent: []domain.JobInfo{job}},
