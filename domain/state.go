@@ -91,6 +91,9 @@ type Info struct {
 	// included); nil while the domain is not running. It is shared: do not
 	// change it.
 	Live *Live `json:"live,omitempty"`
+	// Agent is the guest agent's status while QEMU runs with an agent
+	// channel; nil otherwise.
+	Agent *AgentStatus `json:"agent,omitempty"`
 	// Confinement is what keeps the running QEMU away from the host
 	// beyond its seccomp sandbox; nil when nothing does (a daemon that
 	// is not root runs QEMU as itself) or the domain is not running.

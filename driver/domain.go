@@ -32,9 +32,17 @@ type StartOptions struct {
 
 // ShutdownOptions tune Shutdown.
 type ShutdownOptions struct {
-	// Timeout is how long to wait for the guest to power off after the ACPI
-	// powerdown (default 60s).
+	// Timeout is the one deadline of the whole shutdown: asking the guest
+	// and waiting for it to power off (default 60s).
 	Timeout time.Duration
+	// Mode says how to ask the guest: domain.ShutdownACPI (the default:
+	// the ACPI power button, pressed again every few seconds until the
+	// deadline), ShutdownAgent (the guest agent's guest-shutdown) or
+	// ShutdownAuto (the agent when it answers guest-ping, else ACPI).
+	Mode domain.ShutdownMode
+	// Force destroys the VM when it has not powered off by the deadline;
+	// it then ends shutoff/destroyed, never counted as a crash.
+	Force bool
 }
 
 // Name is the domain's name.
@@ -46,10 +54,18 @@ func (h *Domain) Start(ctx context.Context, opts StartOptions) error {
 	return err
 }
 
-// Shutdown asks the guest to power off and waits for it, up to opts.Timeout
-// and ctx.
+// Shutdown asks the guest to power off as opts.Mode says and waits for
+// it, up to opts.Timeout and ctx. A guest that did not power off in time
+// is an error wrapping domain.ErrShutdownTimeout, or, with opts.Force, is
+// destroyed.
 func (h *Domain) Shutdown(ctx context.Context, opts ShutdownOptions) error {
-	_, err := h.job(ctx, "shutdown", func(r actors.Request) any { return vm.ShutdownJob(r, opts.Timeout) })
+	_, err := h.job(ctx, "shutdown", func(r actors.Request) any { return vm.ShutdownJob(r, opts.Timeout, opts.Mode) })
+	if err != nil && opts.Force && errors.Is(err, domain.ErrShutdownTimeout) {
+		if derr := h.Destroy(ctx); derr != nil {
+			return fmt.Errorf("%w; then --force destroy: %w", err, derr)
+		}
+		return nil
+	}
 	return err
 }
 

@@ -103,7 +103,8 @@ func Sort(records []Record) { record.Sort(records) }
 
 // ActorName names vmsup's actors after their protoactor ids: "driver" is
 // the driver, "driver/NAME@GEN" the domain NAME ("domain/NAME") and
-// "driver/NAME@GEN/monitor-PID" its monitor ("monitor/NAME"). Other ids are
+// "driver/NAME@GEN/monitor-PID" its monitor ("monitor/NAME") and
+// ".../agent-PID" its guest agent ("agent/NAME"). Other ids are
 // returned as they are. It follows the spawn names of driver and domain;
 // pass your own function to ReceiverMiddleware when they change.
 func ActorName(pid *actor.PID) string {
@@ -124,6 +125,8 @@ func ActorName(pid *actor.PID) string {
 		return "domain/" + dom
 	case strings.HasPrefix(child, "monitor"):
 		return "monitor/" + dom
+	case strings.HasPrefix(child, "agent"):
+		return "agent/" + dom
 	default:
 		return id
 	}

@@ -18,28 +18,22 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/vmsup/vmsup/actors"
+	"github.com/vmsup/vmsup/actors/trace"
+	"github.com/vmsup/vmsup/domain"
 )
 
-// State says whether the agent answers.
-type State string
+// State says whether the agent answers (domain.AgentState).
+type State = domain.AgentState
 
 // Agent states.
 const (
-	StateUnknown     State = "unknown"     // no command has run yet
-	StateAvailable   State = "available"   // the last command got an answer
-	StateUnavailable State = "unavailable" // the last command got none
+	StateUnknown     = domain.AgentUnknown
+	StateAvailable   = domain.AgentAvailable
+	StateUnavailable = domain.AgentUnavailable
 )
 
 // Status is what the domain shows of its agent (Info.Agent).
-type Status struct {
-	State State `json:"state"`
-	// Reason is why it is unavailable: the failed command and its error.
-	Reason string `json:"reason,omitempty"`
-	// Version is the agent's version, once guest-info answered.
-	Version string `json:"version,omitempty"`
-	// Since is when State last changed.
-	Since time.Time `json:"since"`
-}
+type Status = domain.AgentStatus
 
 // Config configures an agent actor.
 type Config struct {
@@ -54,7 +48,11 @@ type Config struct {
 	Dispatcher actor.Dispatcher
 	// Inflight counts the job goroutines (see actors.LaneConfig).
 	Inflight *actors.Inflight
-	Logger   zerolog.Logger
+	// Trace records each agent command as a span of actor "agent/NAME"
+	// (as the monitor's QMP commands are), and the actor's messages; nil
+	// leaves tracing out.
+	Trace  *trace.Recorder
+	Logger zerolog.Logger
 }
 
 // CommandRequest asks the agent actor to run one agent command. It is
@@ -73,6 +71,10 @@ type CommandReply struct {
 	Return json.RawMessage `json:"return,omitempty"`
 }
 
+// StatusChanged tells the agent actor's parent (the domain) that the
+// published Status changed, so that it publishes a fresh Info.
+type StatusChanged struct{}
+
 // StatusRequest asks for the agent's status and its lane (jobs).
 type StatusRequest struct{}
 
@@ -84,7 +86,8 @@ type StatusReply struct {
 
 // Props returns the props of an agent actor.
 func Props(cfg Config) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return newAgent(cfg) })
+	return actor.PropsFromProducer(func() actor.Actor { return newAgent(cfg) },
+		append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...)...)
 }
 
 // agentActor is the actor; ag is its receiver.
@@ -94,13 +97,17 @@ type agentActor struct {
 	status *atomic.Pointer[Status]
 	// conn is touched only by job steps, which run one at a time.
 	conn *Conn
+	// parent hears StatusChanged; set at Started, before any job.
+	parent *actor.PID
+	root   *actor.RootContext
 }
 
 // command is the data of one agent job.
 type command struct {
-	ag   *agentActor
-	name string
-	args json.RawMessage
+	ag     *agentActor
+	name   string
+	args   json.RawMessage
+	parent string // the span of the caller, for the trace
 }
 
 var commandPlan = newCommandPlan()
@@ -134,12 +141,14 @@ func (ag *agentActor) Receive(c actor.Context) {
 		return
 	}
 	switch m := c.Message().(type) {
+	case *actor.Started:
+		ag.parent, ag.root = c.Parent(), c.ActorSystem().Root
 	case *CommandRequest:
 		if err := checkCommand(m.Command); err != nil {
 			c.Respond(fmt.Errorf("domain %q: %w", ag.cfg.Domain, err))
 			return
 		}
-		ag.lane.Enqueue(c, commandPlan, m.Request, &command{ag: ag, name: m.Command, args: m.Arguments}, actors.ReplyTo(c.Sender()))
+		ag.lane.Enqueue(c, commandPlan, m.Request, &command{ag: ag, name: m.Command, args: m.Arguments, parent: m.ParentID}, actors.ReplyTo(c.Sender()))
 	case *StatusRequest:
 		c.Respond(&StatusReply{Status: *ag.status.Load(), Jobs: ag.lane.Snapshot()})
 	case *actor.Stopping:
@@ -187,8 +196,10 @@ func runCommand(ctx context.Context, r actors.Run[*command]) error {
 	if len(d.args) > 0 {
 		args = d.args
 	}
+	began := time.Now()
 	if noReply[d.name] {
 		err := ag.conn.Send(ctx, Deadline(d.name), d.name, args)
+		ag.record(r, d, time.Since(began), err)
 		if err != nil {
 			ag.setUnavailable(d.name, err)
 			return fmt.Errorf("domain %q: %w", ag.cfg.Domain, err)
@@ -197,6 +208,7 @@ func runCommand(ctx context.Context, r actors.Run[*command]) error {
 		return nil
 	}
 	raw, err := ag.conn.RunRaw(ctx, Deadline(d.name), d.name, args)
+	ag.record(r, d, time.Since(began), err)
 	var ae *Error
 	switch {
 	case err != nil && r.Context().Err() != nil:
@@ -224,6 +236,26 @@ func runCommand(ctx context.Context, r actors.Run[*command]) error {
 	}
 	r.SetValue(&CommandReply{Return: raw})
 	return nil
+}
+
+// record puts one agent command in the trace, as the monitor's QMP
+// commands are: a span of kind qmp whose actor is "agent/NAME".
+func (ag *agentActor) record(r actors.Run[*command], d *command, took time.Duration, err error) {
+	if !ag.cfg.Trace.Enabled() {
+		return
+	}
+	h := r.Header()
+	parent := h.ParentID
+	if parent == "" {
+		parent = d.parent
+	}
+	end := trace.Now()
+	ag.cfg.Trace.Record(trace.Record{
+		TraceID: h.RequestID, SpanID: trace.NewSpanID(), ParentSpanID: parent, Kind: trace.KindQMP,
+		Actor: "agent/" + ag.cfg.Domain, MessageType: d.name, Started: end.Add(-took), Ended: end,
+		JobID: r.ID(), QMP: &trace.QMPRecord{Command: d.name, Duration: took, Outcome: trace.Outcome(err)},
+		Note: "guest agent",
+	})
 }
 
 func (ag *agentActor) ensureConn(ctx context.Context) error {
@@ -260,6 +292,14 @@ func (ag *agentActor) setAvailable(version string) {
 		since = time.Now()
 	}
 	ag.status.Store(&Status{State: StateAvailable, Version: version, Since: since})
+	ag.changed()
+}
+
+// changed tells the parent that the status changed.
+func (ag *agentActor) changed() {
+	if ag.parent != nil {
+		ag.root.Send(ag.parent, &StatusChanged{})
+	}
 }
 
 func (ag *agentActor) setUnavailable(cmd string, err error) {
@@ -270,4 +310,5 @@ func (ag *agentActor) setUnavailable(cmd string, err error) {
 		ag.cfg.Logger.Warn().Str("domain", ag.cfg.Domain).Str("command", cmd).Err(err).Msg("guest agent unavailable")
 	}
 	ag.status.Store(&Status{State: StateUnavailable, Reason: err.Error(), Version: old.Version, Since: since})
+	ag.changed()
 }

@@ -88,18 +88,40 @@ func FSThaw(ctx context.Context, sender actor.SenderContext, pid *actor.PID) (in
 // between them) until it has exited or ctx ends. Its output is captured
 // and returned with the exit code; input, when not nil, is its stdin.
 func Exec(ctx context.Context, sender actor.SenderContext, pid *actor.PID, path string, args []string, input []byte) (*ExecResult, error) {
+	return ExecWith(ctx, func(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+		return Run(ctx, sender, pid, cmd, args)
+	}, path, args, input)
+}
+
+// Runner runs one agent command with args (nil, or a value that marshals
+// to a JSON object) and returns its JSON return value.
+type Runner func(ctx context.Context, cmd string, args any) (json.RawMessage, error)
+
+// ExecWith is Exec over any way of running agent commands (a domain's
+// agent, reached through the domain actor).
+func ExecWith(ctx context.Context, runCmd Runner, path string, args []string, input []byte) (*ExecResult, error) {
+	call := func(ctx context.Context, cmd string, args, out any) error {
+		raw, err := runCmd(ctx, cmd, args)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(raw, out); err != nil {
+			return fmt.Errorf("guest agent command %q: malformed return value: %w", cmd, err)
+		}
+		return nil
+	}
 	req := ExecRequest{Path: path, Args: args, CaptureOutput: true}
 	if input != nil {
 		req.Input = base64.StdEncoding.EncodeToString(input)
 	}
 	var started execStarted
-	if err := run(ctx, sender, pid, "guest-exec", req, &started); err != nil {
+	if err := call(ctx, "guest-exec", req, &started); err != nil {
 		return nil, err
 	}
 	poll := 20 * time.Millisecond
 	for {
 		var st execStatus
-		if err := run(ctx, sender, pid, "guest-exec-status", map[string]int{"pid": started.PID}, &st); err != nil {
+		if err := call(ctx, "guest-exec-status", map[string]int{"pid": started.PID}, &st); err != nil {
 			return nil, err
 		}
 		if st.Exited {

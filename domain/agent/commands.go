@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/vmsup/vmsup/domain"
 )
 
 // Deadlines of agent commands. Every command has one; a guest without an
@@ -106,18 +108,7 @@ type execStatus struct {
 }
 
 // ExecResult is how a command run by guest-exec ended.
-type ExecResult struct {
-	PID int
-	// ExitCode is the command's exit status; -1 when a signal ended it.
-	ExitCode int
-	// Signal is the signal that ended the command, 0 if none.
-	Signal int
-	// Stdout and Stderr are its captured output (the agent returns it
-	// once the command has exited).
-	Stdout, Stderr []byte
-	// Truncated reports that the agent cut the output at its limit.
-	Truncated bool
-}
+type ExecResult = domain.ExecResult
 
 func (s *execStatus) result(pid int) (*ExecResult, error) {
 	r := &ExecResult{PID: pid, ExitCode: -1, Truncated: s.OutTrunc || s.ErrTrunc}

@@ -255,8 +255,8 @@ func (p *Policy) CheckSpec(spec *domain.Spec, rp qemuargs.RunPaths) ([]Taint, er
 }
 
 // CheckSerialPath accepts a serial file or socket only directly in the
-// domain's run dir, and never on one of vmsup's own files there (the QMP
-// socket, the pidfile, QEMU's log). It touches no file.
+// domain's run dir, and never on one of vmsup's own files there (the QMP and agent
+// and agent sockets, the pidfile, QEMU's log). It touches no file.
 func CheckSerialPath(rp qemuargs.RunPaths, path string) error {
 	if err := CheckPath([]string{rp.Dir}, path); err != nil {
 		return fmt.Errorf("must lie in the domain's run dir %s (leave it empty for the default): it %v", rp.Dir, err)
@@ -265,7 +265,7 @@ func CheckSerialPath(rp qemuargs.RunPaths, path string) error {
 		return fmt.Errorf("must be a file directly in the domain's run dir %s", rp.Dir)
 	}
 	switch path {
-	case rp.QMPSocket, rp.PIDFile, rp.QEMULog, rp.Identity:
+	case rp.QMPSocket, rp.AgentSocket, rp.PIDFile, rp.QEMULog, rp.Identity:
 		return fmt.Errorf("is one of vmsup's own files in %s", rp.Dir)
 	}
 	return nil

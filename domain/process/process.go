@@ -167,16 +167,22 @@ type Launch struct {
 type Launcher func(l Launch) (*Process, error)
 
 // LaunchQEMU starts QEMU as a child in its own session, logging to
-// l.Paths.QEMULog, with the QMP socket listening on fd QMPListenFD, as
-// l.User in l.Cgroup when they are set.
+// l.Paths.QEMULog, with the QMP socket listening on fd QMPListenFD and,
+// when the args have the guest agent's channel, its socket on fd
+// AgentListenFD, as l.User in l.Cgroup when they are set. vmsup binds both
+// sockets, so they are vmsup's whoever QEMU runs as.
 func LaunchQEMU(l Launch) (*Process, error) {
 	paths := l.Paths
-	qmp, err := ListenQMP(paths)
+	fds, err := ListenFDs(paths, l.Args)
 	if err != nil {
 		return nil, err
 	}
-	defer qmp.Close() // the child has its own copy
-	p, err := startProcess(l, qmp)
+	defer func() { // the child has its own copies
+		for _, f := range fds {
+			f.Close()
+		}
+	}()
+	p, err := startProcess(l, fds...)
 	if err != nil {
 		return nil, err
 	}
@@ -209,24 +215,53 @@ func argAfter(args []string, flag string) string {
 	return ""
 }
 
+// ListenFDs binds the sockets QEMU serves for args (from BuildArgs) and
+// returns their listeners as exec.Cmd.ExtraFiles: the QMP socket (fd
+// QMPListenFD) and, when args have the guest agent's channel, the agent's
+// (fd AgentListenFD). vmsup binds them, so their owner and mode are
+// vmsup's whoever QEMU runs as. The caller closes the files once QEMU
+// has started.
+func ListenFDs(paths qemuargs.RunPaths, args []string) ([]*os.File, error) {
+	qmp, err := ListenQMP(paths)
+	if err != nil {
+		return nil, err
+	}
+	if !qemuargs.HasAgentChannel(args) {
+		return []*os.File{qmp}, nil
+	}
+	ag, err := listenUnix(paths.AgentSocket, "guest agent")
+	if err != nil {
+		qmp.Close()
+		os.Remove(paths.QMPSocket)
+		return nil, err
+	}
+	return []*os.File{qmp, ag}, nil
+}
+
 // ListenQMP binds paths.QMPSocket (replacing a stale socket file) and
 // returns the listening socket, to be passed to QEMU as fd QMPListenFD
 // (exec.Cmd.ExtraFiles[0]). The socket file stays when the returned file
 // is closed: QEMU owns the listener from then on.
 func ListenQMP(paths qemuargs.RunPaths) (*os.File, error) {
-	if err := os.Remove(paths.QMPSocket); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("remove stale QMP socket: %w", err)
+	return listenUnix(paths.QMPSocket, "QMP")
+}
+
+// listenUnix binds the unix socket path (replacing a stale socket file)
+// and returns its listener as a file; what names it in errors.
+func listenUnix(path, what string) (*os.File, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale %s socket: %w", what, err)
 	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: paths.QMPSocket, Net: "unix"})
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("listen on the QMP socket: %w", err)
+		return nil, fmt.Errorf("listen on the %s socket: %w", what, err)
 	}
 	l.SetUnlinkOnClose(false)
 	defer l.Close()
 	f, err := l.File()
 	if err != nil {
-		os.Remove(paths.QMPSocket)
-		return nil, fmt.Errorf("QMP socket: %w", err)
+		os.Remove(path)
+		return nil, fmt.Errorf("%s socket: %w", what, err)
 	}
 	return f, nil
 }

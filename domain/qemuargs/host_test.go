@@ -19,7 +19,8 @@ func hostTestSpec(t *testing.T, yaml string) *domain.Spec {
 	return s
 }
 
-// hostTestAfter returns the args after -pidfile and the pvpanic device.
+// hostTestAfter returns the args after -pidfile, the agent channel and
+// the pvpanic device.
 func hostTestAfter(t *testing.T, s *domain.Spec, host *qemuargs.Host) []string {
 	t.Helper()
 	paths, _ := qemuargs.NewRunPaths("/run/vmsup", s.Name)
@@ -28,6 +29,9 @@ func hostTestAfter(t *testing.T, s *domain.Spec, host *qemuargs.Host) []string {
 		t.Fatal(err)
 	}
 	rest := args[slices.Index(args, paths.PIDFile)+1:]
+	if qemuargs.HasAgentChannel(args) {
+		rest = rest[6:]
+	}
 	if len(rest) >= 2 && rest[1] == "pvpanic" {
 		rest = rest[2:]
 	}

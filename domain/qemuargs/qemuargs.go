@@ -20,6 +20,9 @@ type RunPaths struct {
 	Dir string
 	// QMPSocket is the QMP unix socket QEMU listens on (qmp.sock).
 	QMPSocket string
+	// AgentSocket is the unix socket on which QEMU relays the guest
+	// agent's virtio-serial port (agent.sock).
+	AgentSocket string
 	// PIDFile is the file QEMU writes its pid to (qemu.pid).
 	PIDFile string
 	// SerialLog receives the serial output when the spec has no serial
@@ -50,13 +53,14 @@ func NewRunPaths(runDir, name string) (RunPaths, error) {
 	rp := RunPaths{
 		Dir:           dir,
 		QMPSocket:     filepath.Join(dir, "qmp.sock"),
+		AgentSocket:   filepath.Join(dir, "agent.sock"),
 		PIDFile:       filepath.Join(dir, "qemu.pid"),
 		SerialLog:     filepath.Join(dir, "serial.log"),
 		ConsoleSocket: filepath.Join(dir, "console.sock"),
 		QEMULog:       filepath.Join(dir, "qemu.log"),
 		Identity:      filepath.Join(dir, "qemu.identity"),
 	}
-	for _, sock := range []string{rp.QMPSocket, rp.ConsoleSocket} {
+	for _, sock := range []string{rp.QMPSocket, rp.AgentSocket, rp.ConsoleSocket} {
 		if len(sock) > domain.MaxSocketPath {
 			return RunPaths{}, fmt.Errorf("domain %q: unix socket path %q is %d bytes, longer than the %d-byte limit of a unix socket address (sun_path); use a shorter run directory or domain name",
 				name, sock, len(sock), domain.MaxSocketPath)
@@ -68,6 +72,33 @@ func NewRunPaths(runDir, name string) (RunPaths, error) {
 // QMPListenFD is the file descriptor on which QEMU finds its listening QMP
 // socket: the first of exec.Cmd.ExtraFiles.
 const QMPListenFD = 3
+
+// AgentListenFD is the file descriptor on which QEMU finds the listening
+// socket of the guest agent's channel: the second of exec.Cmd.ExtraFiles,
+// passed only when the argv has the channel (HasAgentChannel).
+const AgentListenFD = 4
+
+// AgentPort is the name of the guest agent's virtio-serial port, which
+// qemu-ga opens in the guest.
+const AgentPort = "org.qemu.guest_agent.0"
+
+// agentChardev is the chardev of the guest agent's channel.
+const agentChardev = "socket,id=qga0,fd=4,server=on,wait=off" // fd AgentListenFD
+
+// AgentChannel reports whether a domain built from spec has a guest agent
+// channel: every machine with a PCI bus does (not machine "none").
+func AgentChannel(spec *domain.Spec) bool { return spec.Machine != "none" }
+
+// HasAgentChannel reports whether argv (from BuildArgs) expects the
+// agent channel's listening socket on fd AgentListenFD.
+func HasAgentChannel(argv []string) bool {
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == "-chardev" && argv[i+1] == agentChardev {
+			return true
+		}
+	}
+	return false
+}
 
 // qemuOptValue escapes a value for QEMU's "key=value,..." option syntax,
 // where a literal comma is written as two.
@@ -175,7 +206,8 @@ const Sandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecont
 // The order is stable: -name, -uuid, -machine, -accel, -m (MiB, rounded
 // up), -smp, -nodefaults, -no-user-config, -display none, -sandbox
 // (Sandbox), -S, -qmp,
-// -pidfile, then -kernel/-initrd/-append, each disk as two -blockdev nodes
+// -pidfile, the guest agent's channel (AgentChannel: a chardev on fd
+// AgentListenFD, virtio-serial-pci and a virtserialport named AgentPort), then -kernel/-initrd/-append, each disk as two -blockdev nodes
 // (file, then format; node names from DiskNode) and a virtio-blk-pci
 // device, the seed the same way (read-only), each NIC as a -netdev (user
 // with hostfwd, or tap) and a virtio-net-pci device, on q35 the
@@ -216,6 +248,14 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		"-chardev", "socket,id=qmp,fd=" + strconv.Itoa(QMPListenFD) + ",server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 		"-pidfile", paths.PIDFile,
+	}
+	if AgentChannel(spec) {
+		// The guest agent's channel, bound by vmsup like QMP's (fd
+		// AgentListenFD), so that its owner and mode are vmsup's whoever
+		// QEMU runs as.
+		args = append(args, "-chardev", agentChardev,
+			"-device", "virtio-serial-pci,id=vserial0",
+			"-device", "virtserialport,bus=vserial0.0,chardev=qga0,name="+AgentPort)
 	}
 	if spec.Machine == "q35" || strings.HasPrefix(spec.Machine, "pc") {
 		// A guest kernel panic becomes a GUEST_PANICKED event (ISA

@@ -33,6 +33,7 @@ func TestNewRunPaths(t *testing.T) {
 	want := qemuargs.RunPaths{
 		Dir:           "/run/vmsup/web1",
 		QMPSocket:     "/run/vmsup/web1/qmp.sock",
+		AgentSocket:   "/run/vmsup/web1/agent.sock",
 		PIDFile:       "/run/vmsup/web1/qemu.pid",
 		SerialLog:     "/run/vmsup/web1/serial.log",
 		ConsoleSocket: "/run/vmsup/web1/console.sock",
@@ -146,6 +147,9 @@ func TestBuildArgsMinimal(t *testing.T) {
 		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",
 		"-pidfile", "/run/vmsup/tiny/qemu.pid",
+		"-chardev", "socket,id=qga0,fd=4,server=on,wait=off",
+		"-device", "virtio-serial-pci,id=vserial0",
+		"-device", "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0",
 		"-device", "pvpanic",
 		"-device", "pcie-root-port,id=hp0,bus=pcie.0,chassis=1", "-device", "pcie-root-port,id=hp1,bus=pcie.0,chassis=2",
 		"-device", "pcie-root-port,id=hp2,bus=pcie.0,chassis=3", "-device", "pcie-root-port,id=hp3,bus=pcie.0,chassis=4",
@@ -170,6 +174,9 @@ func TestBuildArgsSerialMemoryEscaping(t *testing.T) {
 		args := buildArgs(t, s, paths, domain.AccelTCG)
 		i := slices.Index(args, paths.PIDFile)
 		rest := args[i+1:]
+		if len(rest) >= 6 && rest[0] == "-chardev" && strings.HasPrefix(rest[1], "socket,id=qga0,") {
+			rest = rest[6:] // checked by TestBuildArgsMinimal
+		}
 		if len(rest) >= 2 && rest[0] == "-device" && rest[1] == "pvpanic" {
 			rest = rest[2:] // checked by TestBuildArgsPanicDevice
 		}
@@ -372,13 +379,20 @@ func argsTestStartQEMU(t *testing.T, bin, runDir string, spec *domain.Spec, host
 	if err != nil {
 		t.Fatal(err)
 	}
-	qmpListener, err := process.ListenQMP(paths)
+	fds, err := process.ListenFDs(paths, args)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer qmpListener.Close()
+	defer func() {
+		for _, f := range fds {
+			f.Close()
+		}
+	}()
+	if want := map[bool]int{false: 1, true: 2}[qemuargs.AgentChannel(spec)]; len(fds) != want || qemuargs.HasAgentChannel(args) != (want == 2) {
+		t.Fatalf("ListenFDs gave %d sockets, want %d (QMP, and the guest agent's on fd %d when the argv has it)", len(fds), want, qemuargs.AgentListenFD)
+	}
 	cmd := exec.Command(bin, args...)
-	cmd.ExtraFiles = []*os.File{qmpListener}
+	cmd.ExtraFiles = fds
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -18,6 +18,7 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/agent"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/overlay"
 	"github.com/vmsup/vmsup/domain/process"
@@ -151,6 +152,13 @@ type domainActor struct {
 	// QMP commands directly.
 	link   *monitor.Link
 	monErr error
+	// agent is the running QEMU's guest agent actor and its watcher;
+	// guestAddrs are the guest's addresses by MAC that it read, and
+	// ipNICs the NICs of Info with them (withGuestIPs).
+	agent      *agentWatch
+	guestAddrs map[string]string
+	ipNICs     []domain.NIC
+	ipNICsSrc  *domain.NIC
 
 	lane  *actors.Lane[*jobData]
 	plans plans
@@ -236,7 +244,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		}
 		dom.enqueue(ctx, p, msg.Request, nil)
 	case *protocol.ShutdownRequest:
-		dom.enqueue(ctx, dom.plans.shutdown, msg.Request, &jobData{timeout: msg.Timeout})
+		dom.enqueue(ctx, dom.plans.shutdown, msg.Request, &jobData{timeout: msg.Timeout, mode: msg.Mode})
 	case *protocol.PauseRequest:
 		dom.enqueue(ctx, dom.plans.pause, msg.Request, nil)
 	case *protocol.ResumeRequest:
@@ -263,6 +271,12 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		dom.enqueue(ctx, dom.hot.attachNIC, msg.Request, &jobData{hp: &hotplug{nic: domain.LiveNIC{Type: msg.Type, MAC: msg.MAC, Forwards: msg.Forwards}}})
 	case *protocol.DetachNICRequest:
 		dom.enqueue(ctx, dom.hot.detachNIC, msg.Request, &jobData{hp: &hotplug{nic: domain.LiveNIC{Device: msg.Target}, timeout: msg.Timeout}})
+	case *protocol.AgentRequest:
+		dom.forwardAgent(ctx, msg)
+	case guestAddrs:
+		dom.setGuestAddrs(msg)
+	case *agent.StatusChanged:
+		// Published below: Info shows the agent's new status.
 	case restartDue:
 		if msg.from == dom && msg.seq == dom.restartSeq {
 			dom.onRestartDue(ctx)
@@ -408,6 +422,7 @@ func (dom *domainActor) onExit(ctx actor.Context, p *process.Process) {
 		ctx.Stop(dom.mon)
 		dom.mon, dom.link = nil, nil
 	}
+	dom.stopAgent(ctx)
 	active := dom.lane.Active()
 	state, reason := domain.StateShutoff, domain.ReasonCrashed
 	switch {
@@ -461,6 +476,7 @@ func (dom *domainActor) onQMPEvent(ev *monitor.Event) {
 		dom.panicked = true
 		dom.setState(domain.StateCrashed, domain.ReasonPanicked, ev.ID)
 	case "NIC_RX_FILTER_CHANGED":
+		dom.kickAgent() // the guest's addresses change now
 		if nic, ok := domain.NICOfDevice(ev.Data["name"], len(dom.spec.Networks)); ok {
 			dom.cfg.Broker.Publish(domain.Event{Type: domain.EventNetworkUp, Domain: dom.name(), UUID: dom.spec.UUID,
 				State: dom.state, Reason: dom.reason, Cause: ev.ID, NIC: nic})
@@ -522,6 +538,9 @@ func (dom *domainActor) prepareUndefine(ctx actor.Context) {
 // does, so that a driver opened next never races a job of this one.
 func (dom *domainActor) stopping(ctx actor.Context) {
 	dom.stopRestartTimer()
+	if dom.agent != nil {
+		dom.agent.cancel() // its actor stops with this one
+	}
 	dom.abandonJobs(ctx, fmt.Errorf("domain %q: supervisor is stopping", dom.name()))
 	if !dom.life.waitInflight(dom.cfg.DestroyGrace + 5*time.Second) {
 		dom.cfg.Logger.Error().Str("domain", dom.name()).Msg("job goroutines still running after the stop deadline")
@@ -567,7 +586,10 @@ func (dom *domainActor) info() *domain.Info {
 		in.PID = dom.proc.PID()
 		in.Confinement = dom.proc.Confinement()
 		if dom.cfg.Host != nil {
-			in.NICs = dom.cfg.Host.NICs(dom.spec.Name)
+			in.NICs = dom.withGuestIPs(dom.cfg.Host.NICs(dom.spec.Name))
+		}
+		if dom.agent != nil {
+			in.Agent = dom.agent.status.Load()
 		}
 		in.Live = dom.live
 	}

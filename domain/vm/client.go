@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/agent"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 )
 
@@ -21,10 +22,11 @@ func StartJob(r actors.Request, paused bool) any {
 	return &protocol.StartRequest{Request: r, Paused: paused}
 }
 
-// ShutdownJob is the message of a shutdown job that waits up to timeout
-// (DefaultShutdownTimeout when zero) for the guest to power off.
-func ShutdownJob(r actors.Request, timeout time.Duration) any {
-	return &protocol.ShutdownRequest{Request: r, Timeout: timeout}
+// ShutdownJob is the message of a shutdown job that asks the guest to
+// power off as mode says and waits up to timeout (DefaultShutdownTimeout
+// when zero), one deadline for all of it.
+func ShutdownJob(r actors.Request, timeout time.Duration, mode domain.ShutdownMode) any {
+	return &protocol.ShutdownRequest{Request: r, Timeout: timeout, Mode: mode}
 }
 
 // DestroyJob is the message of a destroy, which preempts every job.
@@ -158,3 +160,20 @@ func SnapshotsOf(reply any) (snaps []domain.Snapshot, ok bool) {
 // AbortJob is the message that asks the domain's async job to stop
 // cleanly (job-cancel for a QEMU job).
 func AbortJob(r actors.Request) any { return &protocol.AbortJobRequest{Request: r} }
+
+// AgentJob is the message of one guest agent command: the domain forwards
+// it to its agent actor, whose lane runs it and answers the sender. args
+// are a JSON object or empty.
+func AgentJob(r actors.Request, command string, args json.RawMessage) any {
+	return &protocol.AgentRequest{Request: r, Command: command, Arguments: args}
+}
+
+// AgentReturn returns the agent's return value from the reply to an
+// AgentJob; ok is false when reply is something else.
+func AgentReturn(reply any) (ret json.RawMessage, ok bool) {
+	r, ok := reply.(*agent.CommandReply)
+	if !ok {
+		return nil, false
+	}
+	return r.Return, true
+}

@@ -16,6 +16,7 @@ import (
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/actors/trace"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/agent"
 	"github.com/vmsup/vmsup/domain/confine"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/process"
@@ -41,6 +42,7 @@ type (
 type jobData struct {
 	// From the request.
 	timeout time.Duration
+	mode    domain.ShutdownMode
 	execute string
 	args    json.RawMessage
 	// after runs in the actor after the plan's End (the on_crash restart
@@ -61,6 +63,7 @@ type jobData struct {
 	proc   *process.Process
 	link   *monitor.Link
 	host   HostResources
+	agent  *actor.PID // the guest agent actor, nil when none
 	conf   *Confine
 
 	// Found by the steps.
@@ -76,6 +79,9 @@ type jobData struct {
 	live  *domain.Live
 	// reply is a raw QMP job's reply, kept here to save an allocation.
 	reply protocol.QMPReply
+	// deadline ends the whole shutdown; viaAgent says the agent took it.
+	deadline time.Time
+	viaAgent bool
 }
 
 // plans are the domain actor's jobs. They are made once per actor
@@ -125,14 +131,25 @@ func (dom *domainActor) makePlans() {
 	}
 
 	p.shutdown = dom.plan("shutdown", actors.JobAsync,
-		step{Name: "system_powerdown", Call: "system_powerdown", Do: func(ctx context.Context, r run) error {
-			return r.Data().typed(ctx, r, "system_powerdown", (*raw.Monitor).SystemPowerdown)
-		}},
+		step{Name: "request", Do: stepShutdownRequest},
 		step{Name: "wait for power-off", Async: true, Do: stepAwaitPowerOff})
 	p.shutdown.Start = func(c actor.Context, j *job) error {
+		mode, err := domain.ParseShutdownMode(string(j.Data.mode))
+		if err != nil {
+			return fmt.Errorf("domain %q: shutdown: %w", dom.name(), err)
+		}
 		if err := dom.runningPrecondition(c, j); err != nil {
 			return err
 		}
+		if mode == domain.ShutdownAgent && dom.agent == nil {
+			return fmt.Errorf("domain %q: shutdown --mode agent: the domain has no guest agent channel (machine %s): %w", dom.name(), dom.spec.Machine, domain.ErrWrongState)
+		}
+		j.Data.mode = mode
+		timeout := j.Data.timeout
+		if timeout <= 0 {
+			timeout = DefaultShutdownTimeout
+		}
+		j.Data.timeout, j.Data.deadline = timeout, time.Now().Add(timeout)
 		dom.shutdownRequested = true
 		return nil
 	}
@@ -251,6 +268,10 @@ func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) 
 func (dom *domainActor) load(j *job) {
 	d := j.Data
 	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), *dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
+	d.proc, d.link, d.host = dom.proc, dom.link, dom.cfg.Host
+	if dom.agent != nil {
+		d.agent = dom.agent.pid
+	}
 	d.proc, d.link, d.host, d.conf = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
@@ -303,7 +324,7 @@ func stepPrepare(ctx context.Context, r run) error {
 	if pid, ok := process.StillRunning(paths.PIDFile, d.spec.UUID); ok {
 		return d.fail("check", fmt.Errorf("QEMU pid %d is still running for this domain (not supervised); stop it first", pid))
 	}
-	for _, stale := range []string{paths.QMPSocket, paths.PIDFile} {
+	for _, stale := range []string{paths.QMPSocket, paths.AgentSocket, paths.PIDFile} {
 		if err := os.Remove(stale); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return d.fail("remove stale "+stale, err)
 		}
@@ -402,6 +423,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 		c.Stop(dom.mon)
 		dom.mon, dom.link = nil, nil
 	}
+	dom.stopAgent(c)
 	dom.proc, dom.paths, dom.monConnected, dom.runningSerial = d.proc, d.paths, false, d.spec.Serial
 	dom.sawShutdown, dom.shutdownRequested, dom.panicked, dom.monErr = false, false, false, nil
 	dom.live, dom.deleted = d.live, nil
@@ -410,6 +432,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))
 	}
 	d.link = dom.link
+	dom.spawnAgent(c, &d.spec, d.paths, d.proc.PID())
 	return nil
 }
 
@@ -428,30 +451,110 @@ func stepHandshake(ctx context.Context, r run) error {
 	return nil
 }
 
+// Shutdown pacing: ACPI powerdown is pressed again every acpiResend (a
+// press before the guest's OS is up is lost), and an auto shutdown that
+// the agent took falls back to ACPI after agentGrace.
+var (
+	acpiResend = 3 * time.Second
+	agentGrace = 10 * time.Second
+)
+
+// stepShutdownRequest asks the guest to power off: with the agent
+// (guest-shutdown) in mode agent, or in mode auto when the agent answers
+// guest-ping; else with ACPI (system_powerdown). All within the
+// shutdown's deadline.
+func stepShutdownRequest(ctx context.Context, r run) error {
+	d := r.Data()
+	ctx, cancel := context.WithDeadline(ctx, d.deadline)
+	defer cancel()
+	useAgent := d.mode == domain.ShutdownAgent
+	if d.mode == domain.ShutdownAuto && d.agent != nil {
+		// The ping's deadline covers its wait on the agent's lane too,
+		// so that a busy or missing agent costs ACPI at most that.
+		r.Calling("guest-ping")
+		pctx, pcancel := context.WithTimeout(ctx, agent.Deadline("guest-ping"))
+		_, err := d.agentCommand(pctx, r, "guest-ping", nil)
+		pcancel()
+		useAgent = err == nil
+	}
+	if useAgent {
+		r.Calling("guest-shutdown")
+		if _, err := d.agentCommand(ctx, r, "guest-shutdown", json.RawMessage(`{"mode":"powerdown"}`)); err != nil {
+			return fmt.Errorf("domain %q: shutdown job %d: %w", d.domain, r.ID(), err)
+		}
+		d.viaAgent = true
+		return nil
+	}
+	return d.powerdown(ctx, r)
+}
+
+// powerdown presses the ACPI power button.
+func (d *jobData) powerdown(ctx context.Context, r run) error {
+	r.Calling("system_powerdown")
+	return d.typed(ctx, r, "system_powerdown", (*raw.Monitor).SystemPowerdown)
+}
+
+// agentCommand runs one guest agent command for the job on the domain's
+// agent actor, under the job's trace.
+func (d *jobData) agentCommand(ctx context.Context, r run, cmd string, args json.RawMessage) (json.RawMessage, error) {
+	if d.agent == nil {
+		return nil, fmt.Errorf("guest agent command %q: no guest agent: %w", cmd, domain.ErrNotRunning)
+	}
+	rep, err := actors.AskAs[*agent.CommandReply](ctx, r.Root(), d.agent, &agent.CommandRequest{Request: r.Header().Child(ctx, r.Header().ParentID), Command: cmd, Arguments: args})
+	if err != nil {
+		return nil, err
+	}
+	return rep.Return, nil
+}
+
 // stepAwaitPowerOff waits, as the lane's async job, for the guest to power
-// off after system_powerdown.
+// off, until the shutdown's deadline. After ACPI it presses the power
+// button again every acpiResend; after the agent took an auto shutdown, it
+// falls back to ACPI once agentGrace has passed.
 func stepAwaitPowerOff(ctx context.Context, r run) error {
 	d := r.Data()
-	timeout := d.timeout
-	if timeout <= 0 {
-		timeout = DefaultShutdownTimeout
-	}
-	sent := time.Now()
-	timer := time.NewTimer(timeout)
+	timer := time.NewTimer(time.Until(d.deadline))
 	defer timer.Stop()
-	select {
-	case <-d.proc.Done():
-		return nil
-	case <-timer.C:
-		return fmt.Errorf("domain %q: guest did not power off within %s after ACPI powerdown (sent %s): %w",
-			d.domain, timeout, sent.Format("15:04:05"), domain.ErrShutdownTimeout)
-	case <-ctx.Done():
+	var pressTimer *time.Timer
+	// press is the next ACPI press; none after a shutdown mode agent
+	// that the agent took.
+	var press <-chan time.Time
+	if !d.viaAgent || d.mode == domain.ShutdownAuto {
+		first := acpiResend
+		if d.viaAgent {
+			first = agentGrace
+		}
+		t := time.NewTimer(first)
+		defer t.Stop()
+		press, pressTimer = t.C, t
+	}
+	presses := 0
+	for {
 		select {
 		case <-d.proc.Done():
-			return nil // QEMU exited: that is what we waited for
-		default:
+			return nil
+		case <-press:
+			// A failed press (QEMU going away) is not the job's error: the
+			// exit or the deadline decides.
+			if d.powerdown(ctx, r) == nil {
+				presses++
+			}
+			pressTimer.Reset(acpiResend)
+		case <-timer.C:
+			how := fmt.Sprintf("ACPI powerdown (pressed %d times)", presses+1)
+			if d.viaAgent {
+				how = fmt.Sprintf("the guest agent's guest-shutdown and %d ACPI presses", presses)
+			}
+			return fmt.Errorf("domain %q: guest did not power off within %s after %s: %w",
+				d.domain, d.timeout, how, domain.ErrShutdownTimeout)
+		case <-ctx.Done():
+			select {
+			case <-d.proc.Done():
+				return nil // QEMU exited: that is what we waited for
+			default:
+			}
+			return fmt.Errorf("domain %q: shutdown job %d: %w", d.domain, r.ID(), context.Cause(ctx))
 		}
-		return fmt.Errorf("domain %q: shutdown job %d: %w", d.domain, r.ID(), context.Cause(ctx))
 	}
 }
 

@@ -138,6 +138,9 @@ func (dom *domainActor) onRestartDue(ctx actor.Context) {
 // instance adopts it once the old jobs have ended.
 func (dom *domainActor) onRestarting(ctx actor.Context) {
 	dom.stopRestartTimer()
+	if dom.agent != nil {
+		dom.agent.cancel() // protoactor stops its actor with this instance's children
+	}
 	dom.abandonJobs(ctx, fmt.Errorf("domain %q: the domain actor restarted after a panic; retry the call", dom.name()))
 }
 

@@ -66,6 +66,10 @@ func (dom *domainActor) recover(ctx actor.Context) {
 		dom.cfg.Logger.Error().Err(err).Str("domain", dom.name()).Msg("cannot spawn monitor for adopted QEMU")
 		return
 	}
+	// An adopted QEMU started by this vmsup has the agent channel's
+	// socket in its run dir; one started by an older vmsup has none, and
+	// its agent shows unavailable.
+	dom.spawnAgent(ctx, dom.spec, paths, proc.PID())
 	dom.cfg.Logger.Info().Str("domain", dom.name()).Int("pid", proc.PID()).Msg(rec.Found)
 	dom.enqueueReconnect(ctx)
 	dom.enqueueSnapshotReconcile(ctx)

@@ -109,17 +109,21 @@ func StartRawQEMUHost(runDir string, spec *domain.Spec, host *qemuargs.Host) (*R
 		return nil, err
 	}
 	defer log.Close()
-	qmpListener, err := process.ListenQMP(paths)
-	if err != nil {
-		return nil, err
-	}
-	defer qmpListener.Close()
 	args, err := qemuargs.BuildArgs(spec, paths, qemuargs.ResolveAccel(spec.Accel), host)
 	if err != nil {
 		return nil, err
 	}
+	fds, err := process.ListenFDs(paths, args)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		for _, f := range fds {
+			f.Close()
+		}
+	}()
 	cmd := exec.Command(spec.EmulatorPath(), args...)
-	cmd.ExtraFiles = []*os.File{qmpListener}
+	cmd.ExtraFiles = fds
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

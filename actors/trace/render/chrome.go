@@ -206,6 +206,9 @@ func trackName(r *record.Record) string {
 	case record.KindJob:
 		return name + " jobs"
 	case record.KindQMP:
+		if commandTarget(r.Actor) == GuestAgent {
+			return name + " commands"
+		}
 		return name + " qmp"
 	}
 	return name

@@ -13,6 +13,18 @@ import (
 // QEMU is the participant that QMP commands go to in sequence diagrams.
 const QEMU = "QEMU"
 
+// GuestAgent is the participant that guest agent commands go to: the
+// records of kind qmp whose actor is a domain's agent ("agent/NAME").
+const GuestAgent = "guest agent"
+
+// commandTarget is who a command record's actor talks to.
+func commandTarget(actor string) string {
+	if strings.HasPrefix(actor, "agent/") {
+		return GuestAgent
+	}
+	return QEMU
+}
+
 // The sequence model behind WriteMermaid and WriteSVG: participants in the
 // order they first appear and the steps of the diagram in time order.
 
@@ -151,12 +163,13 @@ func buildSequence(records []record.Record) sequence {
 					took = r.QMP.Duration
 				}
 			}
-			add(r.Started, seqStep{kind: stepArrow, from: r.Actor, to: QEMU, text: cmd})
+			target := commandTarget(r.Actor)
+			add(r.Started, seqStep{kind: stepArrow, from: r.Actor, to: target, text: cmd})
 			if !r.Ended.IsZero() {
 				if outcome == "" {
 					outcome = "reply"
 				}
-				add(r.Ended, seqStep{kind: stepReply, from: QEMU, to: r.Actor, text: outcome + " (" + formatDuration(took) + ")"})
+				add(r.Ended, seqStep{kind: stepReply, from: target, to: r.Actor, text: outcome + " (" + formatDuration(took) + ")"})
 			}
 		case record.KindAPI:
 			actorName := r.Actor

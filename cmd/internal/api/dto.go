@@ -12,12 +12,14 @@
 //	GET    /v1/domains/{name}             → Info
 //	DELETE /v1/domains/{name}             → Undefined
 //	POST   /v1/domains/{name}/start       ?paused=1 → Info
-//	POST   /v1/domains/{name}/shutdown    ?timeout=60s → Info
+//	POST   /v1/domains/{name}/shutdown    ?timeout=60s&mode=acpi|agent|auto&force=1 → Info
 //	POST   /v1/domains/{name}/destroy     → Info
 //	POST   /v1/domains/{name}/pause       → Info
 //	POST   /v1/domains/{name}/resume      → Info
 //	POST   /v1/domains/{name}/reset       → Info
 //	POST   /v1/domains/{name}/qmp         body: {"execute": ..., "arguments": {...}} → QMPReply
+//	POST   /v1/domains/{name}/agent       body: {"execute": ..., "arguments": {...}} (a guest agent command) → AgentReply
+//	POST   /v1/domains/{name}/exec        body: ExecRequest → ExecReply (once the guest command has exited)
 //	GET    /v1/domains/{name}/jobs        → Jobs
 //	POST   /v1/domains/{name}/jobs/abort  → Info (the async job was asked to stop)
 //	GET    /v1/domains/{name}/snapshots   → [Snapshot]
@@ -35,7 +37,8 @@
 // The trace routes read the daemon's trace recorder (package actors/trace;
 // its records are defined in package actors/trace/record); they answer 409
 // when the daemon runs with --trace=false. A record belongs to
-// ?domain=NAME when its actor or sender is domain/NAME or monitor/NAME, or
+// ?domain=NAME when its actor or sender is domain/NAME, monitor/NAME or
+// agent/NAME, or
 // when it is the API record of a call that reached them.
 //
 // Access: the daemon checks each connection's peer credentials. The GET
@@ -87,6 +90,9 @@ type Info struct {
 	// Live is the running VM's disks and NICs, hot-plugged ones
 	// included; absent while it is not running.
 	Live *Live `json:"live,omitempty"`
+	// Agent is the guest agent's status while the VM runs with an agent
+	// channel; absent otherwise.
+	Agent *AgentStatus `json:"agent,omitempty"`
 	// Tainted lists the uses of raw QEMU (extra_args, "qmp COMMAND")
 	// that the daemon's --allow-raw-qemu let through; absent when none.
 	Tainted []string `json:"tainted,omitempty"`
@@ -118,6 +124,41 @@ type NIC struct {
 	Bridge   string        `json:"bridge,omitempty"`
 	Forwards []PortForward `json:"forwards,omitempty"`
 	GuestIP  string        `json:"guest_ip,omitempty"`
+}
+
+// AgentStatus is the guest agent's status: {"state","reason","version","since"};
+// state is "unknown", "available" or "unavailable".
+type AgentStatus struct {
+	State   string    `json:"state"`
+	Reason  string    `json:"reason,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Since   time.Time `json:"since"`
+}
+
+// AgentReply answers POST /v1/domains/{name}/agent with the agent's
+// "return" value.
+type AgentReply struct {
+	Return any `json:"return"`
+}
+
+// ExecRequest is the body of POST /v1/domains/{name}/exec: the program in
+// the guest, its arguments and its standard input (base64 in JSON).
+type ExecRequest struct {
+	Path  string   `json:"path"`
+	Args  []string `json:"args,omitempty"`
+	Stdin []byte   `json:"stdin,omitempty"`
+}
+
+// ExecReply is how the guest command ended:
+// {"pid","exit_code","signal","stdout","stderr","truncated"}, the output
+// in base64. exit_code is -1 when a signal ended it.
+type ExecReply struct {
+	PID       int    `json:"pid"`
+	ExitCode  int    `json:"exit_code"`
+	Signal    int    `json:"signal,omitempty"`
+	Stdout    []byte `json:"stdout,omitempty"`
+	Stderr    []byte `json:"stderr,omitempty"`
+	Truncated bool   `json:"truncated,omitempty"`
 }
 
 // PortForward is one forward of a user NIC with the host port QEMU really

@@ -148,17 +148,28 @@ func (a *app) simpleCommand(name, short string, do func(*client.Client, context.
 func (a *app) shutdownCommand() *cobra.Command {
 	var timeout time.Duration
 	var force bool
+	var mode string
 	cmd := &cobra.Command{
 		Use:   "shutdown NAME",
-		Short: "Power a VM off through ACPI and wait for it",
-		Long: `Press the VM's ACPI power button and wait for the guest to power off. On a
-terminal a spinner shows the elapsed time. When --timeout passes, the command
-fails, or destroys the VM when --force is given.`,
+		Short: "Power a VM off through ACPI or its guest agent and wait for it",
+		Long: `Ask the guest to power off and wait for it. --mode acpi (the default) presses
+the VM's ACPI power button, and again every few seconds, since a press before
+the guest's OS is up is lost; --mode agent asks the guest agent
+(guest-shutdown); --mode auto uses the agent when it answers guest-ping, and
+ACPI otherwise. On a terminal a spinner shows the elapsed time. --timeout is
+one deadline for all of it: when it passes, the command fails, or destroys
+the VM when --force is given (the VM then ends shutoff/destroyed, never
+counted as a crash).`,
 		Args:              cmdline.ExactArgs(1, "one VM NAME"),
 		ValidArgsFunction: a.completeDomains,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if timeout <= 0 {
 				return cmdline.Usagef("--timeout must be positive, such as 60s")
+			}
+			switch mode {
+			case "acpi", "agent", "auto":
+			default:
+				return cmdline.Usagef("--mode %q: want acpi, agent or auto", mode)
 			}
 			c, err := a.client()
 			if err != nil {
@@ -166,7 +177,7 @@ fails, or destroys the VM when --force is given.`,
 			}
 			name := args[0]
 			stopSpinner := a.spinner(fmt.Sprintf("shutting down %s", name))
-			in, err := c.Shutdown(cmd.Context(), name, timeout)
+			in, err := c.ShutdownMode(cmd.Context(), name, timeout, mode)
 			stopSpinner()
 			if err != nil {
 				if !force || !client.IsStatus(err, http.StatusGatewayTimeout) {
@@ -185,6 +196,7 @@ fails, or destroys the VM when --force is given.`,
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 60*time.Second, "how long to wait for the guest to power off")
 	cmd.Flags().BoolVar(&force, "force", false, "destroy the VM when it has not powered off within --timeout")
+	cmd.Flags().StringVar(&mode, "mode", "acpi", "how to ask the guest: acpi, agent or auto")
 	return cmd
 }
 
@@ -364,9 +376,27 @@ func (a *app) infoCommand() *cobra.Command {
 				fmt.Fprintf(tw, "NIC %d:\t%s\n", n.Index, nicText(n))
 			}
 			printLive(tw, in.Live)
+			if in.Agent != nil {
+				fmt.Fprintf(tw, "Agent:\t%s\n", agentText(in.Agent, time.Now()))
+			}
 			return tw.Flush()
 		},
 	}
+}
+
+// agentText describes the guest agent's status on one line.
+func agentText(s *api.AgentStatus, now time.Time) string {
+	out := s.State
+	if s.Version != "" {
+		out += " (qemu-ga " + s.Version + ")"
+	}
+	if !s.Since.IsZero() {
+		out += " for " + age(s.Since, now)
+	}
+	if s.Reason != "" {
+		out += ": " + s.Reason
+	}
+	return out
 }
 
 // nicText describes a NIC on one line: type, MAC, tap and its forwards.

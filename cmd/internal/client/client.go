@@ -248,9 +248,18 @@ func (c *Client) Start(ctx context.Context, name string, paused bool) (*api.Info
 // Shutdown asks the guest to power off and waits up to timeout (0: the
 // daemon's default, 60s).
 func (c *Client) Shutdown(ctx context.Context, name string, timeout time.Duration) (*api.Info, error) {
-	var q url.Values
+	return c.ShutdownMode(ctx, name, timeout, "")
+}
+
+// ShutdownMode is Shutdown asking the guest as mode says: "acpi" (the
+// default when empty), "agent" or "auto".
+func (c *Client) ShutdownMode(ctx context.Context, name string, timeout time.Duration, mode string) (*api.Info, error) {
+	q := url.Values{}
 	if timeout > 0 {
-		q = url.Values{"timeout": {timeout.String()}}
+		q.Set("timeout", timeout.String())
+	}
+	if mode != "" {
+		q.Set("mode", mode)
 	}
 	return c.action(ctx, name, "shutdown", q)
 }
@@ -290,6 +299,30 @@ func (c *Client) QMP(ctx context.Context, name string, command []byte) (json.Raw
 		return nil, err
 	}
 	return out.Return, nil
+}
+
+// Agent sends one raw guest agent command, {"execute": ..., "arguments":
+// {...}}, and returns the agent's "return" value. An error reply of the
+// agent is an *Error with status 502 and Class and Desc set.
+func (c *Client) Agent(ctx context.Context, name string, command []byte) (json.RawMessage, error) {
+	var out struct {
+		Return json.RawMessage `json:"return"`
+	}
+	if err := c.call(ctx, http.MethodPost, domainPath(name, "agent"), nil, command, "application/json", &out); err != nil {
+		return nil, err
+	}
+	return out.Return, nil
+}
+
+// Exec runs a command in the guest through its agent and returns how it
+// ended, with its output, once it has exited.
+func (c *Client) Exec(ctx context.Context, name string, req api.ExecRequest) (*api.ExecReply, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	var out api.ExecReply
+	return &out, c.call(ctx, http.MethodPost, domainPath(name, "exec"), nil, body, "application/json", &out)
 }
 
 // Jobs returns a VM's job lane.

@@ -18,6 +18,14 @@ import (
 	"golang.org/x/term"
 )
 
+// ExitCode is an error that makes Execute exit with that code and print
+// nothing: a command that passes on another program's exit status
+// (vmsup exec).
+type ExitCode int
+
+// Error says which code.
+func (e ExitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
 // Exit codes.
 const (
 	ExitOK    = 0
@@ -99,6 +107,10 @@ func Execute(root *cobra.Command, args []string, stderr io.Writer, describe func
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return ExitOK
+	}
+	var code ExitCode
+	if errors.As(err, &code) {
+		return int(code)
 	}
 	msg := err.Error()
 	if describe != nil {

@@ -21,6 +21,7 @@ func fromInfo(in *domain.Info) api.Info {
 		Confinement: fromConfinement(in.Confinement),
 		Problem:     in.Problem,
 		Live:        fromLive(in.Live),
+		Agent:       fromAgent(in.Agent),
 	}
 }
 
@@ -29,6 +30,13 @@ func fromConfinement(c *domain.Confinement) *api.Confinement {
 		return nil
 	}
 	return &api.Confinement{User: c.User, UID: c.UID, Cgroup: c.Cgroup, MemoryMax: c.MemoryMax, Note: c.Note}
+}
+
+func fromAgent(a *domain.AgentStatus) *api.AgentStatus {
+	if a == nil {
+		return nil
+	}
+	return &api.AgentStatus{State: string(a.State), Reason: a.Reason, Version: a.Version, Since: a.Since}
 }
 
 func fromNICs(nics []domain.NIC) []api.NIC {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/agent"
 	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/driver"
 	"github.com/vmsup/vmsup/monitor"
@@ -40,7 +41,8 @@ func withStatus(status int, err error) error { return &httpError{status: status,
 //	    driver.ErrConflict, driver.ErrBroken
 //	403 a spec field or QMP command the host's policy refuses
 //	413 body over MaxBodyBytes
-//	502 *monitor.QMPError
+//	502 *monitor.QMPError, *agent.Error (the guest agent's error reply,
+//	    or its channel failing other than by its deadline)
 //	503 driver.ErrClosed (the daemon is stopping)
 //	504 *domain.JobWaitError, domain.ErrShutdownTimeout, context.DeadlineExceeded
 //	500 anything else
@@ -49,6 +51,7 @@ func StatusOf(err error) int {
 	var qe *monitor.QMPError
 	var we *domain.JobWaitError
 	var mbe *http.MaxBytesError
+	var ae *agent.Error
 	switch {
 	case errors.As(err, &he):
 		return he.status
@@ -63,6 +66,8 @@ func StatusOf(err error) int {
 	case errors.As(err, &we), errors.Is(err, domain.ErrShutdownTimeout), errors.Is(err, domain.ErrDetachTimeout),
 		errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
+	case errors.As(err, &ae):
+		return http.StatusBadGateway
 	case errors.Is(err, domain.ErrNotRunning), errors.Is(err, domain.ErrUndefining), errors.Is(err, domain.ErrWrongState),
 		errors.Is(err, domain.ErrNoConsole), errors.Is(err, driver.ErrConflict), errors.Is(err, driver.ErrBroken):
 		return http.StatusConflict
@@ -84,8 +89,12 @@ func ErrorBody(err error) api.Error {
 		body.Error = "request body is larger than 1 MiB"
 	}
 	var qe *monitor.QMPError
-	if errors.As(err, &qe) {
+	var ae *agent.Error
+	switch {
+	case errors.As(err, &qe):
 		body.Class, body.Desc = qe.Class, qe.Desc
+	case errors.As(err, &ae) && ae.Err == nil:
+		body.Class, body.Desc = ae.Class, ae.Desc
 	}
 	for _, fe := range domain.FieldErrors(err) {
 		body.Fields = append(body.Fields, api.FieldError{Field: fe.Field, Problem: fe.Problem})

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -180,7 +181,17 @@ func boolParam(q map[string][]string, key string) (bool, error) {
 }
 
 func (s *Server) shutdown(w http.ResponseWriter, r *http.Request, name string) {
-	q, err := query(r, "timeout")
+	q, err := query(r, "timeout", "mode", "force")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	mode, err := domain.ParseShutdownMode(q.Get("mode"))
+	if err != nil {
+		writeError(w, badRequest(fmt.Errorf("query parameter mode: %w", err)))
+		return
+	}
+	force, err := boolParam(q, "force")
 	if err != nil {
 		writeError(w, err)
 		return
@@ -200,7 +211,7 @@ func (s *Server) shutdown(w http.ResponseWriter, r *http.Request, name string) {
 		ctx, cancel = context.WithTimeout(ctx, timeout+actors.DefaultTimeout)
 		defer cancel()
 	}
-	if err := s.drv.Domain(name).Shutdown(ctx, driver.ShutdownOptions{Timeout: timeout}); err != nil {
+	if err := s.drv.Domain(name).Shutdown(ctx, driver.ShutdownOptions{Timeout: timeout, Mode: mode, Force: force}); err != nil {
 		// A guest that did not power off in time is a 504, which tells
 		// the CLI that --force may destroy it.
 		writeError(w, err)
@@ -346,4 +357,81 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// agent runs one raw guest agent command. guest-sync* are refused: the
+// daemon synchronises the channel itself.
+func (s *Server) agent(w http.ResponseWriter, r *http.Request, name string) {
+	if _, err := query(r); err != nil {
+		writeError(w, err)
+		return
+	}
+	data, err := s.readBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		writeError(w, badRequest(errors.New(`agent: empty body; send a command such as {"execute":"guest-info"}`)))
+		return
+	}
+	execute, args, err := driver.ParseQMPCommand(data)
+	if err != nil {
+		writeError(w, badRequest(errors.New("agent: "+strings.TrimPrefix(err.Error(), "qmp: "))))
+		return
+	}
+	if strings.HasPrefix(execute, "guest-sync") {
+		writeError(w, badRequest(fmt.Errorf("agent: %q is refused: the daemon synchronises the agent channel itself", execute)))
+		return
+	}
+	ret, err := s.drv.Domain(name).Agent(r.Context(), execute, args)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(ret) == 0 {
+		ret = json.RawMessage("{}")
+	}
+	writeJSON(w, http.StatusOK, api.AgentReply{Return: ret})
+}
+
+// defaultExecTimeout bounds exec when the call has no X-Vmsup-Timeout.
+const defaultExecTimeout = 5 * time.Minute
+
+// exec runs a command in the guest through the agent and answers once it
+// has exited (qemu-ga returns the output only then).
+func (s *Server) exec(w http.ResponseWriter, r *http.Request, name string) {
+	if _, err := query(r); err != nil {
+		writeError(w, err)
+		return
+	}
+	data, err := s.readBody(w, r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var req api.ExecRequest
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, badRequest(fmt.Errorf("exec: bad body: %w; send {\"path\":\"/bin/uname\",\"args\":[\"-a\"]}", err)))
+		return
+	}
+	if req.Path == "" || len(req.Path) > 4096 || strings.ContainsRune(req.Path, 0) {
+		writeError(w, badRequest(errors.New(`exec: "path" must be a non-empty program path`)))
+		return
+	}
+	ctx := r.Context()
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultExecTimeout)
+		defer cancel()
+	}
+	res, err := s.drv.Domain(name).Exec(ctx, req.Path, req.Args, req.Stdin)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ExecReply{PID: res.PID, ExitCode: res.ExitCode, Signal: res.Signal,
+		Stdout: res.Stdout, Stderr: res.Stderr, Truncated: res.Truncated})
 }

@@ -110,6 +110,10 @@ func (s *Server) routes() {
 	s.handle("POST /v1/domains/{name}/resume", admin, s.named(s.action("resume", (*driver.Domain).Resume)))
 	s.handle("POST /v1/domains/{name}/reset", admin, s.named(s.action("reset", (*driver.Domain).Reset)))
 	s.handle("POST /v1/domains/{name}/qmp", admin, s.named(s.qmp))
+	// Guest agent commands run in the guest, with the guest's authority,
+	// never on the host: admin access suffices (no --allow-raw-qemu).
+	s.handle("POST /v1/domains/{name}/agent", admin, s.named(s.agent))
+	s.handle("POST /v1/domains/{name}/exec", admin, s.named(s.exec))
 	s.handle("GET /v1/domains/{name}/jobs", read, s.named(s.jobs))
 	s.handle("POST /v1/domains/{name}/jobs/abort", admin, s.named(s.action("abort", (*driver.Domain).AbortJob)))
 	s.handle("GET /v1/domains/{name}/snapshots", read, s.named(s.snapshots))

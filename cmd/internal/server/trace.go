@@ -79,12 +79,13 @@ func checkTraceID(id string) error {
 }
 
 // domainFilter matches the records of one domain: those whose actor or
-// sender is domain/NAME or monitor/NAME. API records have actor "api";
-// they are matched by trace (see selectRecords and the follow handler).
+// sender is domain/NAME, monitor/NAME or agent/NAME (its guest agent).
+// API records have actor "api"; they are matched by trace (see
+// selectRecords and the follow handler).
 func domainFilter(name string) func(*trace.Record) bool {
-	dom, mon := "domain/"+name, "monitor/"+name
+	dom, mon, ag := "domain/"+name, "monitor/"+name, "agent/"+name
 	return func(r *trace.Record) bool {
-		return r.Actor == dom || r.Actor == mon || r.Sender == dom || r.Sender == mon
+		return r.Actor == dom || r.Actor == mon || r.Actor == ag || r.Sender == dom || r.Sender == mon || r.Sender == ag
 	}
 }
 

@@ -24,6 +24,8 @@ type StartRequest struct {
 type ShutdownRequest struct {
 	actors.Request
 	Timeout time.Duration
+	// Mode says how to ask the guest ("" is acpi).
+	Mode domain.ShutdownMode
 }
 
 // DestroyRequest kills QEMU: SIGTERM, then SIGKILL after the grace period.
@@ -47,6 +49,16 @@ type ResetRequest struct{ actors.Request }
 type QMPRequest struct {
 	actors.Request
 	Execute   string
+	Arguments json.RawMessage
+}
+
+// AgentRequest runs one guest agent command. The domain forwards it to
+// its agent actor, a job of the agent's own lane, which answers the
+// sender: a hung agent never holds the domain's lane. Arguments are a
+// JSON object or empty.
+type AgentRequest struct {
+	actors.Request
+	Command   string
 	Arguments json.RawMessage
 }
 
