@@ -19,6 +19,7 @@ import (
 	"github.com/vmsup/vmsup/cmd/internal/api"
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/driver"
+	"github.com/vmsup/vmsup/monitor"
 )
 
 // DefaultShutdownTimeout is how long shutdown waits for the guest when the
@@ -375,9 +376,10 @@ func (s *Server) agent(w http.ResponseWriter, r *http.Request, name string) {
 		writeError(w, badRequest(errors.New(`agent: empty body; send a command such as {"execute":"guest-info"}`)))
 		return
 	}
-	execute, args, err := driver.ParseQMPCommand(data)
+	// The agent speaks QMP's framing: the same parser, the agent's words.
+	execute, args, err := monitor.ParseCommand(data)
 	if err != nil {
-		writeError(w, badRequest(errors.New("agent: "+strings.TrimPrefix(err.Error(), "qmp: "))))
+		writeError(w, badRequest(fmt.Errorf(`agent: bad command (%v); send an object such as {"execute":"guest-info"}`, err)))
 		return
 	}
 	if strings.HasPrefix(execute, "guest-sync") {
