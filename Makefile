@@ -93,6 +93,7 @@ demo-tiny: qemu guest vmsup
 	@$(MAKE) --no-print-directory demo-run DEMO_SPEC=examples/tiny.yaml DEMO_NAME=tiny
 demo-run:
 	@dir=$$(mktemp -d "$${TMPDIR:-/tmp}/vmsup-demo.XXXXXX"); \
+	chmod 0711 "$$dir"; \
 	chmod 711 "$$dir"; \
 	export VMSUP_SOCKET="$$dir/vmsup.sock"; \
 	setsid $(BIN)/vmsup daemon --state-dir "$$dir/state" --image-root "$(CURDIR)/.cache" --log-format console 2>"$$dir/daemon.log" & \

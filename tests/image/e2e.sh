@@ -19,6 +19,9 @@ for f in debian-12.qcow2 vmlinuz initrd.img; do
 done
 
 dir=$(mktemp -d "${TMPDIR:-/tmp}/vmsup-e2e.XXXXXX")
+# A root daemon runs QEMU as its unprivileged user, which must enter the
+# state dir below (mktemp makes it 0700).
+chmod 0711 "$dir"
 export VMSUP_SOCKET="$dir/vmsup.sock" HOME="$dir/home" VMSUP_CACHE="$dir/cache"
 mkdir -p "$HOME"
 sed -e "s#\.\./\.cache/image/#$cache/image/#" examples/debian.yaml >"$dir/debian.yaml"
