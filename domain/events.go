@@ -61,26 +61,55 @@ func NewBroker() *Broker {
 	return &Broker{subs: make(map[*Subscription]struct{}), qmpSubs: make(map[*QMPSubscription]struct{})}
 }
 
-// Subscription receives the events of one domain, or of all domains.
-type Subscription struct {
+// Feed receives the events of type T of one domain, or of all domains:
+// lifecycle events (Subscription) or QMP events (QMPSubscription).
+type Feed[T any] struct {
 	broker  *Broker
+	set     map[*Feed[T]]struct{} // the broker's set of feeds of T
 	domain  string
-	ch      chan Event
+	ch      chan T
 	dropped atomic.Uint64
 	once    sync.Once
+}
+
+// Subscription receives the lifecycle events of one domain, or of all.
+type Subscription = Feed[Event]
+
+// QMPSubscription receives the QMP events of one domain, or of all.
+type QMPSubscription = Feed[QMPEvent]
+
+// subscribe adds a feed for domain ("" for every domain) to set, with a
+// buffer of the given size (DefaultEventBuffer when <= 0).
+func subscribe[T any](b *Broker, set map[*Feed[T]]struct{}, domain string, buffer int) *Feed[T] {
+	if buffer <= 0 {
+		buffer = DefaultEventBuffer
+	}
+	f := &Feed[T]{broker: b, set: set, domain: domain, ch: make(chan T, buffer)}
+	b.mu.Lock()
+	set[f] = struct{}{}
+	b.mu.Unlock()
+	return f
+}
+
+// deliver hands ev, an event of domain, to every matching feed of set
+// without blocking; the caller holds the broker's lock.
+func deliver[T any](set map[*Feed[T]]struct{}, domain string, ev T) {
+	for f := range set {
+		if f.domain != "" && f.domain != domain {
+			continue
+		}
+		select {
+		case f.ch <- ev:
+		default:
+			f.dropped.Add(1)
+		}
+	}
 }
 
 // Subscribe registers a subscriber for domain ("" for every domain) with a
 // buffer of the given size (DefaultEventBuffer when <= 0).
 func (b *Broker) Subscribe(domain string, buffer int) *Subscription {
-	if buffer <= 0 {
-		buffer = DefaultEventBuffer
-	}
-	s := &Subscription{broker: b, domain: domain, ch: make(chan Event, buffer)}
-	b.mu.Lock()
-	b.subs[s] = struct{}{}
-	b.mu.Unlock()
-	return s
+	return subscribe(b, b.subs, domain, buffer)
 }
 
 // Publish delivers ev to every matching subscriber without blocking.
@@ -92,31 +121,22 @@ func (b *Broker) Publish(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	for s := range b.subs {
-		if s.domain != "" && s.domain != ev.Domain {
-			continue
-		}
-		select {
-		case s.ch <- ev:
-		default:
-			s.dropped.Add(1)
-		}
-	}
+	deliver(b.subs, ev.Domain, ev)
 }
 
 // Events is the channel of events; it is closed by Close.
-func (s *Subscription) Events() <-chan Event { return s.ch }
+func (f *Feed[T]) Events() <-chan T { return f.ch }
 
 // Dropped counts the events lost because the buffer was full.
-func (s *Subscription) Dropped() uint64 { return s.dropped.Load() }
+func (f *Feed[T]) Dropped() uint64 { return f.dropped.Load() }
 
 // Close unsubscribes and closes the channel. It is safe to call twice.
-func (s *Subscription) Close() {
-	s.once.Do(func() {
-		s.broker.mu.Lock()
-		delete(s.broker.subs, s)
-		close(s.ch)
-		s.broker.mu.Unlock()
+func (f *Feed[T]) Close() {
+	f.once.Do(func() {
+		f.broker.mu.Lock()
+		delete(f.set, f)
+		close(f.ch)
+		f.broker.mu.Unlock()
 	})
 }
 
@@ -136,27 +156,11 @@ type QMPEvent struct {
 	Time time.Time `json:"timestamp"`
 }
 
-// QMPSubscription receives the QMP events of one domain, or of all.
-type QMPSubscription struct {
-	broker  *Broker
-	domain  string
-	ch      chan QMPEvent
-	dropped atomic.Uint64
-	once    sync.Once
-}
-
 // SubscribeQMP registers a subscriber to the QMP events of domain ("" for
 // every domain) with a buffer of the given size (DefaultEventBuffer when
 // <= 0).
 func (b *Broker) SubscribeQMP(domain string, buffer int) *QMPSubscription {
-	if buffer <= 0 {
-		buffer = DefaultEventBuffer
-	}
-	s := &QMPSubscription{broker: b, domain: domain, ch: make(chan QMPEvent, buffer)}
-	b.mu.Lock()
-	b.qmpSubs[s] = struct{}{}
-	b.mu.Unlock()
-	return s
+	return subscribe(b, b.qmpSubs, domain, buffer)
 }
 
 // PublishQMP delivers a QMP event to every matching subscriber without
@@ -164,30 +168,5 @@ func (b *Broker) SubscribeQMP(domain string, buffer int) *QMPSubscription {
 func (b *Broker) PublishQMP(ev QMPEvent) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for s := range b.qmpSubs {
-		if s.domain != "" && s.domain != ev.Domain {
-			continue
-		}
-		select {
-		case s.ch <- ev:
-		default:
-			s.dropped.Add(1)
-		}
-	}
-}
-
-// Events is the channel of QMP events; it is closed by Close.
-func (s *QMPSubscription) Events() <-chan QMPEvent { return s.ch }
-
-// Dropped counts the events lost because the buffer was full.
-func (s *QMPSubscription) Dropped() uint64 { return s.dropped.Load() }
-
-// Close unsubscribes and closes the channel. It is safe to call twice.
-func (s *QMPSubscription) Close() {
-	s.once.Do(func() {
-		s.broker.mu.Lock()
-		delete(s.broker.qmpSubs, s)
-		close(s.ch)
-		s.broker.mu.Unlock()
-	})
+	deliver(b.qmpSubs, ev.Domain, ev)
 }
