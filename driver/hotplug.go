@@ -97,17 +97,11 @@ func (h *Domain) checkCandidate(spec *domain.Spec) error {
 // under the policy's image roots).
 func (h *Domain) AttachDisk(ctx context.Context, path string, opts DiskOptions) (*DeviceResult, error) {
 	const job = "attach-disk"
-	if err := domain.ValidateName(h.name); err != nil {
+	unlock, err := h.begin(ctx, job, &opts.DeviceOptions)
+	if err != nil {
 		return nil, err
 	}
-	if err := h.resolve(ctx, job, &opts.DeviceOptions); err != nil {
-		return nil, err
-	}
-	if opts.Config {
-		// One read-modify-define of the persistent definition at a time.
-		h.d.configMu.Lock()
-		defer h.d.configMu.Unlock()
-	}
+	defer unlock()
 	spec, err := h.persistent()
 	if err != nil {
 		return nil, err
@@ -130,13 +124,7 @@ func (h *Domain) AttachDisk(ctx context.Context, path string, opts DiskOptions) 
 		res.Disk, _, _ = vm.DeviceOf(v)
 		res.Live = true
 	}
-	if opts.Config {
-		if _, err := h.d.Define(ctx, cand); err != nil {
-			return res, h.configFailed(job, res, err)
-		}
-		res.Config = true
-	}
-	return res, nil
+	return h.finish(ctx, job, opts.Config, res, cand)
 }
 
 // DetachDisk detaches the disk that target names. In the running
@@ -153,14 +141,11 @@ func (h *Domain) DetachDisk(ctx context.Context, target string, opts DeviceOptio
 	if err := checkTarget(target); err != nil {
 		return nil, fmt.Errorf("domain %q: %s: %w", h.name, job, err)
 	}
-	if err := h.resolve(ctx, job, &opts); err != nil {
+	unlock, err := h.begin(ctx, job, &opts)
+	if err != nil {
 		return nil, err
 	}
-	if opts.Config {
-		// One read-modify-define of the persistent definition at a time.
-		h.d.configMu.Lock()
-		defer h.d.configMu.Unlock()
-	}
+	defer unlock()
 	var cand *domain.Spec
 	if opts.Config {
 		spec, err := h.persistent()
@@ -194,13 +179,7 @@ func (h *Domain) DetachDisk(ctx context.Context, target string, opts DeviceOptio
 		res.Disk, _, _ = vm.DeviceOf(v)
 		res.Live = true
 	}
-	if opts.Config {
-		if _, err := h.d.Define(ctx, cand); err != nil {
-			return res, h.configFailed(job, res, err)
-		}
-		res.Config = true
-	}
-	return res, nil
+	return h.finish(ctx, job, opts.Config, res, cand)
 }
 
 // AttachNIC attaches a NIC described as a spec's networks entry: type
@@ -210,17 +189,11 @@ func (h *Domain) DetachDisk(ctx context.Context, target string, opts DeviceOptio
 // into the persistent definition so that it stays the same.
 func (h *Domain) AttachNIC(ctx context.Context, n domain.Network, opts DeviceOptions) (*DeviceResult, error) {
 	const job = "attach-nic"
-	if err := domain.ValidateName(h.name); err != nil {
+	unlock, err := h.begin(ctx, job, &opts)
+	if err != nil {
 		return nil, err
 	}
-	if err := h.resolve(ctx, job, &opts); err != nil {
-		return nil, err
-	}
-	if opts.Config {
-		// One read-modify-define of the persistent definition at a time.
-		h.d.configMu.Lock()
-		defer h.d.configMu.Unlock()
-	}
+	defer unlock()
 	spec, err := h.persistent()
 	if err != nil {
 		return nil, err
@@ -265,13 +238,7 @@ func (h *Domain) AttachNIC(ctx context.Context, n domain.Network, opts DeviceOpt
 		_, res.NIC, _ = vm.DeviceOf(v)
 		res.Live = true
 	}
-	if opts.Config {
-		if _, err := h.d.Define(ctx, cand); err != nil {
-			return res, h.configFailed(job, res, err)
-		}
-		res.Config = true
-	}
-	return res, nil
+	return h.finish(ctx, job, opts.Config, res, cand)
 }
 
 // DetachNIC detaches the NIC that target names: its MAC, or its index
@@ -287,14 +254,11 @@ func (h *Domain) DetachNIC(ctx context.Context, target string, opts DeviceOption
 	if err := checkTarget(target); err != nil {
 		return nil, fmt.Errorf("domain %q: %s: %w", h.name, job, err)
 	}
-	if err := h.resolve(ctx, job, &opts); err != nil {
+	unlock, err := h.begin(ctx, job, &opts)
+	if err != nil {
 		return nil, err
 	}
-	if opts.Config {
-		// One read-modify-define of the persistent definition at a time.
-		h.d.configMu.Lock()
-		defer h.d.configMu.Unlock()
-	}
+	defer unlock()
 	var cand *domain.Spec
 	if opts.Config {
 		spec, err := h.persistent()
@@ -330,7 +294,31 @@ func (h *Domain) DetachNIC(ctx context.Context, target string, opts DeviceOption
 		_, res.NIC, _ = vm.DeviceOf(v)
 		res.Live = true
 	}
-	if opts.Config {
+	return h.finish(ctx, job, opts.Config, res, cand)
+}
+
+// begin starts a hot-plug change: it checks the domain's name, fills in
+// the definitions the change applies to (resolve) and, for a Config
+// change, takes the lock that allows one read-modify-define of the
+// persistent definition at a time; the caller defers unlock.
+func (h *Domain) begin(ctx context.Context, job string, opts *DeviceOptions) (unlock func(), err error) {
+	if err := domain.ValidateName(h.name); err != nil {
+		return nil, err
+	}
+	if err := h.resolve(ctx, job, opts); err != nil {
+		return nil, err
+	}
+	if !opts.Config {
+		return func() {}, nil
+	}
+	h.d.configMu.Lock()
+	return h.d.configMu.Unlock, nil
+}
+
+// finish ends a change whose live part (if any) is in res: for a Config
+// change it defines cand, the changed persistent definition.
+func (h *Domain) finish(ctx context.Context, job string, config bool, res *DeviceResult, cand *domain.Spec) (*DeviceResult, error) {
+	if config {
 		if _, err := h.d.Define(ctx, cand); err != nil {
 			return res, h.configFailed(job, res, err)
 		}
