@@ -298,6 +298,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
 			confine:      cfg.Confine,
+			openImage:    openImage(cfg.Policy),
 			snapshotDir:  filepath.Join(stateDir, "snapshots"),
 			qemuImg:      cfg.QemuImg,
 		}, life)
@@ -509,4 +510,13 @@ func traversable(u *confine.User, dirs ...string) error {
 		}
 	}
 	return nil
+}
+
+// openImage is how domains open the files their specs name for QEMU:
+// under the policy's image roots, or as named without a policy.
+func openImage(p *policy.Policy) vm.OpenImage {
+	if p == nil {
+		return nil
+	}
+	return p.OpenFile
 }
