@@ -614,6 +614,11 @@ func (d *jobData) abort(step string, err error) error {
 // goroutine, and returns the reply's "return" member. args were checked
 // at the edge (a JSON object, or empty).
 func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawMessage) (json.RawMessage, error) {
+	return d.qmpFile(ctx, r, execute, args, nil)
+}
+
+// qmpFile is qmp with file sent along with the command (SCM_RIGHTS).
+func (d *jobData) qmpFile(ctx context.Context, r run, execute string, args json.RawMessage, file *os.File) (json.RawMessage, error) {
 	if d.link == nil {
 		return nil, fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
 	}
@@ -622,7 +627,7 @@ func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawM
 		// members into the command.
 		return nil, fmt.Errorf("domain %q: job %d %q: QMP command %q: arguments are not one JSON object", d.domain, r.ID(), r.Name(), execute)
 	}
-	ret, err := d.link.Run(ctx, monitor.Call{Command: monitor.Command{Execute: execute, Arguments: args}, Req: r.Header(), JobID: r.ID()})
+	ret, err := d.link.Run(ctx, monitor.Call{Command: monitor.Command{Execute: execute, Arguments: args, File: file}, Req: r.Header(), JobID: r.ID()})
 	return ret, d.failed(ctx, r, err)
 }
 
