@@ -248,6 +248,11 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 		hcfg.TapOwner = &tap.Owner{UID: cfg.Confine.User.UID, GID: cfg.Confine.User.GID}
 	}
+	if pol := cfg.Policy; pol != nil {
+		hcfg.OpenUserData = func(path string) (*os.File, error) {
+			return pol.OpenFile("cloud_init.user_data_file", path, false)
+		}
+	}
 	host := hostres.New(hcfg)
 	if cfg.Policy != nil {
 		cfg.Launcher = checkedLauncher(cfg.Policy, cfg.Launcher)

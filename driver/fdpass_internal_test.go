@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmsup/vmsup/actors"
 	"github.com/vmsup/vmsup/domain"
+	"github.com/vmsup/vmsup/domain/cloudinit"
 	"github.com/vmsup/vmsup/domain/policy"
 	"github.com/vmsup/vmsup/domain/vm"
 	"github.com/vmsup/vmsup/tests/testkit"
@@ -261,5 +262,28 @@ func TestAttachDiskNeverOpensFileSwappedOutOfImageRoot(t *testing.T) {
 	}
 	if !strings.Contains(string(sets), `"fdset-id": `+strconv.Itoa(got.FDSet)) && !strings.Contains(string(sets), `"fdset-id":`+strconv.Itoa(got.FDSet)) {
 		t.Fatalf("query-fdsets has no set %d: %s", got.FDSet, sets)
+	}
+}
+
+// The seed's user data is read through the image root too: a
+// user_data_file swapped for a symlink out of the root after define's
+// check (the host resources are asked directly, as after the check) is
+// refused naming the field, and its target never reaches the seed.
+func TestSeedNeverReadsUserDataSwappedOutOfImageRoot(t *testing.T) {
+	d, root, _ := fdDriver(t)
+	outside := filepath.Join(testkit.ShortDir(t), "secret")
+	if err := os.WriteFile(outside, []byte("#cloud-config\nsecret: outside\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ud := filepath.Join(root, "user-data")
+	swapForSymlink(t, ud, outside)
+	spec := &domain.Spec{Name: "fd3", UUID: "6b3c2f0e-1a2b-4c3d-8e9f-0a1b2c3d4e5f", Machine: "q35", Memory: 64 * domain.MiB,
+		CloudInit: &cloudinit.Config{UserDataFile: ud}}
+	err := d.host.Define(ctxFor(t, 10*time.Second), spec)
+	if err == nil || !strings.Contains(err.Error(), "cloud_init.user_data_file") || !strings.Contains(err.Error(), "leads out of image root") {
+		t.Fatalf("seed from a user_data_file swapped for a symlink out of the root: %v, want a refusal naming the field", err)
+	}
+	if b, err := os.ReadFile(d.host.SeedPath("fd3")); err == nil && strings.Contains(string(b), "outside") {
+		t.Fatal("the outside file's content is in the seed")
 	}
 }
