@@ -32,6 +32,10 @@ type LiveDisk struct {
 	// Bus is the root port of a hot-plugged disk ("" for the root bus).
 	Bus        string `json:"bus,omitempty"`
 	Hotplugged bool   `json:"hotplugged,omitempty"`
+	// FDSet is QEMU's fd set that holds the file vmsup opened for the
+	// disk (its file node opens /dev/fdset/FDSet); 0 when QEMU opened
+	// the file by name. A detach removes it.
+	FDSet int `json:"fdset,omitempty"`
 }
 
 // Device is the QEMU id of the disk's virtio-blk-pci device.

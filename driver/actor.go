@@ -102,6 +102,7 @@ type actorConfig struct {
 	reconnect    supervision.Backoff
 	launcher     process.Launcher
 	confine      *vm.Confine
+	openImage    vm.OpenImage
 	dialMonitor  func(string) monitor.Conn
 	trace        *trace.Recorder
 	logger       zerolog.Logger
@@ -453,6 +454,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		MonitorReconnect: d.cfg.reconnect,
 		Launcher:         d.cfg.launcher,
 		Confine:          d.cfg.confine,
+		OpenImage:        d.cfg.openImage,
 		DialMonitor:      d.cfg.dialMonitor,
 		Trace:            d.cfg.trace,
 		Snapshot:         snap,

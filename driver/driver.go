@@ -248,6 +248,11 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		}
 		hcfg.TapOwner = &tap.Owner{UID: cfg.Confine.User.UID, GID: cfg.Confine.User.GID}
 	}
+	if pol := cfg.Policy; pol != nil {
+		hcfg.OpenUserData = func(path string) (*os.File, error) {
+			return pol.OpenFile("cloud_init.user_data_file", path, false)
+		}
+	}
 	host := hostres.New(hcfg)
 	if cfg.Policy != nil {
 		cfg.Launcher = checkedLauncher(cfg.Policy, cfg.Launcher)
@@ -298,6 +303,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 			beforeWrite:  cfg.beforeWrite,
 			host:         host,
 			confine:      cfg.Confine,
+			openImage:    openImage(cfg.Policy),
 			snapshotDir:  filepath.Join(stateDir, "snapshots"),
 			qemuImg:      cfg.QemuImg,
 		}, life)
@@ -509,4 +515,13 @@ func traversable(u *confine.User, dirs ...string) error {
 		}
 	}
 	return nil
+}
+
+// openImage is how domains open the files their specs name for QEMU:
+// under the policy's image roots, or as named without a policy.
+func openImage(p *policy.Policy) vm.OpenImage {
+	if p == nil {
+		return nil
+	}
+	return p.OpenFile
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -105,6 +106,10 @@ type Command struct {
 	// (one that go-qemu built, say); otherwise the connection writes
 	// {"execute":Execute,"arguments":Arguments}.
 	Wire []byte
+	// File, when set, is sent with the command as an SCM_RIGHTS control
+	// message on the unix socket (for add-fd and getfd, which take the
+	// fd that comes with the command). Only a Transport sends it.
+	File *os.File
 }
 
 // AppendWire appends the command as a JSON object without "id".
@@ -183,6 +188,9 @@ func runRecovered(ctx context.Context, conn Conn, c Call, deadline time.Time) (r
 	}()
 	if cr, ok := conn.(CommandRunner); ok {
 		return cr.RunCommand(ctx, c.Command, deadline)
+	}
+	if c.File != nil {
+		return nil, fmt.Errorf("QMP command %q: %w: this connection cannot pass a file", c.Execute, ErrNotSent)
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()

@@ -480,13 +480,19 @@ func (t *Transport) RunCommand(ctx context.Context, cmd Command, deadline time.T
 	}
 	// Add the id in place: the closing brace becomes its member.
 	wire = appendID(obj[:len(obj)-1], len(obj) > 2, n)
-	r, err := t.send(ctx, cmd.Execute, idString(n), wire, deadline, false)
+	r, err := t.sendFile(ctx, cmd.Execute, idString(n), wire, deadline, false, cmd.File)
 	return r.ret, err
 }
 
 // send registers the command id and writes wire, then waits for the reply
 // until deadline or ctx's end.
 func (t *Transport) send(ctx context.Context, name, id string, wire []byte, deadline time.Time, handshake bool) (qmpResult, error) {
+	return t.sendFile(ctx, name, id, wire, deadline, handshake, nil)
+}
+
+// sendFile is send with a file passed along with the command's bytes
+// (SCM_RIGHTS), when file is set.
+func (t *Transport) sendFile(ctx context.Context, name, id string, wire []byte, deadline time.Time, handshake bool, file *os.File) (qmpResult, error) {
 	start := time.Now()
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -516,7 +522,7 @@ func (t *Transport) send(ctx context.Context, name, id string, wire []byte, dead
 
 	timer := getTimer(budget)
 	defer putTimer(timer)
-	switch n, werr := t.write(ctx, conn, wire, deadline, timer.C); {
+	switch n, werr := t.write(ctx, conn, wire, deadline, timer.C, file); {
 	case werr == nil:
 	case errors.Is(werr, errTransportDone):
 		// fail has already answered p.
@@ -573,7 +579,7 @@ var errTransportDone = errors.New("transport done")
 // write sends one command line, serialized with other writers and bounded by
 // deadline (expire fires then) and ctx. It returns how many bytes were
 // written.
-func (t *Transport) write(ctx context.Context, conn net.Conn, wire []byte, deadline time.Time, expire <-chan time.Time) (int, error) {
+func (t *Transport) write(ctx context.Context, conn net.Conn, wire []byte, deadline time.Time, expire <-chan time.Time, file *os.File) (int, error) {
 	select {
 	case t.writeSem <- struct{}{}:
 	case <-ctx.Done():
@@ -587,7 +593,35 @@ func (t *Transport) write(ctx context.Context, conn net.Conn, wire []byte, deadl
 	if err := conn.SetWriteDeadline(deadline); err != nil {
 		return 0, err
 	}
-	return conn.Write(wire)
+	if file == nil {
+		return conn.Write(wire)
+	}
+	return writeWithFile(conn, wire, file)
+}
+
+// writeWithFile writes wire with file's descriptor as SCM_RIGHTS on its
+// first byte, then the rest of wire.
+func writeWithFile(conn net.Conn, wire []byte, file *os.File) (int, error) {
+	uc, ok := conn.(*net.UnixConn)
+	if !ok {
+		return 0, errors.New("a file can only be passed on a unix socket")
+	}
+	raw, err := file.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	if cerr := raw.Control(func(fd uintptr) {
+		n, _, werr = uc.WriteMsgUnix(wire, syscall.UnixRights(int(fd)), nil)
+	}); cerr != nil {
+		return 0, cerr
+	}
+	if werr != nil || n == len(wire) {
+		return n, werr
+	}
+	m, err := conn.Write(wire[n:])
+	return n + m, err
 }
 
 // forget removes p from the pending table. It reports false if the reader

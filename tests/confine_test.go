@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,8 +21,8 @@ import (
 
 // A root driver runs QEMU as the unprivileged user, in its own cgroup when
 // cgroup v2 is writable: QEMU cannot write a root-owned directory, a disk
-// the user may not open is refused naming the spec field, and the QEMU is
-// adopted again after a restart.
+// that only root may open is passed to QEMU as an fd (and keeps its owner
+// and mode), and the QEMU is adopted again after a restart.
 func TestConfinedQEMURunsUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("confining QEMU needs root")
@@ -44,15 +45,14 @@ func TestConfinedQEMURunsUnprivileged(t *testing.T) {
 		t.Fatal(err)
 	}
 	dom := d.Domain("conf1")
-	err := dom.Start(ctxT(t, 60*time.Second), driver.StartOptions{Paused: true})
-	if err == nil || !strings.Contains(err.Error(), `spec field "disks[0].path"`) || !strings.Contains(err.Error(), "may not read and write") {
-		t.Fatalf("start with a root-only disk: %v, want a refusal naming disks[0].path", err)
-	}
-	if err := u.Own(disk); err != nil {
-		t.Fatal(err)
+	if err := u.CanOpen(disk, true); err == nil {
+		t.Fatalf("the QEMU user may open the root-only disk %s", disk)
 	}
 	if err := dom.Start(ctxT(t, 60*time.Second), driver.StartOptions{Paused: true}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("start with a root-only disk (passed as an fd): %v", err)
+	}
+	if fi, err := os.Stat(disk); err != nil || fi.Mode().Perm() != 0o600 || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Fatalf("the disk's owner or mode changed at start: %v %v", fi.Mode(), err)
 	}
 	in, err := dom.Info(ctxT(t, 5*time.Second))
 	if err != nil {

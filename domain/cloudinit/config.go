@@ -206,10 +206,15 @@ func validateUserData(data []byte) error {
 
 // readUserDataFile reads the user data file path and validates it.
 func readUserDataFile(path string) ([]byte, error) {
+	return readUserDataWith(path, os.Open)
+}
+
+// readUserDataWith is readUserDataFile opening path with open.
+func readUserDataWith(path string, open func(string) (*os.File, error)) ([]byte, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("%s must be an absolute path", quote(path))
 	}
-	f, err := os.Open(path)
+	f, err := open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"os"
 
 	yaml "go.yaml.in/yaml/v2"
 )
@@ -39,6 +40,16 @@ type metaData struct {
 // public-keys, the user data (read from UserDataFile when set) and the
 // network config. Errors are *FieldErrors as from Validate.
 func Render(c *Config, instanceID string) (*Seed, error) {
+	return RenderWith(c, instanceID, nil)
+}
+
+// RenderWith is Render reading UserDataFile through open (nil: os.Open),
+// so that a host can keep the read under its image roots however the file
+// changed since it was checked.
+func RenderWith(c *Config, instanceID string, open func(path string) (*os.File, error)) (*Seed, error) {
+	if open == nil {
+		open = os.Open
+	}
 	if err := validateInstanceID(instanceID); err != nil {
 		return nil, err
 	}
@@ -55,7 +66,7 @@ func Render(c *Config, instanceID string) (*Seed, error) {
 		s.UserData = []byte(c.UserData)
 	case c.UserDataFile != "":
 		// Read again: the file may have changed since Validate.
-		if s.UserData, err = readUserDataFile(c.UserDataFile); err != nil {
+		if s.UserData, err = readUserDataWith(c.UserDataFile, open); err != nil {
 			return nil, fieldErr("user_data_file", "%v", err)
 		}
 	default:

@@ -47,6 +47,9 @@ type Config struct {
 	// TapOwner, when set, owns the taps made for tap NICs: the user a
 	// root daemon runs QEMU as.
 	TapOwner *tap.Owner
+	// OpenUserData, when set, opens a cloud-init user_data_file for the
+	// seed (under the host's image roots); nil opens it as named.
+	OpenUserData func(path string) (*os.File, error)
 }
 
 // Manager makes and releases the host resources of every domain of one
@@ -131,7 +134,7 @@ func (m *Manager) Define(ctx context.Context, spec *domain.Spec) error {
 		}
 	}
 	if spec.CloudInit != nil {
-		seed, err := cloudinit.Render(spec.CloudInit, spec.UUID)
+		seed, err := cloudinit.RenderWith(spec.CloudInit, spec.UUID, m.cfg.OpenUserData)
 		if err != nil {
 			errs = append(errs, adopt(err))
 		} else if _, err := cloudinit.WriteISO(m.SeedPath(spec.Name), seed); err != nil {

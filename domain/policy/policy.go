@@ -302,3 +302,55 @@ func (p *Policy) CheckQMP(command string) (*Taint, error) {
 	return nil, &Error{Field: "qmp", Value: command,
 		Reason: "only query-* and " + strings.Join(SafeQMP, ", ") + " run without the daemon's --allow-raw-qemu (other commands can run programs, open host files or add backends)"}
 }
+
+// OpenFile opens the file a spec field names, for QEMU to be given as a
+// file descriptor: lexically under one of p's image roots (CheckPath),
+// then with openat2 from that root's directory, RESOLVE_BENEATH and
+// RESOLVE_NO_MAGICLINKS, so that no symlink or ".." swapped in after
+// define leads out of the root. It opens read-write when write is set,
+// else read-only, always O_CLOEXEC and O_NOCTTY. A refusal is an *Error
+// naming field.
+func (p *Policy) OpenFile(field, path string, write bool) (*os.File, error) {
+	if err := CheckPath(p.ImageRoots, path); err != nil {
+		return nil, &Error{Field: field, Value: path, Reason: err.Error()}
+	}
+	flags := unix.O_RDONLY
+	if write {
+		flags = unix.O_RDWR
+	}
+	for _, r := range p.ImageRoots {
+		rel, ok := below(r, path)
+		if !ok || rel == "" {
+			continue
+		}
+		f, err := openat2Beneath(r, rel, flags)
+		switch {
+		case err == nil:
+			return f, nil
+		case errors.Is(err, unix.EXDEV), errors.Is(err, unix.ELOOP):
+			return nil, &Error{Field: field, Value: path, Reason: fmt.Sprintf("leads out of image root %s through a symlink; it is not opened", r)}
+		case errors.Is(err, unix.ENOSYS):
+			return nil, &Error{Field: field, Value: path, Reason: "cannot be opened safely: the kernel lacks openat2 (Linux 5.6)"}
+		default:
+			return nil, fmt.Errorf("spec field %q: open %s: %w", field, path, err)
+		}
+	}
+	return nil, &Error{Field: field, Value: path, Reason: "is outside the image roots"}
+}
+
+// openat2Beneath opens rel under root with flags, as openBeneath resolves.
+func openat2Beneath(root, rel string, flags int) (*os.File, error) {
+	dir, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open image root %s: %w", root, err)
+	}
+	defer unix.Close(dir)
+	fd, err := unix.Openat2(dir, rel, &unix.OpenHow{
+		Flags:   uint64(flags | unix.O_CLOEXEC | unix.O_NOCTTY),
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(root, rel)), nil
+}

@@ -2,10 +2,13 @@ package policy
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/qemuargs"
@@ -174,4 +177,69 @@ func FuzzQMPAllowed(f *testing.F) {
 			t.Fatalf("allowed %q", cmd)
 		}
 	})
+}
+
+// OpenFile opens a file under a root with the access asked for, follows a
+// symlink that stays inside, and refuses one that leads out, naming the
+// field.
+func TestOpenFileBeneathRoot(t *testing.T) {
+	root, out := t.TempDir(), t.TempDir()
+	p, err := New(false, nil, []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := filepath.Join(root, "disk.raw")
+	if err := os.WriteFile(in, []byte("inside"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secret := filepath.Join(out, "secret")
+	if err := os.WriteFile(secret, []byte("outside"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("disk.raw", filepath.Join(root, "inner")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(secret, filepath.Join(root, "escape")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../"+filepath.Base(out)+"/secret", filepath.Join(root, "dotdot")); err != nil {
+		t.Fatal(err)
+	}
+	for _, write := range []bool{false, true} {
+		f, err := p.OpenFile("disks[0].path", in, write)
+		if err != nil {
+			t.Fatalf("open %s (write %v): %v", in, write, err)
+		}
+		fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		f.Close()
+		want := unix.O_RDONLY
+		if write {
+			want = unix.O_RDWR
+		}
+		if err != nil || fl&unix.O_ACCMODE != want {
+			t.Fatalf("open %s (write %v): flags %#x %v, want access mode %#x", in, write, fl, err, want)
+		}
+	}
+	f, err := p.OpenFile("kernel", filepath.Join(root, "inner"), false)
+	if err != nil {
+		t.Fatalf("a symlink inside the root: %v", err)
+	}
+	b, _ := io.ReadAll(f)
+	f.Close()
+	if string(b) != "inside" {
+		t.Fatalf("read %q through the inner symlink", b)
+	}
+	for _, name := range []string{"escape", "dotdot"} {
+		_, err := p.OpenFile("disks[1].image", filepath.Join(root, name), false)
+		var pe *Error
+		if !errors.As(err, &pe) || pe.Field != "disks[1].image" || !strings.Contains(err.Error(), "leads out of image root") {
+			t.Fatalf("open %s: %v, want a policy error naming disks[1].image", name, err)
+		}
+	}
+	if _, err := p.OpenFile("initrd", secret, false); !errors.Is(err, ErrRefused) {
+		t.Fatalf("open a path outside the roots: %v, want a refusal", err)
+	}
+	if _, err := p.OpenFile("initrd", filepath.Join(root, "missing"), false); err == nil || !strings.Contains(err.Error(), `"initrd"`) {
+		t.Fatalf("open a missing file: %v, want an error naming the field", err)
+	}
 }

@@ -160,6 +160,10 @@ type Launch struct {
 	// Note says why a part of the confinement does not apply (no
 	// cgroup v2 here, no memory limit), for Info.
 	Note string
+	// Files are the files vmsup opened for QEMU, which finds them on
+	// fds qemuargs.FirstPassedFD onwards (the argv's -add-fd). The
+	// caller closes them once QEMU has started.
+	Files []*os.File
 }
 
 // Launcher starts a domain's VM process. The default, LaunchQEMU, runs
@@ -182,7 +186,15 @@ func LaunchQEMU(l Launch) (*Process, error) {
 			f.Close()
 		}
 	}()
-	p, err := startProcess(l, fds...)
+	extra := fds
+	if len(l.Files) > 0 {
+		if len(extra) < qemuargs.FirstPassedFD-3 {
+			// No agent channel: its fd stays closed in QEMU.
+			extra = append(extra, nil)
+		}
+		extra = append(extra, l.Files...)
+	}
+	p, err := startProcess(l, extra...)
 	if err != nil {
 		return nil, err
 	}

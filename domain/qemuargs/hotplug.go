@@ -36,6 +36,12 @@ func appendHotplugPorts(args []string, machine string) []string {
 	return args
 }
 
+// HotFDSetBase is the first fd set id of hot-plugged disks: the disk
+// hot-plugged as "hotN" has its file in fd set HotFDSetBase+N, clear of
+// the sets BuildArgs numbers after the fds of the start (FirstPassedFD
+// onwards).
+const HotFDSetBase = 1000
+
 // NICDevice and NICNetdev are the QEMU ids BuildArgs gives NIC i.
 func NICDevice(i int) string { return "nic" + strconv.Itoa(i) }
 
@@ -63,7 +69,11 @@ func LiveDevices(spec *domain.Spec, host *Host) *domain.Live {
 		if d.Image != "" {
 			format = domain.DiskFormatQCOW2
 		}
-		live.Disks = append(live.Disks, domain.LiveDisk{Node: DiskNode(i), Path: path, Format: format, ReadOnly: d.ReadOnly})
+		ld := domain.LiveDisk{Node: DiskNode(i), Path: path, Format: format, ReadOnly: d.ReadOnly}
+		if host != nil && host.Passed != nil && i < len(host.Passed.Disks) {
+			ld.FDSet = host.Passed.Disks[i]
+		}
+		live.Disks = append(live.Disks, ld)
 	}
 	for i, n := range spec.Networks {
 		nic := domain.LiveNIC{Device: NICDevice(i), Netdev: NICNetdev(i), Type: n.Type, MAC: n.MAC}

@@ -118,6 +118,45 @@ type Host struct {
 	// Seed is the cloud-init seed image, attached read-only after the
 	// disks; empty when the spec has no cloud_init.
 	Seed string
+	// Passed, when set, says that vmsup opened every file QEMU needs and
+	// passes them as file descriptors: QEMU then opens no image, kernel
+	// or initrd by name. Nil: QEMU opens them by name.
+	Passed *Passed
+}
+
+// Passed are the file descriptors, as numbered in QEMU's process, of the
+// files vmsup opened for one start (see PassedFD), and the run-dir copies
+// of the kernel and initrd. An fd of 0 means none.
+type Passed struct {
+	// Disks[i] is the fd of Host.Disks[i] (the path disk, or the
+	// overlay of an image disk), opened read-write unless the disk is
+	// read-only.
+	Disks []int
+	// Bases[i] is the fd of image disk i's base (read-only); 0 for a
+	// path disk.
+	Bases []int
+	// Seed is the fd of Host.Seed (read-only).
+	Seed int
+	// Kernel and Initrd are the copies in the run dir that vmsup wrote
+	// from the files it opened: QEMU 7.2 opens -kernel and -initrd with
+	// a plain open(2), which knows neither /dev/fdset nor (for a file
+	// the QEMU user may not read) /proc/self/fd.
+	Kernel, Initrd string
+}
+
+// FirstPassedFD is the first file descriptor of the files vmsup passes
+// to QEMU (exec.Cmd.ExtraFiles[FirstPassedFD-3] onwards), after the QMP
+// and guest agent sockets.
+const FirstPassedFD = AgentListenFD + 1
+
+// FDSetPath is the name under which QEMU finds the fd set that holds fd
+// (BuildArgs puts each passed fd in a set of its own number).
+func FDSetPath(fd int) string { return "/dev/fdset/" + strconv.Itoa(fd) }
+
+// addFD returns the -add-fd argument of a passed fd, labelled with the
+// spec field it stands for.
+func addFD(fd int, field string) []string {
+	return []string{"-add-fd", "fd=" + strconv.Itoa(fd) + ",set=" + strconv.Itoa(fd) + ",opaque=" + qemuOptValue(field)}
 }
 
 // NIC is one resolved NIC.
@@ -178,11 +217,25 @@ func blockdev(opts map[string]any) string {
 // virtio-blk-pci device: node "<node>-file" (driver file) under node
 // "<node>" (the format driver).
 func appendDisk(args []string, node, file, format string, readOnly bool) []string {
+	return appendDiskNodes(args, node, file, format, readOnly, nil)
+}
+
+// appendDiskNodes is appendDisk with extra options on the format node
+// (its "backing").
+func appendDiskNodes(args []string, node, file, format string, readOnly bool, extra map[string]any) []string {
+	fmtNode := map[string]any{"driver": format, "node-name": node, "file": node + "-file", "read-only": readOnly, "discard": "unmap"}
+	for k, v := range extra {
+		fmtNode[k] = v
+	}
 	return append(args,
 		"-blockdev", blockdev(map[string]any{"driver": "file", "node-name": node + "-file", "filename": file, "read-only": readOnly, "discard": "unmap"}),
-		"-blockdev", blockdev(map[string]any{"driver": format, "node-name": node, "file": node + "-file", "read-only": readOnly, "discard": "unmap"}),
+		"-blockdev", blockdev(fmtNode),
 		"-device", "virtio-blk-pci,drive="+node+",id=virtio-"+node)
 }
+
+// BaseNode returns the block node name of image disk i's base, which
+// BuildArgs gives the overlay's format node as its backing.
+func BaseNode(i int) string { return DiskNode(i) + "-base" }
 
 // DiskNode returns the block node name of disk i ("disk0", ...); the
 // seed's node is SeedNode.
@@ -226,6 +279,12 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		return nil, fmt.Errorf("domain %q: host resources for %d disks, %d NICs and seed %q do not match the spec's %d disks, %d networks and cloud_init",
 			spec.Name, len(host.Disks), len(host.NICs), host.Seed, len(spec.Disks), len(spec.Networks))
 	}
+	pass := host.Passed
+	if pass != nil {
+		if err := pass.check(spec, host); err != nil {
+			return nil, fmt.Errorf("domain %q: passed files: %w", spec.Name, err)
+		}
+	}
 	if accel == "" || accel == domain.AccelAuto {
 		accel = ResolveAccel(spec.Accel)
 	}
@@ -267,9 +326,13 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		args = append(args, "-action", "panic=pause")
 	}
 	if spec.Kernel != "" {
-		args = append(args, "-kernel", spec.Kernel)
+		kernel, initrd := spec.Kernel, spec.Initrd
+		if pass != nil {
+			kernel, initrd = pass.Kernel, pass.Initrd
+		}
+		args = append(args, "-kernel", kernel)
 		if spec.Initrd != "" {
-			args = append(args, "-initrd", spec.Initrd)
+			args = append(args, "-initrd", initrd)
 		}
 		if spec.Append != "" {
 			args = append(args, "-append", spec.Append)
@@ -280,13 +343,41 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		if format == "" {
 			format = domain.DiskFormatRaw
 		}
-		if d.Image != "" {
-			format = domain.DiskFormatQCOW2 // the overlay
+		if pass == nil {
+			if d.Image != "" {
+				format = domain.DiskFormatQCOW2 // the overlay
+			}
+			args = appendDisk(args, DiskNode(i), host.Disks[i], format, d.ReadOnly)
+			continue
 		}
-		args = appendDisk(args, DiskNode(i), host.Disks[i], format, d.ReadOnly)
+		var extra map[string]any
+		if d.Image != "" {
+			// The base from its own fd, given to the overlay as its
+			// backing, so that QEMU never opens the name recorded in
+			// the overlay's header; a qcow2 base gets no backing of
+			// its own (a base is standalone, checked at define).
+			base := BaseNode(i)
+			args = append(args, addFD(pass.Bases[i], fmt.Sprintf("disks[%d].image", i))...)
+			fileNode := map[string]any{"driver": "file", "node-name": base + "-file", "filename": FDSetPath(pass.Bases[i]), "read-only": true}
+			baseNode := map[string]any{"driver": format, "node-name": base, "file": base + "-file", "read-only": true}
+			if format == domain.DiskFormatQCOW2 {
+				baseNode["backing"] = nil
+			}
+			args = append(args, "-blockdev", blockdev(fileNode), "-blockdev", blockdev(baseNode))
+			format, extra = domain.DiskFormatQCOW2, map[string]any{"backing": base}
+			args = append(args, addFD(pass.Disks[i], fmt.Sprintf("disks[%d] overlay", i))...)
+		} else {
+			args = append(args, addFD(pass.Disks[i], fmt.Sprintf("disks[%d].path", i))...)
+		}
+		args = appendDiskNodes(args, DiskNode(i), FDSetPath(pass.Disks[i]), format, d.ReadOnly, extra)
 	}
 	if host.Seed != "" {
-		args = appendDisk(args, SeedNode, host.Seed, domain.DiskFormatRaw, true)
+		seed := host.Seed
+		if pass != nil {
+			args = append(args, addFD(pass.Seed, "cloud_init seed")...)
+			seed = FDSetPath(pass.Seed)
+		}
+		args = appendDisk(args, SeedNode, seed, domain.DiskFormatRaw, true)
 	}
 	for i, n := range spec.Networks {
 		nic := host.NICs[i]
@@ -332,4 +423,26 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		args = append(args, "-chardev", "socket,id=serial0,path="+qemuOptValue(p)+",server=on,wait=off,logfile="+qemuOptValue(paths.SerialLog)+",logappend=on", "-serial", "chardev:serial0")
 	}
 	return append(args, spec.ExtraArgs...), nil
+}
+
+// check reports a Passed that does not fit spec and host.
+func (p *Passed) check(spec *domain.Spec, host *Host) error {
+	if len(p.Disks) != len(spec.Disks) || len(p.Bases) != len(spec.Disks) {
+		return fmt.Errorf("%d disk fds and %d base fds for %d disks", len(p.Disks), len(p.Bases), len(spec.Disks))
+	}
+	for i, d := range spec.Disks {
+		if p.Disks[i] < FirstPassedFD {
+			return fmt.Errorf("disks[%d]: fd %d is not a passed fd", i, p.Disks[i])
+		}
+		if (d.Image != "") != (p.Bases[i] != 0) || (d.Image != "" && p.Bases[i] < FirstPassedFD) {
+			return fmt.Errorf("disks[%d]: base fd %d does not fit the disk", i, p.Bases[i])
+		}
+	}
+	if (host.Seed != "") != (p.Seed != 0) || (p.Seed != 0 && p.Seed < FirstPassedFD) {
+		return fmt.Errorf("seed fd %d does not fit seed %q", p.Seed, host.Seed)
+	}
+	if (spec.Kernel != "") != (p.Kernel != "") || (spec.Initrd != "") != (p.Initrd != "") {
+		return fmt.Errorf("kernel copy %q and initrd copy %q do not fit the spec's kernel and initrd", p.Kernel, p.Initrd)
+	}
+	return nil
 }

@@ -59,6 +59,10 @@ type Config struct {
 	// Confine, when set, runs each QEMU as an unprivileged user in its
 	// own cgroup (a daemon run as root).
 	Confine *Confine
+	// OpenImage opens the files a spec names (disks, kernel, initrd) for
+	// QEMU, which gets them as file descriptors; nil opens them as
+	// named (no image roots).
+	OpenImage OpenImage
 	// DialMonitor makes the QMP connection for a socket path; nil means
 	// monitor.NewTransport. Benchmarks put a simulated monitor here.
 	DialMonitor func(socketPath string) monitor.Conn

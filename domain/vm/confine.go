@@ -21,11 +21,13 @@ type Confine struct {
 	CgroupNote string
 }
 
-// prepare gives the QEMU user the files it must open (its run dir and
-// what is in it, its overlays, its seed and their dir), checks that it may
-// open the files the spec names, with an error naming the spec field, and
-// makes the QEMU's cgroup. The cgroup is the caller's to remove.
-func (c *Confine) prepare(ctx context.Context, spec *domain.Spec, paths qemuargs.RunPaths, host *qemuargs.Host) (*confine.Cgroup, error) {
+// prepare gives the QEMU user its run dir and what is in it (the sockets
+// and the serial log it writes, the copies of the kernel and initrd it
+// reads) and makes the QEMU's cgroup. The disks, the bases and overlays of
+// image disks and the seed are opened by vmsup and passed to QEMU as file
+// descriptors (passFiles), so the QEMU user needs no access to them: they
+// keep their owner and mode. The cgroup is the caller's to remove.
+func (c *Confine) prepare(ctx context.Context, spec *domain.Spec, paths qemuargs.RunPaths) (*confine.Cgroup, error) {
 	u := c.User
 	if err := u.Own(paths.Dir); err != nil {
 		return nil, err
@@ -35,62 +37,13 @@ func (c *Confine) prepare(ctx context.Context, spec *domain.Spec, paths qemuargs
 		return nil, fmt.Errorf("run dir: %w", err)
 	}
 	for _, e := range entries {
-		// What QEMU itself writes there (the serial log and sockets);
-		// vmsup's own files it only reads or replaces by rename.
+		// What QEMU itself writes or reads there (the serial log and
+		// sockets, the kernel and initrd); vmsup's own files it only
+		// reads or replaces by rename.
 		if e.Type().IsRegular() || e.Type()&os.ModeSocket != 0 {
 			if err := u.Own(filepath.Join(paths.Dir, e.Name())); err != nil {
 				return nil, err
 			}
-		}
-	}
-	owned := map[string]bool{}
-	own := func(path string) error {
-		for _, p := range []string{filepath.Dir(path), path} {
-			if !owned[p] {
-				if err := u.Own(p); err != nil {
-					return err
-				}
-				owned[p] = true
-			}
-		}
-		return nil
-	}
-	check := func(field, path string, write bool) error {
-		if err := u.CanOpen(path, write); err != nil {
-			return &domain.FieldError{Field: field, Problem: err.Error()}
-		}
-		return nil
-	}
-	if spec.Kernel != "" {
-		if err := check("kernel", spec.Kernel, false); err != nil {
-			return nil, err
-		}
-	}
-	if spec.Initrd != "" {
-		if err := check("initrd", spec.Initrd, false); err != nil {
-			return nil, err
-		}
-	}
-	for i, d := range spec.Disks {
-		switch {
-		case d.Image != "":
-			if host != nil && i < len(host.Disks) {
-				if err := own(host.Disks[i]); err != nil {
-					return nil, err
-				}
-			}
-			if err := check(fmt.Sprintf("disks[%d].image", i), d.Image, false); err != nil {
-				return nil, err
-			}
-		case d.Path != "":
-			if err := check(fmt.Sprintf("disks[%d].path", i), d.Path, !d.ReadOnly); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if host != nil && host.Seed != "" {
-		if err := own(host.Seed); err != nil {
-			return nil, err
 		}
 	}
 	if c.Cgroups == nil {

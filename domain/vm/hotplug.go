@@ -19,6 +19,7 @@ import (
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/internal/protocol"
 	"github.com/vmsup/vmsup/domain/netcfg"
+	"github.com/vmsup/vmsup/domain/qemuargs"
 	"github.com/vmsup/vmsup/monitor"
 )
 
@@ -101,6 +102,11 @@ func (dom *domainActor) makeHotplugPlans() {
 			for _, node := range []string{disk.Node, disk.FileNode()} {
 				if err := d.hotQMP(ctx, r, "blockdev-del", map[string]any{"node-name": node}); err != nil {
 					return fmt.Errorf("domain %q: detach-disk %s: the device is gone, but its block node %q stays: %w", d.domain, disk.Node, node, err)
+				}
+			}
+			if disk.FDSet != 0 {
+				if err := d.hotQMP(ctx, r, "remove-fd", map[string]any{"fdset-id": disk.FDSet}); err != nil {
+					return fmt.Errorf("domain %q: detach-disk %s: the device and its nodes are gone, but its fd set %d stays: %w", d.domain, disk.Node, disk.FDSet, err)
 				}
 			}
 			r.SetValue(&protocol.DeviceReply{Disk: &disk})
@@ -191,6 +197,7 @@ func (dom *domainActor) startAttachDisk(_ *job, h *hotplug) error {
 		return fmt.Errorf("no free PCIe root port for a hot-plugged device (all %d in use: %s); detach one first", len(h.live.Ports), strings.Join(h.live.Ports, ", "))
 	}
 	h.disk.Node, h.disk.Bus, h.disk.Hotplugged = "hot"+strconv.Itoa(h.live.Next), bus, true
+	h.disk.FDSet = qemuargs.HotFDSetBase + h.live.Next
 	h.live.Next++
 	h.live.Disks = append(h.live.Disks, h.disk)
 	return nil
@@ -297,14 +304,28 @@ func (dom *domainActor) onDeviceDeleted(c actor.Context, data map[string]any) {
 func stepBlockdevAdd(ctx context.Context, r run) error {
 	d := r.Data()
 	disk := d.hp.disk
-	// A confined QEMU opens the file as its own user: say so before QEMU
-	// says "Permission denied".
-	if d.conf != nil && d.conf.User != nil {
-		if err := d.conf.User.CanOpen(disk.Path, !disk.ReadOnly); err != nil {
-			return fmt.Errorf("domain %q: attach-disk: %w", d.domain, err)
-		}
+	// vmsup opens the file (under the image roots, no symlink out of
+	// them) and passes it over the QMP socket into an fd set of its own:
+	// QEMU opens no name, and its user needs no access to the file.
+	open := d.openImage
+	if open == nil {
+		open = openPlain
 	}
-	file := map[string]any{"driver": "file", "node-name": disk.FileNode(), "filename": disk.Path, "read-only": disk.ReadOnly, "discard": "unmap"}
+	f, err := open("path", disk.Path, !disk.ReadOnly)
+	if err != nil {
+		return fmt.Errorf("domain %q: attach-disk: %w", d.domain, err)
+	}
+	defer f.Close() // QEMU has its own copy once add-fd returns
+	if err := d.hotQMPFile(ctx, r, "add-fd", map[string]any{"fdset-id": disk.FDSet, "opaque": "attach-disk " + disk.Node}, f); err != nil {
+		return err
+	}
+	r.Defer("remove the fd set of a failed attach", func(jobErr error) error {
+		if jobErr == nil || d.hp.done {
+			return nil
+		}
+		return d.undo(r, "remove-fd", map[string]any{"fdset-id": disk.FDSet})
+	})
+	file := map[string]any{"driver": "file", "node-name": disk.FileNode(), "filename": qemuargs.FDSetPath(disk.FDSet), "read-only": disk.ReadOnly, "discard": "unmap"}
 	if err := d.hotQMP(ctx, r, "blockdev-add", file); err != nil {
 		return err
 	}
@@ -403,12 +424,17 @@ func (h *hotplug) device() string {
 
 // hotQMP runs one hot-plug command with arguments built here.
 func (d *jobData) hotQMP(ctx context.Context, r run, execute string, args map[string]any) error {
+	return d.hotQMPFile(ctx, r, execute, args, nil)
+}
+
+// hotQMPFile is hotQMP with file sent along with the command (add-fd).
+func (d *jobData) hotQMPFile(ctx context.Context, r run, execute string, args map[string]any, file *os.File) error {
 	b, err := json.Marshal(args)
 	if err != nil {
 		return err
 	}
 	r.Calling(execute)
-	if _, err := d.qmp(ctx, r, execute, b); err != nil {
+	if _, err := d.qmpFile(ctx, r, execute, b, file); err != nil {
 		return fmt.Errorf("domain %q: %s: QMP %q: %w", d.domain, r.Name(), execute, err)
 	}
 	return nil

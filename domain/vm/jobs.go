@@ -65,6 +65,8 @@ type jobData struct {
 	host   HostResources
 	agent  *actor.PID // the guest agent actor, nil when none
 	conf   *Confine
+	// openImage opens spec files for QEMU; nil opens them as named.
+	openImage OpenImage
 
 	// Found by the steps.
 	paths   qemuargs.RunPaths
@@ -72,6 +74,7 @@ type jobData struct {
 	status  string
 	release func() // the host resources of this start
 	cgroup  *confine.Cgroup
+	files   passedFiles // closed when the start job ends
 	// snap is a snapshot job's own data (snapshot.go).
 	snap *snapOp
 	// async is set while the job is the lane's async job.
@@ -272,7 +275,7 @@ func (dom *domainActor) load(j *job) {
 	if dom.agent != nil {
 		d.agent = dom.agent.pid
 	}
-	d.proc, d.link, d.host, d.conf = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine
+	d.proc, d.link, d.host, d.conf, d.openImage = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine, dom.cfg.OpenImage
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
 	}
@@ -347,6 +350,23 @@ func stepPrepare(ctx context.Context, r run) error {
 			return nil
 		})
 	}
+	if host == nil {
+		if host, err = qemuargs.PlainHost(&d.spec); err != nil {
+			return d.fail("command line", err)
+		}
+	}
+	// vmsup opens every file QEMU needs and passes it as an fd, so that
+	// nothing swapped in since define (a symlink out of the image root)
+	// is opened by name.
+	host, files, err := passFiles(&d.spec, paths, host, d.openImage)
+	if err != nil {
+		return d.fail("open files", err)
+	}
+	d.files = files
+	r.Defer("close the files passed to QEMU", func(error) error {
+		files.Close()
+		return nil
+	})
 	argv, err := qemuargs.BuildArgs(&d.spec, paths, qemuargs.ResolveAccel(d.spec.Accel), host)
 	if err != nil {
 		return d.fail("command line", err)
@@ -354,7 +374,7 @@ func stepPrepare(ctx context.Context, r run) error {
 	d.argv = argv
 	d.cgroup = nil
 	if d.conf != nil {
-		cg, err := d.conf.prepare(ctx, &d.spec, paths, host)
+		cg, err := d.conf.prepare(ctx, &d.spec, paths)
 		if err != nil {
 			return d.fail("confine QEMU", err)
 		}
@@ -385,7 +405,7 @@ func stepSpawn(_ context.Context, r run) error {
 	if launch == nil {
 		launch = process.LaunchQEMU
 	}
-	l := process.Launch{Emulator: d.spec.EmulatorPath(), Args: d.argv, Paths: d.paths}
+	l := process.Launch{Emulator: d.spec.EmulatorPath(), Args: d.argv, Paths: d.paths, Files: d.files}
 	if d.conf != nil {
 		l.User, l.Cgroup, l.Note = d.conf.User, d.cgroup, d.conf.CgroupNote
 	}
@@ -594,6 +614,11 @@ func (d *jobData) abort(step string, err error) error {
 // goroutine, and returns the reply's "return" member. args were checked
 // at the edge (a JSON object, or empty).
 func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawMessage) (json.RawMessage, error) {
+	return d.qmpFile(ctx, r, execute, args, nil)
+}
+
+// qmpFile is qmp with file sent along with the command (SCM_RIGHTS).
+func (d *jobData) qmpFile(ctx context.Context, r run, execute string, args json.RawMessage, file *os.File) (json.RawMessage, error) {
 	if d.link == nil {
 		return nil, fmt.Errorf("domain %q: %w", d.domain, domain.ErrNotRunning)
 	}
@@ -602,7 +627,7 @@ func (d *jobData) qmp(ctx context.Context, r run, execute string, args json.RawM
 		// members into the command.
 		return nil, fmt.Errorf("domain %q: job %d %q: QMP command %q: arguments are not one JSON object", d.domain, r.ID(), r.Name(), execute)
 	}
-	ret, err := d.link.Run(ctx, monitor.Call{Command: monitor.Command{Execute: execute, Arguments: args}, Req: r.Header(), JobID: r.ID()})
+	ret, err := d.link.Run(ctx, monitor.Call{Command: monitor.Command{Execute: execute, Arguments: args, File: file}, Req: r.Header(), JobID: r.ID()})
 	return ret, d.failed(ctx, r, err)
 }
 
