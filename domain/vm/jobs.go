@@ -65,6 +65,9 @@ type jobData struct {
 	host   HostResources
 	agent  *actor.PID // the guest agent actor, nil when none
 	conf   *Confine
+	// snapFile holds the snapshot records, and with them the chains of
+	// the disk-only snapshots that a start opens.
+	snapFile string
 
 	// Found by the steps.
 	paths   qemuargs.RunPaths
@@ -272,6 +275,7 @@ func (dom *domainActor) load(j *job) {
 	if dom.agent != nil {
 		d.agent = dom.agent.pid
 	}
+	d.snapFile = dom.snapshotFile()
 	d.proc, d.link, d.host, d.conf = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
@@ -346,6 +350,14 @@ func stepPrepare(ctx context.Context, r run) error {
 			}
 			return nil
 		})
+	}
+	if host == nil && d.snapFile != "" {
+		if h, err := qemuargs.PlainHost(&d.spec); err == nil {
+			host = h
+		}
+	}
+	if host, err = applyChains(d.snapFile, &d.spec, host); err != nil {
+		return d.fail("disk-only snapshots", err)
 	}
 	argv, err := qemuargs.BuildArgs(&d.spec, paths, qemuargs.ResolveAccel(d.spec.Accel), host)
 	if err != nil {
