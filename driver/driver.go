@@ -243,7 +243,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	hcfg := hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger}
 	if cfg.Confine != nil {
-		if err := traversable(cfg.Confine.User, stateDir, cfg.RunDir, filepath.Join(stateDir, "disks")); err != nil {
+		if err := traversable(cfg.Confine.User, stateDir, cfg.RunDir, filepath.Join(stateDir, "disks"), filepath.Join(stateDir, "snapshots")); err != nil {
 			return nil, fmt.Errorf("driver: %w", err)
 		}
 		hcfg.TapOwner = &tap.Owner{UID: cfg.Confine.User.UID, GID: cfg.Confine.User.GID}

@@ -381,6 +381,9 @@ func stepDiskSnapOverlay(ctx context.Context, r run) error {
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
 		ds.made = append(ds.made, ds.overlays[k])
+		if err := d.ownOverlay(ds.overlays[k]); err != nil {
+			return fmt.Errorf("%s: disk %s: %w", what, k, err)
+		}
 	}
 	if !s.running {
 		return nil
@@ -585,10 +588,23 @@ func stepDiskSnapRevert(ctx context.Context, r run) error {
 		if err := s.img.CreateOn(ctx, b, bformat, fresh, info.VirtualSize); err != nil {
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
+		if err := d.ownOverlay(fresh); err != nil {
+			os.Remove(fresh)
+			return fmt.Errorf("%s: disk %s: %w", what, k, err)
+		}
 		if err := os.Rename(fresh, o); err != nil {
 			os.Remove(fresh)
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
 	}
 	return nil
+}
+
+// ownOverlay gives an overlay and its directory to the QEMU user of a
+// confined domain, which opens and writes it.
+func (d *jobData) ownOverlay(path string) error {
+	if d.conf == nil || d.conf.User == nil {
+		return nil
+	}
+	return d.conf.User.Own(filepath.Dir(path), path)
 }
