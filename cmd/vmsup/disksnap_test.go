@@ -1,0 +1,253 @@
+package main_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmsup/vmsup/tests/testkit"
+)
+
+// diskSnapEntry is one entry of `snapshot list --json`.
+type diskSnapEntry struct {
+	Name       string            `json:"name"`
+	State      string            `json:"state"`
+	Kind       string            `json:"kind"`
+	Overlays   map[string]string `json:"overlays"`
+	Backing    map[string]string `json:"backing"`
+	Frozen     bool              `json:"frozen"`
+	FrozenFS   int               `json:"frozen_fs"`
+	FreezeNote string            `json:"freeze_note"`
+}
+
+// writeDiskSnapSpec writes a spec of the tiny guest with one image disk
+// (a qcow2 overlay on a raw base of zeros), with or without its agent.
+func writeDiskSnapSpec(t *testing.T, dir, name string, agent bool) string {
+	t.Helper()
+	g := testkit.RequireGuest(t)
+	base := filepath.Join(dir, name+"-base.raw")
+	if err := os.WriteFile(base, make([]byte, 4<<20), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	flags := ""
+	if !agent {
+		flags = " vmsup.agent=0"
+	}
+	spec := fmt.Sprintf(`name: %s
+machine: q35
+accel: tcg
+memory: 256M
+kernel: %s
+initrd: %s
+append: console=ttyS0 panic=-1 vmsup.shell=0%s
+disks:
+  - image: %s
+    format: raw
+    size: 8M
+`, name, g.Kernel, g.Initrd, flags, base)
+	path := filepath.Join(dir, name+".yaml")
+	if err := os.WriteFile(path, []byte(spec), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func (d *daemon) waitAgent(t *testing.T, name string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r := d.vmsup(t, "info", name)
+		if strings.Contains(r.stdout, "available (qemu-ga ") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no available agent in info after %s: %s", within, r)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func (d *daemon) diskSnaps(t *testing.T, name string) map[string]diskSnapEntry {
+	t.Helper()
+	var list []diskSnapEntry
+	d.okJSON(t, &list, "snapshot", "list", name)
+	out := map[string]diskSnapEntry{}
+	for _, s := range list {
+		out[s.Name] = s
+	}
+	return out
+}
+
+// topFile is the file of disk0's top image in the running QEMU.
+func (d *daemon) topFile(t *testing.T, name string) string {
+	t.Helper()
+	var devs []struct {
+		Inserted *struct {
+			NodeName string `json:"node-name"`
+			File     string `json:"file"`
+		} `json:"inserted"`
+	}
+	if err := json.Unmarshal([]byte(d.ok(t, "qmp", name, `{"execute":"query-block"}`)), &devs); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range devs {
+		if in := dev.Inserted; in != nil && strings.HasPrefix(in.NodeName, "disk0") {
+			return in.File
+		}
+	}
+	t.Fatalf("no disk0 in query-block")
+	return ""
+}
+
+// freezeStatus is what the guest agent says of the guest's filesystems.
+func (d *daemon) freezeStatus(t *testing.T, name string) string {
+	t.Helper()
+	var st string
+	if err := json.Unmarshal([]byte(d.ok(t, "agent", name, `{"execute":"guest-fsfreeze-status"}`)), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// imageHas reports whether the image at path (with its chain) holds
+// marker in its first sector, read with qemu-img while QEMU may run.
+func imageHas(t *testing.T, path, marker string) bool {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "img.raw")
+	if b, err := exec.Command("qemu-img", "convert", "-U", "-O", "raw", path, out).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img convert %s: %v: %s", path, err, b)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.HasPrefix(data, []byte(marker))
+}
+
+// TestCLIDiskSnapshot: `snapshot create --disk-only` on a running VM with
+// the tiny guest's agent freezes the filesystems, switches disk0 to a new
+// qcow2 overlay on its image and thaws, in that order (the trace); the
+// guest's writes go to the overlay; the chain survives a VM restart; an
+// overlay step that fails (its target exists) still thaws and leaves no
+// record; revert refuses a running VM and, on a stopped one, discards
+// the writes after the snapshot; delete refuses.
+func TestCLIDiskSnapshot(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t)
+	d.ok(t, "define", writeDiskSnapSpec(t, d.dir, "dsnap", true))
+	d.ok(t, "start", "dsnap")
+	d.waitAgent(t, "dsnap", 2*time.Minute)
+	before := d.topFile(t, "dsnap")
+
+	id, _ := d.requestID(t, "POST /v1/domains/dsnap/snapshots/s1/disk-only", "snapshot", "create", "dsnap", "s1", "--disk-only")
+	snaps := d.diskSnaps(t, "dsnap")
+	s1, ok := snaps["s1"]
+	overlay := filepath.Join(d.state, "snapshots", "dsnap", "s1.disk0.qcow2")
+	if !ok || s1.Kind != "disk" || s1.State != "complete" || s1.Overlays["disk0"] != overlay || s1.Backing["disk0"] != before || s1.FreezeNote != "" {
+		t.Fatalf("snapshot list after create --disk-only: %+v (want kind disk, complete, overlay %s on %s, frozen by the agent)", snaps, overlay, before)
+	}
+	t.Logf("s1: frozen %v, %d filesystems", s1.Frozen, s1.FrozenFS)
+	if top := d.topFile(t, "dsnap"); top != overlay {
+		t.Fatalf("disk0's top is %s, want the overlay %s", top, overlay)
+	}
+	if st := d.freezeStatus(t, "dsnap"); st != "thawed" {
+		t.Fatalf("guest-fsfreeze-status after the snapshot: %q", st)
+	}
+	text := d.ok(t, "trace", "--request", id, "--format", "text")
+	var order []string
+	for _, line := range strings.Split(text, "\n") {
+		for _, cmd := range []string{"guest-ping", "guest-fsfreeze-freeze", "blockdev-add", "transaction", "guest-fsfreeze-thaw"} {
+			if strings.Contains(line, " "+cmd+" ") && strings.Contains(line, "→ ok") {
+				order = append(order, cmd)
+			}
+		}
+	}
+	if strings.Join(order, ",") != "guest-ping,guest-fsfreeze-freeze,blockdev-add,transaction,guest-fsfreeze-thaw" {
+		t.Fatalf("the snapshot's commands in its trace: %v, want ping, freeze, blockdev-add, transaction, thaw:\n%s", order, text)
+	}
+	info, err := exec.Command("qemu-img", "info", "-U", "--output=json", overlay).Output()
+	if err != nil || !strings.Contains(string(info), `"backing-filename": "`+before+`"`) {
+		t.Fatalf("qemu-img info %s: %v: %s", overlay, err, info)
+	}
+
+	// The guest's writes go to the overlay, not to the image under it.
+	const marker = "VMSUP-DISKSNAP"
+	d.ok(t, "exec", "dsnap", "--", "/bin/sh", "-c", "printf "+marker+" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null && sync")
+	if !imageHas(t, overlay, marker) || imageHas(t, before, marker) {
+		t.Fatalf("after the guest's write: overlay has it %v, its backing has it %v; want only the overlay", imageHas(t, overlay, marker), imageHas(t, before, marker))
+	}
+
+	// A failing overlay step (its target exists) still thaws, and leaves
+	// no record and the file it did not make.
+	taken := filepath.Join(d.state, "snapshots", "dsnap", "s2.disk0.qcow2")
+	if err := os.WriteFile(taken, []byte("not mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.fails(t, 1, []string{"s2.disk0.qcow2", "exist"}, "snapshot", "create", "dsnap", "s2", "--disk-only")
+	if st := d.freezeStatus(t, "dsnap"); st != "thawed" {
+		t.Fatalf("guest-fsfreeze-status after a failed overlay step: %q", st)
+	}
+	if _, ok := d.diskSnaps(t, "dsnap")["s2"]; ok {
+		t.Fatal("a failed disk-only snapshot is listed")
+	}
+	if data, err := os.ReadFile(taken); err != nil || string(data) != "not mine" {
+		t.Fatalf("the file in the overlay's way: %q, %v", data, err)
+	}
+	if top := d.topFile(t, "dsnap"); top != overlay {
+		t.Fatalf("after the failed snapshot disk0's top is %s, want %s", top, overlay)
+	}
+
+	d.fails(t, 1, []string{"stopped VM"}, "snapshot", "revert", "dsnap", "s1")
+	d.fails(t, 1, []string{"disk-only", "not supported"}, "snapshot", "delete", "dsnap", "s1")
+
+	// A VM restart opens the chain's top.
+	d.ok(t, "destroy", "dsnap")
+	d.ok(t, "start", "dsnap")
+	if top := d.topFile(t, "dsnap"); top != overlay {
+		t.Fatalf("after a VM restart disk0's top is %s, want the overlay %s", top, overlay)
+	}
+	d.ok(t, "destroy", "dsnap")
+
+	// Revert on the stopped VM: the write after s1 is gone, s1 stays.
+	d.ok(t, "snapshot", "revert", "dsnap", "s1")
+	if imageHas(t, overlay, marker) {
+		t.Fatal("the guest's write after s1 survived the revert")
+	}
+	if s, ok := d.diskSnaps(t, "dsnap")["s1"]; !ok || s.State != "complete" {
+		t.Fatalf("s1 after the revert: %+v", s)
+	}
+	d.ok(t, "start", "dsnap")
+	if top := d.topFile(t, "dsnap"); top != overlay {
+		t.Fatalf("after the revert disk0's top is %s, want %s", top, overlay)
+	}
+}
+
+// TestCLIDiskSnapshotNoAgent: with the guest's agent absent, a disk-only
+// snapshot completes unfrozen within the ping's deadline (and generous
+// slack), and says why it was not frozen.
+func TestCLIDiskSnapshotNoAgent(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t)
+	d.ok(t, "define", writeDiskSnapSpec(t, d.dir, "dsna", false))
+	d.ok(t, "start", "dsna")
+	start := time.Now()
+	d.ok(t, "snapshot", "create", "dsna", "s1", "--disk-only")
+	took := time.Since(start)
+	s, ok := d.diskSnaps(t, "dsna")["s1"]
+	if !ok || s.State != "complete" || s.Frozen || !strings.Contains(s.FreezeNote, "guest-ping") {
+		t.Fatalf("snapshot without an agent: %+v", s)
+	}
+	if took > time.Minute {
+		t.Fatalf("a disk-only snapshot without an agent took %s", took)
+	}
+	t.Logf("took %s: %s", took, s.FreezeNote)
+	if out := d.ok(t, "snapshot", "list", "dsna"); !strings.Contains(out, "disk") || !strings.Contains(out, "unfrozen") {
+		t.Fatalf("snapshot list: %s", out)
+	}
+}
