@@ -51,8 +51,10 @@ type Snapshot struct {
 	// each disk's Backing, by node: the top of the disk's chain until a
 	// later disk-only snapshot.
 	Overlays map[string]string `json:"overlays,omitempty"`
-	// Frozen says the guest agent froze the guest's filesystems around a
-	// disk-only snapshot; FrozenFS is how many it froze.
+	// Frozen says the guest agent's guest-fsfreeze-freeze succeeded
+	// before a disk-only snapshot (and its thaw was sent after);
+	// FrozenFS is how many filesystems it froze (0 for a guest with no
+	// freezable filesystem).
 	Frozen   bool `json:"frozen,omitempty"`
 	FrozenFS int  `json:"frozen_fs,omitempty"`
 	// FreezeNote says why the filesystems were not frozen (no agent, or

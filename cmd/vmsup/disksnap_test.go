@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,7 +151,7 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	snaps := d.diskSnaps(t, "dsnap")
 	s1, ok := snaps["s1"]
 	overlay := filepath.Join(d.state, "snapshots", "dsnap", "s1.disk0.qcow2")
-	if !ok || s1.Kind != "disk" || s1.State != "complete" || s1.Overlays["disk0"] != overlay || s1.Backing["disk0"] != before || s1.FreezeNote != "" {
+	if !ok || s1.Kind != "disk" || s1.State != "complete" || s1.Overlays["disk0"] != overlay || s1.Backing["disk0"] != before || !s1.Frozen || s1.FreezeNote != "" {
 		t.Fatalf("snapshot list after create --disk-only: %+v (want kind disk, complete, overlay %s on %s, frozen by the agent)", snaps, overlay, before)
 	}
 	t.Logf("s1: frozen %v, %d filesystems", s1.Frozen, s1.FrozenFS)
@@ -159,16 +161,7 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if st := d.freezeStatus(t, "dsnap"); st != "thawed" {
 		t.Fatalf("guest-fsfreeze-status after the snapshot: %q", st)
 	}
-	text := d.ok(t, "trace", "--request", id, "--format", "text")
-	var order []string
-	for _, line := range strings.Split(text, "\n") {
-		for _, cmd := range []string{"guest-ping", "guest-fsfreeze-freeze", "blockdev-add", "transaction", "guest-fsfreeze-thaw"} {
-			if strings.Contains(line, " "+cmd+" ") && strings.Contains(line, "→ ok") {
-				order = append(order, cmd)
-			}
-		}
-	}
-	if strings.Join(order, ",") != "guest-ping,guest-fsfreeze-freeze,blockdev-add,transaction,guest-fsfreeze-thaw" {
+	if order, text := d.commandOrder(t, id); order != "guest-ping,guest-fsfreeze-freeze,blockdev-add,transaction,guest-fsfreeze-thaw" {
 		t.Fatalf("the snapshot's commands in its trace: %v, want ping, freeze, blockdev-add, transaction, thaw:\n%s", order, text)
 	}
 	info, err := exec.Command("qemu-img", "info", "-U", "--output=json", overlay).Output()
@@ -189,7 +182,14 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if err := os.WriteFile(taken, []byte("not mine"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d.fails(t, 1, []string{"s2.disk0.qcow2", "exist"}, "snapshot", "create", "dsnap", "s2", "--disk-only")
+	r := d.vmsup(t, "-v", "snapshot", "create", "dsnap", "s2", "--disk-only")
+	m := regexp.MustCompile(`vmsup: request (\S+): POST /v1/domains/dsnap/snapshots/s2/disk-only → 409 `).FindStringSubmatch(r.stderr)
+	if r.code != 1 || m == nil || !strings.Contains(r.stderr, "s2.disk0.qcow2: file already exists") {
+		t.Fatalf("create over an existing overlay file: want exit 1, a 409 and the file named: %s", r)
+	}
+	if order, text := d.commandOrder(t, m[1]); order != "guest-ping,guest-fsfreeze-freeze,guest-fsfreeze-thaw" {
+		t.Fatalf("the failed snapshot's commands in its trace: %v, want ping, freeze, thaw (no overlay node):\n%s", order, text)
+	}
 	if st := d.freezeStatus(t, "dsnap"); st != "thawed" {
 		t.Fatalf("guest-fsfreeze-status after a failed overlay step: %q", st)
 	}
@@ -206,7 +206,27 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	d.fails(t, 1, []string{"stopped VM"}, "snapshot", "revert", "dsnap", "s1")
 	d.fails(t, 1, []string{"disk-only", "not supported"}, "snapshot", "delete", "dsnap", "s1")
 
-	// A VM restart opens the chain's top.
+	// A daemon restart keeps the chain (the adopted QEMU writes to the
+	// overlay), and a VM restart opens the chain's top.
+	pid := d.info(t, "dsnap").PID
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not die of SIGKILL")
+	}
+	d.start(t)
+	if in := d.waitIdle(t, "dsnap", 3*time.Minute); in.PID != pid || in.State != "running" {
+		t.Fatalf("after the daemon restart: %+v", in)
+	}
+	if s, ok := d.diskSnaps(t, "dsnap")["s1"]; !ok || s.State != "complete" {
+		t.Fatalf("s1 after the daemon restart: %+v", s)
+	}
+	if top := d.topFile(t, "dsnap"); top != overlay {
+		t.Fatalf("after the daemon restart disk0's top is %s, want the overlay %s", top, overlay)
+	}
 	d.ok(t, "destroy", "dsnap")
 	d.ok(t, "start", "dsnap")
 	if top := d.topFile(t, "dsnap"); top != overlay {
@@ -250,4 +270,20 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if out := d.ok(t, "snapshot", "list", "dsna"); !strings.Contains(out, "disk") || !strings.Contains(out, "unfrozen") {
 		t.Fatalf("snapshot list: %s", out)
 	}
+}
+
+// commandOrder is the QMP and agent commands of a disk-only snapshot that
+// the trace of the request id shows answered, in order, comma-joined.
+func (d *daemon) commandOrder(t *testing.T, id string) (order, text string) {
+	t.Helper()
+	text = d.ok(t, "trace", "--request", id, "--format", "text")
+	var cmds []string
+	for _, line := range strings.Split(text, "\n") {
+		for _, cmd := range []string{"guest-ping", "guest-fsfreeze-freeze", "blockdev-add", "transaction", "guest-fsfreeze-thaw"} {
+			if strings.Contains(line, " "+cmd+" ") && strings.Contains(line, "→ ok") {
+				cmds = append(cmds, cmd)
+			}
+		}
+	}
+	return strings.Join(cmds, ","), text
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -62,9 +63,11 @@ type diskSnap struct {
 	made, added []string // overlay files made, nodes added
 	switched    bool     // QEMU writes to the overlays now
 
-	frozen, thawed bool
-	frozenFS       int
-	freezeNote     string
+	// frozen: a freeze was sent (so a thaw is due); freezeOK: it
+	// succeeded, frozenFS filesystems.
+	frozen, freezeOK, thawed bool
+	frozenFS                 int
+	freezeNote               string
 
 	live     *domain.Live // the running definition after the job
 	liveFile string
@@ -271,7 +274,7 @@ func stepDiskSnapCheck(ctx context.Context, r run) error {
 func (ds *diskSnap) record(name, state string, job uint64) domain.Snapshot {
 	return domain.Snapshot{Name: name, State: state, Kind: domain.SnapshotDisk, Created: time.Now().UTC(),
 		Disks: slices.Clone(ds.keys), Job: job, Backing: ds.backing, Overlays: ds.overlays,
-		Frozen: ds.frozen && ds.frozenFS > 0, FrozenFS: ds.frozenFS, FreezeNote: ds.freezeNote}
+		Frozen: ds.freezeOK, FrozenFS: ds.frozenFS, FreezeNote: ds.freezeNote}
 }
 
 // undoDiskSnap settles a disk-only snapshot whose job failed: before the
@@ -325,7 +328,7 @@ func stepDiskSnapFreeze(ctx context.Context, r run) error {
 		_, err := d.agentCommand(pctx, r, "guest-ping", nil)
 		cancel()
 		if err != nil {
-			ds.freezeNote = "the guest agent did not answer guest-ping: " + err.Error()
+			ds.freezeNote = fmt.Sprintf("the guest agent did not answer guest-ping within %s: %v", agent.Deadline("guest-ping"), err)
 			break
 		}
 		r.Defer("thaw the guest's filesystems", func(error) error { return d.thaw(r) })
@@ -340,6 +343,7 @@ func stepDiskSnapFreeze(ctx context.Context, r run) error {
 		if err := json.Unmarshal(ret, &ds.frozenFS); err != nil {
 			return fmt.Errorf("domain %q: disk-only snapshot %q: guest-fsfreeze-freeze: unexpected reply %.80q", d.domain, d.snap.tag, ret)
 		}
+		ds.freezeOK = true
 		r.Report(actors.Progress{Phase: "frozen", Current: uint64(max(ds.frozenFS, 0)), Unit: "filesystems"})
 		return nil
 	}
@@ -378,6 +382,9 @@ func stepDiskSnapOverlay(ctx context.Context, r run) error {
 	r.Report(actors.Progress{Phase: "overlay", Total: uint64(len(ds.keys)), Unit: "disks"})
 	for _, k := range ds.keys {
 		if err := s.img.CreateOn(ctx, ds.backing[k], ds.format[k], ds.overlays[k], ds.size[k]); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				return fmt.Errorf("%s: disk %s: %w (%w: a file not made by this job is in the overlay's way; move it)", what, k, err, domain.ErrWrongState)
+			}
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
 		ds.made = append(ds.made, ds.overlays[k])
