@@ -164,6 +164,20 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if order, text := d.commandOrder(t, id); order != "guest-ping,guest-fsfreeze-freeze,blockdev-add,transaction,guest-fsfreeze-thaw" {
 		t.Fatalf("the snapshot's commands in its trace: %v, want ping, freeze, blockdev-add, transaction, thaw:\n%s", order, text)
 	}
+	mermaid := d.ok(t, "trace", "--request", id, "--format", "mermaid")
+	for _, want := range []string{"guest-fsfreeze-freeze", "transaction", "guest-fsfreeze-thaw", "snapshot-disk: frozen", "snapshot-disk: thawed"} {
+		if !strings.Contains(mermaid, want) {
+			t.Errorf("the snapshot's Mermaid picture lacks %q:\n%s", want, mermaid)
+		}
+	}
+	chrome := filepath.Join(d.dir, "dsnap.json")
+	d.ok(t, "trace", "--chrome", chrome, "--request", id)
+	names := strings.Join(checkChrome(t, chrome), "\n")
+	for _, want := range []string{"guest-fsfreeze-freeze", "transaction", "guest-fsfreeze-thaw"} {
+		if !strings.Contains(names, want) {
+			t.Errorf("the snapshot's Perfetto export lacks %q: %s", want, names)
+		}
+	}
 	info, err := exec.Command("qemu-img", "info", "-U", "--output=json", overlay).Output()
 	if err != nil || !strings.Contains(string(info), `"backing-filename": "`+before+`"`) {
 		t.Fatalf("qemu-img info %s: %v: %s", overlay, err, info)
