@@ -448,6 +448,13 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 		if herr := d.host.Undefine(name); herr != nil {
 			err = fmt.Errorf("undefine %q: the definition is gone, but: %w", name, herr)
 		}
+		keep, serr := vm.RemoveSnapshotState(filepath.Join(d.cfg.StateDir, "snapshots"), name)
+		if serr != nil && err == nil {
+			err = fmt.Errorf("undefine %q: the definition is gone, but removing its snapshots: %w", name, serr)
+		}
+		if len(keep) > 0 {
+			d.logger.Warn().Str("domain", name).Strs("overlays", keep).Msg("undefine: the disk-only snapshot overlays of path disks stay (they hold the writes since the snapshot; qemu-img commit merges them)")
+		}
 	}
 	d.apiRecord(req, began, err)
 	if err == nil {

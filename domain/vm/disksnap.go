@@ -87,10 +87,7 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 		}
 		s := j.Data.snap
 		s.disk = &diskSnap{}
-		if s.running {
-			if dom.live == nil {
-				dom.live = qemuargs.LiveDevices(dom.spec, nil)
-			}
+		if s.running && dom.live != nil {
 			s.disk.live = dom.live.Clone()
 			s.disk.liveFile = filepath.Join(dom.paths.Dir, liveFileName)
 		}
@@ -614,4 +611,48 @@ func (d *jobData) ownOverlay(path string) error {
 		return nil
 	}
 	return d.conf.User.Own(filepath.Dir(path), path)
+}
+
+// RemoveSnapshotState removes what the snapshots of the undefined domain
+// name left in dir (vm.Config.SnapshotDir): its records and the overlays
+// of its disk-only snapshots whose chain base is gone (an image disk's
+// overlay, which the host resources removed at undefine). The overlays
+// of a chain whose base still exists (a path disk) stay, since they hold
+// the writes made since the snapshot: keep reports them (qemu-img commit
+// merges them into the disk).
+func RemoveSnapshotState(dir, name string) (keep []string, err error) {
+	if dir == "" {
+		return nil, nil
+	}
+	file := filepath.Join(dir, name+".json")
+	recs, err := readSnapshots(file)
+	if err != nil {
+		return nil, err
+	}
+	bases := chainBases(recs)
+	var errs []error
+	for _, x := range recs {
+		if !x.IsDisk() {
+			continue
+		}
+		for k, o := range x.Overlays {
+			if _, err := os.Stat(bases[k]); err == nil {
+				keep = append(keep, o)
+				continue
+			}
+			if err := os.Remove(o); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		if err := os.Remove(overlayDir(file)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("remove the overlay dir: %w", err))
+		}
+	}
+	if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	slices.Sort(keep)
+	return keep, errors.Join(errs...)
 }
