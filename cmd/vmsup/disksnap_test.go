@@ -284,6 +284,29 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if out := d.ok(t, "snapshot", "list", "dsna"); !strings.Contains(out, "disk") || !strings.Contains(out, "unfrozen") {
 		t.Fatalf("snapshot list: %s", out)
 	}
+
+	// On a stopped VM: only the overlay, on the chain's top; the next
+	// start opens it.
+	d.ok(t, "destroy", "dsna")
+	d.ok(t, "snapshot", "create", "dsna", "s2", "--disk-only")
+	s2, ok := d.diskSnaps(t, "dsna")["s2"]
+	if !ok || s2.State != "complete" || s2.Frozen || s2.Backing["disk0"] != s.Overlays["disk0"] || !strings.Contains(s2.FreezeNote, "not running") {
+		t.Fatalf("disk-only snapshot of the stopped VM: %+v (want it on %s)", s2, s.Overlays["disk0"])
+	}
+	d.ok(t, "start", "dsna")
+	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
+		t.Fatalf("after the offline snapshot disk0's top is %s, want %s", top, s2.Overlays["disk0"])
+	}
+	d.ok(t, "destroy", "dsna")
+
+	// Undefine takes the records and the overlays (their base, the image
+	// disk's overlay, went with it).
+	d.ok(t, "undefine", "dsna")
+	for _, p := range []string{filepath.Join(d.state, "snapshots", "dsna.json"), filepath.Join(d.state, "snapshots", "dsna")} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("after undefine %s: %v", p, err)
+		}
+	}
 }
 
 // commandOrder is the QMP and agent commands of a disk-only snapshot that
