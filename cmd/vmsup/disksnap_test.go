@@ -217,6 +217,14 @@ func TestCLIDiskSnapshot(t *testing.T) {
 		t.Fatalf("after the failed snapshot disk0's top is %s, want %s", top, overlay)
 	}
 
+	// A second disk-only snapshot in the same QEMU stacks on the first.
+	d.ok(t, "snapshot", "create", "dsnap", "s3", "--disk-only")
+	s3 := d.diskSnaps(t, "dsnap")["s3"]
+	if s3.State != "complete" || s3.Backing["disk0"] != overlay || d.topFile(t, "dsnap") != s3.Overlays["disk0"] {
+		t.Fatalf("s3 on s1: %+v, top %s", s3, d.topFile(t, "dsnap"))
+	}
+	overlay3 := s3.Overlays["disk0"]
+
 	d.fails(t, 1, []string{"stopped VM"}, "snapshot", "revert", "dsnap", "s1")
 	d.fails(t, 1, []string{"disk-only", "not supported"}, "snapshot", "delete", "dsnap", "s1")
 
@@ -238,13 +246,13 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if s, ok := d.diskSnaps(t, "dsnap")["s1"]; !ok || s.State != "complete" {
 		t.Fatalf("s1 after the daemon restart: %+v", s)
 	}
-	if top := d.topFile(t, "dsnap"); top != overlay {
-		t.Fatalf("after the daemon restart disk0's top is %s, want the overlay %s", top, overlay)
+	if top := d.topFile(t, "dsnap"); top != overlay3 {
+		t.Fatalf("after the daemon restart disk0's top is %s, want the overlay %s", top, overlay3)
 	}
 	d.ok(t, "destroy", "dsnap")
 	d.ok(t, "start", "dsnap")
-	if top := d.topFile(t, "dsnap"); top != overlay {
-		t.Fatalf("after a VM restart disk0's top is %s, want the overlay %s", top, overlay)
+	if top := d.topFile(t, "dsnap"); top != overlay3 {
+		t.Fatalf("after a VM restart disk0's top is %s, want the overlay %s", top, overlay3)
 	}
 	d.ok(t, "destroy", "dsnap")
 
@@ -253,8 +261,15 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if imageHas(t, overlay, marker) {
 		t.Fatal("the guest's write after s1 survived the revert")
 	}
-	if s, ok := d.diskSnaps(t, "dsnap")["s1"]; !ok || s.State != "complete" {
+	after := d.diskSnaps(t, "dsnap")
+	if s, ok := after["s1"]; !ok || s.State != "complete" {
 		t.Fatalf("s1 after the revert: %+v", s)
+	}
+	if _, ok := after["s3"]; ok {
+		t.Fatal("s3, made after s1, is still listed after the revert to s1")
+	}
+	if _, err := os.Stat(overlay3); !os.IsNotExist(err) {
+		t.Fatalf("s3's overlay after the revert to s1: %v", err)
 	}
 	d.ok(t, "start", "dsnap")
 	if top := d.topFile(t, "dsnap"); top != overlay {
