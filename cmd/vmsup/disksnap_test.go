@@ -137,8 +137,10 @@ func imageHas(t *testing.T, path, marker string) bool {
 // qcow2 overlay on its image and thaws, in that order (the trace); the
 // guest's writes go to the overlay; the chain survives a VM restart; an
 // overlay step that fails (its target exists) still thaws and leaves no
-// record; revert refuses a running VM and, on a stopped one, discards
-// the writes after the snapshot; delete refuses.
+// record; the chain survives a daemon restart; revert and delete refuse a
+// running VM; on a stopped one revert discards the writes after the
+// snapshot (and later snapshots), and delete commits them into the image
+// under it.
 func TestCLIDiskSnapshot(t *testing.T) {
 	t.Parallel()
 	d := startDaemon(t)
@@ -226,7 +228,7 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	overlay3 := s3.Overlays["disk0"]
 
 	d.fails(t, 1, []string{"stopped VM"}, "snapshot", "revert", "dsnap", "s1")
-	d.fails(t, 1, []string{"disk-only", "not supported"}, "snapshot", "delete", "dsnap", "s1")
+	d.fails(t, 1, []string{"disk-only", "stopped VM only"}, "snapshot", "delete", "dsnap", "s1")
 
 	// A daemon restart keeps the chain (the adopted QEMU writes to the
 	// overlay), and a VM restart opens the chain's top.
@@ -275,6 +277,27 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if top := d.topFile(t, "dsnap"); top != overlay {
 		t.Fatalf("after the revert disk0's top is %s, want %s", top, overlay)
 	}
+
+	// Delete on the stopped VM: the writes since s1 are committed into
+	// the image under it, which is the disk's top again.
+	const marker2 = "VMSUP-COMMITTED"
+	d.waitAgent(t, "dsnap", 2*time.Minute)
+	d.ok(t, "exec", "dsnap", "--", "/bin/sh", "-c", "printf "+marker2+" | dd of=/dev/vda conv=notrunc,fsync 2>/dev/null && sync")
+	d.ok(t, "destroy", "dsnap")
+	d.ok(t, "snapshot", "delete", "dsnap", "s1")
+	if _, ok := d.diskSnaps(t, "dsnap")["s1"]; ok {
+		t.Fatal("s1 is listed after its delete")
+	}
+	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
+		t.Fatalf("s1's overlay after the delete: %v", err)
+	}
+	if !imageHas(t, before, marker2) {
+		t.Fatal("the write since s1 is not in the image under it after the delete")
+	}
+	d.ok(t, "start", "dsnap")
+	if top := d.topFile(t, "dsnap"); top != before {
+		t.Fatalf("after the delete disk0's top is %s, want %s", top, before)
+	}
 }
 
 // TestCLIDiskSnapshotNoAgent: with the guest's agent absent, a disk-only
@@ -311,6 +334,21 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	d.ok(t, "start", "dsna")
 	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
 		t.Fatalf("after the offline snapshot disk0's top is %s, want %s", top, s2.Overlays["disk0"])
+	}
+	d.ok(t, "destroy", "dsna")
+
+	// Deleting s1, under s2: s2's overlay now sits on s1's backing.
+	d.ok(t, "snapshot", "delete", "dsna", "s1")
+	snaps := d.diskSnaps(t, "dsna")
+	if _, ok := snaps["s1"]; ok || snaps["s2"].Backing["disk0"] != s.Backing["disk0"] {
+		t.Fatalf("after deleting s1: %+v (want s2 on %s)", snaps, s.Backing["disk0"])
+	}
+	if info, err := exec.Command("qemu-img", "info", "--output=json", s2.Overlays["disk0"]).Output(); err != nil || !strings.Contains(string(info), `"backing-filename": "`+s.Backing["disk0"]+`"`) {
+		t.Fatalf("qemu-img info of s2's overlay after deleting s1: %v: %s", err, info)
+	}
+	d.ok(t, "start", "dsna")
+	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
+		t.Fatalf("after deleting s1 disk0's top is %s, want %s", top, s2.Overlays["disk0"])
 	}
 	d.ok(t, "destroy", "dsna")
 

@@ -299,3 +299,36 @@ func (q QemuImg) CreateOn(ctx context.Context, backing, backingFormat, path stri
 	done = true
 	return syncFile(filepath.Dir(path))
 }
+
+// Commit writes the data of the qcow2 overlay at path into its backing
+// image (qemu-img commit -d: the overlay is left as it was, so that a
+// commit cut short leaves a chain that still reads the same). The image
+// must not be in use.
+func (q QemuImg) Commit(ctx context.Context, path string) error {
+	if err := checkPath("overlay", path); err != nil {
+		return err
+	}
+	if _, err := q.run(ctx, "commit", "-q", "-d", "-f", FormatQCOW2, path); err != nil {
+		return fmt.Errorf("committing overlay %s into its backing: %w", path, err)
+	}
+	return nil
+}
+
+// Rebase makes the qcow2 image at path name backing (of backingFormat)
+// as its backing file, rewriting only its header (qemu-img rebase -u):
+// for when backing already holds what the old backing file did.
+func (q QemuImg) Rebase(ctx context.Context, path, backing, backingFormat string) error {
+	if err := checkPath("image", path); err != nil {
+		return err
+	}
+	if err := checkPath("backing image", backing); err != nil {
+		return err
+	}
+	if backingFormat != FormatQCOW2 && backingFormat != FormatRaw {
+		return fmt.Errorf("rebase %s: backing format %q is not supported", path, backingFormat)
+	}
+	if _, err := q.run(ctx, "rebase", "-q", "-u", "-f", FormatQCOW2, "-F", backingFormat, "-b", backing, path); err != nil {
+		return fmt.Errorf("rebasing %s onto %s: %w", path, backing, err)
+	}
+	return nil
+}

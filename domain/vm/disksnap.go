@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -100,6 +101,7 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 	})
 	dom.snap.createDisk = p
 	dom.makeDiskRevertPlan()
+	dom.makeDiskDeletePlan()
 }
 
 // overlayDir is where the disk-only overlays of the domain go.
@@ -655,4 +657,72 @@ func RemoveSnapshotState(dir, name string) (keep []string, err error) {
 	}
 	slices.Sort(keep)
 	return keep, errors.Join(errs...)
+}
+
+func (dom *domainActor) makeDiskDeletePlan() {
+	p := dom.plan("snapshot-delete-disk", actors.JobModify, step{Name: "commit", Do: stepDiskSnapDelete})
+	p.Start = func(c actor.Context, j *job) error {
+		if dom.proc != nil {
+			return fmt.Errorf("domain %q: snapshot delete %q: a disk-only snapshot is deleted (its overlays merged with qemu-img commit) on a stopped VM only; stop it first: %w", dom.name(), j.Data.snap.tag, domain.ErrWrongState)
+		}
+		return dom.snapshotStart(false)(c, j)
+	}
+	p.End = dom.ending(nil)
+	dom.snap.deleteDisk = p
+}
+
+// stepDiskSnapDelete deletes a disk-only snapshot of a stopped domain:
+// the instant it kept (its Backing) is given up, so each overlay's data
+// is committed into its backing image, the next disk-only snapshot's
+// overlay (if any) is rebased onto that backing, the records are
+// written without the snapshot, and then its overlays are removed. Each
+// step leaves a chain that reads the same: the commit keeps the overlay
+// (-d), and a removed overlay is named by no record or header.
+func stepDiskSnapDelete(ctx context.Context, r run) error {
+	d := r.Data()
+	s := d.snap
+	what := fmt.Sprintf("domain %q: snapshot delete %q", d.domain, s.tag)
+	recs, err := readSnapshots(s.file)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return x.Name == s.tag })
+	if i < 0 || !recs[i].IsDisk() || recs[i].State != domain.SnapshotComplete {
+		return fmt.Errorf("%s: no complete disk-only snapshot of that name: %w", what, domain.ErrNoSnapshot)
+	}
+	snap := recs[i]
+	keys := slices.Sorted(maps.Keys(snap.Overlays))
+	r.Report(actors.Progress{Phase: "commit", Total: uint64(len(keys)), Unit: "disks"})
+	for n, k := range keys {
+		o, b := snap.Overlays[k], snap.Backing[k]
+		info, err := s.img.Info(ctx, o)
+		if err != nil {
+			return fmt.Errorf("%s: disk %s: %w", what, k, err)
+		}
+		if info.BackingFile != b {
+			return fmt.Errorf("%s: disk %s: overlay %s is on %q, the record says %q; not touching it: %w", what, k, o, info.BackingFile, b, domain.ErrWrongState)
+		}
+		if err := s.img.Commit(ctx, o); err != nil {
+			return fmt.Errorf("%s: disk %s: %w", what, k, err)
+		}
+		for j := i + 1; j < len(recs); j++ {
+			if next := recs[j]; next.IsDisk() && next.Backing[k] == o {
+				if err := s.img.Rebase(ctx, next.Overlays[k], b, info.BackingFormat); err != nil {
+					return fmt.Errorf("%s: disk %s: %w", what, k, err)
+				}
+				recs[j].Backing[k] = b
+				break
+			}
+		}
+		r.Report(actors.Progress{Phase: "commit", Current: uint64(n + 1), Total: uint64(len(keys)), Unit: "disks"})
+	}
+	if err := writeSnapshots(s.file, slices.Delete(recs, i, i+1)); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	for _, k := range keys {
+		if err := os.Remove(snap.Overlays[k]); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	return nil
 }

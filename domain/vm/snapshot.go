@@ -50,9 +50,9 @@ var vmstateNode = qemuargs.DiskNode(0)
 
 type snapshotPlans struct {
 	create, revert, del, list, reconcile, abort *plan
-	// createDisk makes a disk-only snapshot, revertDisk goes back to one
-	// on a stopped domain (disksnap.go).
-	createDisk, revertDisk *plan
+	// createDisk makes a disk-only snapshot; revertDisk goes back to one
+	// and deleteDisk merges one away, on a stopped domain (disksnap.go).
+	createDisk, revertDisk, deleteDisk *plan
 }
 
 // snapOp is a snapshot job's own data.
@@ -241,11 +241,10 @@ func (dom *domainActor) onSnapshot(c actor.Context, msg *protocol.SnapshotReques
 	}
 	if msg.Op == "revert" || msg.Op == "delete" {
 		if x := dom.findSnapshot(msg.Name); x != nil && x.IsDisk() {
-			if msg.Op == "delete" {
-				c.Respond(fmt.Errorf("domain %q: snapshot delete %q: deleting a disk-only snapshot (merging its overlays) is not supported; revert to it on the stopped VM, or keep it: %w", dom.name(), msg.Name, domain.ErrWrongState))
-				return
-			}
 			p = dom.snap.revertDisk
+			if msg.Op == "delete" {
+				p = dom.snap.deleteDisk
+			}
 		}
 	}
 	dom.enqueue(c, p, msg.Request, &jobData{snap: &snapOp{op: msg.Op, tag: msg.Name}})
