@@ -152,7 +152,8 @@ func (h *Domain) RevertSnapshot(ctx context.Context, name string) error {
 }
 
 // DeleteSnapshot removes the snapshot name from every disk and its record.
-// A disk-only snapshot cannot be deleted (its overlays are in use).
+// A disk-only snapshot is deleted on a stopped VM only: its overlays are
+// committed into the images under them.
 func (h *Domain) DeleteSnapshot(ctx context.Context, name string) error {
 	return h.snapshot(ctx, "delete", name)
 }

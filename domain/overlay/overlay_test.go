@@ -586,3 +586,46 @@ func TestCreateOn(t *testing.T) {
 		t.Errorf("refused CreateOn calls left files: %q", got)
 	}
 }
+
+// TestCommitRebase: Commit writes an overlay's data into its backing and
+// leaves the overlay; Rebase repoints an image's header only.
+func TestCommitRebase(t *testing.T) {
+	bin := needQemuImg(t)
+	dir := t.TempDir()
+	raw, _ := makeBases(t, dir)
+	q := QemuImg{Path: bin}
+	mid := filepath.Join(dir, "mid.qcow2")
+	if _, err := q.Create(context.Background(), raw, FormatRaw, mid, 0); err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(dir, "top.qcow2")
+	if err := q.CreateOn(context.Background(), mid, FormatQCOW2, top, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 512", mid).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	rawBefore := stateOf(t, raw)
+	if err := q.Commit(context.Background(), mid); err != nil {
+		t.Fatal(err)
+	}
+	if after := stateOf(t, raw); after == rawBefore {
+		t.Fatal("Commit did not write into the backing")
+	}
+	data, _ := os.ReadFile(raw)
+	if !bytes.Equal(data[:512], bytes.Repeat([]byte{0x5a}, 512)) {
+		t.Fatal("the backing does not hold the committed sector")
+	}
+	if err := q.Rebase(context.Background(), top, raw, FormatRaw); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := q.Info(context.Background(), top); err != nil || info.BackingFile != raw || info.BackingFormat != FormatRaw {
+		t.Fatalf("Info after Rebase = %+v, %v", info, err)
+	}
+	if err := q.Rebase(context.Background(), top, raw, "vmdk"); err == nil {
+		t.Error("Rebase onto a vmdk backing succeeded")
+	}
+	if err := q.Commit(context.Background(), "rel.qcow2"); err == nil {
+		t.Error("Commit of a relative path succeeded")
+	}
+}
