@@ -224,7 +224,9 @@ func stepDiskSnapCheck(ctx context.Context, r run) error {
 				return err
 			}
 			ds.top[key] = b.node
-			ds.node[key] = key + "-s" + strconv.FormatUint(r.ID(), 10)
+			// Unique across daemons: a daemon killed after blockdev-add
+			// leaves the node behind.
+			ds.node[key] = key + "-s" + strconv.FormatInt(time.Now().UnixNano(), 36)
 		}
 	} else {
 		tops := chainTops(recs)
@@ -523,7 +525,31 @@ func (d *jobData) settleDisk(ctx context.Context, r run, recs []domain.Snapshot)
 			}
 		}
 	}
+	if d.snap.running {
+		d.thawLeftover(ctx, r)
+	}
 	return out, nil
+}
+
+// thawLeftover thaws the guest's filesystems after a daemon that died in
+// the middle of a disk-only snapshot, which may have frozen them: with
+// no guest-side timeout on Linux they would stay frozen. A thaw of a
+// thawed guest does nothing; a guest whose agent does not answer
+// guest-ping is left as it is.
+func (d *jobData) thawLeftover(ctx context.Context, r run) {
+	if d.agent == nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, agent.Deadline("guest-ping"))
+	_, err := d.agentCommand(pctx, r, "guest-ping", nil)
+	cancel()
+	if err != nil {
+		return
+	}
+	r.Calling("guest-fsfreeze-thaw")
+	tctx, cancel := context.WithTimeout(ctx, agent.Deadline("guest-fsfreeze-thaw"))
+	defer cancel()
+	_, _ = d.agentCommand(tctx, r, "guest-fsfreeze-thaw", nil) // best effort: the records are settled either way
 }
 
 func (dom *domainActor) makeDiskRevertPlan() {
