@@ -377,3 +377,87 @@ func (d *daemon) commandOrder(t *testing.T, id string) (order, text string) {
 	}
 	return strings.Join(cmds, ","), text
 }
+
+// TestCLIDiskSnapshotSIGKILL: a daemon SIGKILLed while a disk-only
+// snapshot waits on QEMU (stopped, after the overlay file was made)
+// leaves, after a restart, no stuck job, no record and no overlay of a
+// snapshot QEMU never switched to, a thawed guest, and disk-only
+// snapshots that work again.
+func TestCLIDiskSnapshotSIGKILL(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t)
+	d.ok(t, "define", writeDiskSnapSpec(t, d.dir, "dsk", true))
+	var in info
+	d.okJSON(t, &in, "start", "dsk")
+	pid := in.PID
+	t.Cleanup(func() {
+		if processAlive(pid) {
+			killAndReap(t, pid)
+		}
+	})
+	d.waitAgent(t, "dsk", 2*time.Minute)
+	before := d.topFile(t, "dsk")
+	records := filepath.Join(d.state, "snapshots", "dsk.json")
+	overlay := filepath.Join(d.state, "snapshots", "dsk", "k.disk0.qcow2")
+
+	create := d.background(t, "snapshot", "create", "dsk", "k", "--disk-only")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if data, err := os.ReadFile(records); err == nil && strings.Contains(string(data), `"creating"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no creating record within 60s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// The ping fails at its deadline (QEMU does not pass it on), the
+	// overlay is made, and blockdev-add waits on the stopped QEMU.
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(overlay); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no overlay file within 60s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("daemon did not die of SIGKILL")
+	}
+	create.wait(t, 30*time.Second)
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	d.start(t)
+	if in := d.waitIdle(t, "dsk", 3*time.Minute); in.PID != pid || in.State != "running" {
+		t.Fatalf("after the restart: %+v", in)
+	}
+	if s, ok := d.diskSnaps(t, "dsk")["k"]; ok {
+		t.Fatalf("a snapshot QEMU never switched to is listed after the restart: %+v", s)
+	}
+	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
+		t.Fatalf("its overlay after the restart: %v", err)
+	}
+	if top := d.topFile(t, "dsk"); top != before {
+		t.Fatalf("disk0's top after the restart is %s, want %s", top, before)
+	}
+	d.waitAgent(t, "dsk", 2*time.Minute)
+	if st := d.freezeStatus(t, "dsk"); st != "thawed" {
+		t.Fatalf("guest-fsfreeze-status after the restart: %q", st)
+	}
+	d.ok(t, "snapshot", "create", "dsk", "k", "--disk-only")
+	if s := d.diskSnaps(t, "dsk")["k"]; s.State != "complete" || !s.Frozen || d.topFile(t, "dsk") != overlay {
+		t.Fatalf("the snapshot again after the restart: %+v, top %s", s, d.topFile(t, "dsk"))
+	}
+}
