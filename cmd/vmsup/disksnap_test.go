@@ -225,10 +225,30 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	if s3.State != "complete" || s3.Backing["disk0"] != overlay || d.topFile(t, "dsnap") != s3.Overlays["disk0"] {
 		t.Fatalf("s3 on s1: %+v, top %s", s3, d.topFile(t, "dsnap"))
 	}
+
+	// Delete on the running VM: an active block-commit of s3's overlay
+	// into s1's; the disk's top is s1's overlay again.
+	d.ok(t, "snapshot", "delete", "dsnap", "s3")
+	if _, ok := d.diskSnaps(t, "dsnap")["s3"]; ok {
+		t.Fatal("s3 is listed after its delete")
+	}
+	if top := d.topFile(t, "dsnap"); top != overlay {
+		t.Fatalf("after deleting s3 disk0's top is %s, want %s", top, overlay)
+	}
+	if _, err := os.Stat(s3.Overlays["disk0"]); !os.IsNotExist(err) {
+		t.Fatalf("s3's overlay after its delete: %v", err)
+	}
+	if !imageHas(t, overlay, marker) {
+		t.Fatal("the data in s1's overlay is gone after the commit of s3")
+	}
+	d.ok(t, "snapshot", "create", "dsnap", "s3", "--disk-only")
+	s3 = d.diskSnaps(t, "dsnap")["s3"]
 	overlay3 := s3.Overlays["disk0"]
+	if s3.Backing["disk0"] != overlay || d.topFile(t, "dsnap") != overlay3 {
+		t.Fatalf("s3 again: %+v, top %s", s3, d.topFile(t, "dsnap"))
+	}
 
 	d.fails(t, 1, []string{"stopped VM"}, "snapshot", "revert", "dsnap", "s1")
-	d.fails(t, 1, []string{"disk-only", "stopped VM only"}, "snapshot", "delete", "dsnap", "s1")
 
 	// A daemon restart keeps the chain (the adopted QEMU writes to the
 	// overlay), and a VM restart opens the chain's top.
@@ -335,22 +355,39 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
 		t.Fatalf("after the offline snapshot disk0's top is %s, want %s", top, s2.Overlays["disk0"])
 	}
-	d.ok(t, "destroy", "dsna")
 
-	// Deleting s1, under s2: s2's overlay now sits on s1's backing.
+	// Deleting s1, under s2, on the running VM (an intermediate
+	// block-commit): s2's overlay now sits on s1's backing.
 	d.ok(t, "snapshot", "delete", "dsna", "s1")
 	snaps := d.diskSnaps(t, "dsna")
 	if _, ok := snaps["s1"]; ok || snaps["s2"].Backing["disk0"] != s.Backing["disk0"] {
 		t.Fatalf("after deleting s1: %+v (want s2 on %s)", snaps, s.Backing["disk0"])
 	}
-	if info, err := exec.Command("qemu-img", "info", "--output=json", s2.Overlays["disk0"]).Output(); err != nil || !strings.Contains(string(info), `"backing-filename": "`+s.Backing["disk0"]+`"`) {
+	if info, err := exec.Command("qemu-img", "info", "-U", "--output=json", s2.Overlays["disk0"]).Output(); err != nil || !strings.Contains(string(info), `"backing-filename": "`+s.Backing["disk0"]+`"`) {
 		t.Fatalf("qemu-img info of s2's overlay after deleting s1: %v: %s", err, info)
 	}
-	d.ok(t, "start", "dsna")
-	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
-		t.Fatalf("after deleting s1 disk0's top is %s, want %s", top, s2.Overlays["disk0"])
+	if _, err := os.Stat(s.Overlays["disk0"]); !os.IsNotExist(err) {
+		t.Fatalf("s1's overlay after its delete: %v", err)
 	}
 	d.ok(t, "destroy", "dsna")
+	d.ok(t, "start", "dsna")
+	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
+		t.Fatalf("after deleting s1 and a restart disk0's top is %s, want %s", top, s2.Overlays["disk0"])
+	}
+	d.ok(t, "destroy", "dsna")
+
+	// Deleting s2, under s5, on the stopped VM: qemu-img commit, and s5's
+	// overlay rebased onto the image under s2.
+	d.ok(t, "snapshot", "create", "dsna", "s5", "--disk-only")
+	s5 := d.diskSnaps(t, "dsna")["s5"]
+	d.ok(t, "snapshot", "delete", "dsna", "s2")
+	snaps = d.diskSnaps(t, "dsna")
+	if _, ok := snaps["s2"]; ok || snaps["s5"].Backing["disk0"] != s.Backing["disk0"] {
+		t.Fatalf("after deleting s2 offline: %+v (want s5 on %s)", snaps, s.Backing["disk0"])
+	}
+	if info, err := exec.Command("qemu-img", "info", "--output=json", s5.Overlays["disk0"]).Output(); err != nil || !strings.Contains(string(info), `"backing-filename": "`+s.Backing["disk0"]+`"`) {
+		t.Fatalf("qemu-img info of s5's overlay after deleting s2: %v: %s", err, info)
+	}
 
 	// Undefine takes the records and the overlays (their base, the image
 	// disk's overlay, went with it).

@@ -72,6 +72,10 @@ type diskSnap struct {
 
 	live     *domain.Live // the running definition after the job
 	liveFile string
+
+	// commits are the block-commits of a delete on a running VM
+	// (diskcommit.go).
+	commits []*diskCommit
 }
 
 func (dom *domainActor) makeDiskSnapshotPlan() {
@@ -102,6 +106,7 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 	dom.snap.createDisk = p
 	dom.makeDiskRevertPlan()
 	dom.makeDiskDeletePlan()
+	dom.makeDiskCommitPlan()
 }
 
 // overlayDir is where the disk-only overlays of the domain go.

@@ -52,7 +52,7 @@ type snapshotPlans struct {
 	create, revert, del, list, reconcile, abort *plan
 	// createDisk makes a disk-only snapshot; revertDisk goes back to one
 	// and deleteDisk merges one away, on a stopped domain (disksnap.go).
-	createDisk, revertDisk, deleteDisk *plan
+	createDisk, revertDisk, deleteDisk, commitDisk *plan
 }
 
 // snapOp is a snapshot job's own data.
@@ -244,6 +244,9 @@ func (dom *domainActor) onSnapshot(c actor.Context, msg *protocol.SnapshotReques
 			p = dom.snap.revertDisk
 			if msg.Op == "delete" {
 				p = dom.snap.deleteDisk
+				if dom.proc != nil {
+					p = dom.snap.commitDisk
+				}
 			}
 		}
 	}
