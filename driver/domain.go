@@ -152,8 +152,9 @@ func (h *Domain) RevertSnapshot(ctx context.Context, name string) error {
 }
 
 // DeleteSnapshot removes the snapshot name from every disk and its record.
-// A disk-only snapshot is deleted on a stopped VM only: its overlays are
-// committed into the images under them.
+// A disk-only snapshot's overlays are committed into the images under
+// them: with block-commit as an async job on a running VM (abortable),
+// with qemu-img on a stopped one.
 func (h *Domain) DeleteSnapshot(ctx context.Context, name string) error {
 	return h.snapshot(ctx, "delete", name)
 }

@@ -25,8 +25,9 @@ With --disk-only, create makes a disk-only (external) snapshot instead: every
 writable disk's image becomes the read-only backing file of a new qcow2 overlay
 in the state dir, which the disk uses from then on, also after a restart. When
 the guest agent answers, the guest's filesystems are frozen around it (and
-always thawed). Such a snapshot is reverted (later writes discarded) or deleted
-(its overlays committed into the images under them) on a stopped VM.`,
+always thawed). Such a snapshot is reverted (later writes discarded) on a stopped
+VM, and deleted (its overlays committed into the images under them, with
+block-commit on a running VM) on any.`,
 	}
 	op := func(name, short string, do func(*client.Client, context.Context, string, string) (*api.Info, error)) *cobra.Command {
 		return &cobra.Command{
