@@ -69,7 +69,7 @@ type Lane[T any] struct {
 	// start then (one clock read fewer per job).
 	now time.Time
 
-	recent     []JobInfo // a ring of cfg.Recent
+	recent     []JobInfo // a ring of up to cfg.Recent, grown as jobs end
 	recentNext int
 	recentLen  int
 }
@@ -431,8 +431,14 @@ func (l *Lane[T]) finish(c actor.Context, j *Job[T], value any, err error, start
 }
 
 func (l *Lane[T]) remember(info JobInfo) {
-	if l.recent == nil {
-		l.recent = make([]JobInfo, l.cfg.Recent)
+	if len(l.recent) < l.cfg.Recent {
+		// The ring grows as jobs end, so that a domain that ran a few
+		// jobs holds a few (10,000 idle domains held 8 KiB each when
+		// the ring was made full at the first job's end).
+		l.recent = append(l.recent, info)
+		l.recentNext = len(l.recent) % l.cfg.Recent
+		l.recentLen = len(l.recent)
+		return
 	}
 	l.recent[l.recentNext] = info
 	l.recentNext = (l.recentNext + 1) % len(l.recent)

@@ -893,3 +893,24 @@ func TestLaneRetryGoesBackToAStep(t *testing.T) {
 		t.Fatalf("err %v is not the RetryError", r.err)
 	}
 }
+
+func TestLaneRecentRingKeepsTheLastJobsOldestFirst(t *testing.T) {
+	f := newFixture(t, func(f *fixture) { f.cfg.Recent = 3 })
+	for i, n := range []string{"a", "b", "c", "d", "e"} {
+		if r := f.get(f.submit("modify", n, 0)); r.err != nil {
+			t.Fatalf("%s: %+v", n, r)
+		}
+		s := f.snapshot()
+		var ids []uint64
+		for _, ji := range s.Recent {
+			ids = append(ids, ji.ID)
+		}
+		var want []uint64
+		for id := max(1, i-1); id <= i+1; id++ {
+			want = append(want, uint64(id))
+		}
+		if !slices.Equal(ids, want) {
+			t.Fatalf("after job %d: recent %v, want %v", i+1, ids, want)
+		}
+	}
+}

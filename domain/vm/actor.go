@@ -571,17 +571,32 @@ func (dom *domainActor) info() *domain.Info {
 			return &in
 		}
 	}
-	// One allocation: Info is published after nearly every message.
-	box := &struct {
-		in  domain.Info
-		ctl domain.Control
-		job domain.JobInfo
-		qmp domain.QMPInFlight
-	}{}
-	in := &box.in
-	*in = domain.Info{Name: dom.spec.Name, UUID: dom.spec.UUID, State: dom.state, Reason: dom.reason, Queued: dom.lane.Len(),
-		Restarts: dom.life.restarts, Control: &box.ctl}
-	dom.control(&box.ctl, time.Now())
+	// One allocation: Info is published after nearly every message. The
+	// job's part only when a job holds the lane, since a box with it is
+	// over twice the size.
+	var in *domain.Info
+	var ctl *domain.Control
+	holder, busy := dom.lane.Holder()
+	if busy {
+		box := &struct {
+			in  domain.Info
+			ctl domain.Control
+			job domain.JobInfo
+			qmp domain.QMPInFlight
+		}{}
+		in, ctl = &box.in, &box.ctl
+		fillJobInfo(&box.job, &box.qmp, holder)
+		in.Job = &box.job
+	} else {
+		box := &struct {
+			in  domain.Info
+			ctl domain.Control
+		}{}
+		in, ctl = &box.in, &box.ctl
+	}
+	in.Name, in.UUID, in.State, in.Reason, in.Queued = dom.spec.Name, dom.spec.UUID, dom.state, dom.reason, dom.lane.Len()
+	in.Restarts, in.Control = dom.life.restarts, ctl
+	dom.control(ctl, time.Now())
 	if dom.proc != nil {
 		in.PID = dom.proc.PID()
 		in.Confinement = dom.proc.Confinement()
@@ -592,10 +607,6 @@ func (dom *domainActor) info() *domain.Info {
 			in.Agent = dom.agent.status.Load()
 		}
 		in.Live = dom.live
-	}
-	if info, ok := dom.lane.Holder(); ok {
-		fillJobInfo(&box.job, &box.qmp, info)
-		in.Job = &box.job
 	}
 	return in
 }
