@@ -14,13 +14,27 @@ const (
 	SnapshotComplete = "complete"
 )
 
-// Snapshot is one internal snapshot of a domain: the vCPU and device
-// state in its first disk and a qcow2 snapshot of each writable disk,
-// all under one tag.
+// The kinds of a snapshot.
+const (
+	// SnapshotInternal is a snapshot inside the qcow2 disks (the VM
+	// state in the first disk and a tag on every writable disk).
+	SnapshotInternal = "internal"
+	// SnapshotDisk is a disk-only (external) snapshot: every writable
+	// disk's image at that instant becomes the read-only backing file of
+	// a new qcow2 overlay, which takes the writes from then on.
+	SnapshotDisk = "disk"
+)
+
+// Snapshot is one snapshot of a domain. An internal one is the vCPU and
+// device state in its first disk and a qcow2 snapshot of each writable
+// disk, all under one tag; a disk-only one is a chain of external
+// overlays (Overlays over Backing).
 type Snapshot struct {
-	// Name is the tag on every disk.
+	// Name is the tag on every disk (internal), or the snapshot's name.
 	Name  string `json:"name"`
 	State string `json:"state"`
+	// Kind is SnapshotInternal (also when empty) or SnapshotDisk.
+	Kind string `json:"kind,omitempty"`
 	// Created is when the snapshot job started.
 	Created time.Time `json:"created"`
 	// VMState names the node that holds the VM state ("disk0").
@@ -29,7 +43,27 @@ type Snapshot struct {
 	Disks []string `json:"disks"`
 	// Job is the id of the vmsup job that made it.
 	Job uint64 `json:"job,omitempty"`
+
+	// Backing is, for a disk-only snapshot, each disk's image at the
+	// snapshot's instant (read-only from then on), by node.
+	Backing map[string]string `json:"backing,omitempty"`
+	// Overlays is, for a disk-only snapshot, the qcow2 overlay made on
+	// each disk's Backing, by node: the top of the disk's chain until a
+	// later disk-only snapshot.
+	Overlays map[string]string `json:"overlays,omitempty"`
+	// Frozen says the guest agent's guest-fsfreeze-freeze succeeded
+	// before a disk-only snapshot (and its thaw was sent after);
+	// FrozenFS is how many filesystems it froze (0 for a guest with no
+	// freezable filesystem).
+	Frozen   bool `json:"frozen,omitempty"`
+	FrozenFS int  `json:"frozen_fs,omitempty"`
+	// FreezeNote says why the filesystems were not frozen (no agent, or
+	// it did not answer guest-ping).
+	FreezeNote string `json:"freeze_note,omitempty"`
 }
+
+// IsDisk reports whether s is a disk-only snapshot.
+func (s *Snapshot) IsDisk() bool { return s.Kind == SnapshotDisk }
 
 // MaxSnapshotName bounds a snapshot's name.
 const MaxSnapshotName = 64

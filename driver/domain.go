@@ -132,13 +132,29 @@ func (h *Domain) CreateSnapshot(ctx context.Context, name string) error {
 	return h.snapshot(ctx, "create", name)
 }
 
+// CreateDiskSnapshot makes the disk-only snapshot name: every writable
+// disk's image becomes the read-only backing file of a new qcow2 overlay
+// in the state dir, which the disk uses from then on (also after a
+// restart of the VM or of the daemon). On a running VM it is an async
+// job beside which query, destroy and abort jobs run; when the guest
+// agent answers guest-ping, the guest's filesystems are frozen around
+// the switch to the overlays, and thawed however the job ends.
+func (h *Domain) CreateDiskSnapshot(ctx context.Context, name string) error {
+	return h.snapshot(ctx, "create-disk", name)
+}
+
 // RevertSnapshot loads the snapshot name: the VM state and every disk go
-// back to that instant.
+// back to that instant. A disk-only snapshot is reverted on a stopped VM
+// only: the overlays of later disk-only snapshots go, and the
+// snapshot's own are made again, empty.
 func (h *Domain) RevertSnapshot(ctx context.Context, name string) error {
 	return h.snapshot(ctx, "revert", name)
 }
 
 // DeleteSnapshot removes the snapshot name from every disk and its record.
+// A disk-only snapshot's overlays are committed into the images under
+// them: with block-commit as an async job on a running VM (abortable),
+// with qemu-img on a stopped one.
 func (h *Domain) DeleteSnapshot(ctx context.Context, name string) error {
 	return h.snapshot(ctx, "delete", name)
 }

@@ -243,7 +243,7 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 	}
 	hcfg := hostres.Config{StateDir: stateDir, RunDir: cfg.RunDir, QemuImg: cfg.QemuImg, Logger: logger}
 	if cfg.Confine != nil {
-		if err := traversable(cfg.Confine.User, stateDir, cfg.RunDir, filepath.Join(stateDir, "disks")); err != nil {
+		if err := traversable(cfg.Confine.User, stateDir, cfg.RunDir, filepath.Join(stateDir, "disks"), filepath.Join(stateDir, "snapshots")); err != nil {
 			return nil, fmt.Errorf("driver: %w", err)
 		}
 		hcfg.TapOwner = &tap.Owner{UID: cfg.Confine.User.UID, GID: cfg.Confine.User.GID}
@@ -453,6 +453,13 @@ func (d *Driver) Undefine(ctx context.Context, name string) error {
 	if err == nil {
 		if herr := d.host.Undefine(name); herr != nil {
 			err = fmt.Errorf("undefine %q: the definition is gone, but: %w", name, herr)
+		}
+		keep, serr := vm.RemoveSnapshotState(filepath.Join(d.cfg.StateDir, "snapshots"), name)
+		if serr != nil && err == nil {
+			err = fmt.Errorf("undefine %q: the definition is gone, but removing its snapshots: %w", name, serr)
+		}
+		if len(keep) > 0 {
+			d.logger.Warn().Str("domain", name).Strs("overlays", keep).Msg("undefine: the disk-only snapshot overlays of path disks stay (they hold the writes since the snapshot; qemu-img commit merges them)")
 		}
 	}
 	d.apiRecord(req, began, err)

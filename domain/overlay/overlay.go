@@ -238,3 +238,97 @@ func checkPath(what, p string) error {
 	}
 	return nil
 }
+
+// CreateOn makes a qcow2 overlay at path on backing, an image of format
+// backingFormat and size bytes that a running QEMU may hold open (and
+// locked): qemu-img does not open backing (create -u), so the caller
+// gives its size. backing may itself have a backing chain: this is a
+// new top for a disk-only snapshot. Like Create, the overlay appears at
+// path whole or not at all, and never replaces an existing file.
+func (q QemuImg) CreateOn(ctx context.Context, backing, backingFormat, path string, size uint64) error {
+	if err := checkPath("overlay", path); err != nil {
+		return err
+	}
+	if err := checkPath("backing image", backing); err != nil {
+		return err
+	}
+	if backingFormat != FormatQCOW2 && backingFormat != FormatRaw {
+		return fmt.Errorf("overlay %s: backing %s: format %q is not supported; use %q or %q", path, backing, backingFormat, FormatQCOW2, FormatRaw)
+	}
+	if size == 0 || size%512 != 0 {
+		return fmt.Errorf("overlay %s: size %d is not a positive multiple of 512 bytes", path, size)
+	}
+	if path == backing {
+		return fmt.Errorf("overlay %s: it is its backing image itself", path)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("overlay %s: %w", path, fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	tmp, err := tempName(path)
+	if err != nil {
+		return err
+	}
+	done := false
+	defer func() {
+		if !done {
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := q.run(ctx, "create", "-q", "-u", "-f", FormatQCOW2, "-F", backingFormat, "-b", backing, tmp, strconv.FormatUint(size, 10)); err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	info, err := q.Info(ctx, tmp)
+	if err != nil {
+		return fmt.Errorf("creating overlay %s: reading it back: %w", path, err)
+	}
+	if info.Format != FormatQCOW2 || info.BackingFile != backing || info.BackingFormat != backingFormat || info.VirtualSize != size {
+		return fmt.Errorf("creating overlay %s: qemu-img made a %s image of %d bytes on %q (%s), want qcow2 of %d bytes on %q (%s)",
+			path, info.Format, info.VirtualSize, info.BackingFile, info.BackingFormat, size, backing, backingFormat)
+	}
+	if err := syncFile(tmp); err != nil {
+		return fmt.Errorf("creating overlay %s: %w", path, err)
+	}
+	if err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("overlay %s: %w (created meanwhile)", path, fs.ErrExist)
+		}
+		return fmt.Errorf("creating overlay %s: renaming %s: %w", path, tmp, err)
+	}
+	done = true
+	return syncFile(filepath.Dir(path))
+}
+
+// Commit writes the data of the qcow2 overlay at path into its backing
+// image (qemu-img commit -d: the overlay is left as it was, so that a
+// commit cut short leaves a chain that still reads the same). The image
+// must not be in use.
+func (q QemuImg) Commit(ctx context.Context, path string) error {
+	if err := checkPath("overlay", path); err != nil {
+		return err
+	}
+	if _, err := q.run(ctx, "commit", "-q", "-d", "-f", FormatQCOW2, path); err != nil {
+		return fmt.Errorf("committing overlay %s into its backing: %w", path, err)
+	}
+	return nil
+}
+
+// Rebase makes the qcow2 image at path name backing (of backingFormat)
+// as its backing file, rewriting only its header (qemu-img rebase -u):
+// for when backing already holds what the old backing file did.
+func (q QemuImg) Rebase(ctx context.Context, path, backing, backingFormat string) error {
+	if err := checkPath("image", path); err != nil {
+		return err
+	}
+	if err := checkPath("backing image", backing); err != nil {
+		return err
+	}
+	if backingFormat != FormatQCOW2 && backingFormat != FormatRaw {
+		return fmt.Errorf("rebase %s: backing format %q is not supported", path, backingFormat)
+	}
+	if _, err := q.run(ctx, "rebase", "-q", "-u", "-f", FormatQCOW2, "-F", backingFormat, "-b", backing, path); err != nil {
+		return fmt.Errorf("rebasing %s onto %s: %w", path, backing, err)
+	}
+	return nil
+}

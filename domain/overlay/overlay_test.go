@@ -531,3 +531,101 @@ func TestRemove(t *testing.T) {
 		t.Errorf("symlink removed: %v", err)
 	}
 }
+
+// TestCreateOn stacks an overlay on an overlay (a chain, which Create
+// refuses) without reading its backing: the new top has the right
+// backing and size, reads the chain's data, leaves the backing as it
+// was, and is never made over an existing file; bad arguments are
+// refused before qemu-img runs.
+func TestCreateOn(t *testing.T) {
+	bin := needQemuImg(t)
+	dir := t.TempDir()
+	raw, _ := makeBases(t, dir)
+	q := QemuImg{Path: bin}
+	mid := filepath.Join(dir, "mid.qcow2")
+	if _, err := q.Create(context.Background(), raw, FormatRaw, mid, 0); err != nil {
+		t.Fatal(err)
+	}
+	before := stateOf(t, mid)
+	top := filepath.Join(dir, "top.qcow2")
+	if err := q.CreateOn(context.Background(), mid, FormatQCOW2, top, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	info, err := q.Info(context.Background(), top)
+	if err != nil || info.Format != FormatQCOW2 || info.BackingFile != mid || info.BackingFormat != FormatQCOW2 || info.VirtualSize != 4<<20 {
+		t.Fatalf("Info of the top = %+v, %v", info, err)
+	}
+	out := filepath.Join(dir, "out.raw")
+	qemuImg(t, "convert", "-O", "raw", top, out)
+	want, _ := os.ReadFile(raw)
+	if got, _ := os.ReadFile(out); !bytes.Equal(got, want) {
+		t.Error("the top does not read the chain's data")
+	}
+	if after := stateOf(t, mid); after != before {
+		t.Errorf("CreateOn changed its backing: %+v -> %+v", before, after)
+	}
+	if err := q.CreateOn(context.Background(), mid, FormatQCOW2, top, 4<<20); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("CreateOn over an existing file: %v, want fs.ErrExist", err)
+	}
+	for _, c := range []struct {
+		backing, format, path string
+		size                  uint64
+	}{
+		{mid, FormatQCOW2, "rel.qcow2", 4 << 20},
+		{"rel.qcow2", FormatQCOW2, filepath.Join(dir, "a.qcow2"), 4 << 20},
+		{mid, "vmdk", filepath.Join(dir, "b.qcow2"), 4 << 20},
+		{mid, FormatQCOW2, filepath.Join(dir, "c.qcow2"), 0},
+		{mid, FormatQCOW2, filepath.Join(dir, "d.qcow2"), 1000},
+		{mid, FormatQCOW2, mid, 4 << 20},
+	} {
+		if err := q.CreateOn(context.Background(), c.backing, c.format, c.path, c.size); err == nil {
+			t.Errorf("CreateOn(%q, %q, %q, %d) succeeded", c.backing, c.format, c.path, c.size)
+		}
+	}
+	if got := dirEntries(t, dir); slices.ContainsFunc(got, func(n string) bool { return strings.HasPrefix(n, ".") || n == "a.qcow2" || n == "c.qcow2" }) {
+		t.Errorf("refused CreateOn calls left files: %q", got)
+	}
+}
+
+// TestCommitRebase: Commit writes an overlay's data into its backing and
+// leaves the overlay; Rebase repoints an image's header only.
+func TestCommitRebase(t *testing.T) {
+	bin := needQemuImg(t)
+	dir := t.TempDir()
+	raw, _ := makeBases(t, dir)
+	q := QemuImg{Path: bin}
+	mid := filepath.Join(dir, "mid.qcow2")
+	if _, err := q.Create(context.Background(), raw, FormatRaw, mid, 0); err != nil {
+		t.Fatal(err)
+	}
+	top := filepath.Join(dir, "top.qcow2")
+	if err := q.CreateOn(context.Background(), mid, FormatQCOW2, top, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 512", mid).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	rawBefore := stateOf(t, raw)
+	if err := q.Commit(context.Background(), mid); err != nil {
+		t.Fatal(err)
+	}
+	if after := stateOf(t, raw); after == rawBefore {
+		t.Fatal("Commit did not write into the backing")
+	}
+	data, _ := os.ReadFile(raw)
+	if !bytes.Equal(data[:512], bytes.Repeat([]byte{0x5a}, 512)) {
+		t.Fatal("the backing does not hold the committed sector")
+	}
+	if err := q.Rebase(context.Background(), top, raw, FormatRaw); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := q.Info(context.Background(), top); err != nil || info.BackingFile != raw || info.BackingFormat != FormatRaw {
+		t.Fatalf("Info after Rebase = %+v, %v", info, err)
+	}
+	if err := q.Rebase(context.Background(), top, raw, "vmdk"); err == nil {
+		t.Error("Rebase onto a vmdk backing succeeded")
+	}
+	if err := q.Commit(context.Background(), "rel.qcow2"); err == nil {
+		t.Error("Commit of a relative path succeeded")
+	}
+}

@@ -66,8 +66,8 @@ func LiveDevices(spec *domain.Spec, host *Host) *domain.Live {
 		if host != nil && i < len(host.Disks) {
 			path = host.Disks[i]
 		}
-		if d.Image != "" {
-			format = domain.DiskFormatQCOW2
+		if d.Image != "" || (host != nil && i < len(host.Under) && len(host.Under[i]) > 0) {
+			format = domain.DiskFormatQCOW2 // an overlay
 		}
 		ld := domain.LiveDisk{Node: DiskNode(i), Path: path, Format: format, ReadOnly: d.ReadOnly}
 		if host != nil && host.Passed != nil && i < len(host.Passed.Disks) {

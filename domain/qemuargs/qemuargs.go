@@ -118,6 +118,13 @@ type Host struct {
 	// Seed is the cloud-init seed image, attached read-only after the
 	// disks; empty when the spec has no cloud_init.
 	Seed string
+	// Under, when set, are the images under each disk's file (Disks[i])
+	// that vmsup stacked overlays on, for disk-only snapshots: nearest
+	// first, the last being the disk's own file (its path, or an image
+	// disk's overlay). Under[i] is empty for a disk without snapshots;
+	// Disks[i] is then the disk's own file, else the newest overlay
+	// (qcow2).
+	Under [][]string
 	// Passed, when set, says that vmsup opened every file QEMU needs and
 	// passes them as file descriptors: QEMU then opens no image, kernel
 	// or initrd by name. Nil: QEMU opens them by name.
@@ -132,9 +139,11 @@ type Passed struct {
 	// overlay of an image disk), opened read-write unless the disk is
 	// read-only.
 	Disks []int
-	// Bases[i] is the fd of image disk i's base (read-only); 0 for a
-	// path disk.
-	Bases []int
+	// Backing[i] are the images under Disks[i], nearest first, each the
+	// backing of the one before it: an image disk's base, and the images
+	// under a disk-only snapshot's overlay (Host.Under). Empty for a
+	// path disk without snapshots.
+	Backing [][]Layer
 	// Seed is the fd of Host.Seed (read-only).
 	Seed int
 	// Kernel and Initrd are the copies in the run dir that vmsup wrote
@@ -142,6 +151,17 @@ type Passed struct {
 	// a plain open(2), which knows neither /dev/fdset nor (for a file
 	// the QEMU user may not read) /proc/self/fd.
 	Kernel, Initrd string
+}
+
+// Layer is one passed backing image of a disk.
+type Layer struct {
+	// FD is its file descriptor in QEMU's process.
+	FD int
+	// Format is "raw" or "qcow2".
+	Format string
+	// Field says what it is, such as "disks[0].image", and Path which
+	// file (both in -add-fd's opaque label).
+	Field, Path string
 }
 
 // FirstPassedFD is the first file descriptor of the files vmsup passes
@@ -154,9 +174,20 @@ const FirstPassedFD = AgentListenFD + 1
 func FDSetPath(fd int) string { return "/dev/fdset/" + strconv.Itoa(fd) }
 
 // addFD returns the -add-fd argument of a passed fd, labelled with the
-// spec field it stands for.
-func addFD(fd int, field string) []string {
-	return []string{"-add-fd", "fd=" + strconv.Itoa(fd) + ",set=" + strconv.Itoa(fd) + ",opaque=" + qemuOptValue(field)}
+// spec field it stands for and the file's path (FDLabel), so that
+// query-fdsets can say which file an fd set holds.
+func addFD(fd int, field, path string) []string {
+	return []string{"-add-fd", "fd=" + strconv.Itoa(fd) + ",set=" + strconv.Itoa(fd) + ",opaque=" + qemuOptValue(FDLabel(field, path))}
+}
+
+// FDLabel is the opaque label of a passed fd: what it stands for, a
+// colon, and the file's path (fields have no colon).
+func FDLabel(what, path string) string { return what + ":" + path }
+
+// FDLabelPath is the path in an fd's opaque label, and whether it had one.
+func FDLabelPath(label string) (string, bool) {
+	_, path, ok := strings.Cut(label, ":")
+	return path, ok && path != ""
 }
 
 // NIC is one resolved NIC.
@@ -233,9 +264,10 @@ func appendDiskNodes(args []string, node, file, format string, readOnly bool, ex
 		"-device", "virtio-blk-pci,drive="+node+",id=virtio-"+node)
 }
 
-// BaseNode returns the block node name of image disk i's base, which
-// BuildArgs gives the overlay's format node as its backing.
-func BaseNode(i int) string { return DiskNode(i) + "-base" }
+// BackingNode returns the block node name of disk i's k-th passed
+// backing image (nearest first), which BuildArgs gives the node above it
+// as its backing.
+func BackingNode(i, k int) string { return DiskNode(i) + "-b" + strconv.Itoa(k) }
 
 // DiskNode returns the block node name of disk i ("disk0", ...); the
 // seed's node is SeedNode.
@@ -343,38 +375,51 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		if format == "" {
 			format = domain.DiskFormatRaw
 		}
+		chained := i < len(host.Under) && len(host.Under[i]) > 0
 		if pass == nil {
-			if d.Image != "" {
+			if d.Image != "" || chained {
 				format = domain.DiskFormatQCOW2 // the overlay
 			}
 			args = appendDisk(args, DiskNode(i), host.Disks[i], format, d.ReadOnly)
 			continue
 		}
-		var extra map[string]any
-		if d.Image != "" {
-			// The base from its own fd, given to the overlay as its
-			// backing, so that QEMU never opens the name recorded in
-			// the overlay's header; a qcow2 base gets no backing of
-			// its own (a base is standalone, checked at define).
-			base := BaseNode(i)
-			args = append(args, addFD(pass.Bases[i], fmt.Sprintf("disks[%d].image", i))...)
-			fileNode := map[string]any{"driver": "file", "node-name": base + "-file", "filename": FDSetPath(pass.Bases[i]), "read-only": true}
-			baseNode := map[string]any{"driver": format, "node-name": base, "file": base + "-file", "read-only": true}
-			if format == domain.DiskFormatQCOW2 {
-				baseNode["backing"] = nil
+		// The images under the disk's file, each from its own fd and
+		// given to the node above as its backing, so that QEMU never
+		// opens a name recorded in an overlay's header; the lowest qcow2
+		// gets no backing of its own (a base is standalone, checked at
+		// define).
+		layers := pass.Backing[i]
+		for k := len(layers) - 1; k >= 0; k-- {
+			l, node := layers[k], BackingNode(i, k)
+			args = append(args, addFD(l.FD, l.Field, l.Path)...)
+			fileNode := map[string]any{"driver": "file", "node-name": node + "-file", "filename": FDSetPath(l.FD), "read-only": true}
+			fmtNode := map[string]any{"driver": l.Format, "node-name": node, "file": node + "-file", "read-only": true}
+			switch {
+			case k < len(layers)-1:
+				fmtNode["backing"] = BackingNode(i, k+1)
+			case l.Format == domain.DiskFormatQCOW2:
+				fmtNode["backing"] = nil
 			}
-			args = append(args, "-blockdev", blockdev(fileNode), "-blockdev", blockdev(baseNode))
-			format, extra = domain.DiskFormatQCOW2, map[string]any{"backing": base}
-			args = append(args, addFD(pass.Disks[i], fmt.Sprintf("disks[%d] overlay", i))...)
-		} else {
-			args = append(args, addFD(pass.Disks[i], fmt.Sprintf("disks[%d].path", i))...)
+			args = append(args, "-blockdev", blockdev(fileNode), "-blockdev", blockdev(fmtNode))
 		}
+		var extra map[string]any
+		field := fmt.Sprintf("disks[%d].path", i)
+		switch {
+		case chained:
+			field = fmt.Sprintf("disks[%d] snapshot overlay", i)
+		case d.Image != "":
+			field = fmt.Sprintf("disks[%d] overlay", i)
+		}
+		if len(layers) > 0 {
+			format, extra = domain.DiskFormatQCOW2, map[string]any{"backing": BackingNode(i, 0)}
+		}
+		args = append(args, addFD(pass.Disks[i], field, host.Disks[i])...)
 		args = appendDiskNodes(args, DiskNode(i), FDSetPath(pass.Disks[i]), format, d.ReadOnly, extra)
 	}
 	if host.Seed != "" {
 		seed := host.Seed
 		if pass != nil {
-			args = append(args, addFD(pass.Seed, "cloud_init seed")...)
+			args = append(args, addFD(pass.Seed, "cloud_init seed", host.Seed)...)
 			seed = FDSetPath(pass.Seed)
 		}
 		args = appendDisk(args, SeedNode, seed, domain.DiskFormatRaw, true)
@@ -427,15 +472,27 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 
 // check reports a Passed that does not fit spec and host.
 func (p *Passed) check(spec *domain.Spec, host *Host) error {
-	if len(p.Disks) != len(spec.Disks) || len(p.Bases) != len(spec.Disks) {
-		return fmt.Errorf("%d disk fds and %d base fds for %d disks", len(p.Disks), len(p.Bases), len(spec.Disks))
+	if len(p.Disks) != len(spec.Disks) || len(p.Backing) != len(spec.Disks) {
+		return fmt.Errorf("%d disk fds and %d backing lists for %d disks", len(p.Disks), len(p.Backing), len(spec.Disks))
 	}
 	for i, d := range spec.Disks {
 		if p.Disks[i] < FirstPassedFD {
 			return fmt.Errorf("disks[%d]: fd %d is not a passed fd", i, p.Disks[i])
 		}
-		if (d.Image != "") != (p.Bases[i] != 0) || (d.Image != "" && p.Bases[i] < FirstPassedFD) {
-			return fmt.Errorf("disks[%d]: base fd %d does not fit the disk", i, p.Bases[i])
+		want := 0
+		if i < len(host.Under) {
+			want = len(host.Under[i])
+		}
+		if d.Image != "" {
+			want++
+		}
+		if len(p.Backing[i]) != want {
+			return fmt.Errorf("disks[%d]: %d backing fds, want %d", i, len(p.Backing[i]), want)
+		}
+		for _, l := range p.Backing[i] {
+			if l.FD < FirstPassedFD || (l.Format != domain.DiskFormatRaw && l.Format != domain.DiskFormatQCOW2) {
+				return fmt.Errorf("disks[%d]: backing fd %d (%s, %q) does not fit the disk", i, l.FD, l.Field, l.Format)
+			}
 		}
 	}
 	if (host.Seed != "") != (p.Seed != 0) || (p.Seed != 0 && p.Seed < FirstPassedFD) {

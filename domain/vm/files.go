@@ -1,11 +1,14 @@
 package vm
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -72,7 +75,7 @@ func passFiles(spec *domain.Spec, paths qemuargs.RunPaths, host *qemuargs.Host, 
 		open = openPlain
 	}
 	h := *host
-	pass := &qemuargs.Passed{Disks: make([]int, len(spec.Disks)), Bases: make([]int, len(spec.Disks))}
+	pass := &qemuargs.Passed{Disks: make([]int, len(spec.Disks)), Backing: make([][]qemuargs.Layer, len(spec.Disks))}
 	var files passedFiles
 	add := func(f *os.File) int {
 		files = append(files, f)
@@ -83,24 +86,59 @@ func passFiles(spec *domain.Spec, paths qemuargs.RunPaths, host *qemuargs.Host, 
 		return nil, nil, err
 	}
 	for i, d := range spec.Disks {
-		if d.Image != "" {
-			base, err := open(fmt.Sprintf("disks[%d].image", i), d.Image, false)
-			if err != nil {
-				return fail(err)
-			}
-			pass.Bases[i] = add(base)
-			ov, err := openOwn(fmt.Sprintf("disks[%d] overlay", i), host.Disks[i], true)
-			if err != nil {
-				return fail(err)
-			}
-			pass.Disks[i] = add(ov)
-			continue
+		var under []string
+		if i < len(host.Under) {
+			under = host.Under[i]
 		}
-		f, err := open(fmt.Sprintf("disks[%d].path", i), host.Disks[i], !d.ReadOnly)
+		own := fmt.Sprintf("disks[%d].path", i) // the disk's own file
+		if d.Image != "" {
+			own = fmt.Sprintf("disks[%d] overlay", i)
+		}
+		// The top: the disk's file, or the newest disk-only overlay.
+		var top *os.File
+		var err error
+		switch {
+		case len(under) > 0:
+			top, err = openOwn(fmt.Sprintf("disks[%d] snapshot overlay", i), host.Disks[i], !d.ReadOnly)
+		case d.Image != "":
+			top, err = openOwn(own, host.Disks[i], true)
+		default:
+			top, err = open(own, host.Disks[i], !d.ReadOnly)
+		}
 		if err != nil {
 			return fail(err)
 		}
-		pass.Disks[i] = add(f)
+		pass.Disks[i] = add(top)
+		// Under it, nearest first: older snapshot overlays, the disk's
+		// own file, an image disk's base. All read-only.
+		for k, path := range under {
+			var f *os.File
+			layer := qemuargs.Layer{Format: domain.DiskFormatQCOW2, Path: path}
+			switch {
+			case k < len(under)-1:
+				layer.Field = fmt.Sprintf("disks[%d] snapshot overlay", i)
+				f, err = openOwn(layer.Field, path, false)
+			case d.Image != "":
+				layer.Field = own
+				f, err = openOwn(own, path, false)
+			default:
+				layer.Field, layer.Format = own, diskFormat(d)
+				f, err = open(own, path, false)
+			}
+			if err != nil {
+				return fail(err)
+			}
+			layer.FD = add(f)
+			pass.Backing[i] = append(pass.Backing[i], layer)
+		}
+		if d.Image != "" {
+			field := fmt.Sprintf("disks[%d].image", i)
+			base, err := open(field, d.Image, false)
+			if err != nil {
+				return fail(err)
+			}
+			pass.Backing[i] = append(pass.Backing[i], qemuargs.Layer{FD: add(base), Format: diskFormat(d), Field: field, Path: d.Image})
+		}
 	}
 	if host.Seed != "" {
 		f, err := openOwn("cloud-init seed", host.Seed, false)
@@ -148,4 +186,63 @@ func copyIn(open OpenImage, field, path, dst string) (string, error) {
 		return "", fmt.Errorf("spec field %q: copy into the run dir: %w", field, err)
 	}
 	return dst, nil
+}
+
+// diskFormat is the format of a disk's path, or of an image disk's base.
+func diskFormat(d domain.Disk) string {
+	if d.Format == "" {
+		return domain.DiskFormatRaw
+	}
+	return d.Format
+}
+
+// fdsetFiles maps the name of each fd set QEMU holds (/dev/fdset/N) to
+// the path in its label (query-fdsets): QEMU reports a passed file by the
+// fd set's name, and vmsup's records need the file.
+func (d *jobData) fdsetFiles(ctx context.Context, r run) (map[string]string, error) {
+	ret, err := d.qmp(ctx, r, "query-fdsets", nil)
+	if err != nil {
+		return nil, err
+	}
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			Opaque string `json:"opaque"`
+		} `json:"fds"`
+	}
+	if err := json.Unmarshal(ret, &sets); err != nil {
+		return nil, fmt.Errorf("domain %q: query-fdsets: unexpected reply: %w", d.domain, err)
+	}
+	out := make(map[string]string, len(sets))
+	for _, s := range sets {
+		for _, fd := range s.FDs {
+			if path, ok := qemuargs.FDLabelPath(fd.Opaque); ok {
+				out[qemuargs.FDSetPath(s.ID)] = path
+			}
+		}
+	}
+	return out, nil
+}
+
+// realFiles replaces, in place, every file named by an fd set with the
+// path that vmsup passed in it. A set without a path in its label (a
+// QEMU started before labels had one) keeps its name; whoever records an
+// image refuses such a name.
+func (d *jobData) realFiles(ctx context.Context, r run, files ...*string) error {
+	var sets map[string]string
+	for _, f := range files {
+		if !strings.HasPrefix(*f, "/dev/fdset/") {
+			continue
+		}
+		if sets == nil {
+			var err error
+			if sets, err = d.fdsetFiles(ctx, r); err != nil {
+				return err
+			}
+		}
+		if path, ok := sets[*f]; ok {
+			*f = path
+		}
+	}
+	return nil
 }

@@ -316,7 +316,7 @@ func stepBlockdevAdd(ctx context.Context, r run) error {
 		return fmt.Errorf("domain %q: attach-disk: %w", d.domain, err)
 	}
 	defer f.Close() // QEMU has its own copy once add-fd returns
-	if err := d.hotQMPFile(ctx, r, "add-fd", map[string]any{"fdset-id": disk.FDSet, "opaque": "attach-disk " + disk.Node}, f); err != nil {
+	if err := d.hotQMPFile(ctx, r, "add-fd", map[string]any{"fdset-id": disk.FDSet, "opaque": qemuargs.FDLabel("attach-disk "+disk.Node, disk.Path)}, f); err != nil {
 		return err
 	}
 	r.Defer("remove the fd set of a failed attach", func(jobErr error) error {

@@ -67,6 +67,9 @@ type jobData struct {
 	conf   *Confine
 	// openImage opens spec files for QEMU; nil opens them as named.
 	openImage OpenImage
+	// snapFile holds the snapshot records, and with them the chains of
+	// the disk-only snapshots that a start opens.
+	snapFile string
 
 	// Found by the steps.
 	paths   qemuargs.RunPaths
@@ -275,6 +278,7 @@ func (dom *domainActor) load(j *job) {
 	if dom.agent != nil {
 		d.agent = dom.agent.pid
 	}
+	d.snapFile = dom.snapshotFile()
 	d.proc, d.link, d.host, d.conf, d.openImage = dom.proc, dom.link, dom.cfg.Host, dom.cfg.Confine, dom.cfg.OpenImage
 	if dom.cfg.Trace.Enabled() {
 		j.SetSpan(jobSpan(dom.name(), j.ID()))
@@ -354,6 +358,11 @@ func stepPrepare(ctx context.Context, r run) error {
 		if host, err = qemuargs.PlainHost(&d.spec); err != nil {
 			return d.fail("command line", err)
 		}
+	}
+	// The tops of the disks' chains of disk-only snapshots, with the
+	// images under them.
+	if host, err = applyChains(d.snapFile, &d.spec, host); err != nil {
+		return d.fail("disk-only snapshots", err)
 	}
 	// vmsup opens every file QEMU needs and passes it as an fd, so that
 	// nothing swapped in since define (a symlink out of the image root)

@@ -50,6 +50,9 @@ var vmstateNode = qemuargs.DiskNode(0)
 
 type snapshotPlans struct {
 	create, revert, del, list, reconcile, abort *plan
+	// createDisk makes a disk-only snapshot; revertDisk goes back to one
+	// and deleteDisk merges one away, on a stopped domain (disksnap.go).
+	createDisk, revertDisk, deleteDisk, commitDisk *plan
 }
 
 // snapOp is a snapshot job's own data.
@@ -69,6 +72,8 @@ type snapOp struct {
 	events  chan string // JOB_STATUS_CHANGE statuses of qemuID
 	devices []string
 	list    []domain.Snapshot
+	// disk is a disk-only snapshot job's own data (disksnap.go).
+	disk *diskSnap
 }
 
 func (dom *domainActor) makeSnapshotPlans() {
@@ -107,6 +112,7 @@ func (dom *domainActor) makeSnapshotPlans() {
 		return err
 	}})
 	p.abort.End = dom.ending(nil)
+	dom.makeDiskSnapshotPlan()
 }
 
 // snapshotFile is where the domain's snapshot records live.
@@ -141,6 +147,9 @@ func (dom *domainActor) snapshotStart(needRunning bool) func(actor.Context, *job
 		}
 		if !s.running {
 			s.disks = dom.diskFiles()
+			if j.Plan() != dom.snap.createDisk {
+				s.disks = dom.chainFiles()
+			}
 		}
 		if needRunning {
 			s.qemuID = snapshotJobPrefix + strconv.FormatUint(j.ID(), 10) + "-" + strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
@@ -167,6 +176,21 @@ func (dom *domainActor) diskFiles() map[string]string {
 			out[qemuargs.DiskNode(i)] = overlays.OverlayPath(dom.name(), i)
 		case disk.Path != "":
 			out[qemuargs.DiskNode(i)] = disk.Path
+		}
+	}
+	return out
+}
+
+// chainFiles are diskFiles with each disk that has disk-only snapshots
+// at the top of its chain: the image a start opens.
+func (dom *domainActor) chainFiles() map[string]string {
+	out := dom.diskFiles()
+	if f := dom.snapshotFile(); f != "" {
+		recs, _ := readSnapshots(f)
+		for k, top := range chainTops(recs) {
+			if _, ok := out[k]; ok {
+				out[k] = top
+			}
 		}
 	}
 	return out
@@ -203,6 +227,8 @@ func (dom *domainActor) onSnapshot(c actor.Context, msg *protocol.SnapshotReques
 		p = dom.snap.del
 	case "list":
 		p = dom.snap.list
+	case "create-disk":
+		p = dom.snap.createDisk
 	default:
 		c.Respond(fmt.Errorf("domain %q: snapshot: unknown operation %q (want create, revert, delete or list)", dom.name(), msg.Op))
 		return
@@ -211,6 +237,17 @@ func (dom *domainActor) onSnapshot(c actor.Context, msg *protocol.SnapshotReques
 		if err := domain.ValidateSnapshotName(msg.Name); err != nil {
 			c.Respond(fmt.Errorf("domain %q: snapshot %s: %w", dom.name(), msg.Op, err))
 			return
+		}
+	}
+	if msg.Op == "revert" || msg.Op == "delete" {
+		if x := dom.findSnapshot(msg.Name); x != nil && x.IsDisk() {
+			p = dom.snap.revertDisk
+			if msg.Op == "delete" {
+				p = dom.snap.deleteDisk
+				if dom.proc != nil {
+					p = dom.snap.commitDisk
+				}
+			}
 		}
 	}
 	dom.enqueue(c, p, msg.Request, &jobData{snap: &snapOp{op: msg.Op, tag: msg.Name}})
@@ -259,6 +296,9 @@ type blockNode struct {
 	node, drv string
 	ro        bool
 	tags      []string
+	// file is the top image's file, size its virtual size.
+	file string
+	size uint64
 }
 
 // queryBlock reads the disks and their snapshot tags from QEMU.
@@ -272,8 +312,10 @@ func (d *jobData) queryBlock(ctx context.Context, r run) ([]blockNode, error) {
 			NodeName string `json:"node-name"`
 			Drv      string `json:"drv"`
 			RO       bool   `json:"ro"`
+			File     string `json:"file"`
 			Image    struct {
-				Snapshots []struct {
+				VirtualSize uint64 `json:"virtual-size"`
+				Snapshots   []struct {
 					Name string `json:"name"`
 				} `json:"snapshots"`
 			} `json:"image"`
@@ -288,11 +330,18 @@ func (d *jobData) queryBlock(ctx context.Context, r run) ([]blockNode, error) {
 		if in == nil || !strings.HasPrefix(in.NodeName, "disk") {
 			continue // an empty drive, the seed
 		}
-		b := blockNode{node: in.NodeName, drv: in.Drv, ro: in.RO}
+		b := blockNode{node: in.NodeName, drv: in.Drv, ro: in.RO, file: in.File, size: in.Image.VirtualSize}
 		for _, s := range in.Image.Snapshots {
 			b.tags = append(b.tags, s.Name)
 		}
 		out = append(out, b)
+	}
+	files := make([]*string, len(out))
+	for i := range out {
+		files[i] = &out[i].file
+	}
+	if err := d.realFiles(ctx, r, files...); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -315,6 +364,9 @@ func stepSnapshotCheck(ctx context.Context, r run) error {
 		if !b.ro {
 			writable = append(writable, b)
 		}
+	}
+	if slices.ContainsFunc(writable, func(b blockNode) bool { return b.node != diskKey(b.node) }) {
+		return fmt.Errorf("%s: this QEMU's disks are on disk-only snapshot overlays; internal snapshots work again after a restart of the VM: %w", what, domain.ErrWrongState)
 	}
 	if len(writable) == 0 || writable[0].node != vmstateNode {
 		return fmt.Errorf("%s: the VM state goes to the first disk (%s), which must be a writable qcow2 disk: %w", what, vmstateNode, domain.ErrWrongState)
@@ -612,6 +664,12 @@ func settle(recs []domain.Snapshot, tags map[string][]string, keepCreating bool)
 	has := func(node, tag string) bool { return slices.Contains(tags[node], tag) }
 	var out []domain.Snapshot
 	for _, x := range recs {
+		if x.IsDisk() {
+			if x.State == domain.SnapshotComplete || keepCreating {
+				out = append(out, x)
+			}
+			continue // settled by settleDisk
+		}
 		all, any := len(x.Disks) > 0, false
 		for _, n := range x.Disks {
 			if has(n, x.Name) {
@@ -675,6 +733,10 @@ func stepSnapshotReconcile(ctx context.Context, r run) error {
 	}
 	recs, err := readSnapshots(s.file)
 	if err != nil || len(recs) == 0 {
+		return err
+	}
+	recs, err = d.settleDisk(ctx, r, recs)
+	if err != nil {
 		return err
 	}
 	tags, err := d.tagsNow(ctx, r)

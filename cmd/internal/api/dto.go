@@ -24,6 +24,7 @@
 //	POST   /v1/domains/{name}/jobs/abort  → Info (the async job was asked to stop)
 //	GET    /v1/domains/{name}/snapshots   → [Snapshot]
 //	POST   /v1/domains/{name}/snapshots/{snap}         → Info (created)
+//	POST   /v1/domains/{name}/snapshots/{snap}/disk-only → Info (created)
 //	POST   /v1/domains/{name}/snapshots/{snap}/revert  → Info
 //	DELETE /v1/domains/{name}/snapshots/{snap}         → Info
 //	GET    /v1/domains/{name}/console     Upgrade: vmsup-console → 101, then raw bytes both ways
@@ -220,14 +221,22 @@ type JobProgress struct {
 
 // Snapshot is one snapshot of a VM (GET /v1/domains/NAME/snapshots):
 // State is "creating" while its job runs, then "complete"; Job is 0 for
-// a tag made outside vmsup.
+// a tag made outside vmsup. Kind is "internal" or "disk" (disk-only:
+// Overlays over Backing, by disk; Frozen and FrozenFS say whether the
+// guest agent froze the filesystems, FreezeNote why not).
 type Snapshot struct {
-	Name    string    `json:"name"`
-	State   string    `json:"state"`
-	Created time.Time `json:"created,omitzero"`
-	VMState string    `json:"vmstate,omitempty"`
-	Disks   []string  `json:"disks"`
-	Job     uint64    `json:"job,omitempty"`
+	Name       string            `json:"name"`
+	State      string            `json:"state"`
+	Kind       string            `json:"kind"`
+	Created    time.Time         `json:"created,omitzero"`
+	VMState    string            `json:"vmstate,omitempty"`
+	Disks      []string          `json:"disks"`
+	Job        uint64            `json:"job,omitempty"`
+	Overlays   map[string]string `json:"overlays,omitempty"`
+	Backing    map[string]string `json:"backing,omitempty"`
+	Frozen     bool              `json:"frozen"`
+	FrozenFS   int               `json:"frozen_fs"`
+	FreezeNote string            `json:"freeze_note,omitempty"`
 }
 
 // QMPInFlight is the QMP command a job waits on: {"command","since"}.

@@ -542,6 +542,12 @@ func (c *Client) CreateSnapshot(ctx context.Context, name, snap string) (*api.In
 	return &out, c.call(ctx, http.MethodPost, domainPath(name, "snapshots", url.PathEscape(snap)), nil, nil, "", &out)
 }
 
+// CreateDiskSnapshot makes the disk-only snapshot snap of a VM.
+func (c *Client) CreateDiskSnapshot(ctx context.Context, name, snap string) (*api.Info, error) {
+	var out api.Info
+	return &out, c.call(ctx, http.MethodPost, domainPath(name, "snapshots", url.PathEscape(snap), "disk-only"), nil, nil, "", &out)
+}
+
 // RevertSnapshot loads the snapshot snap of a running VM.
 func (c *Client) RevertSnapshot(ctx context.Context, name, snap string) (*api.Info, error) {
 	var out api.Info

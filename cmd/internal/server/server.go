@@ -118,6 +118,7 @@ func (s *Server) routes() {
 	s.handle("POST /v1/domains/{name}/jobs/abort", admin, s.named(s.action("abort", (*driver.Domain).AbortJob)))
 	s.handle("GET /v1/domains/{name}/snapshots", read, s.named(s.snapshots))
 	s.handle("POST /v1/domains/{name}/snapshots/{snap}", admin, s.named(s.snapshotOp("create", (*driver.Domain).CreateSnapshot)))
+	s.handle("POST /v1/domains/{name}/snapshots/{snap}/disk-only", admin, s.named(s.snapshotOp("create", (*driver.Domain).CreateDiskSnapshot)))
 	s.handle("POST /v1/domains/{name}/snapshots/{snap}/revert", admin, s.named(s.snapshotOp("revert", (*driver.Domain).RevertSnapshot)))
 	s.handle("DELETE /v1/domains/{name}/snapshots/{snap}", admin, s.named(s.snapshotOp("delete", (*driver.Domain).DeleteSnapshot)))
 	s.handle("GET /v1/domains/{name}/definition", admin, s.named(s.definition))

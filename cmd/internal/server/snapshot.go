@@ -23,7 +23,12 @@ func (s *Server) snapshots(w http.ResponseWriter, r *http.Request, name string) 
 	}
 	out := make([]api.Snapshot, 0, len(snaps))
 	for _, x := range snaps {
-		out = append(out, api.Snapshot{Name: x.Name, State: x.State, Created: x.Created, VMState: x.VMState, Disks: x.Disks, Job: x.Job})
+		kind := x.Kind
+		if kind == "" {
+			kind = domain.SnapshotInternal
+		}
+		out = append(out, api.Snapshot{Name: x.Name, State: x.State, Kind: kind, Created: x.Created, VMState: x.VMState, Disks: x.Disks, Job: x.Job,
+			Overlays: x.Overlays, Backing: x.Backing, Frozen: x.Frozen, FrozenFS: x.FrozenFS, FreezeNote: x.FreezeNote})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
