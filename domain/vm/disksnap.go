@@ -82,7 +82,7 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 	p := dom.plan("snapshot-disk", actors.JobAsync,
 		step{Name: "check", Call: "query-block", Do: stepDiskSnapCheck},
 		step{Name: "freeze", Async: true, Do: stepDiskSnapFreeze},
-		step{Name: "overlay", Call: "blockdev-snapshot", Do: stepDiskSnapOverlay},
+		step{Name: "overlay", Call: "transaction", Do: stepDiskSnapOverlay},
 		step{Name: "thaw", Do: stepDiskSnapThaw},
 		step{Name: "record", Do: stepDiskSnapRecord})
 	p.Mask = diskSnapMask
