@@ -149,7 +149,9 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	d.waitAgent(t, "dsnap", 2*time.Minute)
 	before := d.topFile(t, "dsnap")
 
+	began := time.Now()
 	id, _ := d.requestID(t, "POST /v1/domains/dsnap/snapshots/s1/disk-only", "snapshot", "create", "dsnap", "s1", "--disk-only")
+	t.Logf("snapshot create --disk-only with freeze and thaw: %s", time.Since(began))
 	snaps := d.diskSnaps(t, "dsnap")
 	s1, ok := snaps["s1"]
 	overlay := filepath.Join(d.state, "snapshots", "dsnap", "s1.disk0.qcow2")
