@@ -405,10 +405,13 @@ func stepDiskSnapOverlay(ctx context.Context, r run) error {
 	for _, k := range ds.keys {
 		args := map[string]any{"driver": overlay.FormatQCOW2, "node-name": ds.node[k], "backing": nil, "discard": "unmap",
 			"file": map[string]any{"driver": "file", "filename": ds.overlays[k], "discard": "unmap"}}
+		// Counted before it is sent: a blockdev-add cut short (an abort,
+		// a deadline) may still be done by QEMU, which runs the cleanup's
+		// blockdev-del after it (QMP keeps the order).
+		ds.added = append(ds.added, ds.node[k])
 		if err := d.hotQMP(ctx, r, "blockdev-add", args); err != nil {
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
-		ds.added = append(ds.added, ds.node[k])
 		actions = append(actions, map[string]any{"type": "blockdev-snapshot", "data": map[string]any{"node": ds.top[k], "overlay": ds.node[k]}})
 	}
 	if err := d.hotQMP(ctx, r, "transaction", map[string]any{"actions": actions}); err != nil {
