@@ -344,6 +344,9 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if out := d.ok(t, "snapshot", "list", "dsna"); !strings.Contains(out, "disk") || !strings.Contains(out, "unfrozen") {
 		t.Fatalf("snapshot list: %s", out)
 	}
+	// Internal snapshots are refused on disks on overlays this QEMU
+	// switched to, and disk-only ones beside internal ones.
+	d.fails(t, 1, []string{"disk-only snapshot overlays", "restart"}, "snapshot", "create", "dsna", "int")
 
 	// On a stopped VM: only the overlay, on the chain's top; the next
 	// start opens it.
@@ -357,6 +360,9 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
 		t.Fatalf("after the offline snapshot disk0's top is %s, want %s", top, s2.Overlays["disk0"])
 	}
+	d.ok(t, "snapshot", "create", "dsna", "int")
+	d.fails(t, 1, []string{`internal snapshot "int"`, "delete it first"}, "snapshot", "create", "dsna", "s9", "--disk-only")
+	d.ok(t, "snapshot", "delete", "dsna", "int")
 
 	// Deleting s1, under s2, on the running VM (an intermediate
 	// block-commit): s2's overlay now sits on s1's backing.

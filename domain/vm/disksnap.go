@@ -201,6 +201,11 @@ func stepDiskSnapCheck(ctx context.Context, r run) error {
 	if slices.ContainsFunc(recs, func(x domain.Snapshot) bool { return x.Name == s.tag }) {
 		return fmt.Errorf("%s: a snapshot of that name exists: %w", what, domain.ErrWrongState)
 	}
+	// An internal snapshot's tags stay in the image that becomes the
+	// backing file, where snapshot-load cannot reach them.
+	if i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return !x.IsDisk() }); i >= 0 {
+		return fmt.Errorf("%s: the domain has the internal snapshot %q, which a disk-only snapshot would make unreachable; delete it first: %w", what, recs[i].Name, domain.ErrWrongState)
+	}
 	ds.backing, ds.format, ds.size = map[string]string{}, map[string]string{}, map[string]uint64{}
 	ds.overlays, ds.top, ds.node = map[string]string{}, map[string]string{}, map[string]string{}
 	add := func(key, file, format string, size uint64) error {
