@@ -149,7 +149,9 @@ func TestCLIDiskSnapshot(t *testing.T) {
 	d.waitAgent(t, "dsnap", 2*time.Minute)
 	before := d.topFile(t, "dsnap")
 
+	began := time.Now()
 	id, _ := d.requestID(t, "POST /v1/domains/dsnap/snapshots/s1/disk-only", "snapshot", "create", "dsnap", "s1", "--disk-only")
+	t.Logf("snapshot create --disk-only with freeze and thaw: %s", time.Since(began))
 	snaps := d.diskSnaps(t, "dsnap")
 	s1, ok := snaps["s1"]
 	overlay := filepath.Join(d.state, "snapshots", "dsnap", "s1.disk0.qcow2")
@@ -342,6 +344,9 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if out := d.ok(t, "snapshot", "list", "dsna"); !strings.Contains(out, "disk") || !strings.Contains(out, "unfrozen") {
 		t.Fatalf("snapshot list: %s", out)
 	}
+	// Internal snapshots are refused on disks on overlays this QEMU
+	// switched to, and disk-only ones beside internal ones.
+	d.fails(t, 1, []string{"disk-only snapshot overlays", "restart"}, "snapshot", "create", "dsna", "int")
 
 	// On a stopped VM: only the overlay, on the chain's top; the next
 	// start opens it.
@@ -355,6 +360,9 @@ func TestCLIDiskSnapshotNoAgent(t *testing.T) {
 	if top := d.topFile(t, "dsna"); top != s2.Overlays["disk0"] {
 		t.Fatalf("after the offline snapshot disk0's top is %s, want %s", top, s2.Overlays["disk0"])
 	}
+	d.ok(t, "snapshot", "create", "dsna", "int")
+	d.fails(t, 1, []string{`internal snapshot "int"`, "delete it first"}, "snapshot", "create", "dsna", "s9", "--disk-only")
+	d.ok(t, "snapshot", "delete", "dsna", "int")
 
 	// Deleting s1, under s2, on the running VM (an intermediate
 	// block-commit): s2's overlay now sits on s1's backing.
@@ -496,5 +504,77 @@ func TestCLIDiskSnapshotSIGKILL(t *testing.T) {
 	d.ok(t, "snapshot", "create", "dsk", "k", "--disk-only")
 	if s := d.diskSnaps(t, "dsk")["k"]; s.State != "complete" || !s.Frozen || d.topFile(t, "dsk") != overlay {
 		t.Fatalf("the snapshot again after the restart: %+v, top %s", s, d.topFile(t, "dsk"))
+	}
+}
+
+// TestCLIDiskSnapshotAbort: `vmsup job abort` while a disk-only snapshot
+// waits on QEMU (stopped, after the overlay file was made; resumed right
+// after the abort) ends the job
+// as aborted and leaves no record, no overlay file and the disk's top as
+// it was; a snapshot of the same name works afterwards.
+func TestCLIDiskSnapshotAbort(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t)
+	d.ok(t, "define", writeDiskSnapSpec(t, d.dir, "dsab", true))
+	var in info
+	d.okJSON(t, &in, "start", "dsab")
+	pid := in.PID
+	t.Cleanup(func() {
+		if processAlive(pid) {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	})
+	d.waitAgent(t, "dsab", 2*time.Minute)
+	before := d.topFile(t, "dsab")
+	records := filepath.Join(d.state, "snapshots", "dsab.json")
+	overlay := filepath.Join(d.state, "snapshots", "dsab", "ab.disk0.qcow2")
+
+	create := d.background(t, "snapshot", "create", "dsab", "ab", "--disk-only")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if data, err := os.ReadFile(records); err == nil && strings.Contains(string(data), `"creating"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no creating record within 60s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(overlay); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no overlay file within 60s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	d.ok(t, "job", "abort", "dsab")
+	// QEMU goes on, so that the cleanup's blockdev-del is answered (a
+	// stopped QEMU would fail it at its deadline, and the monitor with it).
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if code := create.wait(t, 2*time.Minute); code == 0 || !strings.Contains(create.stderr.String(), "aborted") {
+		t.Fatalf("aborted create: exit %d: %s", code, create.stderr)
+	}
+	d.waitIdle(t, "dsab", time.Minute)
+	if s, ok := d.diskSnaps(t, "dsab")["ab"]; ok {
+		t.Fatalf("an aborted disk-only snapshot is listed: %+v", s)
+	}
+	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
+		t.Fatalf("the aborted snapshot's overlay: %v", err)
+	}
+	if top := d.topFile(t, "dsab"); top != before {
+		t.Fatalf("disk0's top after the abort is %s, want %s", top, before)
+	}
+	d.ok(t, "snapshot", "create", "dsab", "ab", "--disk-only")
+	if top := d.topFile(t, "dsab"); top != overlay {
+		t.Fatalf("the snapshot after the abort: top %s, want %s", top, overlay)
 	}
 }

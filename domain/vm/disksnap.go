@@ -82,7 +82,7 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 	p := dom.plan("snapshot-disk", actors.JobAsync,
 		step{Name: "check", Call: "query-block", Do: stepDiskSnapCheck},
 		step{Name: "freeze", Async: true, Do: stepDiskSnapFreeze},
-		step{Name: "overlay", Call: "blockdev-snapshot", Do: stepDiskSnapOverlay},
+		step{Name: "overlay", Call: "transaction", Do: stepDiskSnapOverlay},
 		step{Name: "thaw", Do: stepDiskSnapThaw},
 		step{Name: "record", Do: stepDiskSnapRecord})
 	p.Mask = diskSnapMask
@@ -216,6 +216,11 @@ func stepDiskSnapCheck(ctx context.Context, r run) error {
 	}
 	if slices.ContainsFunc(recs, func(x domain.Snapshot) bool { return x.Name == s.tag }) {
 		return fmt.Errorf("%s: a snapshot of that name exists: %w", what, domain.ErrWrongState)
+	}
+	// An internal snapshot's tags stay in the image that becomes the
+	// backing file, where snapshot-load cannot reach them.
+	if i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return !x.IsDisk() }); i >= 0 {
+		return fmt.Errorf("%s: the domain has the internal snapshot %q, which a disk-only snapshot would make unreachable; delete it first: %w", what, recs[i].Name, domain.ErrWrongState)
 	}
 	ds.backing, ds.format, ds.size = map[string]string{}, map[string]string{}, map[string]uint64{}
 	ds.overlays, ds.top, ds.node = map[string]string{}, map[string]string{}, map[string]string{}
@@ -421,10 +426,13 @@ func stepDiskSnapOverlay(ctx context.Context, r run) error {
 	for _, k := range ds.keys {
 		args := map[string]any{"driver": overlay.FormatQCOW2, "node-name": ds.node[k], "backing": nil, "discard": "unmap",
 			"file": map[string]any{"driver": "file", "filename": ds.overlays[k], "discard": "unmap"}}
+		// Counted before it is sent: a blockdev-add cut short (an abort,
+		// a deadline) may still be done by QEMU, which runs the cleanup's
+		// blockdev-del after it (QMP keeps the order).
+		ds.added = append(ds.added, ds.node[k])
 		if err := d.hotQMP(ctx, r, "blockdev-add", args); err != nil {
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
-		ds.added = append(ds.added, ds.node[k])
 		actions = append(actions, map[string]any{"type": "blockdev-snapshot", "data": map[string]any{"node": ds.top[k], "overlay": ds.node[k]}})
 	}
 	if err := d.hotQMP(ctx, r, "transaction", map[string]any{"actions": actions}); err != nil {

@@ -76,14 +76,16 @@ for i in $(seq 120); do
 	[ "$i" -lt 120 ] || { echo "e2e: the guest agent did not answer within 120s" >&2; exit 1; }
 	sleep 1
 done
+snap0=$(date +%s.%N)
 "$bin/vmsup" snapshot create demo e2e --disk-only
+snap1=$(date +%s.%N)
 list=$("$bin/vmsup" snapshot list demo)
 echo "$list"
 frozen=$(grep -E '^e2e +disk +complete +frozen\([1-9][0-9]*\)' <<<"$list") || { echo "e2e: the disk-only snapshot was not made with a freeze of at least one filesystem" >&2; exit 1; }
 st=$("$bin/vmsup" agent demo '{"execute":"guest-fsfreeze-status"}')
 [ "$st" = '"thawed"' ] || { echo "e2e: the guest is $st after the snapshot" >&2; exit 1; }
 "$bin/vmsup" ssh demo -- sh -c 'echo after > /var/tmp/vmsup-e2e && sync' || { echo "e2e: the guest cannot write after the snapshot" >&2; exit 1; }
-echo "e2e: disk-only snapshot: $(awk '{print $4}' <<<"$frozen")"
+awk -v a="$snap0" -v b="$snap1" -v f="$(awk '{print $4}' <<<"$frozen")" 'BEGIN { printf "e2e: disk-only snapshot: %s in %.2fs\n", f, b - a }'
 
 kill -INT "$up"
 for i in $(seq 120); do kill -0 "$up" 2>/dev/null || break; sleep 0.5; done
