@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -86,7 +87,10 @@ func (d *daemon) diskSnaps(t *testing.T, name string) map[string]diskSnapEntry {
 	return out
 }
 
-// topFile is the file of disk0's top image in the running QEMU.
+// topFile is the file of disk0's top image in the running QEMU. QEMU
+// names a node whose backing came from the command line "json:{...}"
+// and a passed file "/dev/fdset/N": the file is then the one QEMU's fd in
+// that set points at (/proc/PID/fd), whatever vmsup says of it.
 func (d *daemon) topFile(t *testing.T, name string) string {
 	t.Helper()
 	var devs []struct {
@@ -100,10 +104,51 @@ func (d *daemon) topFile(t *testing.T, name string) string {
 	}
 	for _, dev := range devs {
 		if in := dev.Inserted; in != nil && strings.HasPrefix(in.NodeName, "disk0") {
-			return in.File
+			return d.realFile(t, name, in.File)
 		}
 	}
 	t.Fatalf("no disk0 in query-block")
+	return ""
+}
+
+// realFile is the file behind a name QEMU reports (see topFile).
+func (d *daemon) realFile(t *testing.T, name, file string) string {
+	t.Helper()
+	if spec, ok := strings.CutPrefix(file, "json:"); ok {
+		var opts struct {
+			File struct {
+				Filename string `json:"filename"`
+			} `json:"file"`
+		}
+		if err := json.Unmarshal([]byte(spec), &opts); err != nil || opts.File.Filename == "" {
+			t.Fatalf("QEMU's name %s: no file in it (%v)", file, err)
+		}
+		file = opts.File.Filename
+	}
+	set, ok := strings.CutPrefix(file, "/dev/fdset/")
+	if !ok {
+		return file
+	}
+	var sets []struct {
+		ID  int `json:"fdset-id"`
+		FDs []struct {
+			FD int `json:"fd"`
+		} `json:"fds"`
+	}
+	if err := json.Unmarshal([]byte(d.ok(t, "qmp", name, `{"execute":"query-fdsets"}`)), &sets); err != nil {
+		t.Fatal(err)
+	}
+	pid := d.info(t, name).PID
+	for _, s := range sets {
+		if strconv.Itoa(s.ID) == set && len(s.FDs) > 0 {
+			target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, s.FDs[0].FD))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return target
+		}
+	}
+	t.Fatalf("QEMU has no fd set %s: %v", set, sets)
 	return ""
 }
 

@@ -162,6 +162,12 @@ type Layer struct {
 	// Field says what it is, such as "disks[0].image", and Path which
 	// file (both in -add-fd's opaque label).
 	Field, Path string
+	// Writable says that a block-commit may write into it (an older
+	// snapshot overlay, or the disk's own file under its snapshots): its
+	// fd is read-write and its nodes are opened read-write, since a
+	// -blockdev node opened read-only cannot become the base of a commit.
+	// Nothing writes to it but a commit: the guest's device is above.
+	Writable bool
 }
 
 // FirstPassedFD is the first file descriptor of the files vmsup passes
@@ -392,8 +398,8 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		for k := len(layers) - 1; k >= 0; k-- {
 			l, node := layers[k], BackingNode(i, k)
 			args = append(args, addFD(l.FD, l.Field, l.Path)...)
-			fileNode := map[string]any{"driver": "file", "node-name": node + "-file", "filename": FDSetPath(l.FD), "read-only": true}
-			fmtNode := map[string]any{"driver": l.Format, "node-name": node, "file": node + "-file", "read-only": true}
+			fileNode := map[string]any{"driver": "file", "node-name": node + "-file", "filename": FDSetPath(l.FD), "read-only": !l.Writable}
+			fmtNode := map[string]any{"driver": l.Format, "node-name": node, "file": node + "-file", "read-only": !l.Writable}
 			switch {
 			case k < len(layers)-1:
 				fmtNode["backing"] = BackingNode(i, k+1)

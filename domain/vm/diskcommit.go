@@ -40,6 +40,10 @@ import (
 // diskCommit is one disk's block-commit.
 type diskCommit struct {
 	key, device, top, base string
+	// baseFile is the base's file, written into the header of the image
+	// above the top by an intermediate commit (QEMU would write the name
+	// it knows the base by: an fd set's).
+	baseFile string
 	// active: the overlay is the disk's top (the commit is completed
 	// with job-complete, and the disk's top becomes the base).
 	active bool
@@ -124,7 +128,7 @@ func stepDiskCommitCheck(ctx context.Context, r run) error {
 	}
 	var commits []*diskCommit
 	for _, k := range slices.Sorted(maps.Keys(snap.Overlays)) {
-		c := &diskCommit{key: k, top: nodeOf(snap.Overlays[k]), base: nodeOf(snap.Backing[k])}
+		c := &diskCommit{key: k, top: nodeOf(snap.Overlays[k]), base: nodeOf(snap.Backing[k]), baseFile: snap.Backing[k]}
 		for _, b := range blocks {
 			if diskKey(b.node) == k {
 				c.device, c.active = b.node, b.file == snap.Overlays[k]
@@ -152,6 +156,9 @@ func stepDiskCommit(ctx context.Context, r run) error {
 	for _, c := range s.disk.commits {
 		what := fmt.Sprintf("domain %q: snapshot delete %q: disk %s: block-commit %s", d.domain, s.tag, c.key, s.qemuID)
 		args := map[string]any{"job-id": s.qemuID, "device": c.device, "top-node": c.top, "base-node": c.base, "auto-dismiss": false}
+		if !c.active {
+			args["backing-file"] = c.baseFile
+		}
 		if err := d.hotQMP(ctx, r, "block-commit", args); err != nil {
 			return err
 		}

@@ -80,3 +80,18 @@ func TestSettleKeepsDiskSnapshots(t *testing.T) {
 		t.Fatalf("settle during a job: %+v", out)
 	}
 }
+
+// QEMU's json: names of a node with a backing from the command line give
+// back the file under them; other names stay.
+func TestImageFile(t *testing.T) {
+	for name, want := range map[string]string{
+		`json:{"backing": {"driver": "raw", "file": {"driver": "file", "filename": "/dev/fdset/6"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/dev/fdset/5"}}`: "/dev/fdset/5",
+		"/s/a.disk0.qcow2":                         "/s/a.disk0.qcow2",
+		`json:{"driver": "qcow2", "file": "node"}`: `json:{"driver": "qcow2", "file": "node"}`,
+		"json:{broken":                             "json:{broken",
+	} {
+		if got := imageFile(name); got != want {
+			t.Errorf("imageFile(%s) = %s, want %s", name, got, want)
+		}
+	}
+}

@@ -110,20 +110,23 @@ func passFiles(spec *domain.Spec, paths qemuargs.RunPaths, host *qemuargs.Host, 
 		}
 		pass.Disks[i] = add(top)
 		// Under it, nearest first: older snapshot overlays, the disk's
-		// own file, an image disk's base. All read-only.
+		// own file, an image disk's base (read-only).
 		for k, path := range under {
 			var f *os.File
-			layer := qemuargs.Layer{Format: domain.DiskFormatQCOW2, Path: path}
+			// Read-write, but for an image disk's base: deleting a
+			// snapshot of the running VM commits the overlay above into
+			// it (Layer.Writable).
+			layer := qemuargs.Layer{Format: domain.DiskFormatQCOW2, Path: path, Writable: !d.ReadOnly}
 			switch {
 			case k < len(under)-1:
 				layer.Field = fmt.Sprintf("disks[%d] snapshot overlay", i)
-				f, err = openOwn(layer.Field, path, false)
+				f, err = openOwn(layer.Field, path, layer.Writable)
 			case d.Image != "":
 				layer.Field = own
-				f, err = openOwn(own, path, false)
+				f, err = openOwn(own, path, layer.Writable)
 			default:
 				layer.Field, layer.Format = own, diskFormat(d)
-				f, err = open(own, path, false)
+				f, err = open(own, path, layer.Writable)
 			}
 			if err != nil {
 				return fail(err)
@@ -231,6 +234,7 @@ func (d *jobData) fdsetFiles(ctx context.Context, r run) (map[string]string, err
 func (d *jobData) realFiles(ctx context.Context, r run, files ...*string) error {
 	var sets map[string]string
 	for _, f := range files {
+		*f = imageFile(*f)
 		if !strings.HasPrefix(*f, "/dev/fdset/") {
 			continue
 		}
@@ -245,4 +249,29 @@ func (d *jobData) realFiles(ctx context.Context, r run, files ...*string) error 
 		}
 	}
 	return nil
+}
+
+// imageFile is the file of an image as QEMU names it: QEMU names a node
+// whose options differ from its header (a backing given on the command
+// line) "json:{...}", with the file under "file"; the file's name is
+// then that protocol node's "filename". Any other name is returned as
+// it is.
+func imageFile(name string) string {
+	spec, ok := strings.CutPrefix(name, "json:")
+	if !ok {
+		return name
+	}
+	var opts struct {
+		File json.RawMessage `json:"file"`
+	}
+	if json.Unmarshal([]byte(spec), &opts) != nil || len(opts.File) == 0 {
+		return name
+	}
+	var file struct {
+		Filename string `json:"filename"`
+	}
+	if json.Unmarshal(opts.File, &file) == nil && file.Filename != "" {
+		return file.Filename
+	}
+	return name // "file" names a node, or is not an object
 }
