@@ -36,6 +36,9 @@ type LiveDisk struct {
 	// disk (its file node opens /dev/fdset/FDSet); 0 when QEMU opened
 	// the file by name. A detach removes it.
 	FDSet int `json:"fdset,omitempty"`
+	// BaseFDSet is the fd set of an image disk's base, whose nodes
+	// ("<node>-base" and its "-file") a detach removes too; 0 for none.
+	BaseFDSet int `json:"base_fdset,omitempty"`
 }
 
 // Device is the QEMU id of the disk's virtio-blk-pci device.

@@ -103,10 +103,13 @@ func TestBuildArgsPassedFiles(t *testing.T) {
 	check("seed-file", "filename", "/dev/fdset/9")
 
 	live := qemuargs.LiveDevices(spec, host)
-	for i, want := range []int{5, 7, 8} {
-		if live.Disks[i].FDSet != want {
-			t.Errorf("live disk %d: fd set %d, want %d", i, live.Disks[i].FDSet, want)
+	for i, want := range [][2]int{{5, 0}, {7, 6}, {8, 0}} {
+		if got := [2]int{live.Disks[i].FDSet, live.Disks[i].BaseFDSet}; got != want {
+			t.Errorf("live disk %d: fd sets %v, want %v", i, got, want)
 		}
+	}
+	if got := qemuargs.BaseNode(1); got != live.Disks[1].Node+"-base" {
+		t.Errorf("BaseNode(1) = %q, not what a detach removes", got)
 	}
 }
 
