@@ -8,7 +8,6 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/cloudinit"
-	"github.com/vmsup/vmsup/domain/netcfg"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
@@ -36,7 +35,7 @@ func blockdevs(t *testing.T, argv []string) map[string]map[string]any {
 func TestBuildArgsPassedFiles(t *testing.T) {
 	spec := &domain.Spec{Name: "p1", UUID: "6b3c2f0e-1a2b-4c3d-8e9f-0a1b2c3d4e5f", Machine: "q35", Memory: 64 * domain.MiB, CPUs: 1,
 		Kernel: "/img/vmlinuz", Initrd: "/img/initrd", Append: "console=ttyS0",
-		Disks: []domain.Disk{{Path: "/img/a.raw"}, {Image: "/img/base.qcow2", Format: domain.DiskFormatQCOW2}, {Path: "/img/ro.raw", ReadOnly: true}},
+		Disks:     []domain.Disk{{Path: "/img/a.raw"}, {Image: "/img/base.qcow2", Format: domain.DiskFormatQCOW2}, {Path: "/img/ro.raw", ReadOnly: true}},
 		CloudInit: &cloudinit.Config{}}
 	rp, err := qemuargs.NewRunPaths("/run/vmsup", "p1")
 	if err != nil {
@@ -132,5 +131,4 @@ func TestBuildArgsPassedMismatch(t *testing.T) {
 			t.Errorf("%s: BuildArgs = %v, want an error about the passed files", name, err)
 		}
 	}
-	_ = netcfg.TypeUser
 }
