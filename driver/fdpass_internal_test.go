@@ -2,7 +2,9 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -285,5 +287,55 @@ func TestSeedNeverReadsUserDataSwappedOutOfImageRoot(t *testing.T) {
 	}
 	if b, err := os.ReadFile(d.host.SeedPath("fd3")); err == nil && strings.Contains(string(b), "outside") {
 		t.Fatal("the outside file's content is in the seed")
+	}
+}
+
+// An image disk on a qcow2 base runs with the base from its own fd as the
+// overlay's backing node: QEMU's block graph has the base node, and QEMU
+// holds the base and the overlay open, neither by a name from a header.
+func TestImageDiskBaseIsPassedAsBackingNode(t *testing.T) {
+	d, root, _ := fdDriver(t)
+	base := filepath.Join(root, "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "8M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	spec := &domain.Spec{Name: "fd4", Machine: "q35", Accel: domain.AccelTCG, Memory: 64 * domain.MiB,
+		Disks: []domain.Disk{{Image: base, Format: domain.DiskFormatQCOW2}}}
+	if _, err := d.Define(ctxFor(t, 30*time.Second), spec); err != nil {
+		t.Fatal(err)
+	}
+	dom := d.Domain("fd4")
+	if err := dom.Start(ctxFor(t, 60*time.Second), StartOptions{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := dom.QMP(ctxFor(t, 10*time.Second), []byte(`{"execute":"query-named-block-nodes"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply []struct {
+		NodeName string `json:"node-name"`
+		Drv      string `json:"drv"`
+		File     string `json:"file"`
+		Backing  string `json:"backing_file"`
+	}
+	if err := json.Unmarshal(nodes, &reply); err != nil {
+		t.Fatalf("query-named-block-nodes: %v: %s", err, nodes)
+	}
+	got := map[string]string{}
+	for _, n := range reply {
+		got[n.NodeName] = n.Drv + " " + n.File + " backing " + n.Backing
+	}
+	if !strings.HasPrefix(got["disk0-base"], "qcow2 /dev/fdset/") || !strings.HasPrefix(got["disk0"], "qcow2 ") ||
+		!strings.Contains(got["disk0"], "backing /dev/fdset/") {
+		t.Fatalf("block nodes %v, want disk0 (qcow2) backed by base node disk0-base (qcow2 on an fd set)", got)
+	}
+	in, err := dom.Info(ctxFor(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := strings.Join(openFiles(t, in.PID), "\n")
+	overlay := d.host.OverlayPath("fd4", 0)
+	if !strings.Contains(files, base) || !strings.Contains(files, overlay) {
+		t.Fatalf("QEMU does not hold the base %s and overlay %s open:\n%s", base, overlay, files)
 	}
 }
