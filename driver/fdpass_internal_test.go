@@ -339,3 +339,49 @@ func TestImageDiskBaseIsPassedAsBackingNode(t *testing.T) {
 		t.Fatalf("QEMU does not hold the base %s and overlay %s open:\n%s", base, overlay, files)
 	}
 }
+
+// The guest boots from the fd-passed disk and the copies of kernel and
+// initrd, which are gone from the run dir once QEMU has loaded them; a
+// reset boots it again from QEMU's own copy.
+func TestGuestBootsFromPassedFiles(t *testing.T) {
+	d, root, g := fdDriver(t)
+	disk := filepath.Join(root, "disk.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := &domain.Spec{Name: "fd5", Machine: "q35", Accel: domain.AccelTCG, Memory: 128 * domain.MiB,
+		Kernel: g.Kernel, Initrd: g.Initrd, Append: "console=ttyS0 panic=-1", Disks: []domain.Disk{{Path: disk}},
+		Serial: &domain.Serial{Type: domain.SerialFile}}
+	if _, err := d.Define(ctxFor(t, 10*time.Second), spec); err != nil {
+		t.Fatal(err)
+	}
+	dom := d.Domain("fd5")
+	if err := dom.Start(ctxFor(t, 60*time.Second), StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	run := filepath.Join(d.cfg.RunDir, "fd5")
+	for _, name := range []string{"kernel", "initrd"} {
+		if _, err := os.Lstat(filepath.Join(run, name)); !os.IsNotExist(err) {
+			t.Errorf("the %s copy is still in the run dir after start: %v", name, err)
+		}
+	}
+	serial := filepath.Join(run, "serial.log")
+	waitMarker := func(count int) {
+		t.Helper()
+		deadline := time.Now().Add(120 * time.Second)
+		for time.Now().Before(deadline) {
+			b, _ := os.ReadFile(serial)
+			if strings.Count(string(b), testkit.GuestReady) >= count {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		b, _ := os.ReadFile(serial)
+		t.Fatalf("no %d× %q in the serial log; it has:\n%s", count, testkit.GuestReady, b)
+	}
+	waitMarker(1)
+	if err := dom.Reset(ctxFor(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitMarker(2)
+}

@@ -468,6 +468,10 @@ func stepHandshake(ctx context.Context, r run) error {
 		}
 		return err
 	}
+	// QEMU has read the kernel and initrd into guest memory at machine
+	// init (a reset boots from that copy): the run dir's copies would
+	// only hold memory on a tmpfs.
+	removeCopies(d.paths)
 	return nil
 }
 
