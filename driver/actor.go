@@ -222,6 +222,10 @@ func (d *driverActor) Receive(ctx actor.Context) {
 	case *protocol.LookupRequest:
 		e, ok := d.domains[msg.Name]
 		if !ok {
+			if problem, broken := d.broken[msg.Name]; broken {
+				ctx.Respond(brokenDomain(msg.Name, problem))
+				return
+			}
 			ctx.Respond(notFound(msg.Name))
 			return
 		}
@@ -285,6 +289,12 @@ func (d *driverActor) clearOnPanic() {
 }
 
 func notFound(name string) error { return fmt.Errorf("domain %q %w", name, ErrNotFound) }
+
+// brokenDomain is the answer for a name whose definition on disk cannot
+// be used: it is listed (as broken), so "not found" would be wrong.
+func brokenDomain(name, problem string) error {
+	return fmt.Errorf("domain %q: its definition on disk is broken (%s); define it again with force (vmsup define --force) or undefine it: %w", name, problem, ErrBroken)
+}
 
 func (d *driverActor) list() []domain.Info {
 	out := make([]domain.Info, 0, len(d.domains))

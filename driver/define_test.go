@@ -51,6 +51,14 @@ func TestBrokenDefinitionListedAndReplacedOnlyWithForce(t *testing.T) {
 	if !strings.Contains(list[1].Problem, `names domain "other"`) {
 		t.Errorf("bad2's problem %q does not say what is wrong", list[1].Problem)
 	}
+	// A call on a broken name says it is broken, and why, not "not found".
+	_, err = d.Domain("bad2").Info(ctx)
+	if !errors.Is(err, driver.ErrBroken) || errors.Is(err, driver.ErrNotFound) || !strings.Contains(err.Error(), "bad2.json") {
+		t.Fatalf("info of a broken definition: %v, want ErrBroken naming the file", err)
+	}
+	if err := d.Domain("bad1").Start(ctx, driver.StartOptions{}); !errors.Is(err, driver.ErrBroken) {
+		t.Fatalf("start of a broken definition: %v, want ErrBroken", err)
+	}
 	_, err = d.Define(ctx, &domain.Spec{Name: "bad1", Machine: "none"})
 	if !errors.Is(err, driver.ErrBroken) || !strings.Contains(err.Error(), "force") {
 		t.Fatalf("define over a broken definition: %v, want ErrBroken naming --force", err)

@@ -10,10 +10,12 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -169,11 +171,26 @@ func TestDurFormat(t *testing.T) {
 
 // BenchmarkJobs100 is jobs back to back on 100 domains, one caller each
 // (the scale sweep's middle point).
-func BenchmarkJobs100(b *testing.B) {
-	benchSystems(b, 100, func(b *testing.B, sys System, list []string) {
+func BenchmarkJobs100(b *testing.B) { benchJobs(b, 100, true) }
+
+// heapProfile is where BenchmarkJobs10k writes a heap profile of its
+// 10,000 domains, defined and started, before the jobs run (go test
+// -bench Jobs10k -benchtime 1x ./tests/bench -args -heapprofile heap.prof).
+var heapProfile = flag.String("heapprofile", "", "BenchmarkJobs10k: write a heap profile of the idle domains to this file")
+
+// BenchmarkJobs10k is the same on 10,000 domains, vmsup only (defining
+// the baseline's too would double the set-up): the sweep's last point,
+// for a CPU or heap profile of vmsup at scale.
+func BenchmarkJobs10k(b *testing.B) { benchJobs(b, ScaleDomains, false) }
+
+// benchJobs runs reset and query-status in turn, back to back, one caller
+// per domain, on n domains of vmsup and, when both, of the lock baseline.
+func benchJobs(b *testing.B, n int, both bool) {
+	run := func(b *testing.B, sys System, list []string) {
 		ctx := context.Background()
 		var next atomic.Int64
-		b.SetParallelism(50) // 100 callers on 2 cores
+		b.SetParallelism((n + 1) / 2) // n callers on 2 cores
+		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			i := int(next.Add(1))
 			name := list[i%len(list)]
@@ -189,7 +206,27 @@ func BenchmarkJobs100(b *testing.B) {
 				}
 			}
 		})
-	})
+	}
+	if both {
+		benchSystems(b, n, run)
+		return
+	}
+	v, err := OpenVmsup(NewMonitors(DefaultLatency))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(v.Close)
+	list := names("d", n)
+	if _, _, err := defineStart(context.Background(), v, list, 32); err != nil {
+		b.Fatal(err)
+	}
+	if *heapProfile != "" {
+		runtime.GC()
+		if err := writeHeapProfile(*heapProfile); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run(v.Name(), func(b *testing.B) { run(b, v, list) })
 }
 
 // BenchmarkFloor is one query-status on a real QEMU (-machine none)
