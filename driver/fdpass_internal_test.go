@@ -187,6 +187,12 @@ func TestStartNeverOpensFileSwappedOutOfImageRoot(t *testing.T) {
 	if !found {
 		t.Fatalf("QEMU does not hold the disk %s open: %v", disk, files)
 	}
+	// The daemon closed its copies once QEMU was spawned.
+	for _, f := range openFiles(t, os.Getpid()) {
+		if f == disk {
+			t.Fatalf("the daemon still holds %s open after the start", disk)
+		}
+	}
 }
 
 // An attach-disk whose file was swapped for a symlink out of the image
