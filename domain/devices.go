@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -36,6 +37,11 @@ type LiveDisk struct {
 	// disk (its file node opens /dev/fdset/FDSet); 0 when QEMU opened
 	// the file by name. A detach removes it.
 	FDSet int `json:"fdset,omitempty"`
+	// BackingFDSets are the fd sets of the images under the disk's file
+	// that vmsup passed (an image disk's base, the images under its
+	// disk-only snapshots), nearest first: their nodes
+	// ("<node>-b<k>" and its "-file") a detach removes too.
+	BackingFDSets []int `json:"backing_fdsets,omitempty"`
 }
 
 // Device is the QEMU id of the disk's virtio-blk-pci device.
@@ -64,6 +70,9 @@ func (l *Live) Clone() *Live {
 	}
 	c := *l
 	c.Disks = append([]LiveDisk(nil), l.Disks...)
+	for i := range c.Disks {
+		c.Disks[i].BackingFDSets = slices.Clone(c.Disks[i].BackingFDSets)
+	}
 	c.NICs = make([]LiveNIC, len(l.NICs))
 	for i, n := range l.NICs {
 		n.Forwards = append([]string(nil), n.Forwards...)

@@ -2,7 +2,9 @@ package driver
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -166,9 +168,20 @@ func TestStartNeverOpensFileSwappedOutOfImageRoot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// What QEMU opens: every argument but -add-fd's, whose labels name
+	// the files it holds as fds.
+	argv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	var opened []string
+	for i := 0; i < len(argv); i++ {
+		if argv[i] == "-add-fd" {
+			i++
+			continue
+		}
+		opened = append(opened, argv[i])
+	}
 	for _, name := range []string{disk, g.Kernel, g.Initrd} {
-		if strings.Contains(string(cmdline), name) {
-			t.Errorf("QEMU's command line names %s; it should get it as an fd or a run-dir copy", name)
+		if strings.Contains(strings.Join(opened, " "), name) {
+			t.Errorf("QEMU's command line names %s outside an fd label; it should get it as an fd or a run-dir copy", name)
 		}
 	}
 	if !strings.Contains(string(cmdline), "/dev/fdset/") {
@@ -184,6 +197,12 @@ func TestStartNeverOpensFileSwappedOutOfImageRoot(t *testing.T) {
 	}
 	if !found {
 		t.Fatalf("QEMU does not hold the disk %s open: %v", disk, files)
+	}
+	// The daemon closed its copies once QEMU was spawned.
+	for _, f := range openFiles(t, os.Getpid()) {
+		if f == disk {
+			t.Fatalf("the daemon still holds %s open after the start", disk)
+		}
 	}
 }
 
@@ -286,4 +305,100 @@ func TestSeedNeverReadsUserDataSwappedOutOfImageRoot(t *testing.T) {
 	if b, err := os.ReadFile(d.host.SeedPath("fd3")); err == nil && strings.Contains(string(b), "outside") {
 		t.Fatal("the outside file's content is in the seed")
 	}
+}
+
+// An image disk on a qcow2 base runs with the base from its own fd as the
+// overlay's backing node: QEMU's block graph has the base node, and QEMU
+// holds the base and the overlay open, neither by a name from a header.
+func TestImageDiskBaseIsPassedAsBackingNode(t *testing.T) {
+	d, root, _ := fdDriver(t)
+	base := filepath.Join(root, "base.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", base, "8M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img create: %v: %s", err, out)
+	}
+	spec := &domain.Spec{Name: "fd4", Machine: "q35", Accel: domain.AccelTCG, Memory: 64 * domain.MiB,
+		Disks: []domain.Disk{{Image: base, Format: domain.DiskFormatQCOW2}}}
+	if _, err := d.Define(ctxFor(t, 30*time.Second), spec); err != nil {
+		t.Fatal(err)
+	}
+	dom := d.Domain("fd4")
+	if err := dom.Start(ctxFor(t, 60*time.Second), StartOptions{Paused: true}); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := dom.QMP(ctxFor(t, 10*time.Second), []byte(`{"execute":"query-named-block-nodes"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply []struct {
+		NodeName string `json:"node-name"`
+		Drv      string `json:"drv"`
+		File     string `json:"file"`
+		Backing  string `json:"backing_file"`
+	}
+	if err := json.Unmarshal(nodes, &reply); err != nil {
+		t.Fatalf("query-named-block-nodes: %v: %s", err, nodes)
+	}
+	got := map[string]string{}
+	for _, n := range reply {
+		got[n.NodeName] = n.Drv + " " + n.File + " backing " + n.Backing
+	}
+	if !strings.HasPrefix(got["disk0-base"], "qcow2 /dev/fdset/") || !strings.HasPrefix(got["disk0"], "qcow2 ") ||
+		!strings.Contains(got["disk0"], "backing /dev/fdset/") {
+		t.Fatalf("block nodes %v, want disk0 (qcow2) backed by base node disk0-base (qcow2 on an fd set)", got)
+	}
+	in, err := dom.Info(ctxFor(t, 5*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := strings.Join(openFiles(t, in.PID), "\n")
+	overlay := d.host.OverlayPath("fd4", 0)
+	if !strings.Contains(files, base) || !strings.Contains(files, overlay) {
+		t.Fatalf("QEMU does not hold the base %s and overlay %s open:\n%s", base, overlay, files)
+	}
+}
+
+// The guest boots from the fd-passed disk and the copies of kernel and
+// initrd, which are gone from the run dir once QEMU has loaded them; a
+// reset boots it again from QEMU's own copy.
+func TestGuestBootsFromPassedFiles(t *testing.T) {
+	d, root, g := fdDriver(t)
+	disk := filepath.Join(root, "disk.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := &domain.Spec{Name: "fd5", Machine: "q35", Accel: domain.AccelTCG, Memory: 128 * domain.MiB,
+		Kernel: g.Kernel, Initrd: g.Initrd, Append: "console=ttyS0 panic=-1", Disks: []domain.Disk{{Path: disk}},
+		Serial: &domain.Serial{Type: domain.SerialFile}}
+	if _, err := d.Define(ctxFor(t, 10*time.Second), spec); err != nil {
+		t.Fatal(err)
+	}
+	dom := d.Domain("fd5")
+	if err := dom.Start(ctxFor(t, 60*time.Second), StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	run := filepath.Join(d.cfg.RunDir, "fd5")
+	for _, name := range []string{"kernel", "initrd"} {
+		if _, err := os.Lstat(filepath.Join(run, name)); !os.IsNotExist(err) {
+			t.Errorf("the %s copy is still in the run dir after start: %v", name, err)
+		}
+	}
+	serial := filepath.Join(run, "serial.log")
+	waitMarker := func(count int) {
+		t.Helper()
+		deadline := time.Now().Add(120 * time.Second)
+		for time.Now().Before(deadline) {
+			b, _ := os.ReadFile(serial)
+			if strings.Count(string(b), testkit.GuestReady) >= count {
+				return
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		b, _ := os.ReadFile(serial)
+		t.Fatalf("no %d× %q in the serial log; it has:\n%s", count, testkit.GuestReady, b)
+	}
+	waitMarker(1)
+	if err := dom.Reset(ctxFor(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	waitMarker(2)
 }

@@ -246,7 +246,9 @@ func TestHotplugDetachDeadline(t *testing.T) {
 	for len(commands) > 0 {
 		sent = append(sent, <-commands)
 	}
-	want := []string{`blockdev-add {"discard":"unmap","driver":"file","filename":"` + disk + `","node-name":"hot0-file","read-only":true}`,
+	// The file goes over the socket (add-fd), never by name.
+	want := []string{`add-fd {"fdset-id":1000,"opaque":"attach-disk hot0"}`,
+		`blockdev-add {"discard":"unmap","driver":"file","filename":"/dev/fdset/1000","node-name":"hot0-file","read-only":true}`,
 		`blockdev-add {"discard":"unmap","driver":"raw","file":"hot0-file","node-name":"hot0","read-only":true}`,
 		`device_add {"drive":"hot0","driver":"virtio-blk-pci","id":"virtio-hot0"}`,
 		`device_del {"id":"virtio-hot0"}`}
@@ -267,12 +269,12 @@ func TestHotplugDetachDeadline(t *testing.T) {
 	})
 	var dels []string
 	for len(commands) > 0 {
-		if c := <-commands; strings.HasPrefix(c, "blockdev-del") {
+		if c := <-commands; strings.HasPrefix(c, "blockdev-del") || strings.HasPrefix(c, "remove-fd") {
 			dels = append(dels, c)
 		}
 	}
-	if strings.Join(dels, "\n") != `blockdev-del {"node-name":"hot0"}`+"\n"+`blockdev-del {"node-name":"hot0-file"}` {
-		t.Errorf("after the late event, blockdev-del commands: %q", dels)
+	if strings.Join(dels, "\n") != `blockdev-del {"node-name":"hot0"}`+"\n"+`blockdev-del {"node-name":"hot0-file"}`+"\n"+`remove-fd {"fdset-id":1000}` {
+		t.Errorf("after the late event, blockdev-del and remove-fd commands: %q", dels)
 	}
 }
 

@@ -72,6 +72,11 @@ func LiveDevices(spec *domain.Spec, host *Host) *domain.Live {
 		ld := domain.LiveDisk{Node: DiskNode(i), Path: path, Format: format, ReadOnly: d.ReadOnly}
 		if host != nil && host.Passed != nil && i < len(host.Passed.Disks) {
 			ld.FDSet = host.Passed.Disks[i]
+			if i < len(host.Passed.Backing) {
+				for _, l := range host.Passed.Backing[i] {
+					ld.BackingFDSets = append(ld.BackingFDSets, l.FD)
+				}
+			}
 		}
 		live.Disks = append(live.Disks, ld)
 	}

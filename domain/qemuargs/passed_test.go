@@ -8,7 +8,6 @@ import (
 
 	"github.com/vmsup/vmsup/domain"
 	"github.com/vmsup/vmsup/domain/cloudinit"
-	"github.com/vmsup/vmsup/domain/netcfg"
 	"github.com/vmsup/vmsup/domain/qemuargs"
 )
 
@@ -104,10 +103,16 @@ func TestBuildArgsPassedFiles(t *testing.T) {
 	check("seed-file", "filename", "/dev/fdset/9")
 
 	live := qemuargs.LiveDevices(spec, host)
-	for i, want := range []int{5, 7, 8} {
-		if live.Disks[i].FDSet != want {
-			t.Errorf("live disk %d: fd set %d, want %d", i, live.Disks[i].FDSet, want)
+	for i, want := range []struct {
+		set     int
+		backing []int
+	}{{5, nil}, {7, []int{6}}, {8, nil}} {
+		if got := live.Disks[i]; got.FDSet != want.set || !slices.Equal(got.BackingFDSets, want.backing) {
+			t.Errorf("live disk %d: fd set %d, backing %v, want %d, %v", i, got.FDSet, got.BackingFDSets, want.set, want.backing)
 		}
+	}
+	if got := qemuargs.BackingNode(live.Disks[1].Node, 0); bd[got] == nil {
+		t.Errorf("BackingNode(%s, 0) = %q, not a node of the command line (what a detach removes)", live.Disks[1].Node, got)
 	}
 }
 
@@ -131,7 +136,6 @@ func TestBuildArgsPassedMismatch(t *testing.T) {
 			t.Errorf("%s: BuildArgs = %v, want an error about the passed files", name, err)
 		}
 	}
-	_ = netcfg.TypeUser
 }
 
 // A disk with disk-only snapshots: its newest overlay on top, every image

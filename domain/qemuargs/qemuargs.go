@@ -270,10 +270,10 @@ func appendDiskNodes(args []string, node, file, format string, readOnly bool, ex
 		"-device", "virtio-blk-pci,drive="+node+",id=virtio-"+node)
 }
 
-// BackingNode returns the block node name of disk i's k-th passed
-// backing image (nearest first), which BuildArgs gives the node above it
+// BackingNode returns the block node name of the k-th passed image under
+// the disk node (nearest first), which BuildArgs gives the node above it
 // as its backing.
-func BackingNode(i, k int) string { return DiskNode(i) + "-b" + strconv.Itoa(k) }
+func BackingNode(node string, k int) string { return node + "-b" + strconv.Itoa(k) }
 
 // DiskNode returns the block node name of disk i ("disk0", ...); the
 // seed's node is SeedNode.
@@ -396,13 +396,13 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 		// define).
 		layers := pass.Backing[i]
 		for k := len(layers) - 1; k >= 0; k-- {
-			l, node := layers[k], BackingNode(i, k)
+			l, node := layers[k], BackingNode(DiskNode(i), k)
 			args = append(args, addFD(l.FD, l.Field, l.Path)...)
 			fileNode := map[string]any{"driver": "file", "node-name": node + "-file", "filename": FDSetPath(l.FD), "read-only": !l.Writable}
 			fmtNode := map[string]any{"driver": l.Format, "node-name": node, "file": node + "-file", "read-only": !l.Writable}
 			switch {
 			case k < len(layers)-1:
-				fmtNode["backing"] = BackingNode(i, k+1)
+				fmtNode["backing"] = BackingNode(DiskNode(i), k+1)
 			case l.Format == domain.DiskFormatQCOW2:
 				fmtNode["backing"] = nil
 			}
@@ -417,7 +417,7 @@ func BuildArgs(spec *domain.Spec, paths RunPaths, accel string, host *Host) ([]s
 			field = fmt.Sprintf("disks[%d] overlay", i)
 		}
 		if len(layers) > 0 {
-			format, extra = domain.DiskFormatQCOW2, map[string]any{"backing": BackingNode(i, 0)}
+			format, extra = domain.DiskFormatQCOW2, map[string]any{"backing": BackingNode(DiskNode(i), 0)}
 		}
 		args = append(args, addFD(pass.Disks[i], field, host.Disks[i])...)
 		args = appendDiskNodes(args, DiskNode(i), FDSetPath(pass.Disks[i]), format, d.ReadOnly, extra)

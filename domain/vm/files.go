@@ -152,11 +152,11 @@ func passFiles(spec *domain.Spec, paths qemuargs.RunPaths, host *qemuargs.Host, 
 	}
 	if spec.Kernel != "" {
 		var err error
-		if pass.Kernel, err = copyIn(open, "kernel", spec.Kernel, filepath.Join(paths.Dir, "kernel")); err != nil {
+		if pass.Kernel, err = copyIn(open, "kernel", spec.Kernel, filepath.Join(paths.Dir, kernelCopy)); err != nil {
 			return fail(err)
 		}
 		if spec.Initrd != "" {
-			if pass.Initrd, err = copyIn(open, "initrd", spec.Initrd, filepath.Join(paths.Dir, "initrd")); err != nil {
+			if pass.Initrd, err = copyIn(open, "initrd", spec.Initrd, filepath.Join(paths.Dir, initrdCopy)); err != nil {
 				return fail(err)
 			}
 		}
@@ -274,4 +274,18 @@ func imageFile(name string) string {
 		return file.Filename
 	}
 	return name // "file" names a node, or is not an object
+}
+
+// kernelCopy and initrdCopy are the run dir's copies of the spec's kernel
+// and initrd, which QEMU reads at machine init.
+const (
+	kernelCopy = "kernel"
+	initrdCopy = "initrd"
+)
+
+// removeCopies removes the kernel and initrd copies of paths' run dir.
+func removeCopies(paths qemuargs.RunPaths) {
+	for _, name := range []string{kernelCopy, initrdCopy} {
+		_ = os.Remove(filepath.Join(paths.Dir, name))
+	}
 }

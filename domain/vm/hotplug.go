@@ -99,14 +99,22 @@ func (dom *domainActor) makeHotplugPlans() {
 		step{Name: "blockdev-del", Call: "blockdev-del", Do: func(ctx context.Context, r run) error {
 			d := r.Data()
 			disk := d.hp.disk
-			for _, node := range []string{disk.Node, disk.FileNode()} {
+			nodes := []string{disk.Node, disk.FileNode()}
+			for k := range disk.BackingFDSets {
+				under := qemuargs.BackingNode(disk.Node, k)
+				nodes = append(nodes, under, under+"-file")
+			}
+			for _, node := range nodes {
 				if err := d.hotQMP(ctx, r, "blockdev-del", map[string]any{"node-name": node}); err != nil {
 					return fmt.Errorf("domain %q: detach-disk %s: the device is gone, but its block node %q stays: %w", d.domain, disk.Node, node, err)
 				}
 			}
-			if disk.FDSet != 0 {
-				if err := d.hotQMP(ctx, r, "remove-fd", map[string]any{"fdset-id": disk.FDSet}); err != nil {
-					return fmt.Errorf("domain %q: detach-disk %s: the device and its nodes are gone, but its fd set %d stays: %w", d.domain, disk.Node, disk.FDSet, err)
+			for _, set := range append([]int{disk.FDSet}, disk.BackingFDSets...) {
+				if set == 0 {
+					continue
+				}
+				if err := d.hotQMP(ctx, r, "remove-fd", map[string]any{"fdset-id": set}); err != nil {
+					return fmt.Errorf("domain %q: detach-disk %s: the device and its nodes are gone, but its fd set %d stays: %w", d.domain, disk.Node, set, err)
 				}
 			}
 			r.SetValue(&protocol.DeviceReply{Disk: &disk})

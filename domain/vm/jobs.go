@@ -77,7 +77,7 @@ type jobData struct {
 	status  string
 	release func() // the host resources of this start
 	cgroup  *confine.Cgroup
-	files   passedFiles // closed when the start job ends
+	files   passedFiles // closed once QEMU is spawned, or when the start job ends
 	// snap is a snapshot job's own data (snapshot.go).
 	snap *snapOp
 	// async is set while the job is the lane's async job.
@@ -372,7 +372,7 @@ func stepPrepare(ctx context.Context, r run) error {
 		return d.fail("open files", err)
 	}
 	d.files = files
-	r.Defer("close the files passed to QEMU", func(error) error {
+	r.Defer("close the files of a start that spawned no QEMU", func(error) error {
 		files.Close()
 		return nil
 	})
@@ -419,6 +419,9 @@ func stepSpawn(_ context.Context, r run) error {
 		l.User, l.Cgroup, l.Note = d.conf.User, d.cgroup, d.conf.CgroupNote
 	}
 	proc, err := launch(l)
+	// QEMU has its own copies of the passed files from the exec on.
+	d.files.Close()
+	d.files = nil
 	if err != nil {
 		return d.fail("spawn QEMU", err)
 	}
@@ -477,6 +480,10 @@ func stepHandshake(ctx context.Context, r run) error {
 		}
 		return err
 	}
+	// QEMU has read the kernel and initrd into guest memory at machine
+	// init (a reset boots from that copy): the run dir's copies would
+	// only hold memory on a tmpfs.
+	removeCopies(d.paths)
 	return nil
 }
 

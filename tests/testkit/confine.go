@@ -1,9 +1,7 @@
 package testkit
 
 import (
-	"os"
 	"os/user"
-	"testing"
 
 	"github.com/vmsup/vmsup/domain/confine"
 )
@@ -16,21 +14,4 @@ func QEMUUserName() string {
 		return confine.DefaultUser
 	}
 	return "nobody"
-}
-
-// GiveToQEMUUser makes path the QEMU user's (QEMUUserName) when the test
-// runs as root, so that a confined QEMU may open it as a disk. It does
-// nothing for a test that is not root (QEMU then runs as the test's user).
-func GiveToQEMUUser(t testing.TB, path string) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		return
-	}
-	u, err := confine.LookupUser(QEMUUserName())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := u.Own(path); err != nil {
-		t.Fatal(err)
-	}
 }
