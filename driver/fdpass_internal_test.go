@@ -342,9 +342,9 @@ func TestImageDiskBaseIsPassedAsBackingNode(t *testing.T) {
 	for _, n := range reply {
 		got[n.NodeName] = n.Drv + " " + n.File + " backing " + n.Backing
 	}
-	if !strings.HasPrefix(got["disk0-base"], "qcow2 /dev/fdset/") || !strings.HasPrefix(got["disk0"], "qcow2 ") ||
+	if !strings.HasPrefix(got["disk0-b0"], "qcow2 /dev/fdset/") || !strings.HasPrefix(got["disk0"], "qcow2 ") ||
 		!strings.Contains(got["disk0"], "backing /dev/fdset/") {
-		t.Fatalf("block nodes %v, want disk0 (qcow2) backed by base node disk0-base (qcow2 on an fd set)", got)
+		t.Fatalf("block nodes %v, want disk0 (qcow2) backed by base node disk0-b0 (qcow2 on an fd set)", got)
 	}
 	in, err := dom.Info(ctxFor(t, 5*time.Second))
 	if err != nil {

@@ -247,7 +247,7 @@ func TestHotplugDetachDeadline(t *testing.T) {
 		sent = append(sent, <-commands)
 	}
 	// The file goes over the socket (add-fd), never by name.
-	want := []string{`add-fd {"fdset-id":1000,"opaque":"attach-disk hot0"}`,
+	want := []string{`add-fd {"fdset-id":1000,"opaque":"attach-disk hot0:` + disk + `"}`,
 		`blockdev-add {"discard":"unmap","driver":"file","filename":"/dev/fdset/1000","node-name":"hot0-file","read-only":true}`,
 		`blockdev-add {"discard":"unmap","driver":"raw","file":"hot0-file","node-name":"hot0","read-only":true}`,
 		`device_add {"drive":"hot0","driver":"virtio-blk-pci","id":"virtio-hot0"}`,
