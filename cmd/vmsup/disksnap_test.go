@@ -505,14 +505,16 @@ func TestCLIDiskSnapshotSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The ping fails at its deadline (QEMU does not pass it on), the
-	// overlay is made, and blockdev-add waits on the stopped QEMU.
-	deadline = time.Now().Add(60 * time.Second)
+	// overlay is made, and blockdev-add waits on the stopped QEMU. On a
+	// busy machine the ping may have been answered before the stop: then
+	// the freeze waits out its 60 s deadline first.
+	deadline = time.Now().Add(150 * time.Second)
 	for {
 		if _, err := os.Stat(overlay); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no overlay file within 60s")
+			t.Fatalf("no overlay file within 150s; the create: stdout %s, stderr %s; jobs: %s", create.stdout, create.stderr, d.vmsup(t, "jobs", "dsk"))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -594,7 +596,7 @@ func TestCLIDiskSnapshotAbort(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("no overlay file within 60s")
+			t.Fatalf("no overlay file within 150s; the create: stdout %s, stderr %s; jobs: %s", create.stdout, create.stderr, d.vmsup(t, "jobs", "dsk"))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
