@@ -252,6 +252,15 @@ func Open(ctx context.Context, cfg Config) (*Driver, error) {
 		hcfg.OpenUserData = func(path string) (*os.File, error) {
 			return pol.OpenFile("cloud_init.user_data_file", path, false)
 		}
+		// qemu-img reads a base through the image root too: the define
+		// step's error names the disk's field, so this one says only why.
+		hcfg.QemuImg.OpenBase = func(path string) (*os.File, error) {
+			f, err := pol.OpenFile("image", path, false)
+			if pe := (*policy.Error)(nil); errors.As(err, &pe) {
+				return nil, fmt.Errorf("%q %s", pe.Value, pe.Reason)
+			}
+			return f, err
+		}
 	}
 	host := hostres.New(hcfg)
 	if cfg.Policy != nil {

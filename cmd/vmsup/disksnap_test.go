@@ -490,34 +490,7 @@ func TestCLIDiskSnapshotSIGKILL(t *testing.T) {
 	records := filepath.Join(d.state, "snapshots", "dsk.json")
 	overlay := filepath.Join(d.state, "snapshots", "dsk", "k.disk0.qcow2")
 
-	create := d.background(t, "snapshot", "create", "dsk", "k", "--disk-only")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if data, err := os.ReadFile(records); err == nil && strings.Contains(string(data), `"creating"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no creating record within 60s")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	// The ping fails at its deadline (QEMU does not pass it on), the
-	// overlay is made, and blockdev-add waits on the stopped QEMU. On a
-	// busy machine the ping may have been answered before the stop: then
-	// the freeze waits out its 60 s deadline first.
-	deadline = time.Now().Add(150 * time.Second)
-	for {
-		if _, err := os.Stat(overlay); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no overlay file within 150s; the create: stdout %s, stderr %s; jobs: %s", create.stdout, create.stderr, d.vmsup(t, "jobs", "dsk"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	create := d.stopMidDiskSnapshot(t, "dsk", "k", pid, records, overlay)
 	time.Sleep(300 * time.Millisecond)
 	if err := d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -576,30 +549,7 @@ func TestCLIDiskSnapshotAbort(t *testing.T) {
 	records := filepath.Join(d.state, "snapshots", "dsab.json")
 	overlay := filepath.Join(d.state, "snapshots", "dsab", "ab.disk0.qcow2")
 
-	create := d.background(t, "snapshot", "create", "dsab", "ab", "--disk-only")
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if data, err := os.ReadFile(records); err == nil && strings.Contains(string(data), `"creating"`) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no creating record within 60s")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	deadline = time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(overlay); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no overlay file within 150s; the create: stdout %s, stderr %s; jobs: %s", create.stdout, create.stderr, d.vmsup(t, "jobs", "dsk"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	create := d.stopMidDiskSnapshot(t, "dsab", "ab", pid, records, overlay)
 	time.Sleep(300 * time.Millisecond)
 	d.ok(t, "job", "abort", "dsab")
 	// QEMU goes on, so that the cleanup's blockdev-del is answered (a
@@ -624,4 +574,56 @@ func TestCLIDiskSnapshotAbort(t *testing.T) {
 	if top := d.topFile(t, "dsab"); top != overlay {
 		t.Fatalf("the snapshot after the abort: top %s, want %s", top, overlay)
 	}
+}
+
+// stopMidDiskSnapshot starts `snapshot create NAME TAG --disk-only` and
+// stops QEMU (SIGSTOP) once the job has written its "creating" record,
+// then waits for the overlay file: the job then waits on the stopped
+// QEMU in its overlay step. On a busy machine the agent may answer the
+// job's guest-ping before the stop; the freeze then meets the stopped
+// QEMU and the create fails at the freeze's deadline, before any overlay.
+// Such an attempt is undone (QEMU resumed, the guest thawed) and made
+// again.
+func (d *daemon) stopMidDiskSnapshot(t *testing.T, name, tag string, pid int, records, overlay string) *background {
+	t.Helper()
+	for attempt := 1; attempt <= 3; attempt++ {
+		create := d.background(t, "snapshot", "create", name, tag, "--disk-only")
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if data, err := os.ReadFile(records); err == nil && strings.Contains(string(data), `"creating"`) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no creating record within 60s")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		deadline = time.Now().Add(150 * time.Second)
+		for {
+			if _, err := os.Stat(overlay); err == nil {
+				return create
+			}
+			select {
+			case <-create.done:
+			default:
+				if time.Now().After(deadline) {
+					t.Fatalf("no overlay file within 150s; the create: stdout %s, stderr %s", create.stdout, create.stderr)
+				}
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			break
+		}
+		t.Logf("attempt %d: the create ended before it made the overlay (the ping was answered before QEMU stopped): %s", attempt, create.stderr)
+		if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		d.waitAgent(t, name, 2*time.Minute)
+		d.vmsup(t, "agent", name, `{"execute":"guest-fsfreeze-thaw"}`) // the late freeze may have reached the guest
+	}
+	t.Fatalf("the create of %s never waited on the stopped QEMU in 3 attempts", tag)
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -45,7 +46,17 @@ func (q QemuImg) CheckBase(ctx context.Context, path, format string) (*Info, err
 	if err := checkPath("base image", path); err != nil {
 		return nil, err
 	}
-	st, err := os.Stat(path)
+	stat, info := os.Stat, q.Info
+	if q.OpenBase != nil {
+		f, err := q.OpenBase(path)
+		if err != nil {
+			return nil, fmt.Errorf("base image: %w", err)
+		}
+		defer f.Close()
+		stat = func(string) (os.FileInfo, error) { return f.Stat() }
+		info = func(ctx context.Context, _ string) (*Info, error) { return q.infoOf(ctx, f) }
+	}
+	st, err := stat(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("base image %s does not exist: %w", path, fs.ErrNotExist)
@@ -57,10 +68,15 @@ func (q QemuImg) CheckBase(ctx context.Context, path, format string) (*Info, err
 	}
 	// qemu-img probes the format: a raw image whose first bytes look like
 	// a qcow2 header is reported as qcow2, and refused here as a mismatch.
-	info, err := q.Info(ctx, path)
+	bi, err := info(ctx, path)
 	if err != nil {
 		return nil, fmt.Errorf("base image %s: %w", path, err)
 	}
+	return checkBaseInfo(path, format, bi)
+}
+
+// checkBaseInfo checks what qemu-img says of the base image path.
+func checkBaseInfo(path, format string, info *Info) (*Info, error) {
 	switch {
 	case info.Format != format:
 		return nil, fmt.Errorf("base image %s: %w: declared %q, qemu-img detects %q", path, ErrFormatMismatch, format, info.Format)
@@ -138,7 +154,9 @@ func (q QemuImg) Create(ctx context.Context, base, baseFormat, path string, size
 			os.Remove(tmp)
 		}
 	}()
-	if _, err := q.run(ctx, "create", "-q", "-f", FormatQCOW2, "-F", baseFormat, "-b", base, tmp, strconv.FormatUint(size, 10)); err != nil {
+	// -u: qemu-img does not open the base (CheckBase read it, through
+	// OpenBase when set); the size is given.
+	if _, err := q.run(ctx, "create", "-q", "-u", "-f", FormatQCOW2, "-F", baseFormat, "-b", base, tmp, strconv.FormatUint(size, 10)); err != nil {
 		return nil, fmt.Errorf("creating overlay %s: %w", path, err)
 	}
 	info, err := q.Info(ctx, tmp)
@@ -300,15 +318,28 @@ func (q QemuImg) CreateOn(ctx context.Context, backing, backingFormat, path stri
 	return syncFile(filepath.Dir(path))
 }
 
-// Commit writes the data of the qcow2 overlay at path into its backing
-// image (qemu-img commit -d: the overlay is left as it was, so that a
-// commit cut short leaves a chain that still reads the same). The image
-// must not be in use.
-func (q QemuImg) Commit(ctx context.Context, path string) error {
+// Commit writes the data of the qcow2 overlay at path, open as over, into
+// its backing image, open read-write as backing (qemu-img commit -d: the
+// overlay is left as it was, so that a commit cut short leaves a chain
+// that still reads the same). The image must not be in use.
+func (q QemuImg) Commit(ctx context.Context, path string, over, backing *os.File, backingFormat string) error {
 	if err := checkPath("overlay", path); err != nil {
 		return err
 	}
-	if _, err := q.run(ctx, "commit", "-q", "-d", "-f", FormatQCOW2, path); err != nil {
+	if backingFormat != FormatQCOW2 && backingFormat != FormatRaw {
+		return fmt.Errorf("committing overlay %s: backing format %q is not supported", path, backingFormat)
+	}
+	// The overlay and its backing as the caller opened them (fds 3 and
+	// 4), the backing given explicitly: qemu-img follows no name, neither
+	// the paths nor the backing name in the overlay's header.
+	spec, err := json.Marshal(map[string]any{
+		"driver": FormatQCOW2, "file": map[string]any{"driver": "file", "filename": "/dev/fd/3"},
+		"backing": map[string]any{"driver": backingFormat, "file": map[string]any{"driver": "file", "filename": "/dev/fd/4"}},
+	})
+	if err != nil {
+		return err
+	}
+	if _, err := q.runWith(ctx, []*os.File{over, backing}, "commit", "-q", "-d", "json:"+string(spec)); err != nil {
 		return fmt.Errorf("committing overlay %s into its backing: %w", path, err)
 	}
 	return nil

@@ -606,7 +606,33 @@ func TestCommitRebase(t *testing.T) {
 		t.Fatalf("qemu-io: %v: %s", err, out)
 	}
 	rawBefore := stateOf(t, raw)
-	if err := q.Commit(context.Background(), mid); err != nil {
+	over, err := os.Open(mid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer over.Close()
+	back, err := os.OpenFile(raw, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	// The backing's name now leads to a decoy: Commit must write into
+	// the file it was given, not follow the overlay's header.
+	kept := raw + ".kept"
+	if err := os.Rename(raw, kept); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(raw, make([]byte, 4<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	decoy := stateOf(t, raw)
+	if err := q.Commit(context.Background(), mid, over, back, FormatRaw); err != nil {
+		t.Fatal(err)
+	}
+	if stateOf(t, raw) != decoy {
+		t.Fatal("Commit wrote into the file the overlay's header names, not the one it was given")
+	}
+	if err := os.Rename(kept, raw); err != nil {
 		t.Fatal(err)
 	}
 	if after := stateOf(t, raw); after == rawBefore {
@@ -615,6 +641,9 @@ func TestCommitRebase(t *testing.T) {
 	data, _ := os.ReadFile(raw)
 	if !bytes.Equal(data[:512], bytes.Repeat([]byte{0x5a}, 512)) {
 		t.Fatal("the backing does not hold the committed sector")
+	}
+	if err := q.Commit(context.Background(), mid, over, back, "vmdk"); err == nil {
+		t.Error("Commit accepted a backing format it does not support")
 	}
 	if err := q.Rebase(context.Background(), top, raw, FormatRaw); err != nil {
 		t.Fatal(err)
@@ -625,7 +654,52 @@ func TestCommitRebase(t *testing.T) {
 	if err := q.Rebase(context.Background(), top, raw, "vmdk"); err == nil {
 		t.Error("Rebase onto a vmdk backing succeeded")
 	}
-	if err := q.Commit(context.Background(), "rel.qcow2"); err == nil {
+	if err := q.Commit(context.Background(), "rel.qcow2", over, back, FormatRaw); err == nil {
 		t.Error("Commit of a relative path succeeded")
+	}
+}
+
+// With OpenBase, qemu-img reads the base that OpenBase opened, never the
+// name: here the name is swapped for a symlink to another image after the
+// open, and the overlay is still made on what was opened, with the name
+// in its header. An OpenBase error is the check's.
+func TestOpenBaseReadsTheOpenedFile(t *testing.T) {
+	bin := needQemuImg(t)
+	dir := t.TempDir()
+	raw, qcow := makeBases(t, dir)
+	name := filepath.Join(dir, "named.qcow2")
+	if err := os.Link(qcow, name); err != nil {
+		t.Fatal(err)
+	}
+	opened := 0
+	q := QemuImg{Path: bin, OpenBase: func(path string) (*os.File, error) {
+		if path != name {
+			return nil, fmt.Errorf("asked for %s", path)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, err
+		}
+		opened++
+		// Swapped once opened: by name, qemu-img would find a raw image.
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(raw, path); err != nil {
+			t.Fatal(err)
+		}
+		return f, nil
+	}}
+	ov := filepath.Join(dir, "ov.qcow2")
+	info, err := q.Create(context.Background(), name, FormatQCOW2, ov, 16<<20)
+	if err != nil {
+		t.Fatalf("Create on the opened qcow2 base: %v", err)
+	}
+	if opened != 1 || info.FullBackingFile != name || info.BackingFormat != FormatQCOW2 {
+		t.Fatalf("opened %d times; overlay %+v, want it on %s (qcow2)", opened, info, name)
+	}
+	q.OpenBase = func(string) (*os.File, error) { return nil, errors.New("refused by the policy") }
+	if _, err := q.CheckBase(context.Background(), qcow, FormatQCOW2); err == nil || !strings.Contains(err.Error(), "refused by the policy") {
+		t.Fatalf("CheckBase with a refusing OpenBase: %v", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -32,6 +33,12 @@ type QemuImg struct {
 	// Timeout bounds each run, in addition to the caller's context;
 	// zero means DefaultTimeout.
 	Timeout time.Duration
+	// OpenBase, when set, opens a base image for CheckBase and Create
+	// (a daemon's image-root policy): qemu-img then reads the open file
+	// (/dev/fd/3), and never opens the base by name, so a symlink
+	// swapped in after the check cannot lead it elsewhere. Nil: qemu-img
+	// opens the base by its name.
+	OpenBase func(path string) (*os.File, error)
 }
 
 // RunError is a qemu-img run that failed: it exited non-zero, was killed
@@ -74,6 +81,11 @@ func (q QemuImg) timeout() time.Duration {
 // whole when ctx ends or the timeout expires; it returns once qemu-img has
 // been reaped.
 func (q QemuImg) run(ctx context.Context, args ...string) ([]byte, error) {
+	return q.runWith(ctx, nil, args...)
+}
+
+// runWith is run with files open in qemu-img as fd 3 onwards.
+func (q QemuImg) runWith(ctx context.Context, files []*os.File, args ...string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, q.timeout())
 	defer cancel()
 	cmd := exec.CommandContext(ctx, q.path(), args...)
@@ -85,6 +97,7 @@ func (q QemuImg) run(ctx context.Context, args ...string) ([]byte, error) {
 	// Should a killed process's child keep a pipe open, Wait gives up on
 	// the pipe after this long.
 	cmd.WaitDelay = 5 * time.Second
+	cmd.ExtraFiles = files
 	stdout := &capped{max: maxOutput}
 	stderr := &tail{max: maxStderr}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
@@ -171,6 +184,21 @@ func (q QemuImg) Info(ctx context.Context, path string) (*Info, error) {
 	}
 	args := []string{"info", "--output=json", path}
 	out, err := q.run(ctx, args...)
+	if err != nil {
+		return nil, err
+	}
+	info, err := parseInfo(out)
+	if err != nil {
+		return nil, &RunError{Args: args, Err: err}
+	}
+	return info, nil
+}
+
+// infoOf is Info of the image f has open, which qemu-img reads as
+// /dev/fd/3.
+func (q QemuImg) infoOf(ctx context.Context, f *os.File) (*Info, error) {
+	args := []string{"info", "--output=json", "/dev/fd/3"}
+	out, err := q.runWith(ctx, []*os.File{f}, args...)
 	if err != nil {
 		return nil, err
 	}

@@ -86,13 +86,9 @@ func stepDiskCommitCheck(ctx context.Context, r run) error {
 	if err := d.dismissStale(ctx, r, false); err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	recs, err := readSnapshots(s.file)
+	recs, i, err := completeDiskSnap(s.file, s.tag)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return x.Name == s.tag })
-	if i < 0 || !recs[i].IsDisk() || recs[i].State != domain.SnapshotComplete {
-		return fmt.Errorf("%s: no complete disk-only snapshot of that name: %w", what, domain.ErrNoSnapshot)
 	}
 	snap := recs[i]
 	blocks, err := d.queryBlock(ctx, r)

@@ -582,15 +582,37 @@ func (d *jobData) thawLeftover(ctx context.Context, r run) {
 }
 
 func (dom *domainActor) makeDiskRevertPlan() {
-	p := dom.plan("snapshot-revert-disk", actors.JobModify, step{Name: "revert", Do: stepDiskSnapRevert})
+	dom.snap.revertDisk = dom.stoppedDiskPlan("snapshot-revert-disk", step{Name: "revert", Do: stepDiskSnapRevert},
+		"snapshot revert %q: a disk-only snapshot is reverted on a stopped VM (stop it first)")
+}
+
+// stoppedDiskPlan is a modify plan of one step on the disk-only
+// snapshots of a stopped domain; on a running one it fails with refusal
+// (a format with the snapshot's name).
+func (dom *domainActor) stoppedDiskPlan(name string, only step, refusal string) *plan {
+	p := dom.plan(name, actors.JobModify, only)
 	p.Start = func(c actor.Context, j *job) error {
 		if dom.proc != nil {
-			return fmt.Errorf("domain %q: snapshot revert %q: a disk-only snapshot is reverted on a stopped VM (stop it first): %w", dom.name(), j.Data.snap.tag, domain.ErrWrongState)
+			return fmt.Errorf("domain %q: %s: %w", dom.name(), fmt.Sprintf(refusal, j.Data.snap.tag), domain.ErrWrongState)
 		}
 		return dom.snapshotStart(false)(c, j)
 	}
 	p.End = dom.ending(nil)
-	dom.snap.revertDisk = p
+	return p
+}
+
+// completeDiskSnap reads the records in file and finds the complete
+// disk-only snapshot tag among them.
+func completeDiskSnap(file, tag string) ([]domain.Snapshot, int, error) {
+	recs, err := readSnapshots(file)
+	if err != nil {
+		return nil, -1, err
+	}
+	i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return x.Name == tag })
+	if i < 0 || !recs[i].IsDisk() || recs[i].State != domain.SnapshotComplete {
+		return nil, -1, fmt.Errorf("no complete disk-only snapshot of that name: %w", domain.ErrNoSnapshot)
+	}
+	return recs, i, nil
 }
 
 // stepDiskSnapRevert takes a stopped domain's disks back to the instant
@@ -602,13 +624,9 @@ func stepDiskSnapRevert(ctx context.Context, r run) error {
 	d := r.Data()
 	s := d.snap
 	what := fmt.Sprintf("domain %q: snapshot revert %q", d.domain, s.tag)
-	recs, err := readSnapshots(s.file)
+	recs, i, err := completeDiskSnap(s.file, s.tag)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return x.Name == s.tag })
-	if i < 0 || !recs[i].IsDisk() || recs[i].State != domain.SnapshotComplete {
-		return fmt.Errorf("%s: no complete disk-only snapshot of that name: %w", what, domain.ErrNoSnapshot)
 	}
 	snap := recs[i]
 	var keep []domain.Snapshot
@@ -715,15 +733,8 @@ func RemoveSnapshotState(dir, name string) (keep []string, err error) {
 }
 
 func (dom *domainActor) makeDiskDeletePlan() {
-	p := dom.plan("snapshot-delete-disk", actors.JobModify, step{Name: "commit", Do: stepDiskSnapDelete})
-	p.Start = func(c actor.Context, j *job) error {
-		if dom.proc != nil {
-			return fmt.Errorf("domain %q: snapshot delete %q: a disk-only snapshot is deleted (its overlays merged with qemu-img commit) on a stopped VM only; stop it first: %w", dom.name(), j.Data.snap.tag, domain.ErrWrongState)
-		}
-		return dom.snapshotStart(false)(c, j)
-	}
-	p.End = dom.ending(nil)
-	dom.snap.deleteDisk = p
+	dom.snap.deleteDisk = dom.stoppedDiskPlan("snapshot-delete-disk", step{Name: "commit", Do: stepDiskSnapDelete},
+		"snapshot delete %q: a disk-only snapshot is deleted (its overlays merged with qemu-img commit) on a stopped VM only; stop it first")
 }
 
 // stepDiskSnapDelete deletes a disk-only snapshot of a stopped domain:
@@ -737,13 +748,9 @@ func stepDiskSnapDelete(ctx context.Context, r run) error {
 	d := r.Data()
 	s := d.snap
 	what := fmt.Sprintf("domain %q: snapshot delete %q", d.domain, s.tag)
-	recs, err := readSnapshots(s.file)
+	recs, i, err := completeDiskSnap(s.file, s.tag)
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
-	}
-	i := slices.IndexFunc(recs, func(x domain.Snapshot) bool { return x.Name == s.tag })
-	if i < 0 || !recs[i].IsDisk() || recs[i].State != domain.SnapshotComplete {
-		return fmt.Errorf("%s: no complete disk-only snapshot of that name: %w", what, domain.ErrNoSnapshot)
 	}
 	snap := recs[i]
 	keys := slices.Sorted(maps.Keys(snap.Overlays))
@@ -757,7 +764,7 @@ func stepDiskSnapDelete(ctx context.Context, r run) error {
 		if info.BackingFile != b {
 			return fmt.Errorf("%s: disk %s: overlay %s is on %q, the record says %q; not touching it: %w", what, k, o, info.BackingFile, b, domain.ErrWrongState)
 		}
-		if err := s.img.Commit(ctx, o); err != nil {
+		if err := d.commitOverlay(ctx, s, k, o, b, info.BackingFormat); err != nil {
 			return fmt.Errorf("%s: disk %s: %w", what, k, err)
 		}
 		for j := i + 1; j < len(recs); j++ {
@@ -780,4 +787,44 @@ func stepDiskSnapDelete(ctx context.Context, r run) error {
 		}
 	}
 	return nil
+}
+
+// commitOverlay commits the overlay o of disk k into its backing b, both
+// opened by vmsup (b through the image root when it is the disk's own
+// path), so that qemu-img writes into no file a name leads it to. The
+// backing's format must be the one the disk's chain implies: the header
+// that says it is one QEMU could write.
+func (d *jobData) commitOverlay(ctx context.Context, s *snapOp, k, o, b, headerFormat string) error {
+	i, err := strconv.Atoi(strings.TrimPrefix(k, "disk"))
+	if err != nil || i < 0 || i >= len(d.spec.Disks) {
+		return fmt.Errorf("no disk %s in the definition", k)
+	}
+	disk := d.spec.Disks[i]
+	format, own := domain.DiskFormatQCOW2, true // an overlay of vmsup's
+	if filepath.Dir(b) != overlayDir(s.file) && disk.Image == "" {
+		format, own = diskFormat(disk), false // the disk's own path
+	}
+	if headerFormat != format {
+		return fmt.Errorf("overlay %s says its backing %s is %s, the disk's chain says %s; not touching it: %w", o, b, headerFormat, format, domain.ErrWrongState)
+	}
+	over, err := openOwn(k+" snapshot overlay", o, false)
+	if err != nil {
+		return err
+	}
+	defer over.Close()
+	var back *os.File
+	if own {
+		back, err = openOwn(k+" overlay", b, true)
+	} else {
+		open := d.openImage
+		if open == nil {
+			open = openPlain
+		}
+		back, err = open(fmt.Sprintf("disks[%d].path", i), b, true)
+	}
+	if err != nil {
+		return err
+	}
+	defer back.Close()
+	return s.img.Commit(ctx, o, over, back, format)
 }
