@@ -204,6 +204,20 @@ func TestCLIDiskSnapshot(t *testing.T) {
 		t.Fatalf("snapshot list after create --disk-only: %+v (want kind disk, complete, overlay %s on %s, frozen by the agent)", snaps, overlay, before)
 	}
 	t.Logf("s1: frozen %v, %d filesystems", s1.Frozen, s1.FrozenFS)
+	if os.Getuid() == 0 {
+		// Confined: the QEMU user owns the overlay it writes, never the
+		// directory in which the daemon's qemu-img opens overlays by name.
+		var dirSt, ovSt syscall.Stat_t
+		if err := syscall.Lstat(filepath.Dir(overlay), &dirSt); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Lstat(overlay, &ovSt); err != nil {
+			t.Fatal(err)
+		}
+		if dirSt.Uid != 0 || dirSt.Mode&0o777 != 0o711 || ovSt.Uid == 0 {
+			t.Fatalf("overlay dir uid %d mode %o, overlay uid %d: want the dir root's (0711) and the overlay the QEMU user's", dirSt.Uid, dirSt.Mode&0o777, ovSt.Uid)
+		}
+	}
 	if top := d.topFile(t, "dsnap"); top != overlay {
 		t.Fatalf("disk0's top is %s, want the overlay %s", top, overlay)
 	}

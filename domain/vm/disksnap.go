@@ -679,13 +679,23 @@ func stepDiskSnapRevert(ctx context.Context, r run) error {
 	return nil
 }
 
-// ownOverlay gives an overlay and its directory to the QEMU user of a
-// confined domain, which opens and writes it.
+// ownOverlay gives an overlay to the QEMU user of a confined domain,
+// which opens and writes it. Its directory stays the daemon's (0711, so
+// the QEMU user can reach the file): an escaped QEMU that owned it could
+// put a symlink where the daemon's qemu-img later opens an overlay by
+// name.
 func (d *jobData) ownOverlay(path string) error {
 	if d.conf == nil || d.conf.User == nil {
 		return nil
 	}
-	return d.conf.User.Own(filepath.Dir(path), path)
+	dir := filepath.Dir(path)
+	if err := os.Lchown(dir, os.Getuid(), os.Getgid()); err != nil { // an older vmsup gave it away
+		return fmt.Errorf("overlay dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return fmt.Errorf("overlay dir: %w", err)
+	}
+	return d.conf.User.Own(path)
 }
 
 // RemoveSnapshotState removes what the snapshots of the undefined domain
