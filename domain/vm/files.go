@@ -66,8 +66,9 @@ func (p passedFiles) Close() {
 }
 
 // passFiles opens every file QEMU needs for spec and host (the disks'
-// files, the bases of image disks, the seed, the kernel and initrd) with
-// open, or openOwn for vmsup's own overlays and seed, and copies the
+// files, the bases of image disks, the images under a disk's disk-only
+// snapshots, the seed, the kernel and initrd) with open, or openOwn for
+// vmsup's own overlays and seed, and copies the
 // kernel and initrd into the run dir. It returns host with Passed set, and
 // the files to pass. On error it has closed what it opened.
 func passFiles(spec *domain.Spec, paths qemuargs.RunPaths, host *qemuargs.Host, open OpenImage) (*qemuargs.Host, passedFiles, error) {
