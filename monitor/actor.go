@@ -243,6 +243,10 @@ func (m *monitorActor) onConnect(ctx actor.Context, err error) {
 	if v, ok := m.conn.(interface{ Version() qmp.Version }); ok {
 		version = v.Version().String()
 	}
+	// From Connected on, a command waits for the link to come up instead
+	// of failing on the broken one: the parent may act on Connected
+	// before the link is up below.
+	m.link.connecting(m.link.tellFunc())
 	ctx.Send(m.owner, &Connected{Version: version})
 	self, owner, root, conn, gen := ctx.Self(), m.owner, ctx.ActorSystem().Root, m.conn, m.gen
 	lost := func() {

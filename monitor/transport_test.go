@@ -303,6 +303,9 @@ func TestTransportEventFloodFailsConnection(t *testing.T) {
 	f := newFakeQMP(t)
 	f.Serve(func(c *testkit.QMPConn) {
 		c.Handshake()
+		// The flood follows a command, so that it comes after Connect
+		// has returned (else Connect itself may see the flood).
+		c.Expect("query-status")
 		var b bytes.Buffer
 		for i := range 1000 {
 			fmt.Fprintf(&b, `{"timestamp": {"seconds": %d, "microseconds": 0}, "event": "STOP"}`+"\r\n", i)
@@ -311,6 +314,9 @@ func TestTransportEventFloodFailsConnection(t *testing.T) {
 		_, _ = c.Conn().Write(b.Bytes())
 	})
 	tr := connectFake(t, f, TransportOptions{EventRate: 10, EventBurst: 100, EventBuffer: 1000})
+	if _, err := runCtx(tr, `{"execute":"query-status"}`); !errors.Is(err, ErrEventFlood) {
+		t.Errorf("the command under the flood: %v, want ErrEventFlood", err)
+	}
 	waitDone(t, tr)
 	if !errors.Is(tr.Err(), ErrEventFlood) || !strings.Contains(tr.Err().Error(), "faster than 10 a second (burst 100)") {
 		t.Fatalf("Err = %v, want ErrEventFlood with the limit", tr.Err())
