@@ -30,8 +30,10 @@ type Job[T any] struct {
 	lane *Lane[T]
 	plan *Plan[T]
 	info JobInfo // holds the request's id and owner
-	// reqCtx and parent are the rest of the request that queued the job.
+	// reqCtx, expires and parent are the rest of the request that
+	// queued the job.
 	reqCtx  context.Context
+	expires time.Time
 	parent  string
 	span    string
 	waiter  Waiter
@@ -79,7 +81,25 @@ func (j *Job[T]) Info() JobInfo { return j.info }
 
 // Request is the request that queued the job.
 func (j *Job[T]) Request() Request {
-	return Request{Ctx: j.reqCtx, RequestID: j.info.RequestID, ParentID: j.parent, Owner: j.info.Owner}
+	return Request{Ctx: j.reqCtx, RequestID: j.info.RequestID, ParentID: j.parent, Owner: j.info.Owner, Expires: j.expires}
+}
+
+// callerGone says why a queued job's caller has stopped waiting by now
+// (see Request.GoneErr), nil while it waits or for a preempting job,
+// which ignores its caller.
+func (j *Job[T]) callerGone(now time.Time) error {
+	if j.preempt {
+		return nil
+	}
+	if j.reqCtx != nil {
+		if err := j.reqCtx.Err(); err != nil {
+			return err
+		}
+	}
+	if !j.expires.IsZero() && !now.Before(j.expires) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 // Context is the job's own context, from its start: it ends when the job

@@ -1,6 +1,8 @@
 package actors
 
 import (
+	"time"
+
 	"github.com/asynkron/protoactor-go/actor"
 )
 
@@ -19,15 +21,25 @@ func (l *Lane[T]) Explain(c actor.Context, requestID string) *Explanation {
 			x.Decision = MaskDecision(left.Name, left.Kind, &ai)
 		}
 	}
+	now := time.Now()
 	for {
+		var cause error
 		j := l.Find(func(j *Job[T]) bool {
-			return j.state == jobQueued && !j.preempt && j.info.RequestID == requestID && j.reqCtx != nil && j.reqCtx.Err() != nil
+			if j.state != jobQueued || j.info.RequestID != requestID {
+				return false
+			}
+			cause = j.callerGone(now)
+			return cause != nil
 		})
 		if j == nil {
 			break
 		}
 		l.remove(j)
-		l.finish(c, j, nil, l.leftErr(j), false)
+		if j.watch != nil {
+			j.watch()
+			j.watch = nil
+		}
+		l.finish(c, j, nil, leftErr(l, j, cause), false)
 	}
 	l.pump(c)
 	x.Queued, x.Paused = l.Len(), l.paused

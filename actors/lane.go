@@ -173,7 +173,7 @@ func (l *Lane[T]) newJob(plan *Plan[T], req Request, data T, w Waiter) *Job[T] {
 		}
 	}
 	return &Job[T]{
-		Data: data, lane: l, plan: plan, reqCtx: req.Ctx, parent: req.ParentID, waiter: w,
+		Data: data, lane: l, plan: plan, reqCtx: req.Ctx, expires: req.Expires, parent: req.ParentID, waiter: w,
 		info: JobInfo{ID: l.seq, Name: plan.Name, Kind: plan.Kind, Owner: owner, RequestID: req.RequestID,
 			Enqueued: time.Now(), Steps: names, Mask: plan.asyncMask()},
 	}
@@ -246,16 +246,36 @@ func (l *Lane[T]) pump(c actor.Context) {
 			j.watch()
 			j.watch = nil
 		}
-		if ctx := j.reqCtx; ctx != nil && !j.preempt && ctx.Err() != nil {
-			l.finish(c, j, nil, l.leftErr(j), false) // a dead job at the head
+		if err := l.gone(j); err != nil {
+			l.finish(c, j, nil, leftErr(l, j, err), false) // a dead job at the head
 			continue
 		}
 		l.start(c, j)
 	}
 }
 
-func (l *Lane[T]) leftErr(j *Job[T]) error {
-	return fmt.Errorf("%s: job %d %q left the queue: %w", l.cfg.Name, j.info.ID, j.info.Name, j.reqCtx.Err())
+// gone is j.callerGone at the lane's clock; it reads the clock only for
+// a job whose request has an Expires.
+func (l *Lane[T]) gone(j *Job[T]) error {
+	if j.expires.IsZero() {
+		return j.callerGone(time.Time{})
+	}
+	return j.callerGone(l.clock())
+}
+
+// clock is the time of the event being handled, when the lane has read
+// it already, or now.
+func (l *Lane[T]) clock() time.Time {
+	if !l.now.IsZero() {
+		return l.now
+	}
+	return time.Now()
+}
+
+// leftErr is the error of a job that left l's queue because its caller
+// stopped waiting (cause).
+func leftErr[T any](l *Lane[T], j *Job[T], cause error) error {
+	return fmt.Errorf("%s: job %d %q left the queue: %w", l.cfg.Name, j.info.ID, j.info.Name, cause)
 }
 
 // start makes j the active job and runs it.
@@ -466,7 +486,11 @@ func (l *Lane[T]) Handle(c actor.Context, msg any) bool {
 	case evLeft:
 		if j.state == jobQueued && l.remove(j) {
 			j.watch = nil
-			l.finish(c, j, nil, l.leftErr(j), false)
+			cause := j.callerGone(time.Now())
+			if cause == nil {
+				cause = context.Cause(j.reqCtx)
+			}
+			l.finish(c, j, nil, leftErr(l, j, cause), false)
 		}
 	case evStep:
 		if j.Running() {

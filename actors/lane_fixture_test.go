@@ -343,7 +343,13 @@ func (f *fixture) send(m *runMsg, timeout time.Duration) <-chan reply {
 	f.mu.Lock()
 	f.cancels[m.Name] = cancel
 	f.mu.Unlock()
-	m.Request = Request{Ctx: ctx, RequestID: "req-" + m.Name}
+	if m.Request.Expires.IsZero() {
+		m.Request = Request{Ctx: ctx, RequestID: "req-" + m.Name}
+	} else {
+		// A caller bounded by Expires alone: the lane sees a context that
+		// never ends (ctx still bounds the fixture's own wait).
+		m.Request = Request{Ctx: context.Background(), RequestID: "req-" + m.Name, Expires: m.Request.Expires}
+	}
 	out := make(chan reply, 1)
 	// The job is queued before submit returns: the order of submits is
 	// the order of enqueues.

@@ -133,6 +133,45 @@ func TestLaneDeadHeadIsDropped(t *testing.T) {
 	}
 }
 
+func TestLaneExpiredRequestLeavesTheQueue(t *testing.T) {
+	f := newFixture(t, nil)
+	m := f.submit("manual", "m", 0)
+	// Two callers bounded by Request.Expires only (their contexts never
+	// end, so no watcher fires): x is dropped when its caller asks who
+	// holds the lane, y when it reaches the head.
+	expires := time.Now().Add(50 * time.Millisecond)
+	x := f.send(&runMsg{Plan: "modify", Name: "x", Request: Request{Expires: expires}}, 0)
+	y := f.send(&runMsg{Plan: "modify", Name: "y", Request: Request{Expires: expires}}, 0)
+	time.Sleep(time.Until(expires) + 10*time.Millisecond)
+	v, err := f.ask(&explainMsg{RequestID: "req-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if xp := v.(*Explanation); xp.Holder == nil || xp.Holder.Name != "manual" || xp.Queued != 1 {
+		t.Fatalf("explanation %+v: want m holding and only y queued", xp)
+	}
+	if r := f.get(x); !errors.Is(r.err, context.DeadlineExceeded) || !strings.Contains(r.err.Error(), `job 2 "modify" left the queue`) {
+		t.Fatalf("x: %+v", r)
+	}
+	if _, err := f.ask(&finishMsg{Name: "m", Value: "finished"}); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.get(m); r.v != "finished" {
+		t.Fatalf("m: %+v", r)
+	}
+	if r := f.get(y); !errors.Is(r.err, context.DeadlineExceeded) || !strings.Contains(r.err.Error(), `job 3 "modify" left the queue`) {
+		t.Fatalf("y: %+v", r)
+	}
+	if f.noteIndex("run x") >= 0 || f.noteIndex("run y") >= 0 {
+		t.Fatalf("an expired job started: %v", f.noted())
+	}
+	// A request that has not expired runs as before.
+	z := f.send(&runMsg{Plan: "modify", Name: "z", Request: Request{Expires: time.Now().Add(time.Minute)}}, 0)
+	if r := f.get(z); r.v != "done z" {
+		t.Fatalf("z: %+v", r)
+	}
+}
+
 func TestLaneAsyncMaskKeepsFIFO(t *testing.T) {
 	f := newFixture(t, nil)
 	sd := f.submit("shutdown", "sd", 0)

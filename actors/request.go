@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"sync/atomic"
+	"time"
 )
 
 // Request is the envelope header that every request message embeds. It
@@ -20,6 +21,11 @@ type Request struct {
 	ParentID string `json:"parent_id,omitempty"`
 	// Owner names the API call that sent it, for example "api shutdown".
 	Owner string `json:"owner,omitempty"`
+	// Expires is when the caller stops waiting; zero for no time beyond
+	// Ctx. Unlike Ctx it crosses the wire. A lane drops a queued job whose
+	// Expires has passed, as it drops one whose Ctx has ended, so a
+	// caller bounds its wait without a timeout context of its own.
+	Expires time.Time `json:"expires,omitempty"`
 
 	// stamp is the trace middleware's stamp of the send that delivers this
 	// message (see actors/trace): carried in the message itself, so that a
@@ -39,6 +45,30 @@ func (r Request) Context() context.Context {
 		return context.Background()
 	}
 	return r.Ctx
+}
+
+// GoneErr says why the caller has stopped waiting by now: its Ctx's
+// error, or context.DeadlineExceeded once Expires has passed. It is nil
+// while the caller still waits.
+func (r *Request) GoneErr(now time.Time) error {
+	if r.Ctx != nil {
+		if err := r.Ctx.Err(); err != nil {
+			return err
+		}
+	}
+	if !r.Expires.IsZero() && !now.Before(r.Expires) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
+// Expiry is the instant a caller with ctx stops waiting: ctx's deadline,
+// or DefaultTimeout from now when it has none (as Ask bounds its wait).
+func Expiry(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(time.Duration(defaultTimeout.Load()))
 }
 
 // Envelope gives access to the Request header of a message.

@@ -255,13 +255,14 @@ func (h *Domain) wrap(err error) error {
 // libvirt's BeginJob releases the driver lock), and waits for the job's
 // end. When the caller's context ends first, it asks the domain who held
 // the job, so the error names the holder.
+//
+// The wait is bounded by ctx's deadline, or by DefaultTimeout when it has
+// none: Ask keeps that time itself, and the request carries it as Expires,
+// so the lane drops the job if it is still queued then. No timeout
+// context is made per call.
 func (h *Domain) job(ctx context.Context, name string, build func(actors.Request) any) (v any, err error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, actors.DefaultTimeout)
-		defer cancel()
-	}
 	req := actors.NewRequest(ctx, apiOwner(name))
+	req.Expires = actors.Expiry(ctx)
 	began := time.Now()
 	defer func(traceBegan time.Time) { h.d.apiRecord(req, traceBegan, err) }(trace.Now())
 	if err := domain.ValidateName(h.name); err != nil {

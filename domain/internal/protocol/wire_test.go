@@ -17,7 +17,7 @@ import (
 // survive JSON, so that they can cross a process boundary (protoactor's
 // remote) later.
 func TestMessagesCrossTheWire(t *testing.T) {
-	req := actors.Request{RequestID: "5f3a1c-1", ParentID: "5f3a1c-2", Owner: "api start"}
+	req := actors.Request{RequestID: "5f3a1c-1", ParentID: "5f3a1c-2", Owner: "api start", Expires: time.Date(2026, 12, 4, 3, 0, 30, 0, time.UTC)}
 	t0 := time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC)
 	job := domain.JobInfo{ID: 17, Name: "shutdown", Kind: domain.JobAsync, Owner: "api shutdown", RequestID: "5f3a1c-9",
 		Enqueued: t0, Started: t0.Add(time.Millisecond), Ended: t0.Add(time.Second), Step: "wait",

@@ -20,7 +20,7 @@ import (
 // survive JSON, so that they can cross a process boundary (protoactor's
 // remote) later. A domain's PID is data too: protoactor's remote sends it.
 func TestMessagesCrossTheWire(t *testing.T) {
-	req := actors.Request{RequestID: "5f3a1c-1", ParentID: "5f3a1c-2", Owner: "api define"}
+	req := actors.Request{RequestID: "5f3a1c-1", ParentID: "5f3a1c-2", Owner: "api define", Expires: time.Date(2026, 12, 4, 3, 0, 30, 0, time.UTC)}
 	data, err := os.ReadFile("../../../domain/testdata/full.yaml")
 	if err != nil {
 		t.Fatal(err)
