@@ -84,9 +84,10 @@ func (j *Job[T]) Request() Request {
 	return Request{Ctx: j.reqCtx, RequestID: j.info.RequestID, ParentID: j.parent, Owner: j.info.Owner, Expires: j.expires}
 }
 
-// callerGone says why a queued job's caller has stopped waiting by now
-// (see Request.GoneErr), nil while it waits or for a preempting job,
-// which ignores its caller.
+// callerGone says why a queued job's caller has stopped waiting by now:
+// its context's error, or context.DeadlineExceeded once the request's
+// Expires has passed. It is nil while the caller waits, and for a
+// preempting job, which ignores its caller.
 func (j *Job[T]) callerGone(now time.Time) error {
 	if j.preempt {
 		return nil

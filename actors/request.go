@@ -47,21 +47,6 @@ func (r Request) Context() context.Context {
 	return r.Ctx
 }
 
-// GoneErr says why the caller has stopped waiting by now: its Ctx's
-// error, or context.DeadlineExceeded once Expires has passed. It is nil
-// while the caller still waits.
-func (r *Request) GoneErr(now time.Time) error {
-	if r.Ctx != nil {
-		if err := r.Ctx.Err(); err != nil {
-			return err
-		}
-	}
-	if !r.Expires.IsZero() && !now.Before(r.Expires) {
-		return context.DeadlineExceeded
-	}
-	return nil
-}
-
 // Expiry is the instant a caller with ctx stops waiting: ctx's deadline,
 // or DefaultTimeout from now when it has none (as Ask bounds its wait).
 func Expiry(ctx context.Context) time.Time {
