@@ -56,7 +56,7 @@ type jobData struct {
 
 	// Copied from the actor when the job starts.
 	domain string
-	spec   domain.Spec
+	spec   *domain.Spec // the actor's, shared: specs are never changed in place
 	runDir string
 	launch process.Launcher
 	grace  time.Duration
@@ -273,7 +273,7 @@ func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) 
 // load copies what a job's steps may use from the actor.
 func (dom *domainActor) load(j *job) {
 	d := j.Data
-	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), *dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
+	d.domain, d.spec, d.runDir, d.launch, d.grace = dom.name(), dom.spec, dom.cfg.RunDir, dom.cfg.Launcher, dom.cfg.DestroyGrace
 	d.proc, d.link, d.host = dom.proc, dom.link, dom.cfg.Host
 	if dom.agent != nil {
 		d.agent = dom.agent.pid
@@ -339,7 +339,7 @@ func stepPrepare(ctx context.Context, r run) error {
 	d.paths = paths
 	var host *qemuargs.Host
 	if d.host != nil {
-		h, release, err := d.host.Acquire(ctx, &d.spec)
+		h, release, err := d.host.Acquire(ctx, d.spec)
 		if err != nil {
 			return d.fail("host resources", err)
 		}
@@ -355,19 +355,19 @@ func stepPrepare(ctx context.Context, r run) error {
 		})
 	}
 	if host == nil {
-		if host, err = qemuargs.PlainHost(&d.spec); err != nil {
+		if host, err = qemuargs.PlainHost(d.spec); err != nil {
 			return d.fail("command line", err)
 		}
 	}
 	// The tops of the disks' chains of disk-only snapshots, with the
 	// images under them.
-	if host, err = applyChains(d.snapFile, &d.spec, host); err != nil {
+	if host, err = applyChains(d.snapFile, d.spec, host); err != nil {
 		return d.fail("disk-only snapshots", err)
 	}
 	// vmsup opens every file QEMU needs and passes it as an fd, so that
 	// nothing swapped in since define (a symlink out of the image root)
 	// is opened by name.
-	host, files, err := passFiles(&d.spec, paths, host, d.openImage)
+	host, files, err := passFiles(d.spec, paths, host, d.openImage)
 	if err != nil {
 		return d.fail("open files", err)
 	}
@@ -376,14 +376,14 @@ func stepPrepare(ctx context.Context, r run) error {
 		files.Close()
 		return nil
 	})
-	argv, err := qemuargs.BuildArgs(&d.spec, paths, qemuargs.ResolveAccel(d.spec.Accel), host)
+	argv, err := qemuargs.BuildArgs(d.spec, paths, qemuargs.ResolveAccel(d.spec.Accel), host)
 	if err != nil {
 		return d.fail("command line", err)
 	}
 	d.argv = argv
 	d.cgroup = nil
 	if d.conf != nil {
-		cg, err := d.conf.prepare(ctx, &d.spec, paths)
+		cg, err := d.conf.prepare(ctx, d.spec, paths)
 		if err != nil {
 			return d.fail("confine QEMU", err)
 		}
@@ -402,7 +402,7 @@ func stepPrepare(ctx context.Context, r run) error {
 	}
 	// The running definition of this QEMU, for hot-plug and adoption
 	// (written once it runs, in stepSpawn).
-	d.live = qemuargs.LiveDevices(&d.spec, host)
+	d.live = qemuargs.LiveDevices(d.spec, host)
 	return nil
 }
 
@@ -464,7 +464,7 @@ func (dom *domainActor) stepAttach(c actor.Context, r run) error {
 		return d.abort("attach monitor", fmt.Errorf("spawn monitor: %w", err))
 	}
 	d.link = dom.link
-	dom.spawnAgent(c, &d.spec, d.paths, d.proc.PID())
+	dom.spawnAgent(c, d.spec, d.paths, d.proc.PID())
 	return nil
 }
 
