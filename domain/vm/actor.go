@@ -144,14 +144,16 @@ type rebuildNow struct{ from *domainActor }
 type processExited struct{ proc *process.Process }
 
 type domainActor struct {
-	cfg    Config
-	who    string // "domain/NAME": the actor in panics and the trace
-	spec   *domain.Spec
-	state  domain.State
-	reason domain.Reason
-	proc   *process.Process
-	paths  qemuargs.RunPaths
-	mon    *actor.PID
+	cfg  Config
+	who  string // "domain/NAME": the actor in panics and the trace
+	spec *domain.Spec
+	// snapFile is snapshotFile's answer, kept once made.
+	snapFile string
+	state    domain.State
+	reason   domain.Reason
+	proc     *process.Process
+	paths    qemuargs.RunPaths
+	mon      *actor.PID
 	// link is the monitor's connection, on which job steps run their
 	// QMP commands directly.
 	link   *monitor.Link
@@ -194,6 +196,9 @@ type domainActor struct {
 	// published says that the snapshot was published in this turn and
 	// nothing the lane did since changed it.
 	published bool
+	// idle is the idle Info made last, of the parts idleKey (idleInfo).
+	idle    *domain.Info
+	idleKey infoKey
 }
 
 func (dom *domainActor) name() string { return dom.spec.Name }
@@ -228,7 +233,7 @@ func (dom *domainActor) Receive(ctx actor.Context) {
 		}
 		ctx.RequestWithCustomSender(dom.mon, &supervision.InjectPanic{Reason: msg.Reason}, ctx.Sender())
 	case *protocol.InfoRequest:
-		ctx.Respond(dom.info())
+		ctx.Respond(dom.info().Fresh(time.Now())) // the caller's own copy
 	case *protocol.JobsRequest:
 		ctx.Respond(dom.jobs())
 	case *protocol.ConsoleRequest:
@@ -575,44 +580,93 @@ func (dom *domainActor) info() *domain.Info {
 			return &in
 		}
 	}
-	// One allocation: Info is published after nearly every message. The
-	// job's part only when a job holds the lane, since a box with it is
-	// over twice the size.
-	var in *domain.Info
-	var ctl *domain.Control
 	holder, busy := dom.lane.Holder()
-	if busy {
-		box := &struct {
-			in  domain.Info
-			ctl domain.Control
-			job domain.JobInfo
-			qmp domain.QMPInFlight
-		}{}
-		in, ctl = &box.in, &box.ctl
-		fillJobInfo(&box.job, &box.qmp, holder)
-		in.Job = &box.job
-	} else {
-		box := &struct {
-			in  domain.Info
-			ctl domain.Control
-		}{}
-		in, ctl = &box.in, &box.ctl
+	if !busy {
+		return dom.idleInfo()
 	}
-	in.Name, in.UUID, in.State, in.Reason, in.Queued = dom.spec.Name, dom.spec.UUID, dom.state, dom.reason, dom.lane.Len()
-	in.Restarts, in.Control = dom.life.restarts, ctl
-	dom.control(ctl, time.Now())
+	// One allocation: Info is published after nearly every message.
+	box := &struct {
+		in  domain.Info
+		ctl domain.Control
+		job domain.JobInfo
+		qmp domain.QMPInFlight
+	}{}
+	fillJobInfo(&box.job, &box.qmp, holder)
+	box.in.Job = &box.job
+	now := time.Now()
+	k, nics := dom.infoParts(now)
+	fillInfo(&box.in, &box.ctl, k, nics, now)
+	return &box.in
+}
+
+// infoKey is everything an idle Info is made of, by identity: while it
+// is unchanged, the Info published last says the same.
+type infoKey struct {
+	spec             *domain.Spec
+	state            domain.State
+	reason           domain.Reason
+	queued, restarts int
+	ctl              domain.Control // Millis left zero
+	proc             *process.Process
+	pid              int
+	conf             *domain.Confinement
+	nic0             *domain.NIC // the NICs' first element, and their count
+	nics             int
+	agent            *domain.AgentStatus
+	live             *domain.Live
+}
+
+// infoParts reads the parts of the domain's Info at now.
+func (dom *domainActor) infoParts(now time.Time) (infoKey, []domain.NIC) {
+	k := infoKey{spec: dom.spec, state: dom.state, reason: dom.reason, queued: dom.lane.Len(), restarts: dom.life.restarts}
+	dom.control(&k.ctl, now)
+	k.ctl.Millis = 0
+	var nics []domain.NIC
 	if dom.proc != nil {
-		in.PID = dom.proc.PID()
-		in.Confinement = dom.proc.Confinement()
+		k.proc, k.pid, k.conf, k.live = dom.proc, dom.proc.PID(), dom.proc.Confinement(), dom.live
 		if dom.cfg.Host != nil {
-			in.NICs = dom.withGuestIPs(dom.cfg.Host.NICs(dom.spec.Name))
+			nics = dom.withGuestIPs(dom.cfg.Host.NICs(dom.spec.Name))
+		}
+		if len(nics) > 0 {
+			k.nic0, k.nics = &nics[0], len(nics)
 		}
 		if dom.agent != nil {
-			in.Agent = dom.agent.status.Load()
+			k.agent = dom.agent.status.Load()
 		}
-		in.Live = dom.live
 	}
-	return in
+	return k, nics
+}
+
+// fillInfo writes the parts k and nics, read at now, into in, and the
+// control state into ctl, its Control.
+func fillInfo(in *domain.Info, ctl *domain.Control, k infoKey, nics []domain.NIC, now time.Time) {
+	in.Name, in.UUID, in.State, in.Reason, in.Queued = k.spec.Name, k.spec.UUID, k.state, k.reason, k.queued
+	in.Restarts, in.Control = k.restarts, ctl
+	*ctl = k.ctl
+	ctl.Refresh(now)
+	if k.proc != nil {
+		in.PID, in.Confinement, in.NICs, in.Agent, in.Live = k.pid, k.conf, nics, k.agent, k.live
+	}
+}
+
+// idleInfo is the Info of a domain that no job holds. While its parts
+// are those of the idle Info made last, that one is returned again: an
+// idle domain that answers queries publishes without an allocation.
+// Readers never change a published Info (they take Fresh copies), and
+// its Control's age is recomputed by Fresh.
+func (dom *domainActor) idleInfo() *domain.Info {
+	now := time.Now()
+	k, nics := dom.infoParts(now)
+	if dom.idle != nil && k == dom.idleKey {
+		return dom.idle
+	}
+	box := &struct {
+		in  domain.Info
+		ctl domain.Control
+	}{}
+	fillInfo(&box.in, &box.ctl, k, nics, now)
+	dom.idle, dom.idleKey = &box.in, k
+	return dom.idle
 }
 
 func (dom *domainActor) jobs() *domain.Jobs {

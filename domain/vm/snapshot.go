@@ -120,7 +120,10 @@ func (dom *domainActor) snapshotFile() string {
 	if dom.cfg.SnapshotDir == "" {
 		return ""
 	}
-	return filepath.Join(dom.cfg.SnapshotDir, dom.name()+".json")
+	if dom.snapFile == "" {
+		dom.snapFile = filepath.Join(dom.cfg.SnapshotDir, dom.name()+".json")
+	}
+	return dom.snapFile
 }
 
 // snapshotStart is the Start of the snapshot plans: QEMU must run for
