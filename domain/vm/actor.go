@@ -129,7 +129,8 @@ func Props(cfg Config) *actor.Props {
 			Progressed: dom.jobProgressed,
 			Refused:    dom.jobRefused,
 		})
-		dom.makePlans()
+		all := sharedPlans()
+		dom.plans, dom.snap, dom.hot = all, &all.snap, &all.hot
 		return dom
 	}, append(append(trace.PropsOptions(cfg.Trace), actors.PropsOption(cfg.Dispatcher)...), actor.WithSupervisor(supervision.ActorStrategy()))...)
 }
@@ -166,12 +167,13 @@ type domainActor struct {
 	ipNICs     []domain.NIC
 	ipNICsSrc  *domain.NIC
 
-	lane  *actors.Lane[*jobData]
-	plans plans
-	snap  snapshotPlans
+	lane *actors.Lane[*jobData]
+	// plans, snap and hot are the shared plans (sharedPlans).
+	plans *plans
+	snap  *snapshotPlans
 	// qemuJobs are the QEMU jobs that snapshot jobs follow, by QEMU's id.
 	qemuJobs map[string]chan string
-	hot      hotplugPlans
+	hot      *hotplugPlans
 	// live is the running definition's devices (nil while no QEMU runs);
 	// deleted are the detach jobs waiting for DEVICE_DELETED, by device.
 	live       *domain.Live

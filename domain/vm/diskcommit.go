@@ -50,14 +50,15 @@ type diskCommit struct {
 	done   bool
 }
 
-func (dom *domainActor) makeDiskCommitPlan() {
-	p := dom.plan("snapshot-commit-disk", actors.JobAsync,
+func makeDiskCommitPlan() *plan {
+	p := newPlan("snapshot-commit-disk", actors.JobAsync,
 		step{Name: "check", Call: "query-named-block-nodes", Do: stepDiskCommitCheck},
 		step{Name: "block-commit", Async: true, Do: stepDiskCommit},
 		step{Name: "record", Do: func(_ context.Context, r run) error { return r.Data().recordCommits(r) }})
 	p.Mask = actors.SnapshotAsyncMask
 	p.Start = func(c actor.Context, j *job) error {
-		if err := dom.snapshotStart(true)(c, j); err != nil {
+		dom := j.Data.dom
+		if err := snapshotStart(true)(c, j); err != nil {
 			return err
 		}
 		s := j.Data.snap
@@ -68,13 +69,13 @@ func (dom *domainActor) makeDiskCommitPlan() {
 		}
 		return nil
 	}
-	p.End = dom.ending(func(dom *domainActor, j *job, _ error) {
+	p.End = ending(func(dom *domainActor, j *job, _ error) {
 		dom.forgetQEMUJob(j)
 		if ds := j.Data.snap.disk; ds != nil && ds.switched && ds.live != nil && dom.proc != nil {
 			dom.live = ds.live
 		}
 	})
-	dom.snap.commitDisk = p
+	return p
 }
 
 // stepDiskCommitCheck finds, for each disk of the snapshot, the disk's

@@ -78,8 +78,8 @@ type diskSnap struct {
 	commits []*diskCommit
 }
 
-func (dom *domainActor) makeDiskSnapshotPlan() {
-	p := dom.plan("snapshot-disk", actors.JobAsync,
+func makeDiskSnapshotPlan(sp *snapshotPlans) {
+	p := newPlan("snapshot-disk", actors.JobAsync,
 		step{Name: "check", Call: "query-block", Do: stepDiskSnapCheck},
 		step{Name: "freeze", Async: true, Do: stepDiskSnapFreeze},
 		step{Name: "overlay", Call: "transaction", Do: stepDiskSnapOverlay},
@@ -87,7 +87,8 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 		step{Name: "record", Do: stepDiskSnapRecord})
 	p.Mask = diskSnapMask
 	p.Start = func(c actor.Context, j *job) error {
-		if err := dom.snapshotStart(false)(c, j); err != nil {
+		dom := j.Data.dom
+		if err := snapshotStart(false)(c, j); err != nil {
 			return err
 		}
 		s := j.Data.snap
@@ -98,15 +99,15 @@ func (dom *domainActor) makeDiskSnapshotPlan() {
 		}
 		return nil
 	}
-	p.End = dom.ending(func(dom *domainActor, j *job, _ error) {
+	p.End = ending(func(dom *domainActor, j *job, _ error) {
 		if ds := j.Data.snap.disk; ds != nil && ds.switched && ds.live != nil && dom.proc != nil {
 			dom.live = ds.live
 		}
 	})
-	dom.snap.createDisk = p
-	dom.makeDiskRevertPlan()
-	dom.makeDiskDeletePlan()
-	dom.makeDiskCommitPlan()
+	sp.createDisk = p
+	sp.revertDisk = makeDiskRevertPlan()
+	sp.deleteDisk = makeDiskDeletePlan()
+	sp.commitDisk = makeDiskCommitPlan()
 }
 
 // overlayDir is where the disk-only overlays of the domain go.
@@ -581,23 +582,24 @@ func (d *jobData) thawLeftover(ctx context.Context, r run) {
 	_, _ = d.agentCommand(tctx, r, "guest-fsfreeze-thaw", nil) // best effort: the records are settled either way
 }
 
-func (dom *domainActor) makeDiskRevertPlan() {
-	dom.snap.revertDisk = dom.stoppedDiskPlan("snapshot-revert-disk", step{Name: "revert", Do: stepDiskSnapRevert},
+func makeDiskRevertPlan() *plan {
+	return stoppedDiskPlan("snapshot-revert-disk", step{Name: "revert", Do: stepDiskSnapRevert},
 		"snapshot revert %q: a disk-only snapshot is reverted on a stopped VM (stop it first)")
 }
 
 // stoppedDiskPlan is a modify plan of one step on the disk-only
 // snapshots of a stopped domain; on a running one it fails with refusal
 // (a format with the snapshot's name).
-func (dom *domainActor) stoppedDiskPlan(name string, only step, refusal string) *plan {
-	p := dom.plan(name, actors.JobModify, only)
+func stoppedDiskPlan(name string, only step, refusal string) *plan {
+	p := newPlan(name, actors.JobModify, only)
 	p.Start = func(c actor.Context, j *job) error {
+		dom := j.Data.dom
 		if dom.proc != nil {
 			return fmt.Errorf("domain %q: %s: %w", dom.name(), fmt.Sprintf(refusal, j.Data.snap.tag), domain.ErrWrongState)
 		}
-		return dom.snapshotStart(false)(c, j)
+		return snapshotStart(false)(c, j)
 	}
-	p.End = dom.ending(nil)
+	p.End = ending(nil)
 	return p
 }
 
@@ -742,8 +744,8 @@ func RemoveSnapshotState(dir, name string) (keep []string, err error) {
 	return keep, errors.Join(errs...)
 }
 
-func (dom *domainActor) makeDiskDeletePlan() {
-	dom.snap.deleteDisk = dom.stoppedDiskPlan("snapshot-delete-disk", step{Name: "commit", Do: stepDiskSnapDelete},
+func makeDiskDeletePlan() *plan {
+	return stoppedDiskPlan("snapshot-delete-disk", step{Name: "commit", Do: stepDiskSnapDelete},
 		"snapshot delete %q: a disk-only snapshot is deleted (its overlays merged with qemu-img commit) on a stopped VM only; stop it first")
 }
 

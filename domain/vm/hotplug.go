@@ -70,11 +70,10 @@ type hotplugPlans struct {
 	attachDisk, detachDisk, attachNIC, detachNIC *plan
 }
 
-func (dom *domainActor) makeHotplugPlans() {
-	p := &dom.hot
+func makeHotplugPlans(p *hotplugPlans) {
 	record := step{Name: "record", Do: stepRecordLive}
 
-	p.attachDisk = dom.plan("attach-disk", actors.JobModify,
+	p.attachDisk = newPlan("attach-disk", actors.JobModify,
 		step{Name: "blockdev-add", Call: "blockdev-add", Do: stepBlockdevAdd},
 		step{Name: "device_add", Call: "device_add", Do: func(ctx context.Context, r run) error {
 			d := r.Data()
@@ -91,9 +90,9 @@ func (dom *domainActor) makeHotplugPlans() {
 			return nil
 		}},
 		record)
-	p.attachDisk.Start = dom.hotplugStart(dom.startAttachDisk)
+	p.attachDisk.Start = hotplugStart((*domainActor).startAttachDisk)
 
-	p.detachDisk = dom.plan("detach-disk", actors.JobModify,
+	p.detachDisk = newPlan("detach-disk", actors.JobModify,
 		step{Name: "device_del", Call: "device_del", Do: stepDeviceDel},
 		step{Name: "wait for DEVICE_DELETED", Do: stepAwaitDeleted},
 		step{Name: "blockdev-del", Call: "blockdev-del", Do: func(ctx context.Context, r run) error {
@@ -121,9 +120,9 @@ func (dom *domainActor) makeHotplugPlans() {
 			return nil
 		}},
 		record)
-	p.detachDisk.Start = dom.hotplugStart(dom.startDetachDisk)
+	p.detachDisk.Start = hotplugStart((*domainActor).startDetachDisk)
 
-	p.attachNIC = dom.plan("attach-nic", actors.JobModify,
+	p.attachNIC = newPlan("attach-nic", actors.JobModify,
 		step{Name: "netdev_add", Call: "netdev_add", Do: stepNetdevAdd},
 		step{Name: "device_add", Call: "device_add", Do: func(ctx context.Context, r run) error {
 			d := r.Data()
@@ -140,9 +139,9 @@ func (dom *domainActor) makeHotplugPlans() {
 			return nil
 		}},
 		record)
-	p.attachNIC.Start = dom.hotplugStart(dom.startAttachNIC)
+	p.attachNIC.Start = hotplugStart((*domainActor).startAttachNIC)
 
-	p.detachNIC = dom.plan("detach-nic", actors.JobModify,
+	p.detachNIC = newPlan("detach-nic", actors.JobModify,
 		step{Name: "device_del", Call: "device_del", Do: stepDeviceDel},
 		step{Name: "wait for DEVICE_DELETED", Do: stepAwaitDeleted},
 		step{Name: "netdev_del", Call: "netdev_del", Do: func(ctx context.Context, r run) error {
@@ -155,10 +154,10 @@ func (dom *domainActor) makeHotplugPlans() {
 			return nil
 		}},
 		record)
-	p.detachNIC.Start = dom.hotplugStart(dom.startDetachNIC)
+	p.detachNIC.Start = hotplugStart((*domainActor).startDetachNIC)
 
 	for _, hp := range []*plan{p.attachDisk, p.detachDisk, p.attachNIC, p.detachNIC} {
-		hp.End = dom.ending(func(dom *domainActor, j *job, _ error) {
+		hp.End = ending(func(dom *domainActor, j *job, _ error) {
 			h := j.Data.hp
 			if h.deleted != nil {
 				dom.unwatchDeleted(h.deleted)
@@ -173,8 +172,9 @@ func (dom *domainActor) makeHotplugPlans() {
 // hotplugStart is the Start of a hot-plug plan: a running QEMU with a
 // known running definition, then the plan's own check, which fills the
 // job's hotplug data from the actor's state.
-func (dom *domainActor) hotplugStart(check func(j *job, h *hotplug) error) func(actor.Context, *job) error {
+func hotplugStart(check func(dom *domainActor, j *job, h *hotplug) error) func(actor.Context, *job) error {
 	return func(c actor.Context, j *job) error {
+		dom := j.Data.dom
 		if err := dom.runningPrecondition(c, j); err != nil {
 			return err
 		}
@@ -187,7 +187,7 @@ func (dom *domainActor) hotplugStart(check func(j *job, h *hotplug) error) func(
 		}
 		h.live = dom.live.Clone()
 		h.file = filepath.Join(dom.paths.Dir, liveFileName)
-		if err := check(j, h); err != nil {
+		if err := check(dom, j, h); err != nil {
 			return fmt.Errorf("domain %q: %s: %w", dom.name(), j.Name(), err)
 		}
 		return nil

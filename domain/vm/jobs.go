@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -40,6 +41,10 @@ type (
 // Start copied from the actor, and what the steps found. While a step
 // goroutine runs, only it touches the data; the actor reads it in End.
 type jobData struct {
+	// dom is the actor instance that queued the job. Only the plans'
+	// hooks that run in that actor (Start, End, InActor steps) may use
+	// it; goroutine steps read the copies below.
+	dom *domainActor
 	// From the request.
 	timeout time.Duration
 	mode    domain.ShutdownMode
@@ -90,11 +95,25 @@ type jobData struct {
 	viaAgent bool
 }
 
-// plans are the domain actor's jobs. They are made once per actor
-// instance, since their actor steps and ends act on that instance.
+// plans are the domain actor's jobs. They are made once, for every
+// domain (sharedPlans): their hooks that run in the actor (Start, End,
+// InActor steps) find their actor instance in the job's data
+// (jobData.dom), so that a domain costs no plans of its own.
 type plans struct {
 	start, startPaused, shutdown, destroy, pause, resume, reset, qmpQuery, qmpModify, reconnect *plan
+
+	snap snapshotPlans
+	hot  hotplugPlans
 }
+
+// sharedPlans are the plans of every domain actor, made at first use.
+var sharedPlans = sync.OnceValue(func() *plans {
+	p := &plans{}
+	makePlans(p)
+	makeSnapshotPlans(&p.snap)
+	makeHotplugPlans(&p.hot)
+	return p
+})
 
 // startRetries is how often start spawns QEMU again when the QMP
 // handshake fails while QEMU runs: QEMU 7.2 now and then garbles the QMP
@@ -103,12 +122,11 @@ type plans struct {
 // out.
 const startRetries = 1
 
-func (dom *domainActor) makePlans() {
-	p := &dom.plans
+func makePlans(p *plans) {
 	startSteps := []step{
 		{Name: "prepare", Do: stepPrepare},
 		{Name: "spawn", Do: stepSpawn},
-		{Name: "attach", InActor: dom.stepAttach},
+		{Name: "attach", InActor: func(c actor.Context, r run) error { return r.Data().dom.stepAttach(c, r) }},
 		{Name: "query-status", Call: "query-status", Do: stepHandshake},
 	}
 	cont := step{Name: "cont", Call: "cont", Do: func(ctx context.Context, r run) error {
@@ -118,13 +136,13 @@ func (dom *domainActor) makePlans() {
 		}
 		return nil
 	}}
-	p.start = dom.plan("start", actors.JobModify, append(startSteps, cont)...)
-	p.startPaused = dom.plan("start", actors.JobModify, startSteps...)
+	p.start = newPlan("start", actors.JobModify, append(startSteps, cont)...)
+	p.startPaused = newPlan("start", actors.JobModify, startSteps...)
 	for _, sp := range []*plan{p.start, p.startPaused} {
 		sp.Retries = startRetries
-		sp.Start = dom.startPrecondition
+		sp.Start = startPrecondition
 		paused := sp == p.startPaused
-		sp.End = dom.ending(func(dom *domainActor, _ *job, err error) {
+		sp.End = ending(func(dom *domainActor, _ *job, err error) {
 			switch {
 			case err != nil && dom.proc == nil:
 				dom.setState(domain.StateShutoff, domain.ReasonFailed, "")
@@ -136,10 +154,11 @@ func (dom *domainActor) makePlans() {
 		})
 	}
 
-	p.shutdown = dom.plan("shutdown", actors.JobAsync,
+	p.shutdown = newPlan("shutdown", actors.JobAsync,
 		step{Name: "request", Do: stepShutdownRequest},
 		step{Name: "wait for power-off", Async: true, Do: stepAwaitPowerOff})
 	p.shutdown.Start = func(c actor.Context, j *job) error {
+		dom := j.Data.dom
 		mode, err := domain.ParseShutdownMode(string(j.Data.mode))
 		if err != nil {
 			return fmt.Errorf("domain %q: shutdown: %w", dom.name(), err)
@@ -159,22 +178,22 @@ func (dom *domainActor) makePlans() {
 		dom.shutdownRequested = true
 		return nil
 	}
-	p.shutdown.End = dom.ending(func(dom *domainActor, _ *job, err error) {
+	p.shutdown.End = ending(func(dom *domainActor, _ *job, err error) {
 		if err != nil {
 			dom.shutdownRequested = false
 		}
 	})
 
-	p.destroy = dom.plan("destroy", actors.JobDestroy, step{Name: "wait for exit", Do: stepAwaitExit})
+	p.destroy = newPlan("destroy", actors.JobDestroy, step{Name: "wait for exit", Do: stepAwaitExit})
 	p.destroy.Start = func(_ actor.Context, j *job) error {
 		// The kill has begun: no precondition. The step waits for the
 		// process that destroy killed.
 		killed := j.Data.proc
-		dom.load(j)
+		j.Data.dom.load(j)
 		j.Data.proc = killed
 		return nil
 	}
-	p.destroy.End = dom.ending(func(dom *domainActor, _ *job, _ error) {
+	p.destroy.End = ending(func(dom *domainActor, _ *job, _ error) {
 		dom.destroying = nil
 		dom.life.destroying = false
 		if dom.proc == nil {
@@ -182,13 +201,13 @@ func (dom *domainActor) makePlans() {
 		}
 	})
 
-	p.pause = dom.oneCommand("pause", "stop", (*raw.Monitor).Stop, func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
+	p.pause = oneCommand("pause", "stop", (*raw.Monitor).Stop, func(dom *domainActor) { dom.setState(domain.StatePaused, domain.ReasonUser, "") })
 	p.pause.Kind = actors.JobSuspend // a snapshot's mask lets it run beside
-	p.resume = dom.oneCommand("resume", "cont", (*raw.Monitor).Cont, func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
-	p.reset = dom.oneCommand("reset", "system_reset", (*raw.Monitor).SystemReset, nil)
+	p.resume = oneCommand("resume", "cont", (*raw.Monitor).Cont, func(dom *domainActor) { dom.setState(domain.StateRunning, domain.ReasonUnpaused, "") })
+	p.reset = oneCommand("reset", "system_reset", (*raw.Monitor).SystemReset, nil)
 
 	rawQMP := func(kind actors.JobKind) *plan {
-		rp := dom.plan("qmp", kind, step{Name: "qmp", Do: func(ctx context.Context, r run) error {
+		rp := newPlan("qmp", kind, step{Name: "qmp", Do: func(ctx context.Context, r run) error {
 			d := r.Data()
 			ret, err := d.qmp(ctx, r, d.execute, d.args)
 			if err != nil {
@@ -199,6 +218,7 @@ func (dom *domainActor) makePlans() {
 			return nil
 		}})
 		rp.Start = func(c actor.Context, j *job) error {
+			dom := j.Data.dom
 			if j.Data.execute == "" {
 				return fmt.Errorf("domain %q: qmp: the command has no \"execute\" name", dom.name())
 			}
@@ -208,12 +228,12 @@ func (dom *domainActor) makePlans() {
 			j.SetCall(j.Data.execute)
 			return nil
 		}
-		rp.End = dom.ending(nil)
+		rp.End = ending(nil)
 		return rp
 	}
 	p.qmpQuery, p.qmpModify = rawQMP(actors.JobQuery), rawQMP(actors.JobModify)
 
-	p.reconnect = dom.plan("reconnect", actors.JobModify, step{Name: "query-status", Call: "query-status", Do: func(ctx context.Context, r run) error {
+	p.reconnect = newPlan("reconnect", actors.JobModify, step{Name: "query-status", Call: "query-status", Do: func(ctx context.Context, r run) error {
 		d := r.Data()
 		return d.typed(ctx, r, "query-status", func(m *raw.Monitor) error {
 			st, err := m.QueryStatus()
@@ -221,31 +241,29 @@ func (dom *domainActor) makePlans() {
 			return err
 		})
 	}})
-	dom.makeSnapshotPlans()
-	dom.makeHotplugPlans()
-
-	p.reconnect.Start = dom.runningPrecondition
-	p.reconnect.End = dom.ending(func(dom *domainActor, j *job, err error) {
+	p.reconnect.Start = runningPrecondition
+	p.reconnect.End = ending(func(dom *domainActor, j *job, err error) {
 		if err == nil && dom.proc != nil {
 			dom.resync(j.Data.status)
 		}
 	})
 }
 
-// plan makes a plan whose jobs copy the actor's state at their start.
-func (dom *domainActor) plan(name string, kind actors.JobKind, steps ...step) *plan {
+// newPlan makes a plan whose jobs need a running QEMU and copy the
+// actor's state at their start.
+func newPlan(name string, kind actors.JobKind, steps ...step) *plan {
 	p := actors.NewPlan(name, kind, steps...)
-	p.Start = dom.runningPrecondition
+	p.Start = runningPrecondition
 	return p
 }
 
 // oneCommand is a job of one QMP command: a one-step plan. onSuccess runs
 // in the actor when the command succeeded and QEMU still runs.
-func (dom *domainActor) oneCommand(name, execute string, send func(*raw.Monitor) error, onSuccess func(dom *domainActor)) *plan {
-	p := dom.plan(name, actors.JobModify, step{Name: execute, Call: execute, Do: func(ctx context.Context, r run) error {
+func oneCommand(name, execute string, send func(*raw.Monitor) error, onSuccess func(dom *domainActor)) *plan {
+	p := newPlan(name, actors.JobModify, step{Name: execute, Call: execute, Do: func(ctx context.Context, r run) error {
 		return r.Data().typed(ctx, r, execute, send)
 	}})
-	p.End = dom.ending(func(dom *domainActor, _ *job, err error) {
+	p.End = ending(func(dom *domainActor, _ *job, err error) {
 		if err == nil && onSuccess != nil && dom.proc != nil {
 			onSuccess(dom)
 		}
@@ -255,8 +273,9 @@ func (dom *domainActor) oneCommand(name, execute string, send func(*raw.Monitor)
 
 // ending is the End of every plan: first the QEMU exit the job may have
 // seen before its message arrived, then apply, then the job's own after.
-func (dom *domainActor) ending(apply func(dom *domainActor, j *job, err error)) func(actor.Context, *job, any, error) (any, error) {
+func ending(apply func(dom *domainActor, j *job, err error)) func(actor.Context, *job, any, error) (any, error) {
 	return func(c actor.Context, j *job, value any, err error) (any, error) {
+		dom := j.Data.dom
 		if dom.proc != nil && dom.proc.Exited() {
 			dom.onExit(c, dom.proc)
 		}
@@ -288,6 +307,10 @@ func (dom *domainActor) load(j *job) {
 func jobSpan(name string, id uint64) string { return name + "/job-" + strconv.FormatUint(id, 10) }
 
 // runningPrecondition is the Start of a job that needs a running QEMU.
+func runningPrecondition(c actor.Context, j *job) error { return j.Data.dom.runningPrecondition(c, j) }
+
+// runningPrecondition loads j from the actor and checks that QEMU runs
+// (and, for pause and resume, that the state allows them).
 func (dom *domainActor) runningPrecondition(_ actor.Context, j *job) error {
 	dom.load(j)
 	switch j.Name() {
@@ -305,6 +328,9 @@ func (dom *domainActor) runningPrecondition(_ actor.Context, j *job) error {
 	}
 	return nil
 }
+
+// startPrecondition is the Start of a start job.
+func startPrecondition(c actor.Context, j *job) error { return j.Data.dom.startPrecondition(c, j) }
 
 func (dom *domainActor) startPrecondition(_ actor.Context, j *job) error {
 	dom.load(j)
@@ -705,11 +731,14 @@ func (dom *domainActor) enqueue(c actor.Context, p *plan, req actors.Request, d 
 	dom.lane.Enqueue(c, p, req, dom.traced(c, d), actors.ReplyTo(c.Sender()))
 }
 
-// traced notes the trace span of the message that queues a job.
+// traced makes d the data of a job of this actor: it names the actor,
+// for the shared plans' hooks, and notes the trace span of the message
+// that queues the job.
 func (dom *domainActor) traced(c actor.Context, d *jobData) *jobData {
 	if d == nil {
 		d = &jobData{}
 	}
+	d.dom = dom
 	if dom.cfg.Trace.Enabled() {
 		d.parentSpan = trace.Current(c).SpanID
 		d.enqueuedAt = trace.Now()

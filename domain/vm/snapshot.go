@@ -76,43 +76,42 @@ type snapOp struct {
 	disk *diskSnap
 }
 
-func (dom *domainActor) makeSnapshotPlans() {
-	p := &dom.snap
+func makeSnapshotPlans(p *snapshotPlans) {
 	wait := step{Name: "wait for QEMU job", Async: true, Do: stepSnapshotWait}
-	p.create = dom.plan("snapshot-save", actors.JobAsync,
+	p.create = newPlan("snapshot-save", actors.JobAsync,
 		step{Name: "check", Call: "query-block", Do: stepSnapshotCheck},
 		step{Name: "snapshot-save", Call: "snapshot-save", Do: stepSnapshotSend},
 		wait,
 		step{Name: "record", Do: stepSnapshotRecord})
 	p.create.Mask = actors.SnapshotAsyncMask
-	p.revert = dom.plan("snapshot-load", actors.JobAsync,
+	p.revert = newPlan("snapshot-load", actors.JobAsync,
 		step{Name: "check", Call: "query-block", Do: stepSnapshotCheck},
 		step{Name: "snapshot-load", Call: "snapshot-load", Do: stepSnapshotSend},
 		wait)
 	p.revert.Mask = actors.DefaultAsyncMask
-	p.del = dom.plan("snapshot-delete", actors.JobAsync,
+	p.del = newPlan("snapshot-delete", actors.JobAsync,
 		step{Name: "check", Call: "query-block", Do: stepSnapshotCheck},
 		step{Name: "snapshot-delete", Call: "snapshot-delete", Do: stepSnapshotSend},
 		wait,
 		step{Name: "record", Do: stepSnapshotRecord})
 	p.del.Mask = actors.SnapshotAsyncMask
 	for _, sp := range []*plan{p.create, p.revert, p.del} {
-		sp.Start = dom.snapshotStart(true)
-		sp.End = dom.ending(func(dom *domainActor, j *job, _ error) { dom.forgetQEMUJob(j) })
+		sp.Start = snapshotStart(true)
+		sp.End = ending(func(dom *domainActor, j *job, _ error) { dom.forgetQEMUJob(j) })
 	}
-	p.list = dom.plan("snapshot-list", actors.JobQuery, step{Name: "list", Do: stepSnapshotList})
-	p.list.Start = dom.snapshotStart(false)
-	p.list.End = dom.ending(nil)
-	p.reconcile = dom.plan("snapshot-reconcile", actors.JobModify, step{Name: "reconcile", Do: stepSnapshotReconcile})
-	p.reconcile.Start = dom.snapshotStart(false)
-	p.reconcile.End = dom.ending(nil)
-	p.abort = dom.plan("abort", actors.JobAbort, step{Name: "job-cancel", Call: "job-cancel", Do: func(ctx context.Context, r run) error {
+	p.list = newPlan("snapshot-list", actors.JobQuery, step{Name: "list", Do: stepSnapshotList})
+	p.list.Start = snapshotStart(false)
+	p.list.End = ending(nil)
+	p.reconcile = newPlan("snapshot-reconcile", actors.JobModify, step{Name: "reconcile", Do: stepSnapshotReconcile})
+	p.reconcile.Start = snapshotStart(false)
+	p.reconcile.End = ending(nil)
+	p.abort = newPlan("abort", actors.JobAbort, step{Name: "job-cancel", Call: "job-cancel", Do: func(ctx context.Context, r run) error {
 		d := r.Data()
 		_, err := d.qmp(ctx, r, d.execute, d.args)
 		return err
 	}})
-	p.abort.End = dom.ending(nil)
-	dom.makeDiskSnapshotPlan()
+	p.abort.End = ending(nil)
+	makeDiskSnapshotPlan(p)
 }
 
 // snapshotFile is where the domain's snapshot records live.
@@ -129,8 +128,9 @@ func (dom *domainActor) snapshotFile() string {
 // snapshotStart is the Start of the snapshot plans: QEMU must run for
 // the jobs that change snapshots; list and reconcile also work on a
 // stopped domain, from its disk files.
-func (dom *domainActor) snapshotStart(needRunning bool) func(actor.Context, *job) error {
+func snapshotStart(needRunning bool) func(actor.Context, *job) error {
 	return func(c actor.Context, j *job) error {
+		dom := j.Data.dom
 		d := j.Data
 		s := d.snap
 		if needRunning {
