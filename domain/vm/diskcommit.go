@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 
@@ -159,7 +158,7 @@ func stepDiskCommit(ctx context.Context, r run) error {
 		if err := d.hotQMP(ctx, r, "block-commit", args); err != nil {
 			return err
 		}
-		if err := d.followCommit(ctx, r, c, what); err != nil {
+		if err := d.followQEMUJob(ctx, r, what, followOpts{phase: c.key, unit: "bytes", complete: true}); err != nil {
 			return err
 		}
 		c.done = true
@@ -182,53 +181,6 @@ func stepDiskCommit(ctx context.Context, r run) error {
 		}
 	}
 	return nil
-}
-
-// followCommit follows one block-commit job to its end: progress from
-// query-jobs, job-complete once an active commit is ready, job-dismiss
-// once concluded.
-func (d *jobData) followCommit(ctx context.Context, r run, c *diskCommit, what string) error {
-	s := d.snap
-	poll := time.NewTicker(snapshotPollInterval)
-	defer poll.Stop()
-	completed := false
-	for {
-		jobs, err := d.queryJobs(ctx, r)
-		if err != nil {
-			return err
-		}
-		i := slices.IndexFunc(jobs, func(j qemuJob) bool { return j.ID == s.qemuID })
-		if i < 0 {
-			return fmt.Errorf("%s: gone from query-jobs before it concluded", what)
-		}
-		qj := jobs[i]
-		r.Report(actors.Progress{Phase: c.key + " " + qj.Status, Current: qj.Current, Total: qj.Total, Unit: "bytes"})
-		switch qj.Status {
-		case "ready":
-			if !completed {
-				args, _ := json.Marshal(map[string]string{"id": s.qemuID})
-				if _, err := d.longQMP(ctx, r, "job-complete", args); err != nil {
-					return fmt.Errorf("%s: %w", what, err)
-				}
-				completed = true
-			}
-		case "concluded":
-			args, _ := json.Marshal(map[string]string{"id": s.qemuID})
-			if _, err := d.longQMP(ctx, r, "job-dismiss", args); err != nil {
-				return fmt.Errorf("%s: %w", what, err)
-			}
-			if qj.ErrorMsg != "" {
-				return fmt.Errorf("%s: %s", what, qj.ErrorMsg)
-			}
-			return nil
-		}
-		select {
-		case <-s.events:
-		case <-poll.C:
-		case <-ctx.Done():
-			return fmt.Errorf("%s: %w", what, context.Cause(ctx))
-		}
-	}
 }
 
 // recordCommits writes the records without the merged disks of the

@@ -526,8 +526,28 @@ func stepSnapshotWait(ctx context.Context, r run) error {
 	d := r.Data()
 	s := d.snap
 	what := fmt.Sprintf("domain %q: snapshot %s %q: QEMU job %s", d.domain, s.op, s.tag, s.qemuID)
+	return d.followQEMUJob(ctx, r, what, followOpts{unit: "steps"})
+}
+
+// followOpts says how followQEMUJob shows and drives a QEMU job.
+type followOpts struct {
+	phase string // put before QEMU's status in the progress ("" for none)
+	unit  string // the progress's unit
+	// complete sends job-complete when the job is ready (an active
+	// block-commit).
+	complete bool
+}
+
+// followQEMUJob follows the snapshot job's QEMU job to its end: each
+// JOB_STATUS_CHANGE event (and a poll between them) reads query-jobs for
+// the status, the progress and, at the end, the error; job-complete once
+// it is ready when o.complete, then job-dismiss once it has concluded.
+// Errors start with what.
+func (d *jobData) followQEMUJob(ctx context.Context, r run, what string, o followOpts) error {
+	s := d.snap
 	poll := time.NewTicker(snapshotPollInterval)
 	defer poll.Stop()
+	completed := false
 	for {
 		jobs, err := d.queryJobs(ctx, r)
 		if err != nil {
@@ -538,8 +558,19 @@ func stepSnapshotWait(ctx context.Context, r run) error {
 			return fmt.Errorf("%s: gone from query-jobs before it concluded", what)
 		}
 		qj := jobs[i]
-		r.Report(actors.Progress{Phase: qj.Status, Current: qj.Current, Total: qj.Total, Unit: "steps"})
-		if qj.Status == "concluded" {
+		phase := qj.Status
+		if o.phase != "" {
+			phase = o.phase + " " + qj.Status
+		}
+		r.Report(actors.Progress{Phase: phase, Current: qj.Current, Total: qj.Total, Unit: o.unit})
+		switch {
+		case qj.Status == "ready" && o.complete && !completed:
+			args, _ := json.Marshal(map[string]string{"id": s.qemuID})
+			if _, err := d.longQMP(ctx, r, "job-complete", args); err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			completed = true
+		case qj.Status == "concluded":
 			args, _ := json.Marshal(map[string]string{"id": s.qemuID})
 			if _, err := d.longQMP(ctx, r, "job-dismiss", args); err != nil {
 				return fmt.Errorf("%s: %w", what, err)
@@ -585,6 +616,8 @@ func stepSnapshotRecord(_ context.Context, r run) error {
 // without cancel is an error: it still works on the disks.
 func (d *jobData) dismissStale(ctx context.Context, r run, cancel bool) error {
 	deadline := time.Now().Add(snapshotJobTimeout)
+	poll := time.NewTicker(snapshotPollInterval)
+	defer poll.Stop()
 	for {
 		jobs, err := d.queryJobs(ctx, r)
 		if err != nil {
@@ -604,7 +637,7 @@ func (d *jobData) dismissStale(ctx context.Context, r run, cancel bool) error {
 			case "null":
 			default:
 				if cancel && qj.ID == d.snap.qemuID {
-					d.longQMP(ctx, r, "job-cancel", args) // it may conclude first
+					_, _ = d.longQMP(ctx, r, "job-cancel", args) // it may conclude first: the loop reads its status again
 				}
 				pending = qj.ID + " (" + qj.Status + ")"
 			}
@@ -621,7 +654,7 @@ func (d *jobData) dismissStale(ctx context.Context, r run, cancel bool) error {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
-		case <-time.After(snapshotPollInterval):
+		case <-poll.C:
 		}
 	}
 }
