@@ -394,7 +394,7 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 			"and the Info p99 by how long a call queues for a core. Measured in the 200 µs windows: vmsup spends %s of CPU per call, the lock baseline %s. "+
 			"vmsup's Info is a read of the snapshot the domain publishes (no message, one allocation), so the difference is in the jobs: "+
 			"a vmsup job is an ask to the domain actor (found in the registry), a pooled job goroutine that runs the command on the monitor's link, the transport's reply, "+
-			"and the lane's done message back through the domain actor to the caller — five goroutine hand-offs and 13 allocations on simulated QMP (`go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
+			"and the lane's done message back through the domain actor to the caller — five goroutine hand-offs and 12 allocations on simulated QMP (`go test -run xxx -bench JobRoundTrip -benchmem ./driver/`), "+
 			"where the lock baseline's job runs on the caller's goroutine. "+
 			"A CPU profile of the vmsup side of this mix (`go test ./tests/bench -run '^$' -bench 'Mixed/vmsup' -cpuprofile cpu.prof`, then `go tool pprof -top -cum`), taken when this page was written: "+
 			"the domain actor's handlers 26%% (the lane's bookkeeping, publishing Info 7%%), the pooled job segments 19%%, memory allocation 18%% with background GC marking 8%% and assists 4%%, "+

@@ -181,9 +181,9 @@ func Floor(ctx context.Context, o Options) (*Section, error) {
 			"Part of that is QEMU's: the transport puts an \"id\" in every command to match replies, and the raw client sending the same command with an id "+
 			"waits %s, so QEMU spends about %s more on a command with an id; the transport's own code adds %s. "+
 			"The actors add %s on top of the transport (an `Info` on the same domain, which reads the published snapshot with no message, takes %s). "+
-			"That is the job path: the ask to the domain actor (found in the registry), the domain's Command to the monitor actor, the monitor's command goroutine and deadline context, "+
-			"the reply handed from the transport's reader to that goroutine and back to the monitor actor, then through the domain actor to the caller — "+
-			"about seven goroutine hand-offs per call, each a wake-up of a parked goroutine (and often of an idle OS thread) when the process is otherwise idle. "+
+			"That is the job path: the ask to the domain actor (found in the registry), the job's pooled goroutine, which sends the command on the monitor's link, "+
+			"the reply handed from the transport's reader to that goroutine, then the lane's done message through the domain actor to the caller — "+
+			"five goroutine hand-offs per call, each a wake-up of a parked goroutine (and often of an idle OS thread) when the process is otherwise idle. "+
 			"Raw go-qemu has one: its reader to the caller.",
 			Dur(t.s.P50()), Dur(rw.s.P50()), Dur(rwID.s.P50()), Dur(rwID.s.P50()-rw.s.P50()), extra(t.s.P50()-rwID.s.P50()), Dur(v.s.P50()-t.s.P50()), Dur(info.s.P50())),
 		fmt.Sprintf("Figures: vmsup p50 %s p99 %s, %s; raw with id p50 %s p99 %s, %s; raw without id p50 %s p99 %s, %s; vmsup transport p50 %s p99 %s.",
