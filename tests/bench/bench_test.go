@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -178,6 +179,13 @@ func BenchmarkJobs100(b *testing.B) { benchJobs(b, 100, true) }
 // -bench Jobs10k -benchtime 1x ./tests/bench -args -heapprofile heap.prof).
 var heapProfile = flag.String("heapprofile", "", "BenchmarkJobs10k: write a heap profile of the idle domains to this file")
 
+// jobCPUProfile is where BenchmarkJobs100 and BenchmarkJobs10k write a CPU
+// profile of their timed jobs only, without the set-up that -cpuprofile
+// also records (go test -bench Jobs10k -benchtime 100000x ./tests/bench
+// -args -jobcpuprofile cpu.prof). Each run of the benchmark overwrites it,
+// so it holds the last and longest.
+var jobCPUProfile = flag.String("jobcpuprofile", "", "BenchmarkJobs100/10k: write a CPU profile of the timed jobs only to this file")
+
 // BenchmarkJobs10k is the same on 10,000 domains, vmsup only (defining
 // the baseline's too would double the set-up): the sweep's last point,
 // for a CPU or heap profile of vmsup at scale.
@@ -190,6 +198,7 @@ func benchJobs(b *testing.B, n int, both bool) {
 		ctx := context.Background()
 		var next atomic.Int64
 		b.SetParallelism((n + 1) / 2) // n callers on 2 cores
+		stop := startJobCPUProfile(b)
 		b.ResetTimer()
 		b.RunParallel(func(pb *testing.PB) {
 			i := int(next.Add(1))
@@ -206,6 +215,8 @@ func benchJobs(b *testing.B, n int, both bool) {
 				}
 			}
 		})
+		b.StopTimer()
+		stop()
 	}
 	if both {
 		benchSystems(b, n, run)
@@ -227,6 +238,28 @@ func benchJobs(b *testing.B, n int, both bool) {
 		}
 	}
 	b.Run(v.Name(), func(b *testing.B) { run(b, v, list) })
+}
+
+// startJobCPUProfile starts the -jobcpuprofile profile, if asked for, and
+// returns what stops it.
+func startJobCPUProfile(b *testing.B) (stop func()) {
+	if *jobCPUProfile == "" {
+		return func() {}
+	}
+	f, err := os.Create(*jobCPUProfile)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		b.Fatalf("-jobcpuprofile (not with -cpuprofile): %v", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }
 
 // BenchmarkFloor is one query-status on a real QEMU (-machine none)

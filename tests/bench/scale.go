@@ -301,16 +301,19 @@ func scaleCost(a int, va, la *WorkloadResult, b int, vb, lb *WorkloadResult) str
 	return fmt.Sprintf("**Why vmsup falls behind at scale.** The cores are busy from 100 domains on, so throughput is the CPU a job costs: vmsup %s per job at %d domains and %s at %d, "+
 		"the lock baseline %s and %s (this process's cores ÷ jobs/s in the windows above). A vmsup job crosses the caller, the domain actor, a pooled job segment, the domain actor again and the caller "+
 		"(protoactor mailbox posts, a future for the reply, the lane's messages); the baseline's job runs on the caller's goroutine under the domain lock. "+
-		"CPU profiles of the same workload (`go test ./tests/bench -run '^$' -bench 'Jobs100/vmsup' -cpuprofile cpu.prof`, and `-bench Jobs10k -benchtime 100000x` for 10,000 domains; "+
-		"taken on 2026-12-03 while two helpers kept about one core busy), as shares of vmsup's CPU at 100 → 10,000 domains: the domain actor's handlers 25 %% → 32 %% "+
-		"(publishing Info after each of its messages 5 %% → 10 %%), job segments 23 %% → 25 %% (of which the simulated monitor's wait 8 %% → 12 %%), the caller's side 18 %% → 17 %%, "+
-		"memory allocation 14 %% → 21 %% and background GC marking 7 %% → 11 %%, goroutine stack refills 0 → 4 %%. What grows with the domains is memory traffic: "+
-		"each publish is a fresh allocation that is cold in the cache once 10,000 domains' actors share it, and the live heap the GC marks grows to about 230 MB. "+
+		"CPU profiles of the timed jobs alone (`go test ./tests/bench -run '^$' -bench 'Jobs100/vmsup' -args -jobcpuprofile cpu.prof`, and `-bench Jobs10k -benchtime 100000x` for 10,000 domains; "+
+		"taken on 2026-12-04 on a quiet machine), as shares of the process's CPU at 100 → 10,000 domains: the domain actor's handlers 19 %% → 38 %% "+
+		"(the lane's job end 8 %% → 19 %%, of which keeping the ended job in the lane's ring of recent jobs 0.6 %% → 7 %%; publishing Info 3 %% → 6 %%), job segments 27 %% → 26 %% "+
+		"(of which the simulated monitor's wait 13 %% → 15 %%), the caller's side 15 %% → 11 %%, the benchmark's reply clock 19 %% → 1 %%, "+
+		"memory allocation 15 %% → 25 %%, background GC marking 6 %% → 9 %% and goroutine stack growth 2 %% → 8 %% (protoactor starts a fresh goroutine when an idle mailbox gets a message, which an idle domain's mailbox nearly always is at 10,000). "+
+		"What grows with the domains is memory traffic: 100,000 jobs on 10,000 domains are 10 per domain, so every domain's ring of recent jobs is still growing by append's doublings "+
+		"(making it full at the second job's end instead was tried on 2026-12-04: the ring's share fell from 7 %% to 5 %%, the figure did not move, and it was not kept), "+
+		"each publish is a fresh allocation that is cold in the cache once 10,000 domains' actors share it, and the live heap the GC marks is about 140 MB. "+
 		"The other design, a one-command job whose step runs on the caller's goroutine once the lane grants it, would take the pooled segment and one hand-off off each job; "+
 		"the segment's dispatch is about 5 %% of the profile, so by these profiles it would not close a gap of this size, and it would put the caller's goroutine, "+
 		"which the lane cannot cancel, inside the job. "+
-		"A heap profile of 10,000 idle domains (`go test ./tests/bench -run '^$' -bench Jobs10k -benchtime 1x -args -heapprofile heap.prof`, then `go tool pprof -sample_index=inuse_space -top heap.prof`) puts the largest shares in the domain's 20-odd "+
-		"job plans, built per actor as closures over it (about 6.5 KiB), the actor and its protoactor context, and the simulated monitor (3.2 KiB, the benchmark's own); the lane's ring of recent jobs, "+
-		"made full (8.4 KiB) at the first job's end until 2026-12-03, now grows as jobs end.",
+		"A heap profile of 10,000 idle domains (`go test ./tests/bench -run '^$' -bench Jobs10k -benchtime 1x -args -heapprofile heap.prof`, then `go tool pprof -sample_index=inuse_space -top heap.prof`; 140 MB in use on 2026-12-04) puts the largest share in "+
+		"the simulated monitor (23 %%, 3.3 KiB each, the benchmark's own), then the domain actor (12 %%, 1.7 KiB each; its job plans are shared by every domain since 2026-12-03), "+
+		"the registry's concurrent map and protoactor's context and mailbox (about 20 %% together), and the lane (3.5 %%).",
 		perJob(va), a, perJob(vb), b, perJob(la), perJob(lb))
 }
