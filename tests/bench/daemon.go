@@ -108,6 +108,11 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
+	// vmsup daemon run as root hands QEMU to its unprivileged user, which
+	// must be able to pass through the run's directory to its state.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, err
+	}
 	bin, err := buildVmsup(o, dir)
 	if err != nil {
 		return nil, err
@@ -123,8 +128,12 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 	if err := daemon.Start(); err != nil {
 		return nil, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- daemon.Wait() }()
+	// exited is closed once the daemon is reaped; waitErr is Wait's error
+	// then. A closed channel lets both the start-up loop and the cleanup
+	// see the exit (a buffered value would reach only one of them).
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = daemon.Wait(); close(exited) }()
 	cl := newDaemonClient(socket)
 	var pids []int
 	defer func() {
@@ -153,9 +162,9 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 			return nil, fmt.Errorf("daemon did not answer: %v; log: %s", err, oneLine(string(log)))
 		}
 		select {
-		case err := <-exited:
+		case <-exited:
 			log, _ := os.ReadFile(logf.Name())
-			return nil, fmt.Errorf("daemon exited: %v; log: %s", err, oneLine(string(log)))
+			return nil, fmt.Errorf("daemon exited: %v; log: %s", waitErr, oneLine(string(log)))
 		default:
 		}
 	}
