@@ -298,7 +298,7 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 	const key = "contention"
 	const nDomains, clients, jobPct = 16, 4, 10
 	const pacedRate = 3000.0
-	sec := &Section{Key: key, Title: "3. The lock baseline"}
+	sec := &Section{Key: key}
 	mons := NewMonitors(DefaultLatency)
 	v, err := OpenVmsup(mons)
 	if err != nil {

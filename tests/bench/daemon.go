@@ -102,7 +102,7 @@ func buildVmsup(o Options, dir string) (string, error) {
 // VM against Info on an idle one, in turn.
 func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 	const key = "daemon"
-	sec := &Section{Key: key, Title: "2. State queries over the daemon socket"}
+	sec := &Section{Key: key}
 	dir, err := shortDir("vbd")
 	if err != nil {
 		return nil, err

@@ -71,7 +71,7 @@ func openRealDriver(ctx context.Context, dir string) (*driver.Driver, error) {
 // vmsup's own QMP transport without the actors, to split the difference.
 func Floor(ctx context.Context, o Options) (*Section, error) {
 	const key = "floor"
-	sec := &Section{Key: key, Title: "1. The floor: raw QMP against vmsup's API"}
+	sec := &Section{Key: key}
 	dir, err := shortDir("vbf")
 	if err != nil {
 		return nil, err

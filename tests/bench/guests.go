@@ -28,7 +28,7 @@ import (
 func Overlay(ctx context.Context, o Options) (*Section, error) {
 	const key = "overlay"
 	const iterations = 15
-	sec := &Section{Key: key, Title: "6. Guests: define with an overlay"}
+	sec := &Section{Key: key}
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		return nil, errors.New("qemu-img not installed (qemu-utils)")
 	}
@@ -154,7 +154,7 @@ func waitSSH(ctx context.Context, port int, key string, exited <-chan struct{}) 
 // continued over QMP, one run of each.
 func UpToSSH(ctx context.Context, o Options) (*Section, error) {
 	const key = "ssh"
-	sec := &Section{Key: key, Title: "6. Guests: up to SSH"}
+	sec := &Section{Key: key}
 	qcow, kernel, initrd, err := debianImage(o)
 	if err != nil {
 		return nil, err

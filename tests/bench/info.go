@@ -13,7 +13,7 @@ import (
 // four calls take turns, one each, for the whole window.
 func InfoInProcess(ctx context.Context, o Options) (*Section, error) {
 	const key = "info"
-	sec := &Section{Key: key, Title: "2. State queries in-process"}
+	sec := &Section{Key: key}
 	mons := NewMonitors(DefaultLatency)
 	mons.StuckFor = 4 * time.Second
 	v, err := OpenVmsup(mons)

@@ -67,7 +67,7 @@ func (j *jobSide) bytesPerJob() float64  { return float64(j.bytes) / float64(j.j
 // the same simulated monitor.
 func JobRoundTrip(ctx context.Context, o Options) (*Section, error) {
 	const key = "job"
-	sec := &Section{Key: key, Title: "Job round trip on simulated QMP: the actors alone"}
+	sec := &Section{Key: key}
 	dir, err := os.MkdirTemp("", "vb-job")
 	if err != nil {
 		return nil, err

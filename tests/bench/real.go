@@ -167,7 +167,7 @@ func rawReal100(ctx context.Context, dir string, workers int) (*realRound, error
 func Real100(ctx context.Context, o Options) (*Section, error) {
 	const key = "real100"
 	const workers = 8
-	sec := &Section{Key: key, Title: "4. Scale: 100 real QEMUs"}
+	sec := &Section{Key: key}
 	var vs, rs []*realRound
 	discarded := 0 // raw rounds run again because a QEMU's QMP never answered
 	for round := 0; round < 2; round++ {
@@ -260,7 +260,7 @@ func Real100(ctx context.Context, o Options) (*Section, error) {
 func Lifecycle(ctx context.Context, o Options) (*Section, error) {
 	const key = "lifecycle"
 	const iterations = 15
-	sec := &Section{Key: key, Title: "5. Real lifecycle"}
+	sec := &Section{Key: key}
 	dir, err := shortDir("vbl")
 	if err != nil {
 		return nil, err

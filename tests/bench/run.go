@@ -74,6 +74,7 @@ func Run(ctx context.Context, o Options, only []string) (*Report, error) {
 			o.logf("%s: failed: %v", s.Key, err)
 			sec = &Section{Key: s.Key, Title: s.Title, Rows: []Row{{Section: s.Key, Measure: s.Title, Skipped: "failed: " + oneLine(err.Error()), Repro: o.repro(s.Key)}}}
 		}
+		sec.Key, sec.Title = s.Key, s.Title // the step list names every section
 		sec.Took, sec.Others = time.Since(t0), others.Cores()
 		o.logf("   %s took %s; other processes kept %.2f cores busy meanwhile", s.Key, sec.Took.Round(100*time.Millisecond), sec.Others)
 		rep.Sections = append(rep.Sections, sec)

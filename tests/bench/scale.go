@@ -138,7 +138,7 @@ func childMem(ctx context.Context, sys string) (*MemPerDomain, error) {
 // measured in a fresh child process per system.
 func Scale(ctx context.Context, o Options) (*Section, error) {
 	const key = "scale"
-	sec := &Section{Key: key, Title: "4. Scale: 10,000 simulated domains"}
+	sec := &Section{Key: key}
 	repro := o.repro(key)
 
 	o.logf("scale: memory of %d domains, one child process per system", ScaleDomains)

@@ -25,7 +25,7 @@ var noMeasurable = Goal{Text: "nothing measurable (≤ 1.05×)", Check: func(v, 
 // list, each with and without.
 func Security(ctx context.Context, o Options) (*Section, error) {
 	const key = "security"
-	sec := &Section{Key: key, Title: "7. Security: the cost of the protections"}
+	sec := &Section{Key: key}
 	repro := o.repro(key)
 	peerRow, err := peerCheckRow(ctx, o)
 	if err != nil {

@@ -21,7 +21,7 @@ import (
 func InfoDuringSnapshot(ctx context.Context, o Options) (*Section, error) {
 	const key = "snapshot"
 	const rounds = 12
-	sec := &Section{Key: key, Title: "7. Snapshots: Info while a snapshot runs"}
+	sec := &Section{Key: key}
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		return nil, errors.New("qemu-img not installed (qemu-utils)")
 	}
@@ -110,7 +110,7 @@ func InfoDuringSnapshot(ctx context.Context, o Options) (*Section, error) {
 	noChange := RatioAtMost(1.20)
 	noChange.Text = "no change (≤ 1.20×)"
 	sec.Rows = []Row{
-		{Section: "7 snapshots", Measure: "Info in-process during a snapshot, p99", V: Secs(during.P99()), C: Secs(idle.P99()), Fmt: DurFmt,
+		{Section: "8 snapshots", Measure: "Info in-process during a snapshot, p99", V: Secs(during.P99()), C: Secs(idle.P99()), Fmt: DurFmt,
 			Against: "the same VM idle", Goal: noChange, Repro: repro},
 	}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: a running tiny guest (256 MiB, one 8 MiB qcow2 overlay); %d rounds of 5000 idle Info calls, then Info in a loop while `CreateSnapshot` runs "+

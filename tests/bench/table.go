@@ -87,7 +87,7 @@ func Secs(d time.Duration) float64 { return d.Seconds() }
 // vmsup lost where it did.
 type Section struct {
 	Key   string // the -only name
-	Title string
+	Title string // set by Run from the step's title
 	Rows  []Row
 	Notes []string
 	// Took is how long the group ran; Others is how many cores other

@@ -19,7 +19,7 @@ import (
 // simulated QMP with no latency, where the actors are all there is.
 func TraceCost(ctx context.Context, o Options) (*Section, error) {
 	const key = "trace"
-	sec := &Section{Key: key, Title: "Trace: the cost of tracing on a job round trip"}
+	sec := &Section{Key: key}
 	dir, err := shortDir("vbt")
 	if err != nil {
 		return nil, err
