@@ -326,8 +326,8 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 	}{
 		{label: "200 µs replies", permille: 0, rounds: 4, window: 2 * time.Second},
 		{label: "1 % of commands take 1 s", permille: 10, rounds: 4, window: 4 * time.Second},
-		{label: "paced 3,000 calls/s", permille: 0, rounds: 2, window: 3 * time.Second, rate: pacedRate},
-		{label: "paced 3,000 calls/s, 1 % take 1 s", permille: 10, rounds: 2, window: 4 * time.Second, rate: pacedRate},
+		{label: "paced 3,000 calls/s", permille: 0, rounds: 4, window: 3 * time.Second, rate: pacedRate},
+		{label: "paced 3,000 calls/s, 1 % take 1 s", permille: 10, rounds: 4, window: 4 * time.Second, rate: pacedRate},
 	}
 	var closedCPU [2]time.Duration // CPU per call, vmsup and baseline, closed loop
 	var closed [2]*WorkloadResult  // the closed loop with 200 µs replies
