@@ -72,9 +72,9 @@ func Run(ctx context.Context, o Options, only []string) (*Report, error) {
 		ReapAll()
 		if err != nil {
 			o.logf("%s: failed: %v", s.Key, err)
-			sec = &Section{Key: s.Key, Title: s.Title, Rows: []Row{{Section: s.Key, Measure: s.Title, Skipped: "failed: " + oneLine(err.Error()), Repro: o.repro(s.Key)}}}
+			sec = &Section{Key: s.Key, Rows: []Row{{Section: s.Key, Measure: s.Title, Skipped: "failed: " + oneLine(err.Error()), Repro: o.repro(s.Key)}}}
 		}
-		sec.Key, sec.Title = s.Key, s.Title // the step list names every section
+		sec.Title = s.Title // the step list titles every section
 		sec.Took, sec.Others = time.Since(t0), others.Cores()
 		o.logf("   %s took %s; other processes kept %.2f cores busy meanwhile", s.Key, sec.Took.Round(100*time.Millisecond), sec.Others)
 		rep.Sections = append(rep.Sections, sec)
