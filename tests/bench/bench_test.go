@@ -339,7 +339,7 @@ func TestGoals(t *testing.T) {
 		t.Errorf("CountFmt = %q", got)
 	}
 	l := &listRun{skipped: "curl is not installed"}
-	rows := l.rows("repro")
+	rows := l.rows()
 	if len(rows) != 1 || rows[0].Skipped == "" {
 		t.Fatalf("skipped list rows: %+v", rows)
 	}

@@ -316,7 +316,6 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 			return nil, err
 		}
 	}
-	repro := o.repro(key)
 	variants := []struct {
 		label    string
 		permille int
@@ -372,15 +371,15 @@ func Contention(ctx context.Context, o Options) (*Section, error) {
 		}
 		if vr.permille == 0 && vr.rate == 0 {
 			sec.Rows = append(sec.Rows,
-				Row{Section: "3 locks", Measure: "job max (the longest wait of any caller), " + vr.label, V: Secs(rv.Job.Max()), C: Secs(rl.Job.Max()), Fmt: DurFmt, Against: "lock baseline", Repro: repro})
+				Row{Measure: "job max (the longest wait of any caller), " + vr.label, V: Secs(rv.Job.Max()), C: Secs(rl.Job.Max()), Fmt: DurFmt, Against: "lock baseline"})
 		}
 		if vr.rate == 0 {
 			sec.Rows = append(sec.Rows,
-				Row{Section: "3 locks", Measure: "throughput, " + vr.label, V: rv.Throughput(), C: rl.Throughput(), Fmt: RateFmt, Against: "lock baseline", Goal: throughputGoal, Repro: repro})
+				Row{Measure: "throughput, " + vr.label, V: rv.Throughput(), C: rl.Throughput(), Fmt: RateFmt, Against: "lock baseline", Goal: throughputGoal})
 		}
 		sec.Rows = append(sec.Rows,
-			Row{Section: "3 locks", Measure: "Info p99, " + vr.label, V: Secs(rv.Info.P99()), C: Secs(rl.Info.P99()), Fmt: DurFmt, Against: "lock baseline", Goal: infoGoal, Repro: repro},
-			Row{Section: "3 locks", Measure: "job p99, " + vr.label, V: Secs(rv.Job.P99()), C: Secs(rl.Job.P99()), Fmt: DurFmt, Against: "lock baseline", Goal: jobGoal, Repro: repro},
+			Row{Measure: "Info p99, " + vr.label, V: Secs(rv.Info.P99()), C: Secs(rl.Info.P99()), Fmt: DurFmt, Against: "lock baseline", Goal: infoGoal},
+			Row{Measure: "job p99, " + vr.label, V: Secs(rv.Job.P99()), C: Secs(rl.Job.P99()), Fmt: DurFmt, Against: "lock baseline", Goal: jobGoal},
 		)
 		sec.Notes = append(sec.Notes, fmt.Sprintf("**%s** (%d rounds × %s per system; %d QMP commands, %d of them slow): "+
 			"vmsup %s (%d Info, %d jobs), Info p50 %s p99 %s, job p50 %s p99 %s max %s, %.2f cores busy (others %.2f), simulated reply %s on average%s; "+

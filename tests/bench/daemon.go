@@ -258,16 +258,15 @@ func InfoDaemon(ctx context.Context, o Options) (*Section, error) {
 	if !still {
 		return nil, fmt.Errorf("the stuck job left QMP before the window ended")
 	}
-	repro := o.repro(key)
 	noChange := RatioAtMost(1.20)
 	noChange.Text = "no change (≤ 1.20×)"
 	sec.Rows = []Row{
-		{Section: "2 info", Measure: "Info over the daemon socket, p50", V: Secs(info.s.P50()), C: Secs(ping.s.P50()), Fmt: DurFmt, Against: "GET /v1/ping", Repro: repro},
-		{Section: "2 info", Measure: "Info over the daemon socket, p99", V: Secs(info.s.P99()), C: Secs(ping.s.P99()), Fmt: DurFmt, Against: "GET /v1/ping", Repro: repro},
-		{Section: "2 info", Measure: "Info over the socket, job stuck in QMP, p50", V: Secs(stuck.s.P50()), C: Secs(idle.s.P50()), Fmt: DurFmt, Against: "idle VM", Goal: noChange, Repro: repro},
-		{Section: "2 info", Measure: "Info over the socket, job stuck in QMP, p99", V: Secs(stuck.s.P99()), C: Secs(idle.s.P99()), Fmt: DurFmt, Against: "idle VM", Goal: noChange, Repro: repro},
+		{Measure: "Info over the daemon socket, p50", V: Secs(info.s.P50()), C: Secs(ping.s.P50()), Fmt: DurFmt, Against: "GET /v1/ping"},
+		{Measure: "Info over the daemon socket, p99", V: Secs(info.s.P99()), C: Secs(ping.s.P99()), Fmt: DurFmt, Against: "GET /v1/ping"},
+		{Measure: "Info over the socket, job stuck in QMP, p50", V: Secs(stuck.s.P50()), C: Secs(idle.s.P50()), Fmt: DurFmt, Against: "idle VM", Goal: noChange},
+		{Measure: "Info over the socket, job stuck in QMP, p99", V: Secs(stuck.s.P99()), C: Secs(idle.s.P99()), Fmt: DurFmt, Against: "idle VM", Goal: noChange},
 	}
-	sec.Rows = append(sec.Rows, list.rows(repro)...)
+	sec.Rows = append(sec.Rows, list.rows()...)
 	sec.Notes = append(sec.Notes,
 		fmt.Sprintf("Method: the real `cmd/vmsup` binary (`vmsup daemon`), built by the run, with two `-machine none` QEMUs; one HTTP client over the unix socket with keep-alive. "+
 			"`GET /v1/ping` is the same server and socket without the driver: the HTTP floor. %d calls each, in turn. "+
@@ -357,17 +356,17 @@ func measureList(ctx context.Context, o Options, bin, socket string) (*listRun, 
 	return res, nil
 }
 
-func (l *listRun) rows(repro string) []Row {
+func (l *listRun) rows() []Row {
 	const measure = "`vmsup list` end to end (a process), "
 	const against = "curl --unix-socket (a process)"
 	if l.skipped != "" {
 		return []Row{
-			{Section: "2 info", Measure: measure + "p50", Skipped: l.skipped, Goal: RatioAtMost(1.50), Repro: repro},
+			{Measure: measure + "p50", Skipped: l.skipped, Goal: RatioAtMost(1.50)},
 		}
 	}
 	return []Row{
-		{Section: "2 info", Measure: measure + "p50", V: Secs(l.vmsup.P50()), C: Secs(l.curl.P50()), Fmt: DurFmt, Against: against, Goal: RatioAtMost(1.50), Repro: repro},
-		{Section: "2 info", Measure: measure + "p99", V: Secs(l.vmsup.P99()), C: Secs(l.curl.P99()), Fmt: DurFmt, Against: against, Repro: repro},
+		{Measure: measure + "p50", V: Secs(l.vmsup.P50()), C: Secs(l.curl.P50()), Fmt: DurFmt, Against: against, Goal: RatioAtMost(1.50)},
+		{Measure: measure + "p99", V: Secs(l.vmsup.P99()), C: Secs(l.curl.P99()), Fmt: DurFmt, Against: against},
 	}
 }
 

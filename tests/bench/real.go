@@ -223,12 +223,11 @@ func Real100(ctx context.Context, o Options) (*Section, error) {
 	for _, r := range vs {
 		list.Merge(&r.list)
 	}
-	repro := o.repro(key)
 	sec.Rows = []Row{
-		{Section: "4 scale", Measure: "define + start 100 real QEMUs", V: avg(vs, up), C: avg(rs, up), Fmt: DurFmt, Against: "raw spawn + QMP handshake + cont", Repro: repro},
-		{Section: "4 scale", Measure: "destroy 100 real QEMUs", V: avg(vs, down), C: avg(rs, down), Fmt: DurFmt, Against: "raw SIGKILL + reap", Repro: repro},
-		{Section: "4 scale", Measure: "supervisor memory per real domain, heap", V: avg(vs, heap), C: avg(rs, heap), Fmt: BytesFmt, Against: "raw: one open QMP connection each", Goal: Below(50*1024, "< 50 KiB"), Repro: repro},
-		{Section: "4 scale", Measure: "supervisor memory per real domain, RSS", V: avg(vs, rssF), C: avg(rs, rssF), Fmt: BytesFmt, Against: "raw: one open QMP connection each", Goal: Below(50*1024, "< 50 KiB"), Repro: repro},
+		{Measure: "define + start 100 real QEMUs", V: avg(vs, up), C: avg(rs, up), Fmt: DurFmt, Against: "raw spawn + QMP handshake + cont"},
+		{Measure: "destroy 100 real QEMUs", V: avg(vs, down), C: avg(rs, down), Fmt: DurFmt, Against: "raw SIGKILL + reap"},
+		{Measure: "supervisor memory per real domain, heap", V: avg(vs, heap), C: avg(rs, heap), Fmt: BytesFmt, Against: "raw: one open QMP connection each", Goal: Below(50*1024, "< 50 KiB")},
+		{Measure: "supervisor memory per real domain, RSS", V: avg(vs, rssF), C: avg(rs, rssF), Fmt: BytesFmt, Against: "raw: one open QMP connection each", Goal: Below(50*1024, "< 50 KiB")},
 	}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: %d `-machine none` QEMUs (%s), %d started at once, twice per side, alternating (vmsup, raw, raw, vmsup); figures are the mean of the two rounds. "+
 		"vmsup: Define then Start through the API (QEMU spawned, QMP connected, query-status, cont, status saved). Raw: the same argv, then a minimal QMP client with deadlines "+
@@ -330,11 +329,10 @@ func Lifecycle(ctx context.Context, o Options) (*Section, error) {
 			}
 		}
 	}
-	repro := o.repro(key)
 	overhead := func(v, c float64) bool { return v-c < 0.010 }
 	sec.Rows = []Row{
-		{Section: "5 lifecycle", Measure: "start → running, p50", V: Secs(vStart.P50()), C: Secs(rStart.P50()), Fmt: DurFmt, Against: "raw spawn → QMP greeting", Goal: Goal{Text: "overhead < 10 ms", Check: overhead}, Repro: repro},
-		{Section: "5 lifecycle", Measure: "destroy → shutoff, p50", V: Secs(vStop.P50()), C: Secs(rStop.P50()), Fmt: DurFmt, Against: "raw SIGKILL → reaped", Goal: Goal{Text: "overhead < 10 ms", Check: overhead}, Repro: repro},
+		{Measure: "start → running, p50", V: Secs(vStart.P50()), C: Secs(rStart.P50()), Fmt: DurFmt, Against: "raw spawn → QMP greeting", Goal: Goal{Text: "overhead < 10 ms", Check: overhead}},
+		{Measure: "destroy → shutoff, p50", V: Secs(vStop.P50()), C: Secs(rStop.P50()), Fmt: DurFmt, Against: "raw SIGKILL → reaped", Goal: Goal{Text: "overhead < 10 ms", Check: overhead}},
 	}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: %d cycles per side, alternating, one `-machine none` QEMU (%s) at a time. "+
 		"vmsup: `Start` (returns when the domain is running: spawn, QMP connect with capabilities, query-status, cont) and `Destroy` (SIGTERM, SIGKILL after the grace period; returns once QEMU is reaped and the domain is shutoff/destroyed). "+

@@ -3,14 +3,19 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
 // Step is one group of rows.
 type Step struct {
-	Key   string
-	Title string
+	Key string // the -only name
+	// Group labels every row of the step in the table ("2 info"); its
+	// number, if it has one, also numbers the section's heading.
+	Group string
+	Title string // the section's heading, without the number
 	Run   func(ctx context.Context, o Options) (*Section, error)
 	// Budget bounds the step: past it the step is reported as failed,
 	// its QEMUs are killed and the run goes on.
@@ -20,19 +25,19 @@ type Step struct {
 // Steps are every group of rows, in table order.
 func Steps() []Step {
 	return []Step{
-		{Key: "job", Title: "Job round trip on simulated QMP: the actors alone", Run: JobRoundTrip, Budget: 2 * time.Minute},
-		{Key: "floor", Title: "1. The floor: raw QMP against vmsup's API", Run: Floor, Budget: 2 * time.Minute},
-		{Key: "info", Title: "2. State queries in-process", Run: InfoInProcess, Budget: time.Minute},
-		{Key: "daemon", Title: "2. State queries over the daemon socket", Run: InfoDaemon, Budget: 2 * time.Minute},
-		{Key: "contention", Title: "3. The lock baseline", Run: Contention, Budget: 3 * time.Minute},
-		{Key: "scale", Title: "4. Scale: 10,000 simulated domains", Run: Scale, Budget: 5 * time.Minute},
-		{Key: "real100", Title: "4. Scale: 100 real QEMUs", Run: Real100, Budget: 2 * time.Minute},
-		{Key: "lifecycle", Title: "5. Real lifecycle", Run: Lifecycle, Budget: time.Minute},
-		{Key: "trace", Title: "Trace: the cost of tracing on a job round trip", Run: TraceCost, Budget: 2 * time.Minute},
-		{Key: "overlay", Title: "6. Guests: define with an overlay", Run: Overlay, Budget: 2 * time.Minute},
-		{Key: "ssh", Title: "6. Guests: up to SSH", Run: UpToSSH, Budget: 12 * time.Minute},
-		{Key: "security", Title: "7. Security: the cost of the protections", Run: Security, Budget: 3 * time.Minute},
-		{Key: "snapshot", Title: "8. Snapshots: Info while a snapshot runs", Run: InfoDuringSnapshot, Budget: 3 * time.Minute},
+		{Key: "job", Group: "job", Title: "Job round trip on simulated QMP: the actors alone", Run: JobRoundTrip, Budget: 2 * time.Minute},
+		{Key: "floor", Group: "1 floor", Title: "The floor: raw QMP against vmsup's API", Run: Floor, Budget: 2 * time.Minute},
+		{Key: "info", Group: "2 info", Title: "State queries in-process", Run: InfoInProcess, Budget: time.Minute},
+		{Key: "daemon", Group: "2 info", Title: "State queries over the daemon socket", Run: InfoDaemon, Budget: 2 * time.Minute},
+		{Key: "contention", Group: "3 locks", Title: "The lock baseline", Run: Contention, Budget: 3 * time.Minute},
+		{Key: "scale", Group: "4 scale", Title: "Scale: 10,000 simulated domains", Run: Scale, Budget: 5 * time.Minute},
+		{Key: "real100", Group: "4 scale", Title: "Scale: 100 real QEMUs", Run: Real100, Budget: 2 * time.Minute},
+		{Key: "lifecycle", Group: "5 lifecycle", Title: "Real lifecycle", Run: Lifecycle, Budget: time.Minute},
+		{Key: "trace", Group: "trace", Title: "Trace: the cost of tracing on a job round trip", Run: TraceCost, Budget: 2 * time.Minute},
+		{Key: "overlay", Group: "6 guests", Title: "Guests: define with an overlay", Run: Overlay, Budget: 2 * time.Minute},
+		{Key: "ssh", Group: "6 guests", Title: "Guests: up to SSH", Run: UpToSSH, Budget: 12 * time.Minute},
+		{Key: "security", Group: "7 security", Title: "Security: the cost of the protections", Run: Security, Budget: 3 * time.Minute},
+		{Key: "snapshot", Group: "8 snapshots", Title: "Snapshots: Info while a snapshot runs", Run: InfoDuringSnapshot, Budget: 3 * time.Minute},
 	}
 }
 
@@ -59,22 +64,27 @@ func Run(ctx context.Context, o Options, only []string) (*Report, error) {
 	if rep.OthersBefore > 0.2 {
 		o.logf("warning: other processes keep %.2f cores busy; the figures will be noisy", rep.OthersBefore)
 	}
+	root, err := openRunDir()
+	if err != nil {
+		return nil, err
+	}
+	defer o.removeRunDir(root)
 	rep.Started = time.Now()
-	defer ReapAll()
+	defer ReapAll() // before the run's directory goes: no QEMU still uses it
 	for _, s := range Steps() {
 		if len(want) > 0 && !want[s.Key] {
 			continue
 		}
-		o.logf("== %s", s.Title)
+		o.logf("== %s", s.heading())
 		t0 := time.Now()
 		others := StartOthers()
 		sec, err := runBounded(ctx, s, o)
 		ReapAll()
 		if err != nil {
 			o.logf("%s: failed: %v", s.Key, err)
-			sec = &Section{Key: s.Key, Rows: []Row{{Section: s.Key, Measure: s.Title, Skipped: "failed: " + oneLine(err.Error()), Repro: o.repro(s.Key)}}}
+			sec = &Section{Key: s.Key, Rows: []Row{{Measure: s.Title, Skipped: "failed: " + oneLine(err.Error())}}}
 		}
-		sec.Title = s.Title // the step list titles every section
+		s.label(sec, o)
 		sec.Took, sec.Others = time.Since(t0), others.Cores()
 		o.logf("   %s took %s; other processes kept %.2f cores busy meanwhile", s.Key, sec.Took.Round(100*time.Millisecond), sec.Others)
 		rep.Sections = append(rep.Sections, sec)
@@ -84,6 +94,26 @@ func Run(ctx context.Context, o Options, only []string) (*Report, error) {
 	}
 	rep.Took = time.Since(rep.Started)
 	return rep, nil
+}
+
+// heading is the section's heading: the group's number, if it has one,
+// then the title.
+func (s Step) heading() string {
+	if num, _, ok := strings.Cut(s.Group, " "); ok && num != "" && strings.Trim(num, "0123456789") == "" {
+		return num + ". " + s.Title
+	}
+	return s.Title
+}
+
+// label gives sec, and each of its rows, what the step list says about
+// them: the heading, the rows' group and the command that reproduces them.
+// The step functions therefore say only what they measure.
+func (s Step) label(sec *Section, o Options) {
+	sec.Title = s.heading()
+	for i := range sec.Rows {
+		sec.Rows[i].Section = s.Group
+		sec.Rows[i].Repro = o.repro(s.Key)
+	}
 }
 
 func keys() []string {
@@ -101,6 +131,36 @@ func oneLine(s string) string {
 		s = s[:300] + "…"
 	}
 	return s
+}
+
+// runDir, while Run runs, is the directory that holds every step's temp
+// dirs (shortDir), so that Run removes what a step abandoned past its
+// budget leaves behind, its deferred clean-up never having run.
+var runDir atomic.Pointer[string]
+
+// openRunDir makes the run's directory. Its mode is 0711: a daemon run as
+// root confines QEMU to an unprivileged user, which must be able to enter
+// the directories below it.
+func openRunDir() (string, error) {
+	root, err := os.MkdirTemp("/tmp", "vbench")
+	if err != nil {
+		return "", fmt.Errorf("bench: run directory: %w", err)
+	}
+	if err := os.Chmod(root, 0o711); err != nil {
+		os.RemoveAll(root)
+		return "", fmt.Errorf("bench: run directory: %w", err)
+	}
+	runDir.Store(&root)
+	return root, nil
+}
+
+// removeRunDir removes the run's directory and whatever the steps left in
+// it.
+func (o Options) removeRunDir(root string) {
+	runDir.Store(nil)
+	if err := os.RemoveAll(root); err != nil {
+		o.logf("warning: %v", err)
+	}
 }
 
 // runBounded runs a step within its budget. A step past its budget is

@@ -26,12 +26,10 @@ var noMeasurable = Goal{Text: "nothing measurable (≤ 1.05×)", Check: func(v, 
 func Security(ctx context.Context, o Options) (*Section, error) {
 	const key = "security"
 	sec := &Section{Key: key}
-	repro := o.repro(key)
 	peerRow, err := peerCheckRow(ctx, o)
 	if err != nil {
 		return nil, err
 	}
-	peerRow.Repro = repro
 	sec.Rows = append(sec.Rows, peerRow)
 
 	dir, err := shortDir("vbs")
@@ -133,17 +131,17 @@ func Security(ctx context.Context, o Options) (*Section, error) {
 		}
 	}
 	sec.Rows = append(sec.Rows,
-		Row{Section: "7 security", Measure: "start → running with -sandbox, p50", V: Secs(starts[0].P50()), C: Secs(starts[1].P50()), Fmt: DurFmt, Against: "without -sandbox", Goal: noMeasurable, Repro: repro},
-		Row{Section: "7 security", Measure: "List, 3 QEMUs running with -sandbox, p50", V: Secs(lists[0].P50()), C: Secs(lists[1].P50()), Fmt: DurFmt, Against: "without -sandbox", Goal: noMeasurable, Repro: repro},
+		Row{Measure: "start → running with -sandbox, p50", V: Secs(starts[0].P50()), C: Secs(starts[1].P50()), Fmt: DurFmt, Against: "without -sandbox", Goal: noMeasurable},
+		Row{Measure: "List, 3 QEMUs running with -sandbox, p50", V: Secs(lists[0].P50()), C: Secs(lists[1].P50()), Fmt: DurFmt, Against: "without -sandbox", Goal: noMeasurable},
 	)
 	if confined != nil {
 		what := "as " + confined.User.Name
 		if confined.Cgroups != nil {
 			what += " in its own cgroup"
 		}
-		sec.Rows = append(sec.Rows, Row{Section: "7 security", Measure: "start → running " + what + ", p50", V: Secs(starts[2].P50()), C: Secs(starts[0].P50()), Fmt: DurFmt, Against: "as root (same sandbox)", Repro: repro})
+		sec.Rows = append(sec.Rows, Row{Measure: "start → running " + what + ", p50", V: Secs(starts[2].P50()), C: Secs(starts[0].P50()), Fmt: DurFmt, Against: "as root (same sandbox)"})
 	} else {
-		sec.Rows = append(sec.Rows, Row{Section: "7 security", Measure: "start → running as the QEMU user in a cgroup, p50", Skipped: "needs root and the QEMU user", Repro: repro})
+		sec.Rows = append(sec.Rows, Row{Measure: "start → running as the QEMU user in a cgroup, p50", Skipped: "needs root and the QEMU user"})
 	}
 	sec.Notes = append(sec.Notes, fmt.Sprintf("Method: the peer check is `go test -bench BenchmarkPeerCheck ./cmd/internal/server`: a list of 10 domains over the API's unix socket, "+
 		"a new connection per request (the credentials are read once per connection), %d requests per side alternating; \"checked\" reads SO_PEERCRED and SO_PEERGROUPS as the daemon does, "+
@@ -177,7 +175,7 @@ func peerCheckRow(ctx context.Context, o Options) (Row, error) {
 	}
 	checked, _ := strconv.ParseFloat(string(m[1]), 64)
 	given, _ := strconv.ParseFloat(string(m[2]), 64)
-	return Row{Section: "7 security", Measure: "list over the socket, new connection each, peer-credential check, p50", V: checked / 1e9, C: given / 1e9, Fmt: DurFmt,
+	return Row{Measure: "list over the socket, new connection each, peer-credential check, p50", V: checked / 1e9, C: given / 1e9, Fmt: DurFmt,
 		Against: "credentials handed over (no SO_PEERCRED)", Goal: noMeasurable}, nil
 }
 

@@ -175,7 +175,7 @@ func (v *Vmsup) Replies() *ReplyStats { return &v.replies }
 // OpenVmsup opens a driver whose domains run on simulated processes and
 // the monitors of mons.
 func OpenVmsup(mons *Monitors) (*Vmsup, error) {
-	dir, err := os.MkdirTemp("", "vb-sim")
+	dir, err := shortDir("vb-sim")
 	if err != nil {
 		return nil, err
 	}
@@ -281,7 +281,7 @@ func OpenLock(mons *Monitors) (*Lock, error) {
 // openLockOn returns the lock baseline whose domains get their monitor
 // from newMonitor.
 func openLockOn(newMonitor func() monitor.Conn) (*Lock, error) {
-	dir, err := os.MkdirTemp("", "vb-lock")
+	dir, err := shortDir("vb-lock")
 	if err != nil {
 		return nil, err
 	}

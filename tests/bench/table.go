@@ -43,7 +43,8 @@ func AtMost(limit float64, text string) Goal {
 
 // Row is one line of the table.
 type Row struct {
-	// Section is the group the row belongs to: "1 floor", "2 info", ...
+	// Section is the group the row belongs to ("1 floor", "2 info", ...),
+	// which Run sets from the step list.
 	Section string
 	// Measure names the figure.
 	Measure string
@@ -53,7 +54,7 @@ type Row struct {
 	// Against names the comparison.
 	Against string
 	Goal    Goal
-	// Repro is the command that reproduces the row.
+	// Repro is the command that reproduces the row, which Run sets.
 	Repro string
 	// Skipped, when set, says why the row was not measured.
 	Skipped string
@@ -87,7 +88,7 @@ func Secs(d time.Duration) float64 { return d.Seconds() }
 // vmsup lost where it did.
 type Section struct {
 	Key   string // the -only name
-	Title string // set by Run from the step's title
+	Title string // set by Run from the step list
 	Rows  []Row
 	Notes []string
 	// Took is how long the group ran; Others is how many cores other

@@ -109,14 +109,13 @@ func TraceCost(ctx context.Context, o Options) (*Section, error) {
 	if err != nil {
 		return nil, err
 	}
-	repro := o.repro(key)
 	goal := RatioAtMost(1.05)
 	sec.Rows = []Row{
-		{Section: "trace", Measure: "job round trip, real QEMU, tracing on, p50", V: Secs(realOn.s.P50()), C: Secs(realOff.s.P50()), Fmt: DurFmt, Against: "tracing off", Goal: goal, Repro: repro},
+		{Measure: "job round trip, real QEMU, tracing on, p50", V: Secs(realOn.s.P50()), C: Secs(realOff.s.P50()), Fmt: DurFmt, Against: "tracing off", Goal: goal},
 		// The goal is on real QEMU; against a monitor that answers at
 		// once the same absolute cost is most of a job, so this row shows
 		// that cost and has no goal of its own.
-		{Section: "trace", Measure: "job round trip, simulated QMP (actors only), tracing on, p50", V: Secs(simOn.s.P50()), C: Secs(simOff.s.P50()), Fmt: DurFmt, Against: "tracing off", Repro: repro},
+		{Measure: "job round trip, simulated QMP (actors only), tracing on, p50", V: Secs(simOn.s.P50()), C: Secs(simOff.s.P50()), Fmt: DurFmt, Against: "tracing off"},
 	}
 	sec.Notes = append(sec.Notes,
 		fmt.Sprintf("Method: two drivers, one with a trace.Recorder (64k ring, no sink) and one without, each running one domain; "+
