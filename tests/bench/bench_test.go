@@ -356,3 +356,35 @@ func TestGoals(t *testing.T) {
 		}
 	}
 }
+
+// TestRunDirHoldsStepDirs checks that, while Run runs, the steps' temp
+// dirs are made inside the run's directory, and that removing it removes
+// what a step left behind.
+func TestRunDirHoldsStepDirs(t *testing.T) {
+	root, err := openRunDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := shortDir("vbtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Dir(dir) != root {
+		t.Errorf("shortDir made %s, outside the run directory %s", dir, root)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "left"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	Options{}.removeRunDir(root)
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Errorf("run directory %s still there after removeRunDir: %v", root, err)
+	}
+	after, err := shortDir("vbtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(after)
+	if filepath.Dir(after) != "/tmp" {
+		t.Errorf("after the run, shortDir made %s, not in /tmp", after)
+	}
+}
