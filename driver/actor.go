@@ -66,11 +66,34 @@ type DefineResult struct {
 }
 
 type entry struct {
-	name   string
-	uuid   string
-	pid    *actor.PID
-	snap   *atomic.Pointer[domain.Info]
+	name string
+	uuid string
+	pid  *actor.PID
+	snap *atomic.Pointer[domain.Info]
+	// agent is the running guest agent's live status (vm.Config.LiveAgent).
+	agent  *atomic.Pointer[atomic.Pointer[domain.AgentStatus]]
 	status *statusWriter
+}
+
+// info is a copy of the domain's last published Info, refreshed at now,
+// with the guest agent's live status in place of the published one, or
+// nil when the domain has published nothing yet. The agent stores its
+// status before it answers a command, so a caller whose agent command
+// just failed reads the new status here at once.
+func (e *entry) info(now time.Time) *domain.Info {
+	in := e.snap.Load()
+	if in == nil {
+		return nil
+	}
+	out := in.Fresh(now)
+	if out.Agent != nil && e.agent != nil {
+		if live := e.agent.Load(); live != nil {
+			if st := live.Load(); st != nil {
+				out.Agent = st
+			}
+		}
+	}
+	return out
 }
 
 // driverJob is the data of one driver job: define or undefine.
@@ -300,8 +323,8 @@ func (d *driverActor) list() []domain.Info {
 	out := make([]domain.Info, 0, len(d.domains))
 	now := time.Now()
 	for _, e := range d.domains {
-		if in := e.snap.Load(); in != nil {
-			out = append(out, *in.Fresh(now))
+		if in := e.info(now); in != nil {
+			out = append(out, *in)
 		} else {
 			out = append(out, domain.Info{Name: e.name, UUID: e.uuid, State: domain.StateShutoff, Reason: domain.ReasonUnknown})
 		}
@@ -436,7 +459,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 	if err != nil {
 		return err
 	}
-	snap := &atomic.Pointer[domain.Info]{}
+	snap, agent := &atomic.Pointer[domain.Info]{}, &atomic.Pointer[atomic.Pointer[domain.AgentStatus]]{}
 	if rec != nil {
 		// List is right before the domain actor has run: seed its snapshot
 		// with the state it will start with.
@@ -458,6 +481,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		DialMonitor:      d.cfg.dialMonitor,
 		Trace:            d.cfg.trace,
 		Snapshot:         snap,
+		LiveAgent:        agent,
 		Dispatcher:       d.cfg.dispatcher,
 		Logger:           d.cfg.logger,
 		Recovery:         rec,
@@ -471,7 +495,7 @@ func (d *driverActor) spawn(ctx actor.Context, spec *domain.Spec, rec *process.R
 		status.Close()
 		return fmt.Errorf("spawn domain actor: %w", err)
 	}
-	e := &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap, status: status}
+	e := &entry{name: spec.Name, uuid: spec.UUID, pid: pid, snap: snap, agent: agent, status: status}
 	d.domains[spec.Name] = e
 	d.cfg.registry.put(e)
 	d.uuids[spec.UUID] = spec.Name

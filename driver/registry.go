@@ -14,7 +14,7 @@ import (
 // lock. It lets Info be answered from the domain's last published snapshot
 // with no actor hop, and keeps the driver's mailbox off the hot path of
 // queries. It holds the driver actor's own entries; readers use only
-// their pid and snap, which never change once an entry is made.
+// their pid, snap and agent, which never change once an entry is made.
 type registry struct {
 	m sync.Map // name → *entry
 }
@@ -34,16 +34,14 @@ func (r *registry) get(name string) (*entry, bool) {
 }
 
 // info returns a copy of the domain's last published Info with its
-// control age recomputed now, or false when the domain is not in the
-// registry or has published nothing yet.
+// control age recomputed now and the guest agent's live status
+// (entry.info), or false when the domain is not in the registry or has
+// published nothing yet.
 func (r *registry) info(name string) (*domain.Info, bool) {
 	e, ok := r.get(name)
 	if !ok {
 		return nil, false
 	}
-	in := e.snap.Load()
-	if in == nil {
-		return nil, false
-	}
-	return in.Fresh(time.Now()), true
+	in := e.info(time.Now())
+	return in, in != nil
 }

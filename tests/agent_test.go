@@ -166,11 +166,15 @@ func TestGuestAgent(t *testing.T) {
 	if took > 15*time.Second {
 		t.Fatalf("guest-ping failed after %s, want about its 3s deadline", took)
 	}
-	// The agent publishes its status before it replies, and tells the
-	// domain, whose published Info follows a message later.
-	waitInfo(t, dom, "agent unavailable naming guest-ping", 5*time.Second, func(in *domain.Info) bool {
-		return in.Agent != nil && in.Agent.State == domain.AgentUnavailable && strings.Contains(in.Agent.Reason, "guest-ping")
-	})
+	// The agent stores its status before it replies, and Info reads the
+	// agent's status itself: the caller sees the failure at once.
+	in, err = dom.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Agent == nil || in.Agent.State != domain.AgentUnavailable || !strings.Contains(in.Agent.Reason, "guest-ping") {
+		t.Fatalf("Info right after the failed guest-ping: agent %+v, want unavailable naming guest-ping", in.Agent)
+	}
 	answersAtOnce(t, dom)
 }
 
@@ -202,9 +206,13 @@ func TestGuestAgentMissing(t *testing.T) {
 	if took := time.Since(began); took > 30*time.Second {
 		t.Fatalf("guest-info failed after %s", took)
 	}
-	in := waitInfo(t, dom, "agent unavailable", 5*time.Second, func(in *domain.Info) bool {
-		return in.Agent != nil && in.Agent.State == domain.AgentUnavailable
-	})
+	in, err := dom.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if in.Agent == nil || in.Agent.State != domain.AgentUnavailable {
+		t.Fatalf("Info right after the failed guest-info: agent %+v, want unavailable", in.Agent)
+	}
 	t.Logf("missing agent: %v; info reason %q", err, in.Agent.Reason)
 }
 

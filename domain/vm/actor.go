@@ -75,6 +75,11 @@ type Config struct {
 	// every job reply and lifecycle event, so that List and Info read it
 	// without asking the actor.
 	Snapshot *atomic.Pointer[domain.Info]
+	// LiveAgent, when set, holds the running guest agent's own status
+	// (nil while no agent runs), so that Info can show a status the agent
+	// has just changed before the domain republishes (read-your-writes
+	// for a caller whose agent command just failed).
+	LiveAgent *atomic.Pointer[atomic.Pointer[domain.AgentStatus]]
 	// Dispatcher runs the domain's and its monitor's turns; nil means
 	// protoactor's default.
 	Dispatcher actor.Dispatcher

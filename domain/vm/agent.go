@@ -71,6 +71,9 @@ func (dom *domainActor) spawnAgent(c actor.Context, spec *domain.Spec, paths qem
 	ctx, cancel := context.WithCancel(context.Background())
 	w := &agentWatch{pid: ap, status: st, cancel: cancel, kick: make(chan struct{}, 1)}
 	dom.agent, dom.guestAddrs = w, nil
+	if dom.cfg.LiveAgent != nil {
+		dom.cfg.LiveAgent.Store(st)
+	}
 	root, self := c.ActorSystem().Root, c.Self()
 	dom.life.inflight.Add(1)
 	go func() {
@@ -83,6 +86,9 @@ func (dom *domainActor) spawnAgent(c actor.Context, spec *domain.Spec, paths qem
 func (dom *domainActor) stopAgent(c actor.Context) {
 	if dom.agent == nil {
 		return
+	}
+	if dom.cfg.LiveAgent != nil {
+		dom.cfg.LiveAgent.CompareAndSwap(dom.agent.status, nil)
 	}
 	dom.agent.cancel()
 	c.Stop(dom.agent.pid)
